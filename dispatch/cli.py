@@ -1,0 +1,108 @@
+"""The root command group. Commands live in `dispatch.commands`, logic outside click."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+import click
+
+from dispatch import __version__
+from dispatch import config as config_mod
+from dispatch.config import Config
+from dispatch.errors import DispatchError, ExitCode
+from dispatch.node import Node
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in dispatch, not in its input
+
+
+@dataclass
+class App:
+    debug: bool = False
+    _node: Node | None = field(default=None, repr=False)
+
+    def config(self, *, need_root: bool = True) -> Config:
+        return config_mod.load(need_root=need_root)
+
+    def node(self) -> Node:
+        if self._node is None:
+            self._node = Node(self.config())
+        return self._node
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="DISPATCH_DEBUG",
+              help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="dispatch")
+@click.pass_context
+def root(ctx: click.Context, debug: bool) -> None:
+    """Signed, filesystem-mediated job dispatch between hosts, run by systemd."""
+    ctx.obj = App(debug=debug)
+
+
+def _register() -> None:
+    from dispatch.commands import (
+        ack,
+        demo,
+        init,
+        keys,
+        killswitch,
+        runtime,
+        send,
+        tasks,
+    )
+
+    for module in (init, send, ack, tasks, killswitch, keys, runtime, demo):
+        for command in module.COMMANDS:
+            root.add_command(command)
+
+
+_register()
+
+
+def run_command(command: click.Command, argv: list[str] | None, debug: bool) -> int:
+    """Run a click command and turn every error into one line and an exit code."""
+    try:
+        rv = command.main(args=argv, prog_name=os.path.basename(sys.argv[0]) or "dispatch",
+                          standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        print("dispatch: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return ExitCode.USAGE
+    except DispatchError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"dispatch: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"dispatch: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"dispatch: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for a traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+    return int(rv or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("DISPATCH_DEBUG", "") not in ("", "0")
+    return run_command(root, args, debug)

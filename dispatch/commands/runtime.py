@@ -1,0 +1,63 @@
+"""What systemd units (and `dispatch watch`) run: `promote`, `exec`, `watch`, `heartbeat`."""
+
+from __future__ import annotations
+
+import click
+
+from dispatch import events, overview
+from dispatch.cli import App, pass_app
+from dispatch.commands.output import print_json
+from dispatch.executor import execute
+from dispatch.launcher import make_launcher
+from dispatch.promote import promote as promote_pass
+from dispatch.promote import summary
+from dispatch.watch import watch as watch_loop
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print what the pass did.")
+@pass_app
+def promote(app: App, as_json: bool) -> int:
+    """One pass: verify inboxes, release acks, recover, start executions up to the cap."""
+    node = app.node()
+    report = promote_pass(node, make_launcher(node))
+    if as_json:
+        click.echo(summary(report))
+    return 0
+
+
+@click.command("exec")
+@click.argument("task_id")
+@click.option("--unit", default="", envvar="DISPATCH_UNIT",
+              help="Unit name to record in the result.")
+@pass_app
+def exec_(app: App, task_id: str, unit: str) -> int:
+    """Run one queued task and write its signed result."""
+    execute(app.node(), task_id, unit)
+    # The task's outcome is in its result; a non-zero exit here would only mark the unit failed.
+    return 0
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Drain what is there, then return.")
+@click.option("--quiet", is_flag=True, help="Do not print events on stderr.")
+@pass_app
+def watch(app: App, once: bool, quiet: bool) -> int:
+    """Promote and execute in a loop without systemd (inotify plus a rescan)."""
+    events.set_echo(not quiet)
+    watch_loop(app.node(), once=once)
+    return 0
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def heartbeat(app: App, as_json: bool) -> int:
+    """Write heartbeats/<node>.json on the share."""
+    beat = overview.heartbeat(app.node())
+    if as_json:
+        print_json(beat)
+    return 0
+
+
+COMMANDS = [promote, exec_, watch, heartbeat]

@@ -1,0 +1,80 @@
+"""Read commands: `status`, `result`, `wait`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dispatch import overview, results, waiting
+from dispatch.cli import App, pass_app
+from dispatch.commands.output import LiveLine, print_json, show_result
+from dispatch.errors import UsageError
+from dispatch.model import valid_id
+
+
+def _task_id(text: str) -> str:
+    if not valid_id(text):
+        raise UsageError(f"not a task id: {text[:60]!r}")
+    return text
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def status(app: App, as_json: bool) -> int:
+    """Lanes, executions, killswitch and peers of this node."""
+    data = overview.overview(app.node())
+    if as_json:
+        print_json(data)
+        return 0
+    _print_status(data)
+    return 0
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    color = click.get_text_stream("stdout").isatty()
+    ks = data["killswitch"]
+    state = ("HARD " if ks["hard"] else "on: ") + ks["reason"] if ks["on"] else "off"
+    click.echo(f"node {data['node']}  root {data['root']}  killswitch "
+               + click.style(state, fg="red" if ks["on"] else "green", bold=ks["on"])
+               if color else f"node {data['node']}  root {data['root']}  killswitch {state}")
+    cols = ("inbox", "pending_ack", "queued", "running", "done", "rejected")
+    click.echo(f"{'lane':<28}" + "".join(f"{c:>12}" for c in cols))
+    for lane in data["lanes"]:
+        label = f"{lane['lane']} ({lane['direction']})"
+        click.echo(f"{label:<28}" + "".join(f"{lane[c]:>12}" for c in cols))
+    for peer in data["peers"]:
+        age = peer["heartbeat_age_s"]
+        text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
+        flag = " STALE" if peer["stale"] else ""
+        click.echo(f"peer {peer['node']}: {text}{flag}")
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
+@pass_app
+def result(app: App, task_id: str, as_json: bool) -> int:
+    """Show a task's verified result (exit 3 if its signature fails)."""
+    return show_result(results.get(app.node(), _task_id(task_id)), as_json)
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit 4).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
+@pass_app
+def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:
+    """Block until a task's result arrives; verify it and print its final text."""
+    task_id = _task_id(task_id)
+    live = LiveLine(task_id)
+    try:
+        res = waiting.wait(app.node(), task_id, timeout=timeout, tick=live)
+    finally:
+        live.close()
+    return show_result(res, as_json)
+
+
+COMMANDS = [status, result, wait]

@@ -1,0 +1,328 @@
+"""`dispatch exec <id>`: run one admitted task, exactly once, and publish its signed result.
+
+The started marker is written before the agent starts, so whatever dies afterwards the task
+is never started again (invariant 1). A watchdog ends the agent's whole process group at its
+deadline even when it prints nothing. Output is capped in the log as well as in memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from dispatch import events, results
+from dispatch.agent import OutputReader, invocation
+from dispatch.errors import NotFound, Rejection, UsageError
+from dispatch.intake import Admitted, examine, read_regular
+from dispatch.model import Envelope, Result, Status, now_utc, rfc3339, valid_id
+from dispatch.node import Node
+from dispatch.runner import spawn_agent
+from dispatch.spool import Lane
+from dispatch.state import Phase
+
+GRACE_S = 5.0
+TIMEOUT_EXIT = 124
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    exit_code: int
+    reason: str
+    output_bytes: int
+    truncated: bool
+    final_text: str
+    output_tail: str
+
+
+def locate(node: Node, task_id: str) -> Lane | None:
+    for lane in node.spool.lanes_in(node.cfg):
+        if (lane.processing / lane.task_name(task_id)).exists():
+            return lane
+    return None
+
+
+def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
+    """Run the task; return its result, or None when nothing ran (killswitch, or it had
+    already been started and is now answered as interrupted)."""
+    if not valid_id(task_id):
+        raise UsageError(f"not a task id: {task_id[:60]!r}")
+    lane = locate(node, task_id)
+    if lane is None:
+        if results.locate(node, task_id) is not None:
+            node.emit("exec_skipped", "already has a result", task_id=task_id)
+            return None
+        raise NotFound(f"task {task_id} is not queued on this node")
+    admitted = admit(node, lane, task_id)
+    if admitted is None:
+        return None
+    envelope = admitted.envelope
+    killswitch = node.spool.killswitch()
+    if killswitch.on:
+        node.emit("exec_held", f"KILLSWITCH on, not starting: {killswitch.reason}",
+                  task_id=task_id, level=events.NOTICE)
+        return None
+    started_at = rfc3339(now_utc())
+    if not node.state.mark_started(task_id, {"started_at": started_at, "pid": os.getpid(),
+                                             "unit": unit}):
+        node.emit("exec_refused", "this task was started before; it is never run twice",
+                  task_id=task_id, level=events.WARNING)
+        previous = node.state.started(task_id) or {}
+        prev_start = previous.get("started_at")
+        results.verdict(node, lane, task_id, envelope.request, Status.INTERRUPTED,
+                        "execution ended without a result; not run again",
+                        started_at=prev_start if isinstance(prev_start, str) else None,
+                        unit=unit)
+        _finish(node, lane, task_id)
+        return None
+    node.emit("exec_start", f"agent starting: {envelope.request[:80]}", task_id=task_id,
+              from_=envelope.from_, to=envelope.to, timeout_s=envelope.timeout_s, unit=unit)
+    began = time.monotonic()
+    inv = invocation(node.cfg, envelope)
+    log_path = lane.log_path(task_id)
+    outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
+    result = Result(
+        id=task_id, answered_by=node.name, answered_at=rfc3339(now_utc()),
+        request=envelope.request, status=outcome.status, exit_code=outcome.exit_code,
+        elapsed_s=round(time.monotonic() - began, 3), log_path=lane.relative(log_path),
+        final_text=outcome.final_text, output_tail=outcome.output_tail,
+        output_bytes=outcome.output_bytes, perm_mode=inv.perm_mode, started_at=started_at,
+        truncated=outcome.truncated, unit=unit, reason=outcome.reason, kid="", hmac="",
+    )
+    if not results.write(node, lane, result):
+        node.emit("result_exists", "a result was already published; this one is dropped",
+                  task_id=task_id, level=events.WARNING)
+    _finish(node, lane, task_id)
+    node.emit("exec_end", f"{outcome.status} exit={outcome.exit_code} "
+              f"elapsed={result.elapsed_s}s{' (' + outcome.reason + ')' if outcome.reason else ''}",
+              task_id=task_id, from_=envelope.from_, to=envelope.to,
+              status=outcome.status.value, exit_code=outcome.exit_code,
+              level=events.INFO if outcome.status is Status.OK else events.WARNING)
+    return result
+
+
+def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
+    """Verify again what promote admitted: processing/ is on the share, and its file could
+    have been swapped since. It must be the very bytes the ledger recorded."""
+    path = lane.processing / lane.task_name(task_id)
+    entry = node.state.entry(task_id)
+    try:
+        data = read_regular(path)
+        admitted = examine(node.cfg, node.keys, lane, path.name, data, check_fresh=False)
+        if entry is None or entry.sha256 != admitted.sha256 or entry.lane != lane.name:
+            raise Rejection("tampered", "task file differs from the one this node admitted")
+    except Rejection as exc:
+        lane.reject(path.name, {"reason": exc.reason, "message": str(exc),
+                                "at": rfc3339(now_utc()), "node": node.name,
+                                "task_id": task_id}, lane.processing)
+        node.emit("task_rejected", f"at execution: {exc.reason}: {exc}", task_id=task_id,
+                  from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
+        if entry is not None:
+            results.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
+            node.state.mark(task_id, Phase.REJECTED)
+        return None
+    return admitted
+
+
+def _finish(node: Node, lane: Lane, task_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lane.processing / lane.task_name(task_id))
+    node.state.mark(task_id, Phase.DONE)
+
+
+def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    env["DISPATCH_TASK_ID"] = envelope.id
+    env["DISPATCH_HOPS"] = str(envelope.hops)
+    env["DISPATCH_NODE"] = node.name
+    if node.cfg.run_as and os.geteuid() == 0:
+        user = pwd.getpwnam(node.cfg.run_as)
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return env
+
+
+class _Stop:
+    """SIGTERM/SIGINT/SIGHUP (systemctl stop, hard killswitch, cancel) become a request to
+    end the agent and still publish a `killed` result."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old_fd = signal.set_wakeup_fd(self.write_fd)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.old_fd)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _killpg(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None,
+              log_path: Path) -> Outcome:
+    cap = envelope.max_output_bytes
+    reader = OutputReader(node.cfg.agent_profile)
+    # Under systemd our stdout is the journal: echo the (capped) output there too.
+    echo: IO[bytes] | None = sys.stdout.buffer if os.environ.get("JOURNAL_STREAM") else None
+    stop = _Stop()
+    logged = total = 0
+    timed_out = False
+    try:
+        with open(log_path, "wb") as log:
+            log.write(f"# task {envelope.id} from {envelope.from_}\n# started "
+                      f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
+                      f"max_output_bytes={cap}\n# ---\n".encode())
+            log.flush()
+            try:
+                proc = spawn_agent(argv, env=agent_env(node, envelope), cwd=None,
+                                   user=node.cfg.run_as or None, with_stdin=stdin is not None)
+            except OSError as exc:
+                log.write(f"# cannot start agent {argv[0]}: {exc.strerror}\n".encode())
+                return Outcome(Status.ERROR, 127, f"cannot start agent {argv[0]}: "
+                               f"{exc.strerror}", 0, False, "", "")
+            if stdin is not None and proc.stdin is not None:
+                _feed_stdin(proc.stdin, stdin)
+            assert proc.stdout is not None
+            out_fd = proc.stdout.fileno()
+            os.set_blocking(out_fd, False)
+            sel = selectors.DefaultSelector()
+            sel.register(out_fd, selectors.EVENT_READ)
+            sel.register(stop.read_fd, selectors.EVENT_READ)
+            deadline = time.monotonic() + envelope.timeout_s
+            kill_at: float | None = None
+            exited_at: float | None = None
+            eof = False
+            while True:
+                now = time.monotonic()
+                if not (timed_out or stop.signum) and now >= deadline:
+                    timed_out = True
+                if (timed_out or stop.signum) and kill_at is None:
+                    _killpg(proc.pid, signal.SIGTERM)
+                    kill_at = now + GRACE_S
+                if kill_at is not None and now >= kill_at:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    kill_at = float("inf")
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                    # Children the agent left behind would hold the pipe open forever.
+                    _killpg(proc.pid, signal.SIGKILL)
+                if exited_at is not None and (eof or now - exited_at > 2.0):
+                    break
+                waits = [1.0, deadline - now]
+                if kill_at is not None and kill_at != float("inf"):
+                    waits.append(kill_at - now)
+                if eof:
+                    waits.append(0.05)
+                for key, _ in sel.select(max(0.0, min(waits))):
+                    if key.fd == stop.read_fd:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(stop.read_fd, 512)
+                        continue
+                    try:
+                        chunk = os.read(out_fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        eof = True
+                        sel.unregister(out_fd)
+                        continue
+                    total += len(chunk)
+                    reader.feed(chunk)
+                    if logged < cap:
+                        part = chunk[: cap - logged]
+                        log.write(part)
+                        logged += len(part)
+                        if echo is not None:
+                            echo.write(part)
+                            echo.flush()
+                        if logged >= cap:
+                            log.write(f"\n# output truncated at {cap} bytes\n".encode())
+                    log.flush()
+            sel.close()
+            proc.stdout.close()
+            returncode = proc.wait()
+            status, exit_code, reason = _classify(node, returncode, timed_out, stop.signum,
+                                                  envelope.timeout_s)
+            log.write(f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
+                      f"{' reason=' + reason if reason else ''}\n".encode())
+    finally:
+        stop.close()
+    return Outcome(status, exit_code, reason, total, total > cap, reader.finish(),
+                   reader.output_tail())
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+    import threading
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):
+            pipe.write(data)
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+    threading.Thread(target=feed, daemon=True).start()
+
+
+def _classify(node: Node, returncode: int, timed_out: bool, signum: int,
+              timeout_s: int) -> tuple[Status, int, str]:
+    if timed_out:
+        return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
+    if signum:
+        killswitch = node.spool.killswitch()
+        if killswitch.hard:
+            why = f"hard KILLSWITCH: {killswitch.reason}"
+        else:
+            why = f"execution stopped by {signal.Signals(signum).name}"
+        return Status.KILLED, returncode, why
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        why = f"agent killed by {name}"
+        if -returncode == signal.SIGKILL and oom_kills() > 0:
+            why += f" (out of memory: over MemoryMax={node.cfg.memory_max})"
+        return Status.KILLED, returncode, why
+    if returncode == 0:
+        return Status.OK, 0, ""
+    return Status.ERROR, returncode, f"agent exited with status {returncode}"
+
+
+def oom_kills() -> int:
+    """OOM kills in this process's memory cgroup: v2 `memory.events`, v1 `memory.oom_control`
+    (these machines run the hybrid layout, memory on v1)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        candidates = []
+        if controllers == "":
+            candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+        elif "memory" in controllers.split(","):
+            candidates.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") /
+                              "memory.oom_control")
+        for candidate in candidates:
+            try:
+                for stat_line in candidate.read_text().splitlines():
+                    key, _, value = stat_line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return int(value)
+            except (OSError, ValueError):
+                continue
+    return 0

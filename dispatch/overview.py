@@ -1,0 +1,90 @@
+"""What `dispatch status` and the heartbeat report: lanes, executions, killswitch, peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from dispatch import __version__
+from dispatch.model import now_utc, rfc3339
+from dispatch.node import Node
+from dispatch.spool import Lane, atomic_write, dump_json
+
+STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale
+
+
+def _names(directory: os.PathLike[str]) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def lane_counts(node: Node, lane: Lane, incoming: bool) -> dict[str, Any]:
+    processing = [n[:-5] for n in _names(lane.processing) if n.endswith(".json")]
+    running = [t for t in processing if node.state.started(t) is not None] if incoming else []
+    return {
+        "lane": lane.name,
+        "direction": "in" if incoming else "out",
+        "inbox": sum(1 for n in _names(lane.inbox) if not n.endswith(".tmp")),
+        "pending_ack": sum(1 for n in _names(lane.pending_ack) if n.endswith(".json")),
+        "queued": len(processing) - len(running),
+        "running": len(running),
+        "done": sum(1 for n in _names(lane.done) if n.endswith(".result.json")),
+        "rejected": sum(1 for n in _names(lane.rejected) if n.endswith(".reason.json")),
+    }
+
+
+def heartbeat_stale_after(node: Node) -> float:
+    return max(60.0, STALE_FACTOR * node.cfg.poll_sec)
+
+
+def peers(node: Node) -> list[dict[str, Any]]:
+    out = []
+    now = time.time()
+    for peer in node.cfg.peers:
+        entry: dict[str, Any] = {"node": peer, "heartbeat_age_s": None, "stale": True}
+        try:
+            beat = json.loads(node.spool.heartbeat_path(peer).read_text())
+            age = round(now - float(beat["unix"]), 1)
+            entry.update(heartbeat_age_s=age, stale=age > heartbeat_stale_after(node),
+                         version=beat.get("version"), killswitch=beat.get("killswitch"))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        out.append(entry)
+    return out
+
+
+def overview(node: Node) -> dict[str, Any]:
+    spool = node.spool
+    killswitch = spool.killswitch()
+    lanes = [lane_counts(node, lane, True) for lane in spool.lanes_in(node.cfg)]
+    lanes += [lane_counts(node, lane, False) for lane in spool.lanes_out(node.cfg)]
+    return {
+        "node": node.name,
+        "root": str(node.cfg.root),
+        "version": __version__,
+        "killswitch": {"on": killswitch.on, "hard": killswitch.hard, "reason": killswitch.reason},
+        "lanes": lanes,
+        "peers": peers(node),
+    }
+
+
+def heartbeat(node: Node) -> dict[str, Any]:
+    lanes = [lane_counts(node, lane, True) for lane in node.spool.lanes_in(node.cfg)]
+    beat = {
+        "node": node.name,
+        "ts": rfc3339(now_utc()),
+        "unix": time.time(),
+        "version": __version__,
+        "running": sum(lane["running"] for lane in lanes),
+        "queued": sum(lane["queued"] for lane in lanes),
+        "pending_ack": sum(lane["pending_ack"] for lane in lanes),
+        "killswitch": node.spool.killswitch().on,
+    }
+    path = node.spool.heartbeat_path(node.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, dump_json(beat))
+    return beat

@@ -1,0 +1,349 @@
+"""One promote pass: intake every inbox entry, release acked tasks, recover executions that
+died, and start queued tasks by priority up to the cap. Idempotent: running it again, or
+after a crash at any point, never runs a task twice and never loses one."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dispatch import events, results
+from dispatch.errors import Rejection
+from dispatch.intake import examine, read_regular
+from dispatch.launcher import Launcher
+from dispatch.model import Envelope, Status, loads_strict, now_utc, parse_envelope, rfc3339, valid_id
+from dispatch.node import Node
+from dispatch.signing import mac_text
+from dispatch.spool import Lane, atomic_write, dump_json
+from dispatch.state import Phase, parse_index
+
+RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+@dataclass
+class PassReport:
+    admitted: int = 0
+    rejected: int = 0
+    released: int = 0
+    recovered: int = 0
+    pending_ack: int = 0
+    queued: list[str] = field(default_factory=list)
+    running: set[str] = field(default_factory=set)
+    started: list[str] = field(default_factory=list)
+    errors: int = 0
+
+
+def ack_mac(node: Node, lane: Lane, task_id: str, sha256: str) -> str:
+    """An ack is valid only with a MAC under this host's own ack secret (node-local state), so
+    a `<id>.ack` file dropped on the share by anyone else releases nothing (invariant 5)."""
+    return mac_text(node.state.ack_secret(), f"ack:{node.name}:{lane.name}:{task_id}:{sha256}")
+
+
+def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
+    entry = node.state.entry(task_id)
+    if entry is None:
+        raise Rejection("not_admitted", f"task {task_id} was never admitted on this node")
+    path = lane.pending_ack / f"{task_id}.ack"
+    record = {"id": task_id, "node": node.name, "acked_at": rfc3339(now_utc()),
+              "mac": ack_mac(node, lane, task_id, entry.sha256)}
+    atomic_write(path, dump_json(record))
+    return path
+
+
+def promote(node: Node, launcher: Launcher) -> PassReport:
+    with node.state.lock("promote"):
+        return Promoter(node, launcher).run()
+
+
+class Promoter:
+    def __init__(self, node: Node, launcher: Launcher) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        self.state = node.state
+        self.launcher = launcher
+        self.report = PassReport()
+        self.lane_of: dict[str, Lane] = {}
+
+    def run(self) -> PassReport:
+        now = time.time()
+        lanes = self.node.spool.lanes_in(self.cfg)
+        for lane in lanes:
+            if not lane.inbox.is_dir():
+                lane.ensure()
+            self.intake(lane)
+            self.sweep(lane, now)
+            self.pending(lane)
+        killswitch = self.node.spool.killswitch()
+        running = self.launcher.running()
+        queued = self.audit_processing(lanes, running)
+        self.report.running = running
+        if killswitch.hard:
+            for task_id in sorted(running):
+                self.node.emit("killswitch_stop", f"stopping execution: {killswitch.reason}",
+                               task_id=task_id, level=events.WARNING)
+                self.launcher.stop(task_id)
+        ordered = self.order(queued)
+        self.report.queued = [task_id for task_id, _ in ordered]
+        if killswitch.on:
+            if ordered:
+                self.node.emit("killswitch_hold", f"{len(ordered)} queued, none started: "
+                               f"{killswitch.reason}", level=events.NOTICE)
+            return self.report
+        slots = self.cfg.max_parallel - len(running)
+        for task_id, index_name in ordered:
+            if slots <= 0:
+                break
+            try:
+                self.launcher.start(task_id)
+            except Exception as exc:  # a failed start leaves the task queued for the next pass
+                self.node.emit("start_failed", f"cannot start execution: {exc}",
+                               task_id=task_id, level=events.ERR)
+                self.report.errors += 1
+                continue
+            self.state.index_remove(index_name)
+            self.report.started.append(task_id)
+            slots -= 1
+            self.node.emit("exec_launched", "execution started", task_id=task_id,
+                           unit=self.launcher.unit(task_id) or "process")
+        return self.report
+
+    # -- inbox -------------------------------------------------------------------------
+    def intake(self, lane: Lane) -> None:
+        try:
+            names = sorted(os.listdir(lane.inbox))
+        except OSError as exc:
+            self.node.emit("lane_unreadable", f"{lane.inbox}: {exc.strerror}", level=events.ERR)
+            self.report.errors += 1
+            return
+        for name in names:
+            if name.endswith(".tmp"):
+                continue  # a sender mid-write (the original writes inbox/<id>.json.tmp)
+            try:
+                self.intake_one(lane, name)
+            except FileNotFoundError:
+                continue  # gone meanwhile (another pass, or the sender took it back)
+            except OSError as exc:
+                # Invariant 6: one entry that cannot be handled must not stop the others.
+                self.node.emit("intake_error", f"{lane.name}/inbox/{name[:80]}: {exc}",
+                               level=events.ERR)
+                self.report.errors += 1
+
+    def intake_one(self, lane: Lane, name: str) -> None:
+        try:
+            data = read_regular(lane.inbox / name)
+            admitted = examine(self.cfg, self.node.keys, lane, name, data)
+        except Rejection as exc:
+            self.refuse(lane, name, exc, claim_sha="")
+            return
+        envelope = admitted.envelope
+        previous = self.state.claim(envelope.id, admitted.sha256, lane.name)
+        if previous is not None and not (
+            previous.phase is Phase.INTAKE and previous.sha256 == admitted.sha256
+            and previous.lane == lane.name
+        ):
+            self.refuse(lane, name, Rejection("replay", f"task id {envelope.id} was already "
+                        f"seen by this node ({previous.phase.value})"), claim_sha=None)
+            return
+        if admitted.needs_ack:
+            os.rename(lane.inbox / name, lane.pending_ack / name)
+            stage, event = "pending-ack", "task_pending_ack"
+        else:
+            os.rename(lane.inbox / name, lane.processing / name)
+            self.index(envelope)
+            stage, event = "queued", "task_queued"
+        self.state.mark(envelope.id, Phase.ACCEPTED)
+        self.report.admitted += 1
+        self.node.emit(event, f"{envelope.priority} task admitted ({stage}): "
+                       f"{envelope.request[:80]}", task_id=envelope.id, from_=envelope.from_,
+                       to=envelope.to, schema=envelope.schema, kid=envelope.kid or "-")
+
+    def refuse(self, lane: Lane, name: str, exc: Rejection, *, claim_sha: str | None,
+               source: Path | None = None) -> None:
+        """Quarantine an entry with its reason; answer the sender when it named its id."""
+        record = {"reason": exc.reason, "message": str(exc), "at": rfc3339(now_utc()),
+                  "node": self.node.name, "task_id": exc.task_id}
+        try:
+            lane.reject(name, record, source)
+        except FileNotFoundError:
+            return
+        self.report.rejected += 1
+        self.node.emit("task_rejected", f"{name[:80]}: {exc.reason}: {exc}", task_id=exc.task_id,
+                       from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
+        # claim_sha None: the id belongs to an earlier task, whose result must stand alone.
+        if exc.task_id and claim_sha is not None:
+            if self.state.claim(exc.task_id, claim_sha, lane.name) is None:
+                self.state.mark(exc.task_id, Phase.REJECTED)
+                results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
+                                f"{exc.reason}: {exc}")
+
+    def sweep(self, lane: Lane, now: float) -> None:
+        for path in lane.stale_tmp(now):
+            exc = Rejection("stale_tmp", "temporary file older than an hour: its sender died "
+                            "mid-write")
+            try:
+                self.refuse(lane, path.name, exc, claim_sha=None, source=path.parent)
+            except OSError as err:
+                self.node.emit("intake_error", f"{path}: {err}", level=events.ERR)
+
+    # -- pending-ack -------------------------------------------------------------------
+    def pending(self, lane: Lane) -> None:
+        try:
+            names = sorted(os.listdir(lane.pending_ack))
+        except OSError:
+            return
+        present = set(names)
+        for name in names:
+            if name.endswith(".tmp") or name.endswith(".ack"):
+                continue
+            if not self.admitted_file(lane, name):
+                self.refuse(lane, name, Rejection("not_admitted", "file in pending-ack/ that "
+                            "did not come through intake"), claim_sha=None,
+                            source=lane.pending_ack)
+                continue
+            self.report.pending_ack += 1
+        for name in names:
+            if name.endswith(".ack"):
+                try:
+                    self.release(lane, name, present)
+                except OSError as exc:
+                    self.node.emit("ack_error", f"{name[:80]}: {exc}", level=events.ERR)
+
+    def admitted_file(self, lane: Lane, name: str) -> bool:
+        task_id = name[: -len(".json")] if name.endswith(".json") else ""
+        if not valid_id(task_id):
+            return False
+        entry = self.state.entry(task_id)
+        return entry is not None and entry.lane == lane.name and entry.phase in (
+            Phase.ACCEPTED, Phase.INTAKE
+        )
+
+    def release(self, lane: Lane, name: str, present: set[str]) -> None:
+        task_id = name[: -len(".ack")]
+        entry = self.state.entry(task_id) if valid_id(task_id) else None
+        forged = Rejection("forged_ack", "ack not signed by this host's ack secret: only "
+                           "`dispatch ack` on the receiving host releases a task")
+        if entry is None or f"{task_id}.json" not in present:
+            self.refuse(lane, name, Rejection("orphan_ack", "ack for no pending task"),
+                        claim_sha=None, source=lane.pending_ack)
+            return
+        try:
+            record = loads_strict(read_regular(lane.pending_ack / name))
+        except Rejection:
+            self.refuse(lane, name, forged, claim_sha=None, source=lane.pending_ack)
+            return
+        expected = ack_mac(self.node, lane, task_id, entry.sha256)
+        if not hmac.compare_digest(str(record.get("mac", "")), expected):
+            self.refuse(lane, name, forged, claim_sha=None, source=lane.pending_ack)
+            return
+        os.rename(lane.pending_ack / f"{task_id}.json", lane.processing / f"{task_id}.json")
+        os.unlink(lane.pending_ack / name)
+        self.report.released += 1
+        self.report.pending_ack -= 1
+        self.node.emit("task_acked", f"released by local ack of {record.get('acked_at')}",
+                       task_id=task_id, from_=lane.from_, to=lane.to)
+
+    # -- processing --------------------------------------------------------------------
+    def audit_processing(self, lanes: list[Lane], running: set[str]) -> list[str]:
+        """Classify processing/: running, died (→ interrupted), finished (clean up), queued."""
+        queued = []
+        for lane in lanes:
+            try:
+                names = sorted(os.listdir(lane.processing))
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(".") or name.endswith(".tmp"):
+                    continue
+                if not self.admitted_file(lane, name):
+                    self.refuse(lane, name, Rejection("not_admitted", "file in processing/ "
+                                "that did not come through intake"), claim_sha=None,
+                                source=lane.processing)
+                    continue
+                task_id = name[: -len(".json")]
+                if task_id in running:
+                    continue
+                if lane.result_path(task_id).exists():
+                    self.finish(lane, task_id)
+                    continue
+                marker = self.state.started(task_id)
+                if marker is not None:
+                    self.interrupt(lane, task_id, marker)
+                    continue
+                queued.append(task_id)
+                self.lane_of[task_id] = lane
+        return queued
+
+    def finish(self, lane: Lane, task_id: str) -> None:
+        # The execution wrote its result but died before removing its task file.
+        os.unlink(lane.processing / f"{task_id}.json")
+        self.state.mark(task_id, Phase.DONE)
+        self.node.emit("task_cleanup", "result present; removed the leftover task file",
+                       task_id=task_id, from_=lane.from_, to=lane.to)
+
+    def interrupt(self, lane: Lane, task_id: str, marker: dict[str, object]) -> None:
+        """Started, no longer running, no result: the host or the executor died. Never rerun
+        (invariant 1); answer `interrupted` (invariant 2)."""
+        request = ""
+        try:
+            request = parse_envelope(loads_strict(read_regular(
+                lane.processing / f"{task_id}.json"))).request
+        except (Rejection, OSError):
+            pass
+        started_at = marker.get("started_at")
+        results.verdict(self.node, lane, task_id, request, Status.INTERRUPTED,
+                        "execution ended without a result (host, executor or unit died); "
+                        "not run again", started_at=started_at if isinstance(started_at, str)
+                        else None, unit=self.launcher.unit(task_id))
+        self.finish(lane, task_id)
+        self.report.recovered += 1
+        self.node.emit("task_interrupted", "execution died without a result; not rerun",
+                       task_id=task_id, from_=lane.from_, to=lane.to, level=events.WARNING)
+
+    # -- order -------------------------------------------------------------------------
+    def index(self, envelope: Envelope) -> None:
+        self.state.index_add(envelope.id, RANK[envelope.priority.value], envelope.created,
+                             f"{envelope.from_}-to-{envelope.to}")
+
+    def order(self, queued: list[str]) -> list[tuple[str, str]]:
+        """High before normal before low, oldest first, from the index in node-local state;
+        a task missing from it (a crash between rename and index) is read and indexed."""
+        names = self.state.index_names()
+        indexed: dict[str, str] = {}
+        for name in names:
+            parsed = parse_index(name)
+            if parsed is None:
+                self.state.index_remove(name)
+                continue
+            indexed[parsed[0]] = name
+        wanted = set(queued)
+        for task_id, name in indexed.items():
+            if task_id not in wanted:
+                self.state.index_remove(name)
+        for task_id in queued:
+            if task_id not in indexed:
+                lane = self.lane_of[task_id]
+                try:
+                    obj = loads_strict(read_regular(lane.processing / f"{task_id}.json"))
+                    rank = RANK.get(str(obj.get("priority")), 1)
+                    created = str(obj.get("created", ""))
+                except (Rejection, OSError):
+                    rank, created = 1, ""
+                self.state.index_add(task_id, rank, created, lane.name)
+                indexed[task_id] = ""
+        if any(not name for name in indexed.values()):
+            names = self.state.index_names()
+        # (task id, index entry), in start order
+        return [(parsed[0], name) for name in names
+                if (parsed := parse_index(name)) is not None and parsed[0] in wanted]
+
+
+def summary(report: PassReport) -> str:
+    return json.dumps({"admitted": report.admitted, "rejected": report.rejected,
+                       "released": report.released, "recovered": report.recovered,
+                       "pending_ack": report.pending_ack, "queued": len(report.queued),
+                       "running": len(report.running), "started": report.started,
+                       "errors": report.errors})

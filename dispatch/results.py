@@ -1,0 +1,77 @@
+"""Writing and reading signed results. Every command that reads a result verifies it here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.errors import NotFound, Rejection
+from dispatch.intake import read_regular
+from dispatch.model import Result, Status, loads_strict, now_utc, rfc3339
+from dispatch.node import Node
+from dispatch.signing import sign_result, verify_result
+from dispatch.spool import Lane, atomic_write, dump_json
+
+
+@dataclass(frozen=True)
+class Located:
+    lane: Lane
+    path: Path
+
+
+def write(node: Node, lane: Lane, result: Result) -> bool:
+    """Sign and publish a result. False if the lane already holds one for this id: a task
+    has exactly one result (invariant 2), so the first one stands."""
+    signed = sign_result(node.keys, result)
+    return atomic_write(lane.result_path(result.id), dump_json(signed.to_json()), overwrite=False)
+
+
+def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, reason: str,
+            *, started_at: str | None = None, unit: str = "") -> bool:
+    """A result for a task that did not (or did not finish to) run: rejected, interrupted,
+    cancelled, or killed before it started."""
+    result = Result(
+        id=task_id, answered_by=node.name, answered_at=rfc3339(now_utc()), request=request,
+        status=status, exit_code=-1, elapsed_s=0.0, log_path="", final_text="",
+        output_tail="", output_bytes=0, perm_mode="", started_at=started_at, truncated=False,
+        unit=unit, reason=reason, kid="", hmac="",
+    )
+    return write(node, lane, result)
+
+
+def read(node: Node, path: Path) -> Result:
+    """A verified result, or `Rejection` (exit code 3) if it does not verify."""
+    data = read_regular(path)
+    return verify_result(node.keys, loads_strict(data))
+
+
+def locate(node: Node, task_id: str) -> Located | None:
+    """The result of a task this node sent (or received), in whichever lane it travelled."""
+    spool = node.spool
+    for lane in spool.lanes_out(node.cfg) + spool.lanes_in(node.cfg):
+        path = lane.result_path(task_id)
+        if path.exists():
+            return Located(lane, path)
+    return None
+
+
+def find_task_lane(node: Node, task_id: str) -> Lane | None:
+    """Which of this node's lanes a task id travels in, from any trace it left."""
+    spool = node.spool
+    for lane in spool.lanes_out(node.cfg) + spool.lanes_in(node.cfg):
+        name = lane.task_name(task_id)
+        for where in (lane.inbox / name, lane.pending_ack / name, lane.processing / name,
+                      lane.result_path(task_id), lane.tmp / name, lane.rejected / name):
+            if where.exists():
+                return lane
+    return None
+
+
+def get(node: Node, task_id: str) -> Result:
+    located = locate(node, task_id)
+    if located is None:
+        raise NotFound(f"no result for {task_id} yet")
+    try:
+        return read(node, located.path)
+    except Rejection as exc:
+        raise Rejection(exc.reason, f"result {located.path}: {exc}") from None

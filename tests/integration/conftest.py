@@ -1,0 +1,45 @@
+"""Fixtures for integration tests that need a real systemd (see sdhost.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Under --import-mode=importlib (or once tests/ becomes a package) pytest no longer puts this
+# directory on sys.path; the tests import the harness as a top-level module either way.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sdhost import SystemdHost, missing_prerequisites
+
+
+@pytest.fixture(scope="session", autouse=True)
+def systemd_prerequisites() -> None:
+    # Fail, never skip: CI runs these tests as root and a skip would hide that they did not run.
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail(
+            "integration tests boot systemd in a namespace and need root, unshare, nsenter"
+            " and systemd 252: " + "; ".join(problems),
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def sd_host(tmp_path: Path) -> Iterator[SystemdHost]:
+    """A booted host "host-a" with fresh directories bound over /etc/dispatch, /var/lib/dispatch."""
+    host = SystemdHost(
+        "host-a",
+        tmp_path / "sdhost",
+        binds={
+            "/etc/dispatch": tmp_path / "etc-dispatch",
+            "/var/lib/dispatch": tmp_path / "var-lib-dispatch",
+        },
+    )
+    try:
+        host.start()
+        yield host
+    finally:
+        host.poweroff()
