@@ -10,7 +10,7 @@ from pathlib import Path
 from dispatch import config as config_mod
 from dispatch.config import Config
 from dispatch.errors import ConfigError, UsageError
-from dispatch.signing import Key, Keyring, read_key, fingerprint, new_secret, write_key
+from dispatch.signing import Key, Keyring, fingerprint, new_secret, read_key, write_key
 from dispatch.spool import Spool
 from dispatch.state import NodeState
 

@@ -3,6 +3,7 @@ the systemd one (`dispatch-exec@<id>.service`) in `systemd_launcher`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,7 +69,9 @@ class ProcessLauncher:
         return alive
 
     def start(self, task_id: str) -> None:
-        child = spawn_detached(dispatch_argv("exec", task_id))
+        # The child reads the same config file, whatever this process's environment says.
+        env = dict(os.environ, DISPATCH_CONFIG=str(self.node.cfg.config_path))
+        child = spawn_detached(dispatch_argv("exec", task_id), env=env)
         self.children[task_id] = child
         started = _start_time(child.pid)
         if started is not None:
@@ -86,10 +89,8 @@ class ProcessLauncher:
 
     def wait_all(self, timeout: float | None = None) -> None:
         for child in list(self.children.values()):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def make_launcher(node: Node) -> Launcher:

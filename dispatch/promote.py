@@ -4,6 +4,7 @@ after a crash at any point, never runs a task twice and never loses one."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -15,7 +16,15 @@ from dispatch import events, results
 from dispatch.errors import Rejection
 from dispatch.intake import examine, read_regular
 from dispatch.launcher import Launcher
-from dispatch.model import Envelope, Status, loads_strict, now_utc, parse_envelope, rfc3339, valid_id
+from dispatch.model import (
+    Envelope,
+    Status,
+    loads_strict,
+    now_utc,
+    parse_envelope,
+    rfc3339,
+    valid_id,
+)
 from dispatch.node import Node
 from dispatch.signing import mac_text
 from dispatch.spool import Lane, atomic_write, dump_json
@@ -137,7 +146,7 @@ class Promoter:
             data = read_regular(lane.inbox / name)
             admitted = examine(self.cfg, self.node.keys, lane, name, data)
         except Rejection as exc:
-            self.refuse(lane, name, exc, claim_sha="")
+            self.refuse(lane, name, exc, answer=True)
             return
         envelope = admitted.envelope
         previous = self.state.claim(envelope.id, admitted.sha256, lane.name)
@@ -146,7 +155,7 @@ class Promoter:
             and previous.lane == lane.name
         ):
             self.refuse(lane, name, Rejection("replay", f"task id {envelope.id} was already "
-                        f"seen by this node ({previous.phase.value})"), claim_sha=None)
+                        f"seen by this node ({previous.phase.value})"))
             return
         if admitted.needs_ack:
             os.rename(lane.inbox / name, lane.pending_ack / name)
@@ -161,7 +170,7 @@ class Promoter:
                        f"{envelope.request[:80]}", task_id=envelope.id, from_=envelope.from_,
                        to=envelope.to, schema=envelope.schema, kid=envelope.kid or "-")
 
-    def refuse(self, lane: Lane, name: str, exc: Rejection, *, claim_sha: str | None,
+    def refuse(self, lane: Lane, name: str, exc: Rejection, *, answer: bool = False,
                source: Path | None = None) -> None:
         """Quarantine an entry with its reason; answer the sender when it named its id."""
         record = {"reason": exc.reason, "message": str(exc), "at": rfc3339(now_utc()),
@@ -173,19 +182,20 @@ class Promoter:
         self.report.rejected += 1
         self.node.emit("task_rejected", f"{name[:80]}: {exc.reason}: {exc}", task_id=exc.task_id,
                        from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
-        # claim_sha None: the id belongs to an earlier task, whose result must stand alone.
-        if exc.task_id and claim_sha is not None:
-            if self.state.claim(exc.task_id, claim_sha, lane.name) is None:
-                self.state.mark(exc.task_id, Phase.REJECTED)
-                results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
-                                f"{exc.reason}: {exc}")
+        # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
+        # earlier task, whose one result must stand alone.
+        if (answer and exc.task_id
+                and self.state.claim(exc.task_id, "", lane.name) is None):
+            self.state.mark(exc.task_id, Phase.REJECTED)
+            results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
+                            f"{exc.reason}: {exc}")
 
     def sweep(self, lane: Lane, now: float) -> None:
         for path in lane.stale_tmp(now):
             exc = Rejection("stale_tmp", "temporary file older than an hour: its sender died "
                             "mid-write")
             try:
-                self.refuse(lane, path.name, exc, claim_sha=None, source=path.parent)
+                self.refuse(lane, path.name, exc, source=path.parent)
             except OSError as err:
                 self.node.emit("intake_error", f"{path}: {err}", level=events.ERR)
 
@@ -201,7 +211,7 @@ class Promoter:
                 continue
             if not self.admitted_file(lane, name):
                 self.refuse(lane, name, Rejection("not_admitted", "file in pending-ack/ that "
-                            "did not come through intake"), claim_sha=None,
+                            "did not come through intake"),
                             source=lane.pending_ack)
                 continue
             self.report.pending_ack += 1
@@ -228,16 +238,16 @@ class Promoter:
                            "`dispatch ack` on the receiving host releases a task")
         if entry is None or f"{task_id}.json" not in present:
             self.refuse(lane, name, Rejection("orphan_ack", "ack for no pending task"),
-                        claim_sha=None, source=lane.pending_ack)
+                        source=lane.pending_ack)
             return
         try:
             record = loads_strict(read_regular(lane.pending_ack / name))
         except Rejection:
-            self.refuse(lane, name, forged, claim_sha=None, source=lane.pending_ack)
+            self.refuse(lane, name, forged, source=lane.pending_ack)
             return
         expected = ack_mac(self.node, lane, task_id, entry.sha256)
         if not hmac.compare_digest(str(record.get("mac", "")), expected):
-            self.refuse(lane, name, forged, claim_sha=None, source=lane.pending_ack)
+            self.refuse(lane, name, forged, source=lane.pending_ack)
             return
         os.rename(lane.pending_ack / f"{task_id}.json", lane.processing / f"{task_id}.json")
         os.unlink(lane.pending_ack / name)
@@ -260,7 +270,7 @@ class Promoter:
                     continue
                 if not self.admitted_file(lane, name):
                     self.refuse(lane, name, Rejection("not_admitted", "file in processing/ "
-                                "that did not come through intake"), claim_sha=None,
+                                "that did not come through intake"),
                                 source=lane.processing)
                     continue
                 task_id = name[: -len(".json")]
@@ -288,11 +298,9 @@ class Promoter:
         """Started, no longer running, no result: the host or the executor died. Never rerun
         (invariant 1); answer `interrupted` (invariant 2)."""
         request = ""
-        try:
+        with contextlib.suppress(Rejection, OSError):
             request = parse_envelope(loads_strict(read_regular(
                 lane.processing / f"{task_id}.json"))).request
-        except (Rejection, OSError):
-            pass
         started_at = marker.get("started_at")
         results.verdict(self.node, lane, task_id, request, Status.INTERRUPTED,
                         "execution ended without a result (host, executor or unit died); "

@@ -28,11 +28,13 @@ def run(argv: Sequence[str], *, timeout: float = 30, check: bool = False,
         raise DispatchError(f"{' '.join(argv[:3])}: no answer within {timeout:g}s") from None
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise DispatchError(f"{' '.join(argv[:4])} failed: {detail[-1] if detail else proc.returncode}")
+        last = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise DispatchError(f"{' '.join(argv[:4])} failed: {last}")
     return proc
 
 
-def systemctl(*args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+def systemctl(*args: str, timeout: float = 30,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
     return run(["systemctl", *args], timeout=timeout, check=check)
 
 

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from dispatch.config import valid_node
 from dispatch.errors import UsageError
-from dispatch.model import SCHEMA, Callback, Envelope, Priority, canonical, new_id, now_utc, rfc3339, valid_id
+from dispatch.model import (
+    SCHEMA,
+    Callback,
+    Envelope,
+    Priority,
+    canonical,
+    new_id,
+    now_utc,
+    rfc3339,
+    valid_id,
+)
 from dispatch.node import Node
 from dispatch.signing import sign_envelope
 

@@ -33,12 +33,11 @@ def status(app: App, as_json: bool) -> int:
 
 
 def _print_status(data: dict[str, Any]) -> None:
-    color = click.get_text_stream("stdout").isatty()
     ks = data["killswitch"]
-    state = ("HARD " if ks["hard"] else "on: ") + ks["reason"] if ks["on"] else "off"
-    click.echo(f"node {data['node']}  root {data['root']}  killswitch "
-               + click.style(state, fg="red" if ks["on"] else "green", bold=ks["on"])
-               if color else f"node {data['node']}  root {data['root']}  killswitch {state}")
+    state = (("HARD " if ks["hard"] else "on: ") + ks["reason"]) if ks["on"] else "off"
+    # click.echo strips the colour when stdout is not a terminal.
+    shown = click.style(state, fg="red" if ks["on"] else "green", bold=bool(ks["on"]))
+    click.echo(f"node {data['node']}  root {data['root']}  killswitch {shown}")
     cols = ("inbox", "pending_ack", "queued", "running", "done", "rejected")
     click.echo(f"{'lane':<28}" + "".join(f"{c:>12}" for c in cols))
     for lane in data["lanes"]:

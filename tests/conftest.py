@@ -1,0 +1,67 @@
+"""Shared fixtures: a shared root with two nodes (devbox sends, gpubox receives), each with
+its own config, key ring copy and state, all in a temp dir; the fake agent as the agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dispatch import config as config_mod
+from dispatch.bootstrap import init_node
+from dispatch.node import Node
+
+
+@dataclass
+class NodeSetup:
+    name: str
+    env: dict[str, str]
+    home: Path
+
+    def node(self, **overrides: str) -> Node:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+        env.update(self.env)
+        env.update(overrides)
+        return Node(config_mod.load(env))
+
+
+@dataclass
+class Pair:
+    root: Path
+    sender: NodeSetup
+    receiver: NodeSetup
+    agent_log: Path
+
+    def agent_runs(self) -> list[dict[str, object]]:
+        if not self.agent_log.exists():
+            return []
+        return [json.loads(line) for line in self.agent_log.read_text().splitlines()]
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+    for key in [k for k in os.environ if k.startswith("DISPATCH_")]:
+        monkeypatch.delenv(key)
+    root = tmp_path / "share"
+    agent_log = tmp_path / "agent-runs.jsonl"
+    agent = f"{shlex.quote(sys.executable)} -m dispatch.fake_agent"
+    setups = {}
+    key_file = None
+    for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
+        home = tmp_path / name
+        report = init_node(root=root, node=name, peers=[peer], config_path=home / "dispatch.conf",
+                           key_dir=home / "keys", state_dir=home / "state", key_file=key_file,
+                           extra={"DISPATCH_AGENT_BIN": agent, "DISPATCH_LAUNCHER": "process",
+                                  "DISPATCH_POLL_SEC": "0.2"})
+        key_file = report.key.path
+        setups[name] = NodeSetup(name, {"DISPATCH_CONFIG": str(home / "dispatch.conf"),
+                                        "DISPATCH_FAKE_AGENT_LOG": str(agent_log)}, home)
+    # Executions started as child processes read their config from the environment.
+    monkeypatch.setenv("DISPATCH_FAKE_AGENT_LOG", str(agent_log))
+    yield Pair(root, setups["devbox"], setups["gpubox"], agent_log)
