@@ -157,6 +157,14 @@ def _pids_in_pidns(pidns: str) -> list[int]:
     return pids
 
 
+def _child_pidns(pid: int) -> str | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return _ns_id(int(children[0])) if children else None
+
+
 def _kill_in_pidns(pid: int, pidns: str) -> None:
     """SIGKILL `pid` only if it still belongs to `pidns`: a recycled pid is someone else's."""
     if _ns_id(pid) == pidns:
@@ -169,6 +177,46 @@ def _die_with_parent() -> None:
     # namespace's systemd, hence the whole namespace, with it.
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _remove_stale_cgroups(min_age: float = 60) -> None:
+    """Remove empty sdhost.* subtrees left by a harness that was killed before its cleanup.
+
+    A live host always has its systemd in its subtree; an empty one younger than `min_age`
+    may be a host between creating its cgroup and moving into it, so it is left alone.
+    """
+    hierarchies = [mp for mp, _t, _o in _cgroup_hierarchies()]
+    names = {
+        entry
+        for mp in hierarchies
+        for entry in os.listdir(mp)
+        if entry.startswith("sdhost.") and os.path.isdir(os.path.join(mp, entry))
+    }
+    now = time.time()
+    for name in names:
+        tops = [os.path.join(mp, name) for mp in hierarchies]
+        tops = [t for t in tops if os.path.isdir(t)]
+        try:
+            if any(now - os.stat(t).st_mtime < min_age for t in tops):
+                continue
+            if any(_cgroup_tree_has_procs(t) for t in tops):
+                continue
+        except OSError:
+            continue
+        for top in tops:
+            for dirpath, _dirs, _files in sorted(
+                os.walk(top), key=lambda w: w[0].count("/"), reverse=True
+            ):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+
+def _cgroup_tree_has_procs(top: str) -> bool:
+    for dirpath, _dirs, _files in os.walk(top):
+        with open(os.path.join(dirpath, "cgroup.procs"), encoding="ascii") as f:
+            if f.read().strip():
+                return True
+    return False
 
 
 _LIVE: set[SystemdHost] = set()
@@ -234,6 +282,7 @@ class SystemdHost:
         t0 = time.monotonic()
         deadline = t0 + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_cgroups()
         for source in self.binds.values():
             if not source.exists():
                 source.mkdir(parents=True)
@@ -302,8 +351,11 @@ class SystemdHost:
 
         try:
             self.pid = wait_for(booted_systemd, remaining(), 0.02, "systemd to exec")
-        except AssertionError as e:
-            raise SystemdHostError(f"[{self.name}] {e}\n{self._boot_log_tail()}") from None
+        except AssertionError:
+            raise SystemdHostError(
+                f"[{self.name}] boot.sh did not exec systemd within {timeout:g}s"
+                f"\n{self._boot_log_tail()}"
+            ) from None
         self.pidns = _ns_id(self.pid)
         private = f"/proc/{self.pid}/root/run/systemd/private"
 
@@ -320,8 +372,11 @@ class SystemdHost:
 
         try:
             wait_for(private_socket, remaining(), 0.02, f"{private}")
-        except AssertionError as e:
-            raise SystemdHostError(f"[{self.name}] {e}\n{self._diagnostics()}") from None
+        except AssertionError:
+            raise SystemdHostError(
+                f"[{self.name}] systemd did not open /run/systemd/private within {timeout:g}s"
+                f"\n{self._diagnostics()}"
+            ) from None
 
         try:
             r = self.run(
@@ -346,15 +401,21 @@ class SystemdHost:
         proc = self._proc
         try:
             if proc is not None and proc.returncode is None:
-                deadline = time.monotonic() + timeout
+                if self.pidns is None:
+                    # Boot was cut short before we learnt the namespace: find it to sweep it.
+                    self.pidns = _child_pidns(proc.pid)
                 if proc.poll() is None and self.pid is not None:
+                    deadline = time.monotonic() + timeout
                     # systemctl may lose its connection as the manager goes down: not an error.
                     with contextlib.suppress(AssertionError):
                         self.run(["systemctl", "poweroff"], check=False, timeout=min(10.0, timeout))
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.last_poweroff_forced = True
+                    try:
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        self.last_poweroff_forced = True
+                else:
+                    # No systemd to ask (boot failed or timed out before it ran): just kill.
+                    self.last_poweroff_forced = proc.poll() is None
                 self._kill(proc)
         finally:
             self._proc = None
