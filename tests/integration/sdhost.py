@@ -150,19 +150,31 @@ def _ns_id(pid: int) -> str | None:
 
 
 def _pids_in_pidns(pidns: str) -> list[int]:
+    """Live processes of a PID namespace; zombies are dead and only wait for a reaper."""
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and _ns_id(int(entry)) == pidns:
+        if not entry.isdigit() or _ns_id(int(entry)) != pidns:
+            continue
+        try:
+            stat_line = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if stat_line[stat_line.rindex(")") + 2] != "Z":
             pids.append(int(entry))
     return pids
 
 
-def _child_pidns(pid: int) -> str | None:
+def _first_child(pid: int) -> int | None:
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
-    return _ns_id(int(children[0])) if children else None
+    return int(children[0]) if children else None
+
+
+def _child_pidns(pid: int) -> str | None:
+    child = _first_child(pid)
+    return _ns_id(child) if child is not None else None
 
 
 def _kill_in_pidns(pid: int, pidns: str) -> None:
@@ -406,11 +418,19 @@ class SystemdHost:
                     self.pidns = _child_pidns(proc.pid)
                 if proc.poll() is None and self.pid is not None:
                     deadline = time.monotonic() + timeout
-                    # systemctl may lose its connection as the manager goes down: not an error.
-                    with contextlib.suppress(AssertionError):
-                        self.run(["systemctl", "poweroff"], check=False, timeout=min(10.0, timeout))
                     try:
-                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                        accepted = (
+                            self.run(
+                                ["systemctl", "poweroff"], check=False, timeout=min(10.0, timeout)
+                            ).returncode
+                            == 0
+                        )
+                    except AssertionError:
+                        accepted = False
+                    try:
+                        # A systemd that did not take the request (still booting, or its
+                        # socket is gone) is not worth waiting for.
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()) if accepted else 0)
                     except subprocess.TimeoutExpired:
                         self.last_poweroff_forced = True
                 else:
@@ -444,9 +464,14 @@ class SystemdHost:
         self.poweroff()
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
-        # Killing the namespace's PID 1 makes the kernel kill everything in the namespace.
-        if self.pid is not None and self.pidns is not None:
-            _kill_in_pidns(self.pid, self.pidns)
+        init = self.pid if self.pid is not None else _first_child(proc.pid)
+        if init is not None and self.pidns is not None:
+            # Killing the namespace's PID 1 makes the kernel kill everything in the namespace.
+            _kill_in_pidns(init, self.pidns)
+            # Let unshare reap it and exit: orphaned, it would linger as a zombie of the
+            # machine's PID 1, which here reaps slowly.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         # Until we reap unshare its pid, and so its process group id, cannot be reused.
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
