@@ -44,6 +44,8 @@ class PassReport:
     running: set[str] = field(default_factory=set)
     started: list[str] = field(default_factory=list)
     errors: int = 0
+    # lane/name of every inbox entry this pass looked at, moved or not
+    seen: set[str] = field(default_factory=set)
 
 
 def ack_mac(node: Node, lane: Lane, task_id: str, sha256: str) -> str:
@@ -66,6 +68,36 @@ def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
 def promote(node: Node, launcher: Launcher) -> PassReport:
     with node.state.lock("promote"):
         return Promoter(node, launcher).run()
+
+
+MAX_SETTLE_PASSES = 20
+
+
+def settle(node: Node, launcher: Launcher) -> PassReport:
+    """Passes until nothing changed during the last one. systemd stops watching while this
+    oneshot runs, so a task that arrived, or an execution that ended, during a pass would
+    otherwise wait for the next timer tick."""
+    report = promote(node, launcher)
+    for _ in range(MAX_SETTLE_PASSES - 1):
+        if not _changed_since(node, launcher, report):
+            break
+        report = promote(node, launcher)
+    return report
+
+
+def _changed_since(node: Node, launcher: Launcher, report: PassReport) -> bool:
+    for lane in node.spool.lanes_in(node.cfg):
+        try:
+            names = os.listdir(lane.inbox)
+        except OSError:
+            continue
+        # An entry the pass saw and could not move is not news: only new arrivals are.
+        if any(not n.endswith(".tmp") and f"{lane.name}/{n}" not in report.seen for n in names):
+            return True
+    waiting = len(report.queued) - len(report.started)
+    if waiting <= 0 or node.spool.killswitch().on:
+        return False
+    return len(launcher.running()) < node.cfg.max_parallel
 
 
 class Promoter:
@@ -131,6 +163,7 @@ class Promoter:
         for name in names:
             if name.endswith(".tmp"):
                 continue  # a sender mid-write (the original writes inbox/<id>.json.tmp)
+            self.report.seen.add(f"{lane.name}/{name}")
             try:
                 self.intake_one(lane, name)
             except FileNotFoundError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dispatch import events
 from dispatch.node import Node
 from dispatch.runner import systemctl
 
 TEMPLATE = "dispatch-exec@{}.service"
-# deactivating counts too: the agent may still hold memory and CPU until the stop finishes.
-BUSY_STATES = "activating,active,deactivating,reloading"
+PATH_UNIT = "dispatch-watch.path"
+# deactivating counts: the agent may still hold memory and CPU until the stop finishes.
+IDLE_STATES = {"inactive", "failed"}
 
 
 def unit_name(task_id: str) -> str:
@@ -25,21 +27,47 @@ def instance_of(unit: str) -> str | None:
 class SystemdLauncher:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.started: set[str] = set()
 
     def running(self) -> set[str]:
+        """Busy instances: any not inactive or failed, plus any with a start job queued
+        (after `start --no-block` a unit stays inactive until systemd runs its job)."""
         out = systemctl("list-units", "--all", "--plain", "--no-legend", "--no-pager",
-                        f"--state={BUSY_STATES}", "dispatch-exec@*.service").stdout
+                        "dispatch-exec@*.service", PATH_UNIT).stdout
         ids = set()
+        path_failed = False
         for line in out.splitlines():
             parts = line.split()
-            task_id = instance_of(parts[0]) if parts else None
-            if task_id:
+            if len(parts) < 4:
+                continue
+            if parts[0] == PATH_UNIT:
+                path_failed = parts[2] == "failed"
+                continue
+            task_id = instance_of(parts[0])
+            if task_id and parts[2] not in IDLE_STATES:
                 ids.add(task_id)
+        jobs = systemctl("list-jobs", "--plain", "--no-legend", "--no-pager",
+                         "dispatch-exec@*.service", check=False).stdout
+        for line in jobs.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and (task_id := instance_of(parts[1])):
+                ids.add(task_id)
+        if path_failed:
+            self._revive_path_unit()
         return ids
+
+    def _revive_path_unit(self) -> None:
+        """Invariant 6 belt and braces: should the path unit ever fail, the next pass (from
+        the timer) starts it again; starting a failed unit restarts it."""
+        self.node.emit("path_unit_failed", f"{PATH_UNIT} had failed; starting it again",
+                       level=events.WARNING)
+        systemctl("reset-failed", PATH_UNIT, check=False)
+        systemctl("start", "--no-block", PATH_UNIT, check=False)
 
     def start(self, task_id: str) -> None:
         # --no-block: promote is a oneshot that must return; the unit runs on its own.
         systemctl("start", "--no-block", unit_name(task_id))
+        self.started.add(task_id)
 
     def stop(self, task_id: str) -> None:
         systemctl("stop", "--no-block", unit_name(task_id), check=False)

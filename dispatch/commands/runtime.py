@@ -9,8 +9,7 @@ from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
 from dispatch.executor import execute
 from dispatch.launcher import make_launcher
-from dispatch.promote import promote as promote_pass
-from dispatch.promote import summary
+from dispatch.promote import settle, summary
 from dispatch.watch import watch as watch_loop
 
 
@@ -18,9 +17,10 @@ from dispatch.watch import watch as watch_loop
 @click.option("--json", "as_json", is_flag=True, help="Print what the pass did.")
 @pass_app
 def promote(app: App, as_json: bool) -> int:
-    """One pass: verify inboxes, release acks, recover, start executions up to the cap."""
+    """Verify inboxes, release acks, recover, start executions up to the cap; repeat while
+    anything changed meanwhile."""
     node = app.node()
-    report = promote_pass(node, make_launcher(node))
+    report = settle(node, make_launcher(node))
     if as_json:
         click.echo(summary(report))
     return 0

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Under --import-mode=importlib (or once tests/ becomes a package) pytest no longer puts this
-# directory on sys.path; the tests import the harness as a top-level module either way.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sdhost import SystemdHost, missing_prerequisites
+from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
 
 @pytest.fixture(scope="session", autouse=True)

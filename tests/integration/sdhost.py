@@ -299,6 +299,7 @@ class SystemdHost:
             if not source.exists():
                 source.mkdir(parents=True)
         self.cgroup_name = f"sdhost.{self.name}.{uuid.uuid4().hex[:8]}"
+        self.pidns = None
         self.state = None
         self.failed_units = []
         self.last_poweroff_forced = False
@@ -560,7 +561,8 @@ class SystemdHost:
                 continue
             cg = q(f"{mount_point}/{self.cgroup_name}")
             lines.append(f"mkdir -p {cg} && echo 0 > {cg}/cgroup.procs")
-        if hierarchies and hierarchies[0][0] != _CGROUP_ROOT:
+        unified_only = bool(hierarchies) and hierarchies[0][0] == _CGROUP_ROOT
+        if not unified_only:
             lines += [
                 "",
                 "# systemd remounts the /sys/fs/cgroup tmpfs read-only and adds directories to it;",
@@ -570,10 +572,19 @@ class SystemdHost:
             for mount_point, _fstype, _opts in hierarchies:
                 sub = q(f"{cgroupfs}/{os.path.basename(mount_point)}")
                 lines.append(f"mkdir {sub} && mount --bind {q(mount_point)} {sub}")
+        elif self.net:
+            lines.append(f"mount --bind {_CGROUP_ROOT} {q(str(cgroupfs))}")
+        if self.net:
             lines += [
-                f"umount -R {_CGROUP_ROOT}",
-                f"mount --move {q(str(cgroupfs))} {_CGROUP_ROOT}",
+                "",
+                "# The machine's sysfs lists the machine's network devices; this one, the new",
+                "# network namespace's. It hides /sys/fs/cgroup, put back below.",
+                "mount -t sysfs sysfs /sys",
             ]
+        elif not unified_only:
+            lines.append(f"umount -R {_CGROUP_ROOT}")
+        if self.net or not unified_only:
+            lines.append(f"mount --move {q(str(cgroupfs))} {_CGROUP_ROOT}")
         lines += [
             "",
             "mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run",
@@ -585,8 +596,11 @@ class SystemdHost:
             JOURNALD_CONF.rstrip("\n"),
             "EOF",
             "",
-            f"mount --bind {q(str(machine_id))} /etc/machine-id",
         ]
+        # Bound over the machine's files, which must exist: creating them would change the
+        # machine (without /etc/machine-id systemd makes up a transient id itself).
+        if os.path.exists("/etc/machine-id"):
+            lines.append(f"mount --bind {q(str(machine_id))} /etc/machine-id")
         if os.path.exists("/etc/hostname"):
             lines.append(f"mount --bind {q(str(hostname))} /etc/hostname")
         lines.append(f"hostname {q(self.name)}")

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sdhost import SystemdHost
+
+from tests.integration.sdhost import SystemdHost
 
 # Prints "allocated ok", a string its own command line (logged by systemd) does not contain.
 ALLOC_200M = "b = b'x' * (200 * 1024 * 1024); print('allocated', 'ok', len(b))"
@@ -206,6 +207,17 @@ def test_reboot_keeps_bound_state_and_renews_run(sd_host: SystemdHost, tmp_path:
     assert sd_host.run(["test", "-e", "/run/dispatch/marker"], check=False).returncode == 1
     assert sd_host.run(["hostname"]).stdout.strip() == "host-a"
     assert sd_host.run(["cat", "/etc/machine-id"]).stdout == machine_id
+
+
+def test_net_host_sees_only_its_loopback(tmp_path: Path) -> None:
+    with SystemdHost("host-net", tmp_path / "sdhost", net=True) as host:
+        assert host.state == "running", f"failed units: {host.failed_units}"
+        links = host.run(["ip", "-o", "link", "show"]).stdout.splitlines()
+        assert [line.split(":")[1].strip() for line in links] == ["lo"]
+        assert "UP" in links[0]
+        # sysfs too, not just netlink: the machine's /sys would list the machine's devices.
+        assert host.run(["ls", "/sys/class/net"]).stdout.split() == ["lo"]
+        assert host.run(["systemd-run", "--wait", "-p", "MemoryMax=20M", "/bin/true"])
 
 
 def test_two_hosts_have_separate_names_and_cgroups(tmp_path: Path) -> None:

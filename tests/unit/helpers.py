@@ -1,0 +1,163 @@
+"""Helpers for the unit suite: envelopes built and signed by hand (independently of
+`dispatch.signing`), the real CLI as a subprocess, and draining a node with real executions."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dispatch.launcher import ProcessLauncher
+from dispatch.model import canonical, new_id, now_utc, rfc3339
+from dispatch.node import Node
+from dispatch.promote import PassReport, promote
+from dispatch.signing import Keyring
+from dispatch.spool import Lane
+from dispatch.watch import watch
+from tests.conftest import NodeSetup, Pair
+
+BIN = Path(sys.executable).parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env.update(extra)
+    return env
+
+
+def env_for(setup: NodeSetup, **extra: str) -> dict[str, str]:
+    env = clean_env(**setup.env)
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], env: dict[str, str], *, timeout: float = 60,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                          input=stdin, check=False)
+
+
+def cli(setup: NodeSetup | None, *args: str, timeout: float = 60,
+        env: dict[str, str] | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -m dispatch ARGS` as `setup`'s node (or with exactly `env`)."""
+    if env is None:
+        env = env_for(setup, **extra) if setup is not None else clean_env(**extra)
+    return run([sys.executable, "-m", "dispatch", *args], env, timeout=timeout)
+
+
+def configure(setup: NodeSetup, **values: str | int) -> None:
+    """Append KEY=VALUE lines to a node's config file (later lines win)."""
+    path = Path(setup.env["DISPATCH_CONFIG"])
+    with path.open("a") as handle:
+        for key, value in values.items():
+            handle.write(f"{key}={value}\n")
+
+
+def lane_in(pair: Pair) -> Lane:
+    """The lane devbox → gpubox, as the receiver sees it."""
+    return pair.receiver.node().spool.lane("devbox", "gpubox")
+
+
+def shared_key(pair: Pair) -> tuple[str, bytes]:
+    key = Keyring.load(pair.sender.node().cfg).signing_key()
+    return key.kid, key.secret
+
+
+def mac(secret: bytes, obj: dict[str, Any]) -> str:
+    body = {k: v for k, v in obj.items() if k != "hmac"}
+    return hmac.new(secret, canonical(body), hashlib.sha256).hexdigest()
+
+
+def signed(secret: bytes, obj: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "hmac"}
+    out["hmac"] = mac(secret, out)
+    return out
+
+
+def envelope(pair: Pair, *, sign: bool = True, **overrides: Any) -> dict[str, Any]:
+    """A schema-3 envelope devbox → gpubox, signed with the shared key after the overrides
+    (so a test changes what it means, not whether the signature holds)."""
+    kid, secret = shared_key(pair)
+    obj: dict[str, Any] = {
+        "schema": 3, "id": new_id(), "from": "devbox", "to": "gpubox",
+        "created": rfc3339(now_utc()), "priority": "normal", "request": "hello there",
+        "require_ack": False, "require_dangerous": False, "timeout_s": 60,
+        "max_output_bytes": 100_000, "callback": "file", "parent": None, "hops": 0,
+        "kid": kid,
+    }
+    obj.update(overrides)
+    return signed(secret, obj) if sign else obj
+
+
+def drop(lane: Lane, obj: dict[str, Any] | bytes, name: str | None = None) -> Path:
+    """Put bytes into the inbox the way a sender does (write elsewhere, rename in)."""
+    data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    if name is None:
+        assert isinstance(obj, dict)
+        name = f"{obj['id']}.json"
+    lane.tmp.mkdir(parents=True, exist_ok=True)
+    staged = lane.tmp / f"staging-{new_id()}"
+    staged.write_bytes(data)
+    target = lane.inbox / name
+    os.rename(staged, target)
+    return target
+
+
+def promote_once(node: Node) -> PassReport:
+    """One promote pass; waits for any execution it started, so a test that expects nothing
+    to run can check the agent log afterwards."""
+    launcher = ProcessLauncher(node)
+    report = promote(node, launcher)
+    launcher.wait_all(60)
+    return report
+
+
+def drain(node: Node, max_seconds: float = 60) -> PassReport:
+    return watch(node, once=True, max_seconds=max_seconds)
+
+
+def reason_of(lane: Lane, name: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((lane.rejected / f"{name}.reason.json").read_text())
+    return record
+
+
+def assert_rejected(lane: Lane, name: str, reason: str) -> dict[str, Any]:
+    assert os.path.lexists(lane.rejected / name), f"{name} not in rejected/"
+    assert not os.path.lexists(lane.inbox / name)
+    record = reason_of(lane, name)
+    assert record["reason"] == reason, record
+    return record
+
+
+def result_json(lane: Lane, task_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(lane.result_path(task_id).read_text())
+    return data
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def runs_of(pair: Pair, task_id: str) -> list[dict[str, object]]:
+    return [r for r in pair.agent_runs() if r["task_id"] == task_id]
+
+
+def pgid_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
