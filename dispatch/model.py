@@ -120,7 +120,26 @@ def loads_strict(data: bytes) -> dict[str, Any]:
         raise Rejection("malformed", f"not valid UTF-8 JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):
         raise Rejection("malformed", "top level is not a JSON object")
+    if _has_nul(obj):
+        # JSON escapes (`\u0000`) get past the check on the raw text; a NUL in a request
+        # would make the agent's argv unusable (ValueError from exec, not OSError).
+        raise Rejection("malformed", "NUL character in a string")
     return obj
+
+
+def _has_nul(obj: Any) -> bool:
+    stack = [obj]  # iterative: the parser already bounded the depth, no recursion here
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _require(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

@@ -98,6 +98,8 @@ def test_priority_rank() -> None:
         (b'{"a": "\xff\xfe"}', "malformed"),  # invalid UTF-8
         (b'{"a": "\x00"}', "malformed"),  # NUL, raw
         (b'{"a": "\\u0000"}', "malformed"),  # NUL, escaped
+        (b'{"a\\u0000": 1}', "malformed"),  # NUL in a key
+        (b'{"a": [{"b": ["x\\u0000"]}]}', "malformed"),  # NUL deep inside
         (b"[1, 2]", "malformed"),  # not an object
         (b"", "malformed"),
         (b'{"a": 1} trailing', "malformed"),
