@@ -119,14 +119,15 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
         if entry is None or entry.sha256 != admitted.sha256 or entry.lane != lane.name:
             raise Rejection("tampered", "task file differs from the one this node admitted")
     except Rejection as exc:
+        # The result first: a sender's `wait` that sees the file in rejected/ must find it.
+        if entry is not None:
+            results.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
+            node.state.mark(task_id, Phase.REJECTED)
         lane.reject(path.name, {"reason": exc.reason, "message": str(exc),
                                 "at": rfc3339(now_utc()), "node": node.name,
                                 "task_id": task_id}, lane.processing)
         node.emit("task_rejected", f"at execution: {exc.reason}: {exc}", task_id=task_id,
                   from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
-        if entry is not None:
-            results.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
-            node.state.mark(task_id, Phase.REJECTED)
         return None
     return admitted
 
@@ -182,6 +183,7 @@ def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | No
     # Under systemd our stdout is the journal: echo the (capped) output there too.
     echo: IO[bytes] | None = sys.stdout.buffer if os.environ.get("JOURNAL_STREAM") else None
     stop = _Stop()
+    began = time.monotonic()
     logged = total = 0
     timed_out = False
     try:
@@ -259,7 +261,8 @@ def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | No
             proc.stdout.close()
             returncode = proc.wait()
             status, exit_code, reason = _classify(node, returncode, timed_out, stop.signum,
-                                                  envelope.timeout_s)
+                                                  envelope.timeout_s,
+                                                  time.monotonic() - began)
             log.write(f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
                       f"{' reason=' + reason if reason else ''}\n".encode())
     finally:
@@ -280,17 +283,40 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
     threading.Thread(target=feed, daemon=True).start()
 
 
+def _stopped(node: Node, returncode: int, signum: int,
+             elapsed: float) -> tuple[Status, int, str]:
+    """Why were we asked to stop? The answer decides the result's status."""
+    ceiling = os.environ.get("DISPATCH_RUNTIME_MAX_S", "")
+    if ceiling.isdigit() and elapsed >= int(ceiling) - 1:
+        return (Status.TIMEOUT, TIMEOUT_EXIT,
+                f"unit RuntimeMaxSec={ceiling} reached (the hard ceiling above timeout_s)")
+    killswitch = node.spool.killswitch()
+    if killswitch.hard:
+        return Status.KILLED, returncode, f"hard KILLSWITCH: {killswitch.reason}"
+    if _host_stopping():
+        return (Status.INTERRUPTED, returncode,
+                "host shutting down: execution stopped; not run again")
+    return Status.KILLED, returncode, f"execution stopped by {signal.Signals(signum).name}"
+
+
+def _host_stopping() -> bool:
+    """systemd says `stopping` while it shuts the system down."""
+    if not os.environ.get("INVOCATION_ID"):
+        return False  # not started by systemd
+    from dispatch.runner import run
+
+    try:
+        return run(["systemctl", "is-system-running"], timeout=5).stdout.strip() == "stopping"
+    except Exception:
+        return False
+
+
 def _classify(node: Node, returncode: int, timed_out: bool, signum: int,
-              timeout_s: int) -> tuple[Status, int, str]:
+              timeout_s: int, elapsed: float) -> tuple[Status, int, str]:
     if timed_out:
         return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
     if signum:
-        killswitch = node.spool.killswitch()
-        if killswitch.hard:
-            why = f"hard KILLSWITCH: {killswitch.reason}"
-        else:
-            why = f"execution stopped by {signal.Signals(signum).name}"
-        return Status.KILLED, returncode, why
+        return _stopped(node, returncode, signum, elapsed)
     if returncode < 0:
         name = signal.Signals(-returncode).name
         why = f"agent killed by {name}"

@@ -77,3 +77,19 @@ def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:
 
 
 COMMANDS = [status, result, wait]
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the task ends.")
+@pass_app
+def logs(app: App, task_id: str, follow: bool) -> int:
+    """A task's story: the journal by DISPATCH_TASK_ID, else done/<id>.log."""
+    from dispatch.logs import story
+
+    for line in story(app.node(), _task_id(task_id), follow):
+        click.echo(line)
+    return 0
+
+
+COMMANDS.append(logs)

@@ -38,3 +38,25 @@ def sd_host(tmp_path: Path) -> Iterator[SystemdHost]:
         yield host
     finally:
         host.poweroff()
+
+
+@pytest.fixture
+def node_host(tmp_path: Path) -> Iterator[SystemdHost]:
+    """A booted host with the directories a dispatch node needs bound fresh: config, state
+    and a local stand-in for the share at /mnt/dispatch (outside /tmp, which the units make
+    private)."""
+    host = SystemdHost(
+        "gpubox",
+        tmp_path / "sdhost",
+        binds={
+            "/etc/dispatch": tmp_path / "etc-dispatch",
+            "/var/lib/dispatch": tmp_path / "var-lib-dispatch",
+            "/mnt/dispatch": tmp_path / "mnt-dispatch",
+        },
+    )
+    (tmp_path / "mnt-dispatch").mkdir(mode=0o755)
+    try:
+        host.start()
+        yield host
+    finally:
+        host.poweroff()

@@ -1,0 +1,203 @@
+"""dispatch under a real systemd: path activation, the cap, limits, timeouts, killswitch,
+reboot recovery, the agent's sandbox, a wedge-proof path unit, and the journal."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from tests.integration.dispatch_host import AGENT_USER, ROOT, DispatchHost
+from tests.integration.sdhost import SystemdHost
+
+LANE = f"{ROOT}/devbox-to-gpubox"
+
+
+def test_round_trip_by_path_activation_alone(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    assert d.unit_state("dispatch-watch.timer")[0] == "inactive"
+    task_id = d.send("say hello")
+    result = d.wait(task_id, timeout=60)
+    assert result["status"] == "ok", json.dumps(result)
+    assert result["final_text"].startswith("fake agent (acceptEdits) did: say hello")
+    assert result["unit"] == f"dispatch-exec@{task_id}.service"
+    runs = d.agent_runs()
+    assert [r["task_id"] for r in runs] == [task_id]
+    # The agent ran as the unprivileged user, not as root.
+    nobody_uid = int(d.shell(f"id -u {AGENT_USER}"))
+    assert runs[0]["uid"] == nobody_uid
+    # The unit's journal tells the story, agent output included...
+    unit_log = node_host.journalctl("-u", "dispatch-exec@*", "-o", "cat")
+    assert "agent starting: say hello" in unit_log
+    assert '"type": "result"' in unit_log
+    # ...and so does the task's own field, from promote and exec alike.
+    story = node_host.journalctl(f"DISPATCH_TASK_ID={task_id}", "-o", "json")
+    events = {json.loads(line).get("DISPATCH_EVENT") for line in story.splitlines()}
+    assert {"task_queued", "exec_launched", "exec_start", "exec_end"} <= events
+    # `dispatch logs` reads the same journal.
+    logs = d.dispatch("logs", task_id, sender=False).stdout
+    assert "exec_end" in logs or "ok exit=0" in logs
+
+
+def test_cap_two_with_ten_tasks_refills_without_timer(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=False, settings={"DISPATCH_MAX_PARALLEL": "2"})
+    # Queue all ten while the killswitch holds them, so the cap is really tested.
+    d.dispatch("killswitch", "on", "--reason", "loading", sender=False)
+    ids = [d.send(f"task {i} sleep=1") for i in range(10)]
+    d.wait_until("ten queued", lambda: len(d.lane_files("processing")) == 10)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(len(d.busy_exec_units()))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        d.dispatch("killswitch", "off", sender=False)
+        node_host.run(["sh", "-c", "mkdir -p /run/dispatch && touch /run/dispatch/kick"])  # local nudge: no timer here
+        results = [d.wait(task_id, timeout=120) for task_id in ids]
+    finally:
+        stop.set()
+        sampler.join()
+    assert all(r["status"] == "ok" for r in results), [r["status"] for r in results]
+    assert len(samples) > 20
+    assert max(samples) <= 2, samples
+    assert max(samples) == 2  # the cap was reached, so it was really what held them back
+    assert sorted(r["task_id"] for r in d.agent_runs()) == sorted(ids)
+    assert d.unit_state("dispatch-watch.timer")[0] == "inactive"
+
+
+def test_memory_limit_kills_the_agent(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(settings={"DISPATCH_MEMORY_MAX": "150M"})
+    result = d.wait(d.send("eat mem=400"), timeout=60)
+    assert result["status"] == "killed"
+    assert "SIGKILL" in result["reason"] and "memory" in result["reason"], result["reason"]
+
+
+def test_executor_timeout_on_a_silent_agent(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup()
+    result = d.wait(d.send("be silent hang=120", "--timeout", "2"), timeout=60)
+    assert result["status"] == "timeout"
+    assert result["exit_code"] == 124
+    assert result["elapsed_s"] < 60
+
+
+def test_runtime_max_sec_ceiling(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    # A ceiling below the task's own timeout: systemd's RuntimeMaxSec= ends it.
+    d.setup(exec_dropin="RuntimeMaxSec=3\nEnvironment=DISPATCH_RUNTIME_MAX_S=3\n")
+    task_id = d.send("be silent hang=120", "--timeout", "100")
+    result = d.wait(task_id, timeout=60)
+    assert result["status"] == "timeout"
+    assert "RuntimeMaxSec" in result["reason"], result["reason"]
+    unit_log = node_host.journalctl("-u", f"dispatch-exec@{task_id}.service", "-o", "cat")
+    assert "Service reached runtime time limit" in unit_log or "timeout" in unit_log
+
+
+def test_killswitch_soft_then_hard(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=True)
+    d.dispatch("killswitch", "on", "--reason", "maintenance", sender=False)
+    held = d.send("held back")
+    d.wait_until("held task queued", lambda: d.lane_files("processing") == [f"{held}.json"])
+    time.sleep(2.5)  # two timer periods: still nothing may start
+    assert d.agent_runs() == []
+    assert d.busy_exec_units() == []
+    d.dispatch("killswitch", "off", sender=False)
+    assert d.wait(held)["status"] == "ok"
+
+    long_id = d.send("long job sleep=120", "--timeout", "600")
+    d.wait_until("long job running", lambda: any(r["task_id"] == long_id
+                                                 for r in d.agent_runs()))
+    d.dispatch("killswitch", "on", "--hard", "--reason", "incident 7", sender=False)
+    result = d.wait(long_id, timeout=60)
+    assert result["status"] == "killed"
+    assert "hard KILLSWITCH" in result["reason"] and "incident 7" in result["reason"]
+    d.wait_until("no exec unit left", lambda: d.busy_exec_units() == [])
+
+
+def test_reboot_recovery(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=True, settings={"DISPATCH_MAX_PARALLEL": "1"})
+    running = d.send("long job sleep=300", "--timeout", "600")
+    d.wait_until("long job running", lambda: any(r["task_id"] == running
+                                                 for r in d.agent_runs()))
+    queued = d.send("queued job")
+    pending = d.send("needs an ack", "--require-ack")
+    d.wait_until("staged", lambda: f"{queued}.json" in d.lane_files("processing")
+                 and f"{pending}.json" in d.lane_files("pending-ack"))
+    node_host.reboot()
+    # /run is fresh after a reboot: units and the generator are installed again, as a
+    # package would have them on disk.
+    from tests.integration.dispatch_host import install_units
+    install_units(node_host, f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG="
+                  f"{ROOT.rsplit('/', 1)[0]}/agent-runs.jsonl\n")
+    node_host.daemon_reload()
+    node_host.systemctl("start", "dispatch-watch.path", "dispatch-watch.timer")
+    interrupted = d.wait(running, timeout=60)
+    assert interrupted["status"] == "interrupted"
+    assert d.wait(queued, timeout=60)["status"] == "ok"
+    time.sleep(2)
+    assert f"{pending}.json" in d.lane_files("pending-ack")
+    runs = [r["task_id"] for r in d.agent_runs()]
+    assert runs.count(running) == 1 and runs.count(queued) == 1 and pending not in runs
+
+
+def test_agent_cannot_read_keys_or_state(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup()
+    key = f"/etc/dispatch/keys/{d.kid}.key"
+    r1 = d.wait(d.send(f"steal read={key}"))
+    r2 = d.wait(d.send("steal read=/var/lib/dispatch/ack.secret"))
+    for result, path in ((r1, key), (r2, "/var/lib/dispatch/ack.secret")):
+        assert result["status"] == "ok"  # and `wait` verified its signature
+        assert f"read {path}: denied" in result["final_text"], result["final_text"]
+
+
+def test_path_unit_survives_junk_and_keeps_flowing(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    inbox = f"{LANE}/inbox"
+    d.shell(
+        f"set -e; cd {inbox}; "
+        "printf '{{' > stale.json.tmp; touch -d '3 hours ago' stale.json.tmp; "
+        "printf 'not json' > garbage.json; "
+        "mkfifo pipe.json; mkdir dir.json; ln -s /etc/shadow shadow.json; "
+        "printf '{}' > locked.json; chattr +i locked.json"
+    )
+    try:
+        good = d.send("after the junk")
+        assert d.wait(good, timeout=60)["status"] == "ok"
+        rejected = d.lane_files("rejected")
+        for name in ("garbage.json", "pipe.json", "dir.json", "shadow.json",
+                     "stale.json.tmp"):
+            assert name in rejected and f"{name}.reason.json" in rejected, (name, rejected)
+        assert d.lane_files("inbox") == ["locked.json"]  # cannot be moved: stays, logged
+        assert d.unit_state("dispatch-watch.path") == ("active", "waiting")
+        assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
+        # Not spinning: with the timer off, a few seconds bring no further runs.
+        before = node_host.unit_property("dispatch-watch.service", "InvocationID")
+        time.sleep(3)
+        assert node_host.unit_property("dispatch-watch.service", "InvocationID") == before
+        assert d.wait(d.send("and another"), timeout=60)["status"] == "ok"
+        assert d.unit_state("dispatch-watch.path") == ("active", "waiting")
+    finally:
+        d.shell(f"chattr -i {inbox}/locked.json")
+
+
+def test_exec_killed_outright_is_answered_interrupted(node_host: SystemdHost) -> None:
+    d = DispatchHost(node_host)
+    d.setup(timer=True)
+    task_id = d.send("long job sleep=300", "--timeout", "600")
+    unit = f"dispatch-exec@{task_id}.service"
+    d.wait_until("running", lambda: any(r["task_id"] == task_id for r in d.agent_runs()))
+    node_host.systemctl("kill", "--signal=SIGKILL", unit)
+    result = d.wait(task_id, timeout=60)
+    assert result["status"] == "interrupted"
+    assert [r["task_id"] for r in d.agent_runs()].count(task_id) == 1
