@@ -179,14 +179,22 @@ def test_path_unit_survives_junk_and_keeps_flowing(node_host: SystemdHost) -> No
                      "stale.json.tmp"):
             assert name in rejected and f"{name}.reason.json" in rejected, (name, rejected)
         assert d.lane_files("inbox") == ["locked.json"]  # cannot be moved: stays, logged
-        assert d.unit_state("dispatch-watch.path") == ("active", "waiting")
+        # "running" while a pass it triggered runs; it must come back to waiting, not fail.
+        d.wait_until("path unit waiting",
+                     lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"))
+        d.wait_until("service idle",
+                     lambda: d.unit_state("dispatch-watch.service")[0] == "inactive")
         assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
         # Not spinning: with the timer off, a few seconds bring no further runs.
         before = node_host.unit_property("dispatch-watch.service", "InvocationID")
         time.sleep(3)
         assert node_host.unit_property("dispatch-watch.service", "InvocationID") == before
         assert d.wait(d.send("and another"), timeout=60)["status"] == "ok"
-        assert d.unit_state("dispatch-watch.path") == ("active", "waiting")
+        d.wait_until("path unit waiting again",
+                     lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"))
+        assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
+        story = node_host.journalctl("-u", "dispatch-watch.service", "-o", "cat")
+        assert "locked.json" in story  # the entry it could not move is in the journal
     finally:
         d.shell(f"chattr -i {inbox}/locked.json")
 
