@@ -71,6 +71,16 @@ def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key
     return InitReport(config_path, written, key, created, lanes)
 
 
+def reload_systemd(config_path: Path) -> bool:
+    """Let dispatch-generator turn the new config into unit drop-ins (lanes, limits, poll)."""
+    if config_path != config_mod.DEFAULT_CONFIG or not config_mod.systemd_is_pid1():
+        return False
+    from dispatch.runner import systemctl
+
+    systemctl("daemon-reload", timeout=120)
+    return True
+
+
 def _ensure_key(cfg: Config, key_file: Path | None) -> tuple[Key, bool]:
     if key_file is not None:
         secret = read_key(key_file)

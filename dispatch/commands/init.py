@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dispatch.bootstrap import init_node
+from dispatch.bootstrap import init_node, reload_systemd
 from dispatch.cli import App, pass_app
 from dispatch.config import DEFAULT_CONFIG
 
@@ -50,6 +50,8 @@ def init(app: App, root: Path, node: str, peers: str, config_path: Path, key_dir
     click.echo(f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): "
                f"{report.key.path}")
     click.echo(f"lanes: {', '.join(report.lanes)}")
+    if report.config_written and reload_systemd(report.config_path):
+        click.echo("systemctl daemon-reload: units now watch these lanes")
     if report.key_created and key_file is None:
         click.echo(f"copy {report.key.path} to each peer and run `dispatch init ... "
                    f"--key-file {report.key.path.name}` there")
