@@ -49,6 +49,7 @@ def _register() -> None:
     from dispatch.commands import (
         ack,
         demo,
+        doctor,
         init,
         keys,
         killswitch,
@@ -57,7 +58,7 @@ def _register() -> None:
         tasks,
     )
 
-    for module in (init, send, ack, tasks, killswitch, keys, runtime, demo):
+    for module in (init, send, ack, tasks, killswitch, keys, doctor, runtime, demo):
         for command in module.COMMANDS:
             root.add_command(command)
 

@@ -83,6 +83,8 @@ def heartbeat(node: Node) -> dict[str, Any]:
         "queued": sum(lane["queued"] for lane in lanes),
         "pending_ack": sum(lane["pending_ack"] for lane in lanes),
         "killswitch": node.spool.killswitch().on,
+        # Peers' `dispatch doctor` compares key ids: a mismatch means every task is refused.
+        "kid": node.keys.signing_key().kid,
     }
     path = node.spool.heartbeat_path(node.name)
     path.parent.mkdir(parents=True, exist_ok=True)

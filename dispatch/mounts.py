@@ -1,0 +1,60 @@
+"""What filesystem a path lives on, and how it is mounted (from /proc/self/mountinfo)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# inotify sees no write another host makes on these (systemd.path(5), inotify(7)).
+REMOTE_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
+                "afs", "gpfs", "beegfs")
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_point: str
+    fstype: str
+    source: str
+    options: tuple[str, ...]
+
+    @property
+    def remote(self) -> bool:
+        return self.fstype in REMOTE_TYPES or self.fstype.startswith("fuse")
+
+    def option(self, name: str) -> str | None:
+        for opt in self.options:
+            key, _, value = opt.partition("=")
+            if key == name:
+                return value
+        return None
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def mount_of(path: Path, mountinfo: str | None = None) -> Mount | None:
+    """The mount holding `path`: the longest mount point that prefixes its real path."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best: Mount | None = None
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        rest = right.split()
+        if len(fields) < 6 or len(rest) < 3:
+            continue
+        point = _unescape(fields[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point)):
+            options = tuple(fields[5].split(",")) + tuple(rest[2].split(","))
+            best = Mount(point, rest[0], _unescape(rest[1]), options)
+    return best
