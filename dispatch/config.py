@@ -67,6 +67,10 @@ class Config:
     tasks_max: int = 512
     cpu_quota: str = "200%"
     max_hops: int = 3
+    discord_webhook: str = ""
+    webhook_url: str = ""
+    ack_ttl_s: int = 86400
+    metrics_file: Path = Path("/var/lib/prometheus/node-exporter/dispatch.prom")
 
     def lanes_in(self) -> list[tuple[str, str]]:
         """(from, to) of every lane this node receives on."""
@@ -164,6 +168,13 @@ def _kid(text: str) -> str:
     return text
 
 
+def _url(text: str) -> str:
+    text = text.strip()
+    if text and not re.fullmatch(r"https?://[^\s]+", text):
+        raise ValueError(f"expected an http(s) URL, got {text[:80]!r}")
+    return text
+
+
 def _str(text: str) -> str:
     return text.strip()
 
@@ -195,6 +206,10 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_TASKS_MAX": ("tasks_max", _int_at_least(8)),
     "DISPATCH_CPU_QUOTA": ("cpu_quota", _percent),
     "DISPATCH_MAX_HOPS": ("max_hops", _int_at_least(0)),
+    "DISPATCH_DISCORD_WEBHOOK": ("discord_webhook", _url),
+    "DISPATCH_WEBHOOK_URL": ("webhook_url", _url),
+    "DISPATCH_ACK_TTL": ("ack_ttl_s", _int_at_least(1)),
+    "DISPATCH_METRICS_FILE": ("metrics_file", _abs_path),
 }
 # Read by other parts (node identity, peers, sender defaults), listed so the file check
 # does not call them unknown.

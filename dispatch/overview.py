@@ -89,4 +89,7 @@ def heartbeat(node: Node) -> dict[str, Any]:
     path = node.spool.heartbeat_path(node.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, dump_json(beat))
+    from dispatch import metrics
+
+    metrics.write(node, beat, lanes)
     return beat

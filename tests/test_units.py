@@ -37,7 +37,7 @@ def test_units_exist() -> None:
     assert names == {
         "dispatch-watch.path", "dispatch-watch.timer", "dispatch-watch.service",
         "dispatch-exec@.service", "dispatch.slice", "dispatch-heartbeat.timer",
-        "dispatch-heartbeat.service",
+        "dispatch-heartbeat.service", "dispatch-notify.service",
     }
 
 
@@ -56,6 +56,7 @@ def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("unit", "ceiling"), [
     ("dispatch-watch.service", 2.5),
     ("dispatch-heartbeat.service", 2.5),
+    ("dispatch-notify.service", 2.5),
     ("dispatch-exec@.service", 3.5),
 ])
 def test_hardening_exposure(tmp_path: Path, unit: str, ceiling: float) -> None:

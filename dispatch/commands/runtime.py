@@ -61,3 +61,17 @@ def heartbeat(app: App, as_json: bool) -> int:
 
 
 COMMANDS = [promote, exec_, watch, heartbeat]
+
+
+@click.command()
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=600, show_default=True)
+@pass_app
+def notify(app: App, max_seconds: float) -> int:
+    """Deliver queued webhook notifications, with retries (run by dispatch-notify.service)."""
+    from dispatch.notify import drain
+
+    drain(app.node(), max_seconds)
+    return 0
+
+
+COMMANDS.append(notify)
