@@ -53,12 +53,13 @@ def _register() -> None:
         init,
         keys,
         killswitch,
+        mcp,
         runtime,
         send,
         tasks,
     )
 
-    for module in (init, send, ack, tasks, killswitch, keys, doctor, runtime, demo):
+    for module in (init, send, ack, tasks, killswitch, keys, doctor, runtime, demo, mcp):
         for command in module.COMMANDS:
             root.add_command(command)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,13 @@ def emit(
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         try:
             # One write(2) with O_APPEND: whole lines from this host's processes.
-            fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # O_NOFOLLOW, O_NONBLOCK: the file is on the share; a planted symlink must not
+            # redirect the append, nor a FIFO block it.
+            fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             try:
-                os.write(fd, line)
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, line)
             finally:
                 os.close(fd)
         except OSError as exc:

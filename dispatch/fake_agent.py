@@ -10,13 +10,19 @@ The request may carry directives, each `word` or `word=value`, anywhere in it:
   exit=C     exit with status C
   read=PATH  try to read PATH and report whether it could
   fork=S     leave a child process behind that sleeps S seconds
+  send=PEER  from inside the execution, run `dispatch send --to PEER` (no --wait) with the
+             environment the executor gave it, so the child task carries parent and hops+1;
+             the child's request is this one with `send=` naming this node, so the task
+             bounces between the two nodes until a receiver refuses it at DISPATCH_MAX_HOPS
+  chain=N    with send=: send only while this task's DISPATCH_HOPS is below N
 Every run appends one JSON line to $DISPATCH_FAKE_AGENT_LOG, if set: the tests' proof of how
-often each task really ran."""
+often each task really ran (with its DISPATCH_HOPS, and the id of any task it sent)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -30,9 +36,27 @@ def directives(request: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for word in request.split():
         key, _, value = word.partition("=")
-        if key in ("sleep", "hang", "spam", "mem", "exit", "read", "fork"):
+        if key in ("sleep", "hang", "spam", "mem", "exit", "read", "fork", "send", "chain"):
             found[key] = value
     return found
+
+
+def send_child(request: str, peer: str) -> tuple[str, str]:
+    """`dispatch send` from inside the execution: (child id, "") or ("", why it failed)."""
+    here = os.environ.get("DISPATCH_NODE", "")
+    words = [f"send={here}" if word.startswith("send=") else word for word in request.split()]
+    argv = [sys.executable, "-m", "dispatch", "send", "--to", peer, "--request",
+            " ".join(words), "--json"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "", str(exc)
+    if proc.returncode != 0:
+        return "", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    try:
+        return str(json.loads(proc.stdout)["id"]), ""
+    except (ValueError, KeyError, TypeError):
+        return "", f"unexpected output: {proc.stdout[:200]!r}"
 
 
 def main(argv: list[str]) -> int:
@@ -46,17 +70,26 @@ def main(argv: list[str]) -> int:
     if not request and not sys.stdin.isatty():
         request = sys.stdin.read()
     task_id = os.environ.get("DISPATCH_TASK_ID", "")
+    d = directives(request)
+    notes = []
+    record: dict[str, object] = {"task_id": task_id, "pid": os.getpid(), "at": time.time(),
+                                 "request": request[:200], "uid": os.getuid(),
+                                 "hops": os.environ.get("DISPATCH_HOPS")}
+    if d.get("send"):
+        limit = int(d["chain"]) if d.get("chain") else None
+        if limit is None or int(os.environ.get("DISPATCH_HOPS") or 0) < limit:
+            child, failure = send_child(request, d["send"])
+            record["sent"] = child or None
+            notes.append(f"sent {child} to {d['send']}" if child
+                         else f"send to {d['send']} failed: {failure}")
     log = os.environ.get("DISPATCH_FAKE_AGENT_LOG")
     if log:
         with open(log, "a") as handle:
-            handle.write(json.dumps({"task_id": task_id, "pid": os.getpid(), "at": time.time(),
-                                     "request": request[:200], "uid": os.getuid()}) + "\n")
-    d = directives(request)
+            handle.write(json.dumps(record) + "\n")
     _emit({"type": "system", "subtype": "init", "session_id": task_id or "fake",
            "permissionMode": mode, "model": "fake-agent"})
     if "hang" in d:
         time.sleep(float(d["hang"] or 3600))
-    notes = []
     if "fork" in d and os.fork() == 0:
         os.setsid()
         time.sleep(float(d["fork"] or 60))

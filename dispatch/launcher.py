@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +29,7 @@ class Launcher(Protocol):
         """What the result's `unit` field says ran it."""
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The kernel's start time of a pid (field 22 of /proc/<pid>/stat), which tells a live
     process from a recycled pid. None when the process is gone or a zombie."""
     try:
@@ -39,6 +40,15 @@ def _start_time(pid: int) -> str | None:
     if fields[0] in ("Z", "X"):
         return None
     return fields[19]
+
+
+def execution_alive(marker: Mapping[str, object]) -> bool:
+    """Whether the `dispatch exec` that wrote a started marker still runs: its pid, with the
+    kernel start time it recorded (a recycled pid has another). A specific pid is checked;
+    /proc is never scanned."""
+    pid, started = marker.get("pid"), marker.get("pid_start")
+    return (isinstance(pid, int) and pid > 0 and isinstance(started, str)
+            and process_start_time(pid) == started)
 
 
 class ProcessLauncher:
@@ -62,7 +72,7 @@ class ProcessLauncher:
                 pid = int(pid_text)
             except (OSError, ValueError):
                 continue
-            if _start_time(pid) == started:
+            if process_start_time(pid) == started:
                 alive.add(entry.name)
             else:
                 Path(entry.path).unlink(missing_ok=True)
@@ -73,7 +83,7 @@ class ProcessLauncher:
         env = dict(os.environ, DISPATCH_CONFIG=str(self.node.cfg.config_path))
         child = spawn_detached(dispatch_argv("exec", task_id), env=env)
         self.children[task_id] = child
-        started = _start_time(child.pid)
+        started = process_start_time(child.pid)
         if started is not None:
             (self.run_dir / task_id).write_text(f"{child.pid} {started}\n")
 

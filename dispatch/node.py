@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -52,6 +53,7 @@ class Node:
     def emit(self, event: str, message: str, **fields: Any) -> None:
         node = self.cfg.node or "-"
         log = self.spool.audit_log_path(node) if self.cfg.node else None
-        if log is not None and not log.parent.is_dir():
+        # os.path.isdir: False, not an exception, when the share does not answer.
+        if log is not None and not os.path.isdir(log.parent):
             log = None
         events.emit(node, log, event, message, **fields)

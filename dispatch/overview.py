@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 from dispatch import __version__
-from dispatch.model import now_utc, rfc3339
+from dispatch.errors import Rejection
+from dispatch.intake import read_regular
+from dispatch.model import loads_strict, now_utc, rfc3339
 from dispatch.node import Node
 from dispatch.spool import Lane, atomic_write, dump_json
 
@@ -47,11 +48,12 @@ def peers(node: Node) -> list[dict[str, Any]]:
     for peer in node.cfg.peers:
         entry: dict[str, Any] = {"node": peer, "heartbeat_age_s": None, "stale": True}
         try:
-            beat = json.loads(node.spool.heartbeat_path(peer).read_text())
+            # read_regular: a FIFO planted on the share must not block `status`.
+            beat = loads_strict(read_regular(node.spool.heartbeat_path(peer)))
             age = round(now - float(beat["unix"]), 1)
             entry.update(heartbeat_age_s=age, stale=age > heartbeat_stale_after(node),
                          version=beat.get("version"), killswitch=beat.get("killswitch"))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, Rejection):
             pass
         out.append(entry)
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from dispatch import events, results
 from dispatch.errors import Rejection
 from dispatch.intake import examine, read_regular
-from dispatch.launcher import Launcher
+from dispatch.launcher import Launcher, execution_alive
 from dispatch.model import (
     Envelope,
     Status,
@@ -108,6 +108,8 @@ class Promoter:
         self.launcher = launcher
         self.report = PassReport()
         self.lane_of: dict[str, Lane] = {}
+        # tasks whose execution ended with a result the share refused (still in outbox/)
+        self.deferred: set[str] = set()
 
     def run(self) -> PassReport:
         now = time.time()
@@ -120,6 +122,7 @@ class Promoter:
             self.pending(lane)
         killswitch = self.node.spool.killswitch()
         running = self.launcher.running()
+        self.publish_deferred(lanes, running)
         queued = self.audit_processing(lanes, running)
         self.report.running = running
         if killswitch.hard:
@@ -208,6 +211,14 @@ class Promoter:
         """Quarantine an entry with its reason; answer the sender when it named its id."""
         record = {"reason": exc.reason, "message": str(exc), "at": rfc3339(now_utc()),
                   "node": self.node.name, "task_id": exc.task_id}
+        # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
+        # earlier task, whose one result must stand alone. The result is written before the
+        # file moves: a sender's `wait` that sees it in rejected/ must find the result too.
+        if (answer and exc.task_id
+                and self.state.claim(exc.task_id, "", lane.name) is None):
+            self.state.mark(exc.task_id, Phase.REJECTED)
+            results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
+                            f"{exc.reason}: {exc}")
         try:
             lane.reject(name, record, source)
         except FileNotFoundError:
@@ -215,13 +226,6 @@ class Promoter:
         self.report.rejected += 1
         self.node.emit("task_rejected", f"{name[:80]}: {exc.reason}: {exc}", task_id=exc.task_id,
                        from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
-        # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
-        # earlier task, whose one result must stand alone.
-        if (answer and exc.task_id
-                and self.state.claim(exc.task_id, "", lane.name) is None):
-            self.state.mark(exc.task_id, Phase.REJECTED)
-            results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
-                            f"{exc.reason}: {exc}")
 
     def sweep(self, lane: Lane, now: float) -> None:
         for path in lane.stale_tmp(now):
@@ -289,6 +293,36 @@ class Promoter:
         self.node.emit("task_acked", f"released by local ack of {record.get('acked_at')}",
                        task_id=task_id, from_=lane.from_, to=lane.to)
 
+    # -- results an execution could not write: the share was down when it ended --------
+    def publish_deferred(self, lanes: list[Lane], running: set[str]) -> None:
+        by_name = {lane.name: lane for lane in lanes}
+        for task_id, lane_name, signed, log_rest in self.state.deferred_results():
+            lane = by_name.get(lane_name)
+            self.deferred.add(task_id)
+            if lane is None or task_id in running or not valid_id(task_id):
+                continue
+            try:
+                rest = results.append_log(lane.log_path(task_id), log_rest)
+                self.state.forget_log_rest(task_id)
+                if not results.write_signed(lane, task_id, signed):
+                    self.node.emit("result_exists", "a result was already published; the "
+                                   "deferred one is dropped", task_id=task_id,
+                                   level=events.WARNING)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lane.processing / f"{task_id}.json")
+            except OSError as exc:
+                self.node.emit("publish_error", f"deferred result: {exc}", task_id=task_id,
+                               level=events.ERR)
+                self.report.errors += 1
+                continue
+            self.state.mark(task_id, Phase.DONE)
+            self.state.forget_result(task_id)
+            self.deferred.discard(task_id)
+            self.node.emit("result_published", f"deferred {signed.get('status')} result "
+                           "published" + (f"; {len(rest)} bytes of its log lost" if rest
+                                          else ""),
+                           task_id=task_id, from_=lane.from_, to=lane.to)
+
     # -- processing --------------------------------------------------------------------
     def audit_processing(self, lanes: list[Lane], running: set[str]) -> list[str]:
         """Classify processing/: running, died (→ interrupted), finished (clean up), queued."""
@@ -307,13 +341,18 @@ class Promoter:
                                 source=lane.processing)
                     continue
                 task_id = name[: -len(".json")]
-                if task_id in running:
+                if task_id in running or task_id in self.deferred:
                     continue
                 if lane.result_path(task_id).exists():
                     self.finish(lane, task_id)
                     continue
                 marker = self.state.started(task_id)
                 if marker is not None:
+                    if execution_alive(marker):
+                        # An execution this launcher did not start (`dispatch exec` by
+                        # hand) is alive: it is running, and it counts toward the cap.
+                        running.add(task_id)
+                        continue
                     self.interrupt(lane, task_id, marker)
                     continue
                 queued.append(task_id)

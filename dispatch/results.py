@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dispatch.errors import NotFound, Rejection
 from dispatch.intake import read_regular
@@ -22,8 +25,34 @@ class Located:
 def write(node: Node, lane: Lane, result: Result) -> bool:
     """Sign and publish a result. False if the lane already holds one for this id: a task
     has exactly one result (invariant 2), so the first one stands."""
-    signed = sign_result(node.keys, result)
-    return atomic_write(lane.result_path(result.id), dump_json(signed.to_json()), overwrite=False)
+    return write_signed(lane, result.id, sign_result(node.keys, result).to_json())
+
+
+def write_signed(lane: Lane, task_id: str, signed: dict[str, Any]) -> bool:
+    """Publish a result signed earlier (one the share refused at the time)."""
+    return atomic_write(lane.result_path(task_id), dump_json(signed), overwrite=False)
+
+
+def append_log(path: Path, data: bytes) -> bytes:
+    """Append to done/<id>.log what the share refused during the run; return what it still
+    refuses. O_NOFOLLOW: never through a link someone planted on the share."""
+    if not data:
+        return b""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return data
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        return bytes(view)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return b""
 
 
 def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, reason: str,

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,8 +194,14 @@ class Spool:
 
     def killswitch(self) -> Killswitch:
         try:
-            with open(self.killswitch_path, "rb") as handle:
-                text = handle.read(4096).decode("utf-8", "replace")
+            # O_NONBLOCK: a FIFO named KILLSWITCH must not block every pass.
+            fd = os.open(self.killswitch_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return Killswitch(True, False, "unreadable KILLSWITCH: not a regular file")
+                text = os.read(fd, 4096).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return Killswitch(False)
         except OSError as exc:

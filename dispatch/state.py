@@ -141,6 +141,52 @@ class NodeState:
     def run_dir(self) -> Path:
         return self.path / "run"
 
+    # -- results the share refused: the next promote pass publishes them -------------
+    def _outbox(self) -> Path:
+        return self.path / "outbox"
+
+    def defer_result(self, task_id: str, lane: str, result: dict[str, Any],
+                     log_rest: bytes) -> None:
+        """Keep a signed result (and the end of its log) that could not be written to the
+        share, so the task still ends with its one real result once the share is back."""
+        outbox = self._outbox()
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        if log_rest:
+            atomic_write(outbox / f"{task_id}.log", log_rest, mode=0o600)
+        atomic_write(outbox / f"{task_id}.json",
+                     json.dumps({"lane": lane, "result": result}).encode(), mode=0o600)
+
+    def deferred_results(self) -> list[tuple[str, str, dict[str, Any], bytes]]:
+        """(task id, lane, signed result, log rest) of every deferred result."""
+        outbox = self._outbox()
+        try:
+            names = sorted(os.listdir(outbox))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            task_id = name[: -len(".json")]
+            try:
+                record = json.loads((outbox / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            try:
+                log_rest = (outbox / f"{task_id}.log").read_bytes()
+            except FileNotFoundError:
+                log_rest = b""
+            if isinstance(record, dict) and isinstance(record.get("result"), dict):
+                found.append((task_id, str(record.get("lane")), record["result"], log_rest))
+        return found
+
+    def forget_log_rest(self, task_id: str) -> None:
+        (self._outbox() / f"{task_id}.log").unlink(missing_ok=True)
+
+    def forget_result(self, task_id: str) -> None:
+        self.forget_log_rest(task_id)
+        (self._outbox() / f"{task_id}.json").unlink(missing_ok=True)
+
     # -- ack secret -----------------------------------------------------------------
     def ack_secret(self) -> bytes:
         path = self.path / "ack.secret"

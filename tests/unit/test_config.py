@@ -69,7 +69,7 @@ def test_every_problem_is_reported_at_once_with_key_and_place(tmp_path: Path) ->
     text = problems(path, DISPATCH_POLL_SEC="abc", DISPATCH_DANGEROUS="maybe")
     assert f"DISPATCH_MAX_PARALLEL: must be at least 1, got 0 ({path})" in text
     assert f"DISPATCH_BOGUS: unknown setting ({path})" in text
-    assert f"DISPATCH_MEMORY_MAX" in text and text.count(str(path)) >= 4
+    assert "DISPATCH_MEMORY_MAX" in text and text.count(str(path)) >= 4
     assert "DISPATCH_KEY_DIR: must be an absolute path" in text
     assert "DISPATCH_POLL_SEC" in text and "(environment)" in text
     assert "DISPATCH_DANGEROUS: must be one of allow, ack, deny" in text

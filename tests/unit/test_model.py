@@ -176,7 +176,7 @@ def test_parse_envelope_requires_every_field(field: str) -> None:
 
 
 def test_parse_v2_types_its_unsigned_fields_then_drops_them() -> None:
-    obj = {"schema": 2, "id": str(uuid.uuid4()), "from": "devbox", "to": "gpubox",
+    obj: dict[str, Any] = {"schema": 2, "id": str(uuid.uuid4()), "from": "devbox", "to": "gpubox",
            "created": "2025-01-02T03:04:05.123456+00:00", "priority": "low", "request": "x",
            "callback": "file", "require_ack": False, "require_dangerous": True,
            "timeout_s": 999999, "max_output_bytes": 5, "hmac": "a" * 64}
