@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: demo test test-unit lint clean
+.PHONY: demo test test-unit lint clean deb rpm packages
 
 demo:
 	@scripts/setup-dev demo
@@ -17,6 +17,17 @@ lint:
 	@scripts/setup-dev test
 	.venv/bin/ruff check dispatch tests
 	.venv/bin/mypy dispatch tests
+
+# Packages (packaging/README.md): one command each, artifacts in dist/.
+deb:
+	@scripts/setup-dev packages
+	packaging/build deb
+
+rpm:
+	@scripts/setup-dev packages
+	packaging/build rpm
+
+packages: deb rpm
 
 clean:
 	rm -rf .venv dist build *.egg-info

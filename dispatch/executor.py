@@ -154,7 +154,7 @@ def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes) -> bool:
     signed = sign_result(node.keys, result).to_json()
     log_rest = results.append_log(lane.log_path(result.id), log_rest)
     try:
-        written = results.write_signed(lane, result.id, signed)
+        written = results.write_signed(node, lane, result.id, signed)
     except OSError as exc:
         node.state.defer_result(result.id, lane.name, signed, log_rest)
         node.emit("result_deferred", f"share unreachable ({exc.strerror or exc}): "

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from dispatch import __version__
-from dispatch.errors import Rejection
+from dispatch.errors import ConfigError, Rejection
 from dispatch.intake import read_regular
 from dispatch.model import loads_strict, now_utc, rfc3339
 from dispatch.node import Node
@@ -89,8 +89,12 @@ def heartbeat(node: Node) -> dict[str, Any]:
         "kid": node.keys.signing_key().kid,
     }
     path = node.spool.heartbeat_path(node.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path.parent} does not exist: is the share mounted? "
+                          "(`dispatch init` creates it)")
     atomic_write(path, dump_json(beat))
+    # Entries older than the freshness window guard nothing (such envelopes are stale).
+    node.state.prune(node.cfg.max_age_s + node.cfg.clock_skew_s + 86400)
     from dispatch import metrics
 
     metrics.write(node, beat, lanes)

@@ -116,7 +116,12 @@ class Promoter:
         lanes = self.node.spool.lanes_in(self.cfg)
         for lane in lanes:
             if not lane.inbox.is_dir():
-                lane.ensure()
+                # Never create it here: an unmounted share would look like an empty one and
+                # tasks would pile up on the local disk under the mount point.
+                self.node.emit("lane_missing", f"{lane.inbox} does not exist: is the share "
+                               "mounted? (`dispatch init` creates lanes)", level=events.ERR)
+                self.report.errors += 1
+                continue
             self.intake(lane)
             self.sweep(lane, now)
             self.pending(lane)
@@ -304,7 +309,7 @@ class Promoter:
             try:
                 rest = results.append_log(lane.log_path(task_id), log_rest)
                 self.state.forget_log_rest(task_id)
-                if not results.write_signed(lane, task_id, signed):
+                if not results.write_signed(self.node, lane, task_id, signed):
                     self.node.emit("result_exists", "a result was already published; the "
                                    "deferred one is dropped", task_id=task_id,
                                    level=events.WARNING)
@@ -343,7 +348,7 @@ class Promoter:
                 task_id = name[: -len(".json")]
                 if task_id in running or task_id in self.deferred:
                     continue
-                if lane.result_path(task_id).exists():
+                if results.genuine(self.node, lane, task_id):
                     self.finish(lane, task_id)
                     continue
                 marker = self.state.started(task_id)

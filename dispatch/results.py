@@ -25,11 +25,14 @@ class Located:
 def write(node: Node, lane: Lane, result: Result) -> bool:
     """Sign and publish a result. False if the lane already holds one for this id: a task
     has exactly one result (invariant 2), so the first one stands."""
-    return write_signed(lane, result.id, sign_result(node.keys, result).to_json())
+    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json())
 
 
-def write_signed(lane: Lane, task_id: str, signed: dict[str, Any]) -> bool:
-    """Publish a result signed earlier (one the share refused at the time)."""
+def write_signed(node: Node, lane: Lane, task_id: str, signed: dict[str, Any]) -> bool:
+    """Publish a signed result (also one the share refused at the time). A forgery planted
+    at its place is quarantined first; a genuine earlier result stands."""
+    if genuine(node, lane, task_id):
+        return False
     return atomic_write(lane.result_path(task_id), dump_json(signed), overwrite=False)
 
 
@@ -66,6 +69,30 @@ def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, 
         unit=unit, reason=reason, kid="", hmac="",
     )
     return write(node, lane, result)
+
+
+def genuine(node: Node, lane: Lane, task_id: str) -> bool:
+    """Whether done/ holds this node's verified result for the task. A file there that does
+    not verify (anyone can write to the share) is moved to rejected/ with its reason, so it
+    can neither stand in for the real result nor stop the task from running."""
+    path = lane.result_path(task_id)
+    if not os.path.lexists(path):
+        return False
+    try:
+        result = read(node, path)
+        if result.id != task_id:
+            raise Rejection("forged_result", "result names another task id")
+        return True
+    except FileNotFoundError:
+        return False
+    except Rejection as exc:
+        record = {"reason": "forged_result", "message": f"{exc.reason}: {exc}",
+                  "at": rfc3339(now_utc()), "node": node.name, "task_id": task_id}
+        with contextlib.suppress(FileNotFoundError):
+            lane.reject(path.name, record, lane.done)
+        node.emit("result_forged", f"{path.name}: {exc}; quarantined", task_id=task_id,
+                  from_=lane.from_, to=lane.to, level=4)
+        return False
 
 
 def read(node: Node, path: Path) -> Result:

@@ -80,17 +80,25 @@ class NodeState:
                             old.lane if old else "", time.time())
         atomic_write(self._seen(task_id), _entry_bytes(entry), mode=0o600)
 
-    def prune_ledger(self, older_than_s: float) -> int:
-        """Entries older than the freshness window guard nothing: such an envelope is
-        refused as stale anyway."""
+    def prune(self, older_than_s: float, limit: int = 5000) -> int:
+        """Drop ledger entries and started markers older than the freshness window: such an
+        envelope is refused as stale anyway. Finished entries only; at most `limit` a call,
+        so a heartbeat stays short however large the backlog."""
         cutoff = time.time() - older_than_s
         removed = 0
         for entry in os.scandir(self.path / "seen"):
+            if removed >= limit:
+                break
             try:
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+                phase = self.entry(entry.name)
+                if phase is None or phase.phase not in (Phase.DONE, Phase.REJECTED):
+                    continue
+                os.unlink(entry.path)
+                self._started(entry.name).unlink(missing_ok=True)
+                removed += 1
+            except (FileNotFoundError, ValueError):
                 continue
         return removed
 

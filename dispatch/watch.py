@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from dispatch.errors import ConfigError
 from dispatch.inotify import DirWatcher
 from dispatch.launcher import ProcessLauncher
 from dispatch.node import Node
@@ -16,8 +17,10 @@ def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -
     ended (so every started task has its result)."""
     launcher = ProcessLauncher(node)
     lanes = node.spool.lanes_in(node.cfg)
-    for lane in lanes:
-        lane.ensure()
+    missing = [str(lane.inbox) for lane in lanes if not lane.inbox.is_dir()]
+    if missing:
+        raise ConfigError(f"lanes missing: {', '.join(missing)} (is the share mounted? "
+                          "`dispatch init` creates them)")
     dirs = [d for lane in lanes for d in (lane.inbox, lane.pending_ack, lane.processing)]
     began = time.monotonic()
     with DirWatcher(dirs) as watcher:

@@ -58,7 +58,8 @@ def test_cap_two_with_ten_tasks_refills_without_timer(node_host: SystemdHost) ->
     sampler.start()
     try:
         d.dispatch("killswitch", "off", sender=False)
-        node_host.run(["sh", "-c", "mkdir -p /run/dispatch && touch /run/dispatch/kick"])  # local nudge: no timer here
+        # a local nudge, since no timer runs here
+        node_host.run(["sh", "-c", "mkdir -p /run/dispatch && touch /run/dispatch/kick"])
         results = [d.wait(task_id, timeout=120) for task_id in ids]
     finally:
         stop.set()

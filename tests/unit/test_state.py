@@ -42,15 +42,23 @@ def test_torn_ledger_entry_still_counts_as_seen(tmp_path: Path) -> None:
     assert state.claim(task_id, "x", "lane") is not None
 
 
-def test_prune_ledger(tmp_path: Path) -> None:
+def test_prune_drops_only_old_finished_entries(tmp_path: Path) -> None:
     state = a_state(tmp_path)
-    old, new = str(uuid.uuid4()), str(uuid.uuid4())
-    state.claim(old, "a", "l")
-    state.claim(new, "b", "l")
+    old_done, old_pending, new_done = (str(uuid.uuid4()) for _ in range(3))
+    for task_id in (old_done, old_pending, new_done):
+        state.claim(task_id, "a", "l")
+    state.mark(old_done, Phase.DONE)
+    state.mark(new_done, Phase.DONE)
+    state.mark(old_pending, Phase.ACCEPTED)
+    state.mark_started(old_done, {"started_at": "t"})
     past = time.time() - 3 * 86400
-    os.utime(state.path / "seen" / old, (past, past))
-    assert state.prune_ledger(2 * 86400) == 1
-    assert state.entry(old) is None and state.entry(new) is not None
+    for task_id in (old_done, old_pending):
+        os.utime(state.path / "seen" / task_id, (past, past))
+    assert state.prune(2 * 86400) == 1
+    assert state.entry(old_done) is None and state.started(old_done) is None
+    # still waiting for its ack: the ledger must keep guarding it
+    assert state.entry(old_pending) is not None
+    assert state.entry(new_done) is not None
 
 
 def test_started_marker_is_claimed_once(tmp_path: Path) -> None:

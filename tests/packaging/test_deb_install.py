@@ -1,0 +1,160 @@
+"""The .deb's whole life on a clean Debian 12 root booted with systemd (tests/packaging/
+debroot.py): apt installs it and its dependencies; the fresh install starts nothing and fails
+nothing; `dispatch init`, `systemctl start dispatch-watch.path` and a `dispatch send --wait`
+from a second node identity give a verified result, and the journal of dispatch-exec@ tells
+the task; `apt purge` then leaves no unit, file or process of the package."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.conftest import TRIGGERS
+from tests.packaging.debroot import DebianRootHost, unpack_root
+
+SHARE = "/srv/dispatch-share"
+SENDER = "/etc/dispatch/devbox"
+SENDER_CONF = f"{SENDER}/dispatch.conf"
+AGENT = "/usr/bin/python3 -m dispatch.fake_agent"
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# Where a file of the package could be left behind; the share is the user's data.
+LEFTOVER_SCAN = ("find / -xdev -name '*dispatch*' -not -path '/srv/*' -not -path '/proc/*';"
+                 " find /run -xdev -name '*dispatch*'")
+
+
+@pytest.fixture
+def debian_host(tmp_path: Path, deb: Path, systemd_host_prerequisites: None
+                ) -> Iterator[DebianRootHost]:
+    root = unpack_root(tmp_path / "root")
+    shutil.copy(deb, root / "tmp" / deb.name)
+    host = DebianRootHost("debian-pkgtest", tmp_path / "sdhost", root)
+    try:
+        host.start(timeout=120)
+        yield host
+    finally:
+        try:
+            host.poweroff()
+        finally:
+            # Only once the namespace, and every mount in it, is gone.
+            if not host.namespace_pids():
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def _dispatch_units(host: DebianRootHost, *states: str) -> list[str]:
+    argv = ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full"]
+    if states:
+        argv.append("--state=" + ",".join(states))
+    out = host.run([*argv, "dispatch*"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _failed(host: DebianRootHost) -> set[str]:
+    out = host.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend",
+                    "--full"]).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _dispatch_processes(host: DebianRootHost) -> list[str]:
+    found = []
+    for pid in host.namespace_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "dispatch" in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def _apt(host: DebianRootHost, *args: str) -> None:
+    argv = ["apt-get", "-y", "-q", "--no-install-recommends", *args]
+    proc = host.run(argv, env=APT_ENV, check=False, timeout=600)
+    if proc.returncode != 0 and "Failed to fetch" in proc.stdout + proc.stderr:
+        # The cached lists (at most a week old) name a version the mirror dropped since.
+        host.run(["apt-get", "update", "-q"], env=APT_ENV, timeout=600)
+        proc = host.run(argv, env=APT_ENV, check=False, timeout=600)
+    assert proc.returncode == 0, f"{argv}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> None:
+    h = debian_host
+    failed_before = _failed(h)
+    assert h.run(["dpkg-query", "-W", "dispatch"], check=False).returncode != 0
+    assert not _dispatch_units(h)
+    before = set(h.run(["sh", "-c", LEFTOVER_SCAN]).stdout.split())
+
+    # -- install: with apt, dependencies resolved from the archive ----------------------------
+    _apt(h, "install", f"/tmp/{deb.name}")
+    assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"]).stdout == \
+        "install ok installed"
+    for module in ("systemd.journal", "click", "pyinotify"):
+        h.run(["/usr/bin/python3", "-c", f"import {module}"])
+    # Byte-compiled at install: the units run under ProtectSystem=strict.
+    h.run(["sh", "-c", "ls /usr/lib/python3/dist-packages/dispatch/__pycache__/cli.*.pyc"])
+
+    # -- a fresh install starts nothing and fails nothing -------------------------------------
+    for trigger in TRIGGERS:
+        assert h.systemctl("is-enabled", trigger, check=False).stdout.strip() == "enabled"
+        # postinst started it; its ConditionPathExists= kept it inactive.
+        assert h.unit_property(trigger, "ConditionResult") == "no", trigger
+    assert not _dispatch_units(h, "active", "activating", "failed")
+    assert _failed(h) == failed_before
+    assert not _dispatch_processes(h)
+    for path, mode in (("/etc/dispatch/keys", "700 root root"),
+                       ("/var/lib/dispatch", "700 root root")):
+        assert h.run(["stat", "-c", "%a %U %G", path]).stdout.strip() == mode, path
+    assert h.run(["test", "-e", "/etc/dispatch/dispatch.conf"], check=False).returncode == 1
+    h.run(["test", "-x", "/usr/lib/systemd/system-generators/dispatch-generator"])
+    h.run(["test", "-s", "/usr/share/man/man1/dispatch.1.gz"])
+
+    # -- dispatch init, the path unit, a task from a second node identity ---------------------
+    out = h.run(["dispatch", "init", "--root", SHARE, "--node", "gpubox", "--peers", "devbox",
+                 "--set", f"DISPATCH_AGENT_BIN={AGENT}", "--set", "DISPATCH_POLL_SEC=1"]).stdout
+    kid = out.split("key ")[1].split()[0]
+    # init reloaded systemd: the generator has rendered the node's lanes.
+    lanes = h.run(["cat", "/run/systemd/generator/dispatch-watch.path.d/50-lanes.conf"]).stdout
+    assert f"PathChanged={SHARE}/devbox-to-gpubox/inbox" in lanes
+    h.systemctl("start", "dispatch-watch.path")
+    assert h.unit_property("dispatch-watch.path", "ActiveState") == "active"
+    h.run(["dispatch", "init", "--root", SHARE, "--node", "devbox", "--peers", "gpubox",
+           "--config", SENDER_CONF, "--key-dir", f"{SENDER}/keys",
+           "--state-dir", "/var/lib/dispatch/devbox", "--key-file",
+           f"/etc/dispatch/keys/{kid}.key"])
+    sent = h.run(["dispatch", "send", "--to", "gpubox", "--request", "package smoke test",
+                  "--wait", "--wait-timeout", "90", "--json"],
+                 env={"DISPATCH_CONFIG": SENDER_CONF}, timeout=150)
+    reply = json.loads(sent.stdout)
+    task_id, result = reply["id"], reply["result"]
+    assert result["status"] == "ok", result
+    assert result["answered_by"] == "gpubox" and result["kid"] == kid, result
+    assert result["unit"] == f"dispatch-exec@{task_id}.service", result
+    assert "package smoke test" in result["final_text"], result
+    # The sender's own check of the signed result file.
+    verified = json.loads(h.run(["dispatch", "result", task_id, "--json"],
+                                env={"DISPATCH_CONFIG": SENDER_CONF}).stdout)
+    assert verified["status"] == "ok"
+    journal = h.journalctl("-u", "dispatch-exec@*", "-o", "verbose")
+    assert f"DISPATCH_TASK_ID={task_id}" in journal, journal[-3000:]
+    assert f"dispatch-exec@{task_id}.service" in journal
+
+    # -- purge: no unit, file or process of the package left -----------------------------------
+    _apt(h, "purge", "dispatch")
+    assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"],
+                 check=False).stdout in ("", "unknown ok not-installed")
+    assert not _dispatch_units(h), h.systemctl("list-units", "--all", "dispatch*").stdout
+    # (exit status 1: no unit file matches)
+    assert not h.run(["systemctl", "list-unit-files", "--plain", "--no-legend", "dispatch*"],
+                     check=False).stdout.strip()
+    # Executions end, and their cgroups with them, just after their units stop.
+    deadline = time.monotonic() + 10
+    while _dispatch_processes(h) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _dispatch_processes(h)
+    after = set(h.run(["sh", "-c", LEFTOVER_SCAN]).stdout.split())
+    assert not after - before, f"left behind by the package: {sorted(after - before)}"
+    assert _failed(h) == failed_before
