@@ -37,12 +37,16 @@ def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key
         problems.append(f"--root must be an absolute path: {root}")
     if problems:
         raise UsageError("; ".join(problems))
+    template = ""
     if config_path.exists() and not force:
         existing = config_mod.parse_env_file(config_path)
         if existing.get("DISPATCH_NODE") not in (None, node) or existing.get(
                 "DISPATCH_ROOT") not in (None, str(root)):
             raise UsageError(f"{config_path} already configures another node or root; "
                              "pass --force to overwrite it")
+        if not existing:
+            # The package's commented template (a conffile): fill it in, keep its comments.
+            template = config_path.read_text()
     cfg = Config(root=root, node=node, peers=tuple(peers), key_dir=key_dir, state_dir=state_dir,
                  config_path=config_path)
     spool = Spool(root)
@@ -63,9 +67,10 @@ def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key
         values["DISPATCH_STATE_DIR"] = str(state_dir)
     values.update(extra or {})
     written = False
-    if force or not config_path.exists():
+    if force or template or not config_path.exists():
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(config_mod.render(values))
+        text = config_mod.render(values)
+        config_path.write_text(text + ("\n" + template if template else ""))
         written = True
     lanes = [lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg)]
     return InitReport(config_path, written, key, created, lanes)

@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config_path = os.environ.get("DISPATCH_CONFIG", str(config_mod.DEFAULT_CONFIG))
     if not Path(config_path).exists():
-        return 0  # not initialised: the units' ConditionPathExists= keeps them inert
+        return 0  # not initialised: the units' conditions keep them inert
     try:
+        values = config_mod.parse_env_file(Path(config_path))
+        if not values.get("DISPATCH_ROOT"):
+            return 0  # the packaged template: `dispatch init` has not configured this node
         cfg = config_mod.load({"DISPATCH_CONFIG": config_path})
         if not cfg.node or not cfg.peers:
             raise ConfigError("DISPATCH_NODE and DISPATCH_PEERS must be set")

@@ -100,7 +100,7 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     # -- a fresh install starts nothing and fails nothing -------------------------------------
     for trigger in TRIGGERS:
         assert h.systemctl("is-enabled", trigger, check=False).stdout.strip() == "enabled"
-        # postinst started it; its ConditionPathExists= kept it inactive.
+        # postinst started it; its ConditionDirectoryNotEmpty= (no key yet) kept it inactive.
         assert h.unit_property(trigger, "ConditionResult") == "no", trigger
     assert not _dispatch_units(h, "active", "activating", "failed")
     assert _failed(h) == failed_before
@@ -108,7 +108,11 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     for path, mode in (("/etc/dispatch/keys", "700 root root"),
                        ("/var/lib/dispatch", "700 root root")):
         assert h.run(["stat", "-c", "%a %U %G", path]).stdout.strip() == mode, path
-    assert h.run(["test", "-e", "/etc/dispatch/dispatch.conf"], check=False).returncode == 1
+    # The conffile is the commented template until `dispatch init` fills it in.
+    assert h.run(["grep", "-c", "^DISPATCH_", "/etc/dispatch/dispatch.conf"],
+                 check=False).stdout.strip() == "0"
+    conffiles = h.run(["cat", "/var/lib/dpkg/info/dispatch.conffiles"]).stdout
+    assert "/etc/dispatch/dispatch.conf" in conffiles.split()
     h.run(["test", "-x", "/usr/lib/systemd/system-generators/dispatch-generator"])
     h.run(["test", "-s", "/usr/share/man/man1/dispatch.1.gz"])
 

@@ -59,8 +59,9 @@ def test_deb_contents(deb: Path) -> None:
         assert path in files, f"{path} not in the .deb"
     # The generator runs from systemd's generator directory only.
     assert "/usr/bin/dispatch-generator" not in files
-    # The config is written by `dispatch init`: shipping one would wake the units at install.
-    assert not [p for p in files if p.startswith("/etc/")], "the .deb ships files in /etc"
+    # In /etc only the config template, which sets nothing (the key wakes the units).
+    assert [p for p in files if p.startswith("/etc/")] == ["/etc/dispatch",
+                                                            "/etc/dispatch/dispatch.conf"]
 
 
 def test_rpm_contents(rpm: Path) -> None:
@@ -82,9 +83,11 @@ def test_rpm_contents(rpm: Path) -> None:
     assert any(re.fullmatch(r"/usr/lib/python3\.\d+/site-packages/dispatch/__pycache__/"
                             r"cli\.cpython-3\d+\.pyc", p) for p in files), \
         "the .rpm is not byte-compiled (the units run under ProtectSystem=strict)"
-    # The config is the package's, but `dispatch init` writes it: a ghost, not in the payload.
+    # The config ships as a commented template, a %config(noreplace) file (flags c and n).
     config = _out("rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", str(rpm))
-    assert re.search(r"^/etc/dispatch/dispatch\.conf \S*c\S*g", config, re.M), config
+    flags = re.search(r"^/etc/dispatch/dispatch\.conf (\S+)", config, re.M)
+    assert flags and "c" in flags.group(1) and "n" in flags.group(1) \
+        and "g" not in flags.group(1), config
 
 
 def test_tmpfiles_make_the_secret_directories_root_only() -> None:
