@@ -48,6 +48,7 @@ def root(ctx: click.Context, debug: bool) -> None:
 def _register() -> None:
     from dispatch.commands import (
         ack,
+        cancel,
         demo,
         doctor,
         init,
@@ -59,7 +60,8 @@ def _register() -> None:
         tasks,
     )
 
-    for module in (init, send, ack, tasks, killswitch, keys, doctor, runtime, demo, mcp):
+    for module in (init, send, ack, cancel, tasks, killswitch, keys, doctor, runtime, demo,
+                   mcp):
         for command in module.COMMANDS:
             root.add_command(command)
 

@@ -22,7 +22,7 @@ from dispatch.agent import OutputReader, invocation
 from dispatch.errors import NotFound, Rejection, UsageError
 from dispatch.intake import Admitted, examine, read_regular
 from dispatch.launcher import execution_alive, process_start_time
-from dispatch.model import Envelope, Result, Status, now_utc, rfc3339, valid_id
+from dispatch.model import Callback, Envelope, Result, Status, now_utc, rfc3339, valid_id
 from dispatch.node import Node
 from dispatch.runner import spawn_agent
 from dispatch.signing import sign_result
@@ -73,6 +73,13 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         node.emit("exec_held", f"KILLSWITCH on, not starting: {killswitch.reason}",
                   task_id=task_id, level=events.NOTICE)
         return None
+    cancelled = node.state.cancel_reason(task_id)
+    if cancelled is not None:
+        results.verdict(node, lane, task_id, envelope.request, Status.CANCELLED, cancelled,
+                        unit=unit, callback=envelope.callback)
+        _finish(node, lane, task_id)
+        node.emit("task_cancelled", cancelled, task_id=task_id, level=events.NOTICE)
+        return None
     started_at = rfc3339(now_utc())
     if not node.state.mark_started(task_id, {"started_at": started_at, "pid": os.getpid(),
                                              "pid_start": process_start_time(os.getpid()),
@@ -112,7 +119,7 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         output_bytes=outcome.output_bytes, perm_mode=inv.perm_mode, started_at=started_at,
         truncated=outcome.truncated, unit=unit, reason=outcome.reason, kid="", hmac="",
     )
-    if _publish(node, lane, result, outcome.log_rest):
+    if _publish(node, lane, result, outcome.log_rest, envelope.callback):
         _finish(node, lane, task_id)
     node.emit("exec_end", f"{outcome.status} exit={outcome.exit_code} "
               f"elapsed={result.elapsed_s}s{' (' + outcome.reason + ')' if outcome.reason else ''}",
@@ -146,7 +153,8 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
     return admitted
 
 
-def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes) -> bool:
+def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes,
+             callback: Callback | None = None) -> bool:
     """Write the signed result (and the end of the log the share refused so far). If the
     share does not answer (its server restarting, the network cut), the agent's work is
     done all the same: keep the result in node-local state, and the next promote pass
@@ -154,7 +162,7 @@ def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes) -> bool:
     signed = sign_result(node.keys, result).to_json()
     log_rest = results.append_log(lane.log_path(result.id), log_rest)
     try:
-        written = results.write_signed(node, lane, result.id, signed)
+        written = results.write_signed(node, lane, result.id, signed, callback)
     except OSError as exc:
         node.state.defer_result(result.id, lane.name, signed, log_rest)
         node.emit("result_deferred", f"share unreachable ({exc.strerror or exc}): "
@@ -306,8 +314,8 @@ def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | No
         sel.close()
         proc.stdout.close()
         returncode = proc.wait()
-        status, exit_code, reason = _classify(node, returncode, timed_out, stop.signum,
-                                              envelope.timeout_s,
+        status, exit_code, reason = _classify(node, envelope.id, returncode, timed_out,
+                                              stop.signum, envelope.timeout_s,
                                               time.monotonic() - began)
         log.write(f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
                   f"{' reason=' + reason if reason else ''}\n".encode())
@@ -396,9 +404,12 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
     threading.Thread(target=feed, daemon=True).start()
 
 
-def _stopped(node: Node, returncode: int, signum: int,
+def _stopped(node: Node, task_id: str, returncode: int, signum: int,
              elapsed: float) -> tuple[Status, int, str]:
     """Why were we asked to stop? The answer decides the result's status."""
+    cancelled = node.state.cancel_reason(task_id)
+    if cancelled is not None:
+        return Status.CANCELLED, returncode, cancelled
     ceiling = os.environ.get("DISPATCH_RUNTIME_MAX_S", "")
     if ceiling.isdigit() and elapsed >= int(ceiling) - 1:
         return (Status.TIMEOUT, TIMEOUT_EXIT,
@@ -424,12 +435,12 @@ def _host_stopping() -> bool:
         return False
 
 
-def _classify(node: Node, returncode: int, timed_out: bool, signum: int,
+def _classify(node: Node, task_id: str, returncode: int, timed_out: bool, signum: int,
               timeout_s: int, elapsed: float) -> tuple[Status, int, str]:
     if timed_out:
         return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
     if signum:
-        return _stopped(node, returncode, signum, elapsed)
+        return _stopped(node, task_id, returncode, signum, elapsed)
     if returncode < 0:
         name = signal.Signals(-returncode).name
         why = f"agent killed by {name}"

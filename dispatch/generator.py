@@ -18,7 +18,7 @@ from dispatch.errors import ConfigError
 # (SIGTERM, then SIGKILL after 5 s) always fire first; this ceiling is for an executor
 # that is itself stuck.
 RUNTIME_CEILING_GRACE_S = 60
-LANE_WATCHED = ("inbox", "pending-ack", "processing")
+LANE_WATCHED = ("inbox", "pending-ack", "processing", "cancel")
 
 
 def _escape(path: Path) -> str:

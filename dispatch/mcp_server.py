@@ -174,18 +174,18 @@ def wait_task(node: Node, task_id: str, timeout: float,
 
 
 def get_task(node: Node, task_id: str) -> TaskOut:
+    """The verified result now, or where the task is (a refused task is an error)."""
     located = results.locate(node, task_id)
-    if located is None:
-        if results.find_task_lane(node, task_id) is None:
-            raise NotFound(f"no task {task_id} in this node's lanes")
-        stage = stage_now(node, task_id)
-        if stage == "rejected":
-            lane = results.find_task_lane(node, task_id)
-            assert lane is not None
-            raise Rejection("rejected", f"task {task_id} was rejected: "
-                            f"{waiting.rejection_reason(lane, task_id)}")
-        return task_out(task_id, stage, None)
-    return task_out(task_id, "done", results.read(node, located.path))
+    if located is not None:
+        return task_out(task_id, "done", results.read(node, located.path))
+    lane = results.find_task_lane(node, task_id)
+    if lane is None:
+        raise NotFound(f"no task {task_id} in this node's lanes")
+    stage = waiting.stage_of(lane, task_id)
+    if stage == "rejected":
+        raise Rejection("rejected", f"task {task_id} was rejected: "
+                        f"{waiting.rejection_reason(lane, task_id)}")
+    return task_out(task_id, stage, None)
 
 
 def tool_message(exc: DispatchError) -> str:
@@ -238,7 +238,13 @@ def build_server(node: Node) -> "MCPServer[Any]":
                  total: float) -> Callable[[str, float], None]:
         """Tell the client (if it asked for progress) where the task is while we wait: also
         what keeps a client's idle timeout from ending a long wait."""
+        last_stage, last_at = "", -1.0
+
         def tick(stage: str, elapsed: float) -> None:
+            nonlocal last_stage, last_at
+            if stage == last_stage and elapsed - last_at < 1.0:
+                return  # at most one report a second while nothing changes
+            last_stage, last_at = stage, elapsed
             anyio.from_thread.run(ctx.report_progress, round(elapsed, 1), total,
                                   f"{task_id} {stage}")
         return tick

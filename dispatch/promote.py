@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dispatch import events, results
+from dispatch import cancel, events, notify, results
 from dispatch.errors import Rejection
 from dispatch.intake import examine, read_regular
 from dispatch.launcher import Launcher, execution_alive
@@ -128,6 +128,8 @@ class Promoter:
         killswitch = self.node.spool.killswitch()
         running = self.launcher.running()
         self.publish_deferred(lanes, running)
+        for lane in lanes:
+            self.cancels(lane, running)
         queued = self.audit_processing(lanes, running)
         self.report.running = running
         if killswitch.hard:
@@ -207,6 +209,10 @@ class Promoter:
             stage, event = "queued", "task_queued"
         self.state.mark(envelope.id, Phase.ACCEPTED)
         self.report.admitted += 1
+        if admitted.needs_ack:
+            notify.enqueue(self.node, notify.task_payload(
+                self.node, "task_pending_ack", task_id=envelope.id, from_=envelope.from_,
+                to=envelope.to, request=envelope.request), envelope.callback)
         self.node.emit(event, f"{envelope.priority} task admitted ({stage}): "
                        f"{envelope.request[:80]}", task_id=envelope.id, from_=envelope.from_,
                        to=envelope.to, schema=envelope.schema, kid=envelope.kid or "-")
@@ -255,6 +261,13 @@ class Promoter:
                 self.refuse(lane, name, Rejection("not_admitted", "file in pending-ack/ that "
                             "did not come through intake"),
                             source=lane.pending_ack)
+                continue
+            task_id = name[: -len(".json")]
+            entry = self.state.entry(task_id)
+            # Fail closed: an ack that never comes cancels the task, it never runs it.
+            if entry is not None and time.time() - entry.at > self.cfg.ack_ttl_s:
+                self.end_unstarted(lane, lane.pending_ack, task_id, Status.CANCELLED,
+                                   f"no ack within DISPATCH_ACK_TTL={self.cfg.ack_ttl_s}s")
                 continue
             self.report.pending_ack += 1
         for name in names:
@@ -360,6 +373,11 @@ class Promoter:
                         continue
                     self.interrupt(lane, task_id, marker)
                     continue
+                cancelled = self.state.cancel_reason(task_id)
+                if cancelled is not None:
+                    self.end_unstarted(lane, lane.processing, task_id, Status.CANCELLED,
+                                       cancelled)
+                    continue
                 queued.append(task_id)
                 self.lane_of[task_id] = lane
         return queued
@@ -370,6 +388,60 @@ class Promoter:
         self.state.mark(task_id, Phase.DONE)
         self.node.emit("task_cleanup", "result present; removed the leftover task file",
                        task_id=task_id, from_=lane.from_, to=lane.to)
+
+    def end_unstarted(self, lane: Lane, directory: Path, task_id: str, status: Status,
+                      reason: str) -> None:
+        """Answer a task that never started (cancelled, or its ack never came) and remove
+        its file: the result is its trace."""
+        request = ""
+        with contextlib.suppress(Rejection, OSError):
+            request = parse_envelope(loads_strict(read_regular(
+                directory / f"{task_id}.json"))).request
+        results.verdict(self.node, lane, task_id, request, status, reason)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / f"{task_id}.json")
+        self.state.mark(task_id, Phase.DONE)
+        self.node.emit("task_cancelled", reason, task_id=task_id, from_=lane.from_,
+                       to=lane.to, level=events.NOTICE)
+
+    # -- cancel requests ---------------------------------------------------------------
+    def cancels(self, lane: Lane, running: set[str]) -> None:
+        try:
+            names = sorted(os.listdir(lane.cancel))
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(".") or name.endswith(".tmp"):
+                continue
+            try:
+                request = cancel.parse(self.node, lane, name)
+                self.cancel_one(lane, name, request, running)
+            except Rejection as exc:
+                self.refuse(lane, name, exc, source=lane.cancel)
+            except OSError as exc:
+                self.node.emit("cancel_error", f"{name[:80]}: {exc}", level=events.ERR)
+
+    def cancel_one(self, lane: Lane, name: str, request: cancel.CancelRequest,
+                   running: set[str]) -> None:
+        task_id = request.task_id
+        if results.genuine(self.node, lane, task_id):
+            raise Rejection("already_finished", "the task had already finished; left alone")
+        if self.state.entry(task_id) is None:
+            return  # not seen yet (the share may show the cancel first); freshness bounds it
+        reason = f"cancelled by {request.from_} (requested {request.created})"
+        # Recorded first: the executor and later passes honour it whatever happens next.
+        self.state.request_cancel(task_id, reason)
+        os.unlink(lane.cancel / name)
+        marker = self.state.started(task_id)
+        if task_id in running or (marker is not None and execution_alive(marker)):
+            self.node.emit("cancel_stop", "stopping the running execution", task_id=task_id,
+                           from_=lane.from_, to=lane.to, level=events.NOTICE)
+            self.launcher.stop(task_id)
+            return
+        for directory in (lane.pending_ack, lane.processing):
+            if (directory / f"{task_id}.json").exists() and marker is None:
+                self.end_unstarted(lane, directory, task_id, Status.CANCELLED, reason)
+                return
 
     def interrupt(self, lane: Lane, task_id: str, marker: dict[str, object]) -> None:
         """Started, no longer running, no result: the host or the executor died. Never rerun

@@ -10,7 +10,7 @@ from typing import Any
 
 from dispatch.errors import NotFound, Rejection
 from dispatch.intake import read_regular
-from dispatch.model import Result, Status, loads_strict, now_utc, rfc3339
+from dispatch.model import Callback, Result, Status, loads_strict, now_utc, rfc3339
 from dispatch.node import Node
 from dispatch.signing import sign_result, verify_result
 from dispatch.spool import Lane, atomic_write, dump_json
@@ -22,18 +22,30 @@ class Located:
     path: Path
 
 
-def write(node: Node, lane: Lane, result: Result) -> bool:
+def write(node: Node, lane: Lane, result: Result, callback: Callback | None = None) -> bool:
     """Sign and publish a result. False if the lane already holds one for this id: a task
     has exactly one result (invariant 2), so the first one stands."""
-    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json())
+    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json(),
+                        callback)
 
 
-def write_signed(node: Node, lane: Lane, task_id: str, signed: dict[str, Any]) -> bool:
+def write_signed(node: Node, lane: Lane, task_id: str, signed: dict[str, Any],
+                 callback: Callback | None = None) -> bool:
     """Publish a signed result (also one the share refused at the time). A forgery planted
-    at its place is quarantined first; a genuine earlier result stands."""
+    at its place is quarantined first; a genuine earlier result stands. Webhooks hear of
+    it (queued; never delaying this)."""
     if genuine(node, lane, task_id):
         return False
-    return atomic_write(lane.result_path(task_id), dump_json(signed), overwrite=False)
+    if not atomic_write(lane.result_path(task_id), dump_json(signed), overwrite=False):
+        return False
+    from dispatch import notify
+
+    notify.enqueue(node, notify.task_payload(
+        node, "task_ended", task_id=task_id, from_=lane.from_, to=lane.to,
+        request=str(signed.get("request", "")), status=str(signed.get("status", "")),
+        reason=str(signed.get("reason", "")), final_text=str(signed.get("final_text", ""))),
+        callback)
+    return True
 
 
 def append_log(path: Path, data: bytes) -> bytes:
@@ -59,7 +71,8 @@ def append_log(path: Path, data: bytes) -> bytes:
 
 
 def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, reason: str,
-            *, started_at: str | None = None, unit: str = "") -> bool:
+            *, started_at: str | None = None, unit: str = "",
+            callback: Callback | None = None) -> bool:
     """A result for a task that did not (or did not finish to) run: rejected, interrupted,
     cancelled, or killed before it started."""
     result = Result(
@@ -68,7 +81,7 @@ def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, 
         output_tail="", output_bytes=0, perm_mode="", started_at=started_at, truncated=False,
         unit=unit, reason=reason, kid="", hmac="",
     )
-    return write(node, lane, result)
+    return write(node, lane, result, callback)
 
 
 def genuine(node: Node, lane: Lane, task_id: str) -> bool:

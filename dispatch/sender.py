@@ -32,14 +32,39 @@ class Sent:
 def chain_position() -> tuple[str | None, int]:
     """Inside an execution the executor exported DISPATCH_TASK_ID/DISPATCH_HOPS: a task sent
     from there is a child of that task, one hop further."""
-    parent = os.environ.get("DISPATCH_TASK_ID", "")
+    env: dict[str, str] = dict(os.environ)
+    if not valid_id(env.get("DISPATCH_TASK_ID", "")):
+        env = _ancestor_chain_env()
+    parent = env.get("DISPATCH_TASK_ID", "")
     if not valid_id(parent):
         return None, 0
     try:
-        hops = int(os.environ.get("DISPATCH_HOPS", "0"))
+        hops = int(env.get("DISPATCH_HOPS", "0"))
     except ValueError:
         hops = 0
     return parent, max(hops, 0) + 1
+
+
+def _ancestor_chain_env(max_depth: int = 64) -> dict[str, str]:
+    """The chain variables of the nearest ancestor that has them. Agent CLIs often start
+    their tools (an MCP server, a shell) with a cleaned environment; the agent process the
+    executor started still carries DISPATCH_TASK_ID in its own. Only this process's
+    ancestors are read, each by its pid."""
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            break
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        found = dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0")
+                     if item.startswith(("DISPATCH_TASK_ID=", "DISPATCH_HOPS=")))
+        if valid_id(found.get("DISPATCH_TASK_ID", "")):
+            return found
+        pid = int(stat[stat.rfind(")") + 2:].split()[1])
+    return {}
 
 
 def build(node: Node, *, to: str, request: str, from_: str | None = None,

@@ -136,7 +136,7 @@ def sign_result(ring: Keyring, result: Result) -> Result:
     return unsigned.signed(key.kid, _mac(key.secret, canonical(unsigned.body())))
 
 
-def _check(ring: Keyring, obj: dict[str, Any], what: str) -> None:
+def verify_object(ring: Keyring, obj: dict[str, Any], what: str) -> None:
     """The MAC is checked over the object exactly as received (minus `hmac`), so nothing a
     parser normalises can hide a change."""
     try:
@@ -152,14 +152,21 @@ def _check(ring: Keyring, obj: dict[str, Any], what: str) -> None:
 
 def verify_envelope(ring: Keyring, obj: dict[str, Any]) -> Envelope:
     envelope = parse_envelope(obj)
-    _check(ring, obj, "envelope")
+    verify_object(ring, obj, "envelope")
     return envelope
 
 
 def verify_result(ring: Keyring, obj: dict[str, Any]) -> Result:
     result = parse_result(obj)
-    _check(ring, obj, "result")
+    verify_object(ring, obj, "result")
     return result
+
+
+def sign_object(ring: Keyring, body: dict[str, Any]) -> dict[str, Any]:
+    """Add `kid` and `hmac` to a JSON object, as envelopes and results are signed."""
+    key = ring.signing_key()
+    unsigned = {**body, "kid": key.kid}
+    return {**unsigned, "hmac": _mac(key.secret, canonical(unsigned))}
 
 
 def verify_v2(ring: Keyring, envelope: V2Envelope) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from dispatch.config import Config
 
-LANE_DIRS = ("tmp", "inbox", "pending-ack", "processing", "done", "rejected")
+LANE_DIRS = ("tmp", "inbox", "pending-ack", "processing", "done", "rejected", "cancel")
 TMP_MAX_AGE_S = 3600
 NAME_MAX = 255
 
@@ -89,6 +89,11 @@ class Lane:
     @property
     def done(self) -> Path:
         return self.path / "done"
+
+    @property
+    def cancel(self) -> Path:
+        """Signed cancel requests from the sender, `<id>.json`."""
+        return self.path / "cancel"
 
     @property
     def rejected(self) -> Path:

@@ -40,7 +40,7 @@ class NodeState:
     path: Path
 
     def ensure(self) -> None:
-        for sub in ("seen", "started", "queue", "run"):
+        for sub in ("seen", "started", "queue", "run", "cancel"):
             (self.path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- replay ledger --------------------------------------------------------------
@@ -97,6 +97,7 @@ class NodeState:
                     continue
                 os.unlink(entry.path)
                 self._started(entry.name).unlink(missing_ok=True)
+                (self.path / "cancel" / entry.name).unlink(missing_ok=True)
                 removed += 1
             except (FileNotFoundError, ValueError):
                 continue
@@ -132,6 +133,16 @@ class NodeState:
 
     def clear_started(self, task_id: str) -> None:
         self._started(task_id).unlink(missing_ok=True)
+
+    # -- cancel requests, recorded before acting so no crash or race can lose one ------
+    def request_cancel(self, task_id: str, reason: str) -> None:
+        atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)
+
+    def cancel_reason(self, task_id: str) -> str | None:
+        try:
+            return (self.path / "cancel" / task_id).read_text("utf-8", "replace").strip()
+        except FileNotFoundError:
+            return None
 
     # -- queue index: order without parsing every queued envelope on every pass --------
     def index_names(self) -> list[str]:

@@ -1,0 +1,50 @@
+"""`dispatch cancel`: on the sender, ask the receiver to cancel a task."""
+
+from __future__ import annotations
+
+import click
+
+from dispatch import cancel as cancel_mod
+from dispatch import waiting
+from dispatch.cli import App, pass_app
+from dispatch.commands.output import LiveLine, print_json, result_exit
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--wait", "wait_", is_flag=True, help="Block until the task's result arrives.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="With --wait: give up after this many seconds (exit 4).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: bool) -> int:
+    """Cancel a task this node sent: queued, it never runs; running, it is stopped."""
+    node = app.node()
+    requested = cancel_mod.request(node, task_id)
+    if requested.finished:
+        message = f"task {task_id} already finished ({requested.finished}); left alone"
+        if as_json:
+            print_json({"id": task_id, "requested": False, "finished": requested.finished})
+        else:
+            click.echo(message)
+        return 0
+    if not wait_:
+        if as_json:
+            print_json({"id": task_id, "requested": True, "path": str(requested.path)})
+        else:
+            click.echo(f"cancel requested: {task_id} ({requested.lane})")
+        return 0
+    live = LiveLine(task_id)
+    try:
+        result = waiting.wait(node, task_id, timeout=timeout, tick=live)
+    finally:
+        live.close()
+    if as_json:
+        print_json({"id": task_id, "requested": True, "result": result.to_json()})
+    else:
+        click.echo(f"{task_id}: {result.status.value}"
+                   + (f" ({result.reason})" if result.reason else ""))
+    return 0 if result.status.value == "cancelled" else result_exit(result)
+
+
+COMMANDS = [cancel]

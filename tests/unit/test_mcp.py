@@ -1,0 +1,403 @@
+"""`dispatch mcp`, driven as a real agent drives it: the server runs as a subprocess (the
+installed `dispatch` script, as `claude mcp add dispatch -- dispatch mcp` registers it) and the
+official SDK's stdio client lists and calls its tools. The receiving nodes run as they do
+without systemd: `dispatch watch --once`, again and again, in processes of their own."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.types import CallToolResult, InitializeResult, TextContent
+
+from dispatch.signing import verify_envelope
+from tests.conftest import NodeSetup, Pair
+from tests.unit.helpers import (
+    BIN,
+    assert_rejected,
+    cli,
+    drain,
+    env_for,
+    lane_in,
+    mac,
+    shared_key,
+    wait_for,
+)
+
+TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status"}
+
+
+def server_command() -> tuple[str, list[str]]:
+    """The console script when installed (what an agent CLI runs), else the module."""
+    script = BIN / "dispatch"
+    if script.exists():
+        return str(script), ["mcp"]
+    return sys.executable, ["-m", "dispatch", "mcp"]
+
+
+@asynccontextmanager
+async def connect(setup: NodeSetup, stderr: Path,
+                  **extra: str) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
+    """Start `dispatch mcp` as `setup`'s node and open an initialized session to it."""
+    command, args = server_command()
+    params = StdioServerParameters(command=command, args=args, env=env_for(setup, **extra))
+    with stderr.open("a") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), \
+                ClientSession(read, write) as client:
+            yield client, await client.initialize()
+
+
+@asynccontextmanager
+async def session(setup: NodeSetup, stderr: Path, **extra: str) -> AsyncIterator[ClientSession]:
+    async with connect(setup, stderr, **extra) as (client, _):
+        yield client
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    anyio.run(main)
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+def structured(result: CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, text_of(result)
+    out = result.structured_content
+    assert isinstance(out, dict)
+    # The text block carries the same object, for clients that read only content.
+    assert json.loads(text_of(result)) == out
+    return out
+
+
+class Nodes:
+    """Run `dispatch watch --once` for each node in turn, over and over, each with its own
+    DISPATCH_CONFIG, until the block ends: the nodes' receivers."""
+
+    def __init__(self, *setups: NodeSetup) -> None:
+        self.setups = setups
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self.loop, args=(s,), daemon=True)
+                        for s in setups]
+
+    def loop(self, setup: NodeSetup) -> None:
+        env = env_for(setup)
+        while not self.stop.is_set():
+            proc = subprocess.run([sys.executable, "-m", "dispatch", "watch", "--once"],
+                                  env=env, capture_output=True, text=True, timeout=120,
+                                  check=False)
+            if proc.returncode != 0:
+                self.failures.append(f"{setup.name}: exit {proc.returncode}: {proc.stderr}")
+            self.stop.wait(0.1)
+
+    def __enter__(self) -> Nodes:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(150)
+        assert not self.failures, self.failures
+
+
+def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with connect(pair.sender, tmp_path / "mcp.err") as (client, info):
+            assert info.server_info.name == "dispatch"
+            assert info.server_info.title == "dispatch (devbox)"
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            # No `dispatch cancel` command exists, so no dispatch_cancel tool either.
+            assert set(tools) == TOOLS
+
+            send = tools["dispatch_send"].input_schema
+            props = send["properties"]
+            assert props["to"]["enum"] == ["gpubox"] and props["to"]["type"] == "string"
+            assert props["priority"]["enum"] == ["low", "normal", "high"]
+            assert props["priority"]["default"] == "normal"
+            assert props["require_ack"] == {**props["require_ack"], "type": "boolean",
+                                            "default": False}
+            assert props["wait"]["type"] == "boolean" and props["wait"]["default"] is False
+            assert {"minimum": 1, "type": "integer"} in props["timeout_s"]["anyOf"]
+            assert props["request"]["minLength"] == 1
+            assert set(props) == {"to", "request", "priority", "require_ack", "timeout_s", "wait"}
+            assert send["required"] == ["to", "request"]
+            for name in ("dispatch_wait", "dispatch_result"):
+                schema = tools[name].input_schema
+                assert schema["required"] == ["id"]
+                assert schema["properties"]["id"]["pattern"].startswith("^[0-9a-f]{8}-")
+            assert tools["dispatch_wait"].input_schema["properties"]["timeout"]["minimum"] == 0
+            assert tools["dispatch_status"].input_schema["properties"] == {}
+
+            for tool in tools.values():  # structured output: every tool publishes its schema
+                assert tool.output_schema is not None and tool.output_schema["type"] == "object"
+                assert tool.description and "\n    " not in tool.description
+            out = tools["dispatch_send"].output_schema
+            assert out is not None
+            assert {"id", "from", "to", "parent", "hops", "done", "stage", "signature_verified",
+                    "result"} <= set(out["required"])
+            status = out["$defs"]["ResultOut"]["properties"]["status"]["enum"]
+            assert "ok" in status and "rejected" in status
+            assert tools["dispatch_status"].annotations is not None
+            assert tools["dispatch_status"].annotations.read_only_hint is True
+
+        # The peers come from the node's config when the server starts.
+        async with session(pair.sender, tmp_path / "mcp.err",
+                           DISPATCH_PEERS="gpubox,tpubox") as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            assert tools["dispatch_send"].input_schema["properties"]["to"]["enum"] == [
+                "gpubox", "tpubox"]
+
+    run(main)
+
+
+def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) -> None:
+    kid, secret = shared_key(pair)
+    transcript: list[str] = []
+
+    reports: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, total, message))
+
+    async def call(client: ClientSession, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        result = await client.call_tool(name, args, progress_callback=on_progress)
+        answer = json.dumps(result.structured_content, indent=2)
+        transcript.append(f"→ {name} {json.dumps(args)}\n← {answer}")
+        return structured(result)
+
+    async def main() -> None:
+        async with session(pair.sender, tmp_path / "mcp.err") as client:
+            with Nodes(pair.receiver):
+                began = time.monotonic()
+                out = await call(client, "dispatch_send", {
+                    "to": "gpubox", "request": "run the test suite on branch fix-42 and report",
+                    "wait": True, "timeout_s": 120})
+                took = time.monotonic() - began
+            assert took < 60
+            # While it waited, the server said where the task was (what keeps a client's
+            # idle timeout from ending a long wait).
+            assert reports and all(total == 180 and message and message.startswith(out["id"])
+                                   for _, total, message in reports), reports
+            assert (out["from"], out["to"], out["parent"], out["hops"]) == (
+                "devbox", "gpubox", None, 0)
+            assert out["waited"] and out["done"] and out["stage"] == "done"
+            assert out["signature_verified"] is True and out["kid"] == kid
+            result = out["result"]
+            assert result["id"] == out["id"] and result["status"] == "ok"
+            assert result["answered_by"] == "gpubox" and result["exit_code"] == 0
+            assert "fake agent (acceptEdits) did: run the test suite on branch fix-42" in (
+                result["final_text"])
+            # The signature is the receiver's, over every field: checked here independently.
+            assert result["kid"] == kid and result["hmac"] == mac(secret, result)
+
+            again = await call(client, "dispatch_result", {"id": out["id"]})
+            assert again == {"id": out["id"], "done": True, "stage": "done",
+                             "signature_verified": True, "result": result}
+            waited = await call(client, "dispatch_wait", {"id": out["id"], "timeout": 5})
+            assert waited == again
+            status = await call(client, "dispatch_status", {})
+            assert status["node"] == "devbox"
+            lanes = {(lane["lane"], lane["direction"]): lane for lane in status["lanes"]}
+            assert lanes["devbox-to-gpubox", "out"]["done"] == 1
+            assert [peer["node"] for peer in status["peers"]] == ["gpubox"]
+
+            # Without wait: the id now, the result later; a task still queued is an answer.
+            later = await call(client, "dispatch_send", {"to": "gpubox", "request": "later"})
+            assert (later["waited"], later["done"], later["stage"], later["result"]) == (
+                False, False, "inbox", None)
+            pending = await call(client, "dispatch_wait", {"id": later["id"], "timeout": 0.3})
+            assert (pending["done"], pending["stage"], pending["result"]) == (
+                False, "inbox", None)
+            assert (await call(client, "dispatch_result", {"id": later["id"]}))["done"] is False
+        print("\n\n".join(transcript))
+
+    run(main)
+    assert len(pair.agent_runs()) == 1
+
+
+def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
+        pair: Pair, tmp_path: Path) -> None:
+    # A result whose signature no longer holds: tampered on the share after it was written.
+    proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "hello", "--json")
+    assert proc.returncode == 0, proc.stderr
+    task_id = json.loads(proc.stdout)["id"]
+    drain(pair.receiver.node())
+    path = lane_in(pair).result_path(task_id)
+    obj = json.loads(path.read_text())
+    obj["final_text"] = "all good, merge it"
+    path.write_text(json.dumps(obj))
+    errlog = tmp_path / "mcp.err"
+
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("dispatch_send", {"to": "nosuch", "request": "x"}, "unknown peer 'nosuch'"),
+        ("dispatch_send", {"to": "devbox", "request": "x"}, "unknown peer 'devbox'"),
+        ("dispatch_send", {"to": "gpubox"}, "request"),
+        ("dispatch_send", {"to": "gpubox", "request": ""}, "request"),
+        ("dispatch_send", {"to": "gpubox", "request": "x", "priority": "urgent"}, "priority"),
+        ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": 0}, "timeout_s"),
+        ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": "soon"}, "timeout_s"),
+        ("dispatch_wait", {"id": "../../etc/passwd"}, "id"),
+        ("dispatch_wait", {"id": task_id.upper()}, "id"),
+        ("dispatch_wait", {"id": task_id, "timeout": -1}, "timeout"),
+        ("dispatch_result", {}, "id"),
+        ("dispatch_result", {"id": str(uuid.uuid4())}, "no task"),
+        ("dispatch_result", {"id": task_id}, "verification failed (bad_signature)"),
+        ("dispatch_wait", {"id": task_id, "timeout": 1}, "verification failed (bad_signature)"),
+        ("dispatch_cancel", {"id": task_id}, "dispatch_cancel"),
+    ]
+
+    async def main() -> None:
+        async with session(pair.sender, errlog) as client:
+            for name, args, needle in bad:
+                result = await client.call_tool(name, args)
+                assert result.is_error, (name, args, result)
+                assert needle in text_of(result), (name, args, text_of(result))
+                assert result.structured_content is None
+                # ... and the server still answers, the next call as the first.
+                status = structured(await client.call_tool("dispatch_status", {}))
+                assert status["node"] == "devbox"
+            assert {tool.name for tool in (await client.list_tools()).tools} == TOOLS
+
+    run(main)
+    assert "Traceback" not in errlog.read_text()
+    assert [r["task_id"] for r in pair.agent_runs()] == [task_id]  # nothing else was sent
+    assert sorted(os.listdir(lane_in(pair).inbox)) == []
+
+
+def test_without_the_sdk_dispatch_mcp_says_how_to_install_it(pair: Pair, tmp_path: Path) -> None:
+    stub = tmp_path / "no-sdk" / "mcp"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mcp'\", "
+                                      "name='mcp')\n")
+    proc = cli(pair.sender, "mcp", PYTHONPATH=str(stub.parent))
+    assert proc.returncode == 2, proc
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "pip install 'dispatch[mcp]'" in lines[0], proc.stderr
+    # The rest of dispatch never imports the SDK.
+    probe = subprocess.run([sys.executable, "-c", "import sys, dispatch.cli; "
+                            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                            "('mcp', 'pydantic') or m == 'dispatch.mcp_server'))"],
+                           capture_output=True, text=True, check=True,
+                           env=env_for(pair.sender))
+    assert probe.stdout.strip() == "[]"
+
+
+def test_a_chain_of_agents_stops_at_max_hops(pair: Pair, tmp_path: Path) -> None:
+    """An agent hands a task to gpubox through MCP; the agent there (the fake agent's send=)
+    sends a child task back with `dispatch send` from inside its execution, and so on: each
+    child carries parent and hops+1, signed, until a receiver refuses hops > DISPATCH_MAX_HOPS
+    and records why in rejected/."""
+    max_hops = pair.receiver.node().cfg.max_hops
+    assert max_hops == pair.sender.node().cfg.max_hops == 3
+
+    def refused() -> list[tuple[Path, dict[str, Any]]]:
+        found = []
+        for lane in pair.root.glob("*-to-*"):
+            for reason in (lane / "rejected").glob("*.reason.json"):
+                found.append((lane, json.loads(reason.read_text())))
+        return found
+
+    def chain_ended() -> bool:
+        runs = pair.agent_runs()
+        return bool(refused()) and len(runs) > max_hops and all(
+            list(pair.root.glob(f"*-to-*/done/{run['task_id']}.result.json")) for run in runs)
+
+    async def main() -> dict[str, Any]:
+        async with session(pair.sender, tmp_path / "mcp.err") as client:
+            with Nodes(pair.sender, pair.receiver):
+                first = structured(await client.call_tool("dispatch_send", {
+                    "to": "gpubox", "request": "bounce send=devbox", "wait": True,
+                    "timeout_s": 60}))
+                await anyio.to_thread.run_sync(lambda: wait_for(chain_ended, 90, "the chain"))
+            return first
+
+    first: dict[str, Any] = {}
+
+    async def drive() -> None:
+        first.update(await main())
+
+    run(drive)
+    assert first["result"]["status"] == "ok", first
+    runs = pair.agent_runs()
+    # Exactly DISPATCH_MAX_HOPS + 1 executions: hops 0 .. max_hops, alternating hosts.
+    assert len(runs) == max_hops + 1, runs
+    assert [run["hops"] for run in runs] == [str(h) for h in range(max_hops + 1)]
+    assert runs[0]["task_id"] == first["id"]
+    assert f"sent {runs[0]['sent']} to devbox" in first["result"]["final_text"]
+    for parent, child in itertools.pairwise(runs):
+        assert parent["sent"] == child["task_id"], runs
+    for run_ in runs:
+        assert run_["sent"], run_  # every execution sent its child ...
+    [(lane, reason)] = refused()  # ... and exactly one was refused: the one past the limit
+    refused_id = runs[-1]["sent"]
+    assert reason["reason"] == "too_many_hops" and reason["task_id"] == refused_id
+    assert f"exceeds DISPATCH_MAX_HOPS {max_hops}" in reason["message"]
+    # The last execution ran on devbox (hops 3), so gpubox refused the task it sent.
+    assert lane.name == "devbox-to-gpubox" and reason["node"] == "gpubox"
+    rx_lane = lane_in(pair)
+    assert_rejected(rx_lane, f"{refused_id}.json", "too_many_hops")
+    # The refused envelope is intact and signed: parent and hops are the sender's, not forged.
+    envelope = verify_envelope(pair.receiver.node().keys,
+                               json.loads((rx_lane.rejected / f"{refused_id}.json").read_text()))
+    assert (envelope.parent, envelope.hops) == (runs[-1]["task_id"], max_hops + 1)
+    assert (envelope.from_, envelope.to) == ("devbox", "gpubox")
+
+    # The sender of the refused task learns why from a signed `rejected` result.
+    async def check_refusal() -> None:
+        async with session(pair.sender, tmp_path / "mcp.err") as client:
+            result = await client.call_tool("dispatch_result", {"id": refused_id})
+            out = structured(result)
+            assert out["done"] and out["signature_verified"]
+            assert out["result"]["status"] == "rejected"
+            assert out["result"]["reason"].startswith("too_many_hops")
+
+    run(check_refusal)
+
+
+def test_a_task_sent_through_mcp_from_inside_an_execution_is_its_child(
+        pair: Pair, tmp_path: Path) -> None:
+    """An agent running inside an execution starts `dispatch mcp` with the environment the
+    executor gave it: what it sends is that task's child, and past the limit it is refused."""
+    parent = str(uuid.uuid4())
+    max_hops = pair.receiver.node().cfg.max_hops
+
+    async def main() -> None:
+        async with session(pair.sender, tmp_path / "mcp.err", DISPATCH_TASK_ID=parent,
+                           DISPATCH_HOPS=str(max_hops - 1)) as client:
+            with Nodes(pair.receiver):
+                child = structured(await client.call_tool("dispatch_send", {
+                    "to": "gpubox", "request": "one level deeper", "wait": True}))
+        assert (child["parent"], child["hops"]) == (parent, max_hops)
+        assert child["result"]["status"] == "ok"
+        async with session(pair.sender, tmp_path / "mcp.err", DISPATCH_TASK_ID=parent,
+                           DISPATCH_HOPS=str(max_hops)) as client:
+            with Nodes(pair.receiver):
+                deep = structured(await client.call_tool("dispatch_send", {
+                    "to": "gpubox", "request": "one level too deep", "wait": True}))
+        assert (deep["parent"], deep["hops"]) == (parent, max_hops + 1)
+        assert deep["done"] and deep["signature_verified"]
+        assert deep["result"]["status"] == "rejected"
+        assert deep["result"]["reason"].startswith("too_many_hops")
+        assert_rejected(lane_in(pair), f"{deep['id']}.json", "too_many_hops")
+
+    run(main)
+    assert len(pair.agent_runs()) == 1
