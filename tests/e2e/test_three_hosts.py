@@ -1,0 +1,71 @@
+"""Three hosts, each peer of the other two (DISPATCH_PEERS), sharing one root over sshfs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.e2e.cluster import SHARE
+from tests.e2e.conftest import ClusterFactory
+
+RING = (("a", "b"), ("b", "c"), ("c", "a"))
+
+
+def test_ring_of_three(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster("a", "b", "c")
+    for name in "abc":
+        conf = cluster[name].run(["cat", "/etc/dispatch/dispatch.conf"]).stdout
+        peers = sorted(set("abc") - {name})
+        assert f"DISPATCH_PEERS={','.join(peers)}" in conf, conf
+    sent = {(src, dst): cluster[src].send(dst, f"ring {src} to {dst} sleep=1")
+            for src, dst in RING}
+    results = cluster.parallel(*[
+        (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
+        for (src, _dst), task_id in sent.items()
+    ])
+    for ((src, dst), task_id), result in zip(sent.items(), results, strict=True):
+        assert result["status"] == "ok", json.dumps(result)
+        assert result["answered_by"] == dst
+        assert result["final_text"].startswith(f"fake agent (acceptEdits) did: ring {src}")
+        assert [r["task_id"] for r in cluster[dst].agent_runs()] == [task_id]
+        # The result travelled back in the task's own lane.
+        assert f"{task_id}.result.json" in cluster[src].lane_files(f"{src}-to-{dst}", "done")
+    # Each host's lanes, as its own `dispatch status` shows them.
+    lanes = {lane["lane"]: lane for lane in cluster["b"].status()["lanes"]}
+    assert set(lanes) == {"a-to-b", "c-to-b", "b-to-a", "b-to-c"}
+    assert lanes["a-to-b"]["done"] == 1 and lanes["c-to-b"]["done"] == 0
+    assert cluster.leftovers() == {}
+
+
+def test_killswitch_from_any_host_holds_every_host(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster("a", "b", "c")
+    nodes = [cluster[n] for n in "abc"]
+    # Written on the share from c, through c's mount.
+    cluster["c"].dispatch("killswitch", "on", "--reason", "incident 12")
+    switched_at = time.monotonic()
+    sent = {(src, dst): cluster[src].send(dst, f"held {src} to {dst}") for src, dst in RING}
+    for (src, dst), task_id in sent.items():
+        receiver, lane, name = cluster[dst], f"{src}-to-{dst}", f"{task_id}.json"
+        receiver.wait_until(f"{task_id} queued on {dst}",
+                            lambda: name in receiver.lane_files(lane, "processing"))  # noqa: B023
+    # Three timer periods after the last arrival: nothing started anywhere.
+    time.sleep(3)
+    for node in nodes:
+        assert node.agent_runs() == [], node.name
+        status = node.status()
+        assert status["killswitch"] == {"on": True, "hard": False, "reason": "incident 12"}
+        held = node.journal("DISPATCH_EVENT=killswitch_hold", "-o", "cat")
+        assert "none started: incident 12" in held, (node.name, held)
+        assert node.run(["systemctl", "list-units", "--no-legend", "--plain",
+                         "dispatch-exec@*"]).stdout.strip() == "", node.name
+    assert time.monotonic() - switched_at < 30
+    # Lifted from another host: everything runs, on its own host, once.
+    cluster["a"].dispatch("killswitch", "off")
+    results = cluster.parallel(*[
+        (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
+        for (src, _dst), task_id in sent.items()
+    ])
+    assert [r["status"] for r in results] == ["ok"] * 3, results
+    for (_src, dst), task_id in sent.items():
+        assert cluster[dst].ran(task_id) == 1
+    assert cluster["b"].run(["test", "-e", f"{SHARE}/KILLSWITCH"], check=False).returncode != 0
