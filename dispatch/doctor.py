@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch import config as config_mod
-from dispatch.errors import DispatchError
-from dispatch.mounts import mount_of
+from dispatch.config import Launcher
+from dispatch.errors import DispatchError, Rejection
+from dispatch.intake import read_regular
+from dispatch.mounts import Mount, mount_of
 from dispatch.node import Node
+from dispatch.overview import heartbeat_stale_after
 from dispatch.signing import Keyring
 
 
@@ -37,7 +40,7 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     checks.append(_root(node))
     checks += _filesystem(node)
     checks += _peers(node)
-    if config_mod.systemd_is_pid1():
+    if cfg.launcher is Launcher.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
     ks = node.spool.killswitch()
     checks.append(Check("killswitch", not ks.on,
@@ -66,7 +69,7 @@ def _root(node: Node) -> Check:
     root = node.cfg.root
     probe = root / "heartbeats" / f".doctor-{node.name}-{os.getpid()}"
     try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
+        # Never created here: a share that is not mounted must not look like an empty one.
         probe.write_text("probe\n")
         probe.unlink()
     except OSError as exc:
@@ -90,23 +93,43 @@ def _filesystem(node: Node) -> list[Check]:
         out.append(Check("filesystem", True, detail + ": local, inotify sees every write"))
         return out
     timer_ok = True
-    if config_mod.systemd_is_pid1():
+    if node.cfg.launcher is Launcher.SYSTEMD:  # `dispatch watch` rescans by itself
         timer_ok = _unit_active("dispatch-watch.timer")
     out.append(Check("filesystem", timer_ok, detail + ": remote, inotify misses other hosts' "
                      "writes; " + ("the timer rescans" if timer_ok else "the timer is NOT "
                                    "active"), "" if timer_ok else
                      "systemctl enable --now dispatch-watch.timer"))
     if mount.fstype.startswith("nfs"):
-        actimeo = mount.option("actimeo") or mount.option("acdirmax")
+        cache_s, source = nfs_dir_cache_s(mount)
         lookup = mount.option("lookupcache")
-        slow = actimeo is None or int(actimeo) > node.cfg.poll_sec
-        if slow or lookup not in ("none", "positive"):
-            out.append(Check("nfs-cache", False, f"actimeo={actimeo or 'default (30-60 s)'}, "
-                             f"lookupcache={lookup or 'all'}: new tasks can stay unseen that "
-                             "long", "mount with actimeo=1,lookupcache=positive"))
+        # Worse than the rescan period, or than actimeo=1 (the hint) where polling is faster.
+        slow = cache_s > max(node.cfg.poll_sec, 1.0)
+        # The kernel shows `lookupcache=pos` for what mount(8) calls `positive`.
+        if slow or lookup not in ("none", "pos", "positive"):
+            out.append(Check("nfs-cache", False, f"directory attributes cached up to "
+                             f"{cache_s}s ({source}), lookupcache={lookup or 'all'}: new "
+                             "tasks and results can stay unseen that long",
+                             "mount with actimeo=1,lookupcache=positive"))
         else:
-            out.append(Check("nfs-cache", True, f"actimeo={actimeo}, lookupcache={lookup}"))
+            out.append(Check("nfs-cache", True, f"directory attributes cached up to "
+                             f"{cache_s}s ({source}), lookupcache={lookup}"))
     return out
+
+
+NFS_DEFAULT_ACDIRMAX_S = 60
+
+
+def nfs_dir_cache_s(mount: Mount) -> tuple[int, str]:
+    """How long an NFS client may trust a directory's cached attributes (so not see a file
+    another host added). The kernel lists `actimeo=N` as acregmin..acdirmax=N and leaves out
+    defaults; an fstab-style option list may still say actimeo."""
+    if mount.option("noac") is not None:
+        return 0, "noac"
+    for name in ("actimeo", "acdirmax"):
+        value = mount.option(name)
+        if value is not None and value.isdigit():
+            return int(value), f"{name}={value}"
+    return NFS_DEFAULT_ACDIRMAX_S, "the default acdirmax"
 
 
 def _peers(node: Node) -> list[Check]:
@@ -119,10 +142,11 @@ def _peers(node: Node) -> list[Check]:
     for peer in node.cfg.peers:
         path = node.spool.heartbeat_path(peer)
         try:
-            beat = json.loads(path.read_text())
+            # read_regular: a FIFO planted on the share must not block doctor.
+            beat = json.loads(read_regular(path))
             sent = float(beat["unix"])
             mtime = path.stat().st_mtime
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, Rejection):
             out.append(Check(f"peer {peer}", False, "no heartbeat", f"is dispatch-heartbeat."
                              f"timer running on {peer}, and the share mounted there?"))
             continue
@@ -132,14 +156,28 @@ def _peers(node: Node) -> list[Check]:
         problems = []
         if abs(skew) > skew_limit / 2:
             problems.append(f"clock skew {skew:+.1f}s")
+        # The file's age by the share's clock: a peer whose timer stopped (or host died).
+        written_ago = time.time() - (own_offset or 0.0) - mtime
+        if written_ago > heartbeat_stale_after(node):
+            problems.append(f"stale: last written {written_ago:.0f}s ago")
         if ring is not None and beat.get("kid") and beat["kid"] not in {k.kid for k in ring}:
             problems.append(f"signs with key {beat['kid']}, which this host does not have")
         out.append(Check(f"peer {peer}", not problems,
                          f"heartbeat {age:.0f}s ago, skew {skew:+.1f}s"
                          + ("; " + "; ".join(problems) if problems else ""),
-                         "sync clocks (chrony/timesyncd); copy keys with dispatch keys import"
-                         if problems else ""))
+                         _peer_hint(peer, problems) if problems else ""))
     return out
+
+
+def _peer_hint(peer: str, problems: list[str]) -> str:
+    hints = []
+    if any(p.startswith("clock skew") for p in problems):
+        hints.append("sync clocks (chrony/timesyncd)")
+    if any(p.startswith("signs with key") for p in problems):
+        hints.append("copy keys with dispatch keys import")
+    if any(p.startswith("stale") for p in problems):
+        hints.append(f"is dispatch-heartbeat.timer running on {peer}?")
+    return "; ".join(hints)
 
 
 def _clock_offset(root: Path) -> float | None:
@@ -167,8 +205,13 @@ def _unit_active(unit: str) -> bool:
 def _unit(unit: str, what: str) -> Check:
     from dispatch.runner import systemctl
 
-    state = systemctl("show", "-P", "ActiveState", unit, check=False).stdout.strip()
-    sub = systemctl("show", "-P", "SubState", unit, check=False).stdout.strip()
+    try:
+        shown = systemctl("show", "--property=ActiveState,SubState", unit,
+                          check=False).stdout
+    except DispatchError as exc:
+        return Check(unit, False, f"{what}: {exc}", "is systemd running here?")
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    state, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
     ok = state == "active"
     return Check(unit, ok, f"{what}: {state} ({sub})",
                  "" if ok else f"systemctl start {unit}; journalctl -u {unit}")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar, cast
 
 from dispatch import __version__, overview, results, sender, waiting
+from dispatch import cancel as cancel_mod
 from dispatch.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
 from dispatch.model import Priority, Result, valid_id
 from dispatch.node import Node
@@ -129,13 +130,34 @@ class PeerOut(TypedDict):
     killswitch: NotRequired[bool | None]
 
 
+class ExecutionOut(TypedDict):
+    id: str
+    lane: str
+    unit: str | None
+    state: str
+    started_at: str | None
+    elapsed_s: float | None
+    memory_bytes: int | None
+
+
 class StatusOut(TypedDict):
     node: str
     root: str
     version: str
     killswitch: KillswitchOut
     lanes: list[LaneOut]
+    executions: list[ExecutionOut]
     peers: list[PeerOut]
+
+
+class CancelOut(TypedDict):
+    """What `dispatch cancel ID --json` says: a request sent, or the task already ended."""
+
+    id: str
+    requested: bool
+    lane: str
+    path: str | None
+    finished: str | None
 
 
 def load_sdk() -> None:
@@ -259,8 +281,8 @@ def build_server(node: Node) -> "MCPServer[Any]":
             f"({', '.join(peers) or 'none configured'}); the task is HMAC-signed, runs there "
             "under that host's limits, and its result comes back signed. With wait=true the "
             "call returns the verified result; otherwise keep the id and call dispatch_wait "
-            "or dispatch_result. dispatch_status shows lanes, running tasks, the killswitch "
-            "and the peers' heartbeats."
+            "or dispatch_result; dispatch_cancel calls a task back. dispatch_status shows "
+            "lanes, running tasks, the killswitch and the peers' heartbeats."
         ),
         log_level="WARNING",
     )
@@ -335,7 +357,7 @@ def build_server(node: Node) -> "MCPServer[Any]":
     ) -> TaskOut:
         """Wait for a task's result and return it signature-verified. A task still on its
         way after `timeout` seconds is not an error: done=false, and `stage` says where it is
-        (inbox, pending-ack, queued, ...). A task the peer refused, or a result whose
+        (inbox, pending-ack, queued, running, ...). A task the peer refused, or a result whose
         signature fails, is a tool error."""
         return await in_thread(functools.partial(wait_task, node, id, timeout,
                                                  progress(ctx, id, timeout)))
@@ -350,11 +372,31 @@ def build_server(node: Node) -> "MCPServer[Any]":
         refused, or a result whose signature fails is a tool error."""
         return await in_thread(functools.partial(get_task, node, id))
 
+    @tool(ToolAnnotations(title="Cancel a task sent to a peer", read_only_hint=False,
+                          destructive_hint=True, idempotent_hint=True, open_world_hint=True))
+    async def dispatch_cancel(
+        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
+            "The id of a task this node sent (dispatch_send returned it).")),
+            AfterValidator(check_id)],
+    ) -> CancelOut:
+        """Ask the peer to cancel a task this node sent, with a signed request: still
+        queued or waiting for an ack, it never runs; running, the peer stops it. Either way
+        it ends with a `cancelled` result (dispatch_wait returns it). A task that already
+        finished is left alone: requested=false and `finished` holds its status."""
+        def request() -> CancelOut:
+            sent = cancel_mod.request(node, id)
+            return {"id": id, "requested": not sent.finished, "lane": sent.lane,
+                    "path": None if sent.path is None else str(sent.path),
+                    "finished": sent.finished or None}
+
+        return await in_thread(request)
+
     @tool(reading("This node's status"))
     async def dispatch_status() -> StatusOut:
         """This node's lanes (inbox, pending_ack, queued, running, done, rejected per peer
-        and direction), the killswitch, and each peer's heartbeat age, as `dispatch status
-        --json` prints them."""
+        and direction), its running executions (id, unit, elapsed_s, memory_bytes), the
+        killswitch, and each peer's heartbeat age, as `dispatch status --json` prints
+        them."""
         return cast(StatusOut, await in_thread(functools.partial(overview.overview, node)))
 
     return server

@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dispatch import events
+from dispatch.model import Status
 from dispatch.node import Node
 from dispatch.spool import atomic_write
 
@@ -54,6 +56,8 @@ def render(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> str
         statuses += _tally(node, lane.done, ".result.json", "status", cache)
         reasons += _tally(node, lane.rejected, ".reason.json", "reason", cache)
     atomic_write(cache_path, json.dumps(cache).encode(), mode=0o600)
+    for status in Status:  # every status from the start, so rate() sees the first one
+        statuses.setdefault(status.value, 0)
     node_label = f'node="{_label(node.name)}"'
     out = [
         "# HELP dispatch_tasks_total Tasks received by this node, by final status.",
@@ -84,9 +88,16 @@ def render(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> str
 
 
 def write(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> Path | None:
-    """Write the file if its directory exists (node_exporter's package makes it)."""
+    """Write the file if its directory exists (node_exporter's package makes it). A file
+    that cannot be written is a warning: the heartbeat itself is already out."""
     path = node.cfg.metrics_file
     if not path.parent.is_dir():
         return None
-    atomic_write(path, render(node, beat, lanes).encode("utf-8"))
+    try:
+        # 0644: node_exporter usually runs as its own user.
+        atomic_write(path, render(node, beat, lanes).encode("utf-8"))
+    except OSError as exc:
+        node.emit("metrics_error", f"cannot write {path}: {exc.strerror or exc}",
+                  level=events.WARNING)
+        return None
     return path

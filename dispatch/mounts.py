@@ -20,7 +20,10 @@ class Mount:
 
     @property
     def remote(self) -> bool:
-        return self.fstype in REMOTE_TYPES or self.fstype.startswith("fuse")
+        # Any FUSE file system (sshfs is fuse.sshfs) may be fed by another host, except
+        # fuseblk, a local block device (ntfs-3g).
+        return self.fstype in REMOTE_TYPES or (self.fstype.startswith("fuse")
+                                               and self.fstype != "fuseblk")
 
     def option(self, name: str) -> str | None:
         for opt in self.options:

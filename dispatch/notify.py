@@ -10,8 +10,6 @@ import fcntl
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,17 @@ def _discord_body(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def enqueue(node: Node, payload: dict[str, Any], callback: Callback | None) -> int:
-    """Queue the deliveries this event calls for; returns how many."""
+    """Queue the deliveries this event calls for; returns how many. Never raises: the task
+    that caused the event (its result already written) must not fail because of it."""
+    try:
+        return _enqueue(node, payload, callback)
+    except Exception as exc:
+        node.emit("notify_error", f"cannot queue the {payload.get('event')} notification: "
+                  f"{exc}", task_id=payload.get("task_id"), level=events.WARNING)
+        return 0
+
+
+def _enqueue(node: Node, payload: dict[str, Any], callback: Callback | None) -> int:
     cfg = node.cfg
     targets: list[tuple[str, str, dict[str, Any]]] = []
     if callback is Callback.DISCORD and cfg.discord_webhook:
@@ -89,6 +97,12 @@ def kick(node: Node) -> None:
 
 def post(url: str, body: dict[str, Any]) -> str | None:
     """POST JSON; None on a 2xx answer, else what went wrong."""
+    # Imported here, not at the top: every promote pass and execution imports this module
+    # (to queue notifications), and urllib.request (http.client, email, ssl) costs them
+    # ~20 ms of start-up each; only `dispatch notify` posts.
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode("utf-8")
     request = urllib.request.Request(url, data=data, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": "dispatch-notify"})
@@ -102,9 +116,33 @@ def post(url: str, body: dict[str, Any]) -> str | None:
         return str(getattr(exc, "reason", exc))[:200]
 
 
+def queued(node: Node) -> int:
+    """Deliveries waiting in the queue."""
+    try:
+        return sum(1 for n in os.listdir(queue_dir(node))
+                   if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return 0
+
+
 def drain(node: Node, max_seconds: float = 600.0) -> int:
     """Deliver what is queued, retrying with exponential backoff; return deliveries made.
-    One deliverer at a time; a second one returns at once (the first sees new items too)."""
+    One deliverer at a time; a second one returns at once (the first sees new items too).
+    An item queued while the first was letting go of the lock (the second saw it held) is
+    found by the first's look after letting go."""
+    deadline = time.monotonic() + max_seconds
+    delivered = 0
+    while True:
+        done = _drain_locked(node, deadline)
+        if done is None:
+            return delivered
+        delivered += done
+        if not queued(node) or time.monotonic() >= deadline:
+            return delivered
+
+
+def _drain_locked(node: Node, deadline: float) -> int | None:
+    """None when another deliverer holds the lock."""
     directory = queue_dir(node)
     directory.mkdir(mode=0o700, exist_ok=True)
     lock = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -112,9 +150,8 @@ def drain(node: Node, max_seconds: float = 600.0) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return 0
+            return None
         delivered = 0
-        deadline = time.monotonic() + max_seconds
         while time.monotonic() < deadline:
             names = sorted(n for n in os.listdir(directory) if n.endswith(".json")
                            and not n.startswith("."))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 from dispatch import __version__
-from dispatch.errors import ConfigError, Rejection
+from dispatch.config import Launcher
+from dispatch.errors import ConfigError, DispatchError, Rejection
 from dispatch.intake import read_regular
-from dispatch.model import loads_strict, now_utc, rfc3339
+from dispatch.model import loads_strict, now_utc, parse_time, rfc3339, valid_id
 from dispatch.node import Node
 from dispatch.spool import Lane, atomic_write, dump_json
+from dispatch.systemd_launcher import active_since_us, exec_units, memory_bytes
 
 STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale
 
@@ -59,6 +63,67 @@ def peers(node: Node) -> list[dict[str, Any]]:
     return out
 
 
+def executions(node: Node) -> list[dict[str, Any]]:
+    """This node's running executions: {id, lane, unit, state, started_at, elapsed_s,
+    memory_bytes}. Under systemd each busy `dispatch-exec@` unit, read with one `systemctl
+    show` (memory from the unit's cgroup); otherwise every started task still in
+    processing/, its elapsed time from the started marker and no memory figure."""
+    started: dict[str, tuple[str, dict[str, Any]]] = {}
+    for lane in node.spool.lanes_in(node.cfg):
+        for name in _names(lane.processing):
+            task_id = name[: -len(".json")] if name.endswith(".json") else ""
+            marker = node.state.started(task_id) if valid_id(task_id) else None
+            if marker is not None:
+                started[task_id] = (lane.name, marker)
+    units: dict[str, dict[str, str]] = {}
+    if node.cfg.launcher is Launcher.SYSTEMD:
+        try:
+            units = exec_units()
+        except DispatchError:
+            units = {}  # no systemctl answer: the markers still say what runs
+    now, mono_us = time.time(), time.monotonic() * 1e6
+    out = []
+    for task_id in sorted(set(started) | set(units)):
+        lane_name, marker = started.get(task_id, ("", {}))
+        props = units.get(task_id)
+        lane_name = lane_name or _lane_of(node, task_id)
+        if not lane_name:
+            continue  # a unit of another node's config on this host (tests run two)
+        elapsed: float | None = None
+        memory: int | None = None
+        if props is not None:
+            since = active_since_us(props)
+            elapsed = None if since is None else max(0.0, (mono_us - since) / 1e6)
+            memory = memory_bytes(props)
+        started_at = marker.get("started_at")
+        started_at = started_at if isinstance(started_at, str) else None
+        if elapsed is None and started_at is not None:
+            with contextlib.suppress(ValueError):
+                elapsed = max(0.0, now - parse_time(started_at).timestamp())
+        if started_at is None and elapsed is not None:
+            started_at = rfc3339(now_utc() - timedelta(seconds=elapsed))
+        unit = props.get("Id", "") if props else str(marker.get("unit") or "")
+        out.append({
+            "id": task_id,
+            "lane": lane_name,
+            "unit": unit or None,
+            "state": f"{props.get('ActiveState')} ({props.get('SubState')})" if props
+            else "running",
+            "started_at": started_at,
+            "elapsed_s": None if elapsed is None else round(elapsed, 1),
+            "memory_bytes": memory,
+        })
+    return out
+
+
+def _lane_of(node: Node, task_id: str) -> str:
+    for lane in node.spool.lanes_in(node.cfg):
+        if os.path.lexists(lane.processing / f"{task_id}.json") or os.path.lexists(
+                lane.result_path(task_id)):
+            return lane.name
+    return ""
+
+
 def overview(node: Node) -> dict[str, Any]:
     spool = node.spool
     killswitch = spool.killswitch()
@@ -70,6 +135,7 @@ def overview(node: Node) -> dict[str, Any]:
         "version": __version__,
         "killswitch": {"on": killswitch.on, "hard": killswitch.hard, "reason": killswitch.reason},
         "lanes": lanes,
+        "executions": executions(node),
         "peers": peers(node),
     }
 
@@ -95,7 +161,11 @@ def heartbeat(node: Node) -> dict[str, Any]:
     atomic_write(path, dump_json(beat))
     # Entries older than the freshness window guard nothing (such envelopes are stale).
     node.state.prune(node.cfg.max_age_s + node.cfg.clock_skew_s + 86400)
-    from dispatch import metrics
+    from dispatch import metrics, notify
 
     metrics.write(node, beat, lanes)
+    if notify.queued(node):
+        # A safety net: deliveries a deliverer never got to (it could not start, or an
+        # item came in as it ended) get another one every heartbeat.
+        notify.kick(node)
     return beat

@@ -134,10 +134,14 @@ class Lane:
         """Move `<source>/<name>` (default inbox/; a file, symlink, FIFO or directory) to
         `rejected/` and write `<name>.reason.json` beside it. Never follows a symlink."""
         source = self.inbox if source is None else source
-        target_name = _safe_name(name)
-        target = self.rejected / target_name
+        kept = name
+        if source == self.cancel and name.endswith(".json"):
+            # A refused cancel request is not the task: rejected/<id>.json would read as the
+            # task's own rejection to `wait` and to an operator.
+            kept = name[: -len(".json")] + ".cancel.json"
+        target = self.rejected / _safe_name(kept)
         if os.path.lexists(target) or os.path.lexists(_reason_path(target)):
-            target = self.rejected / _safe_name(f"{name}~{time.time_ns()}")
+            target = self.rejected / _safe_name(f"{kept}~{time.time_ns()}")
         record = {"name": name, "from_dir": source.name, "rejected_name": target.name, **reason}
         os.rename(source / name, target)
         atomic_write(_reason_path(target), dump_json(record))

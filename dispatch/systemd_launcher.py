@@ -24,6 +24,45 @@ def instance_of(unit: str) -> str | None:
     return None
 
 
+# What `dispatch status` shows of each execution, read with one `systemctl show` call.
+SHOW_PROPERTIES = ("Id", "ActiveState", "SubState", "MemoryCurrent",
+                   "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic")
+UINT64_MAX = 2**64 - 1
+
+
+def exec_units() -> dict[str, dict[str, str]]:
+    """Busy `dispatch-exec@` instances (task id -> properties), from one `systemctl show` of
+    the template's pattern: every loaded instance, the inactive ones left out."""
+    out = systemctl("show", "--property=" + ",".join(SHOW_PROPERTIES), "--no-pager",
+                    "dispatch-exec@*.service", check=False).stdout
+    units: dict[str, dict[str, str]] = {}
+    for block in out.split("\n\n"):
+        props: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                props[key] = value
+        task_id = instance_of(props.get("Id", ""))
+        if task_id and props.get("ActiveState") not in IDLE_STATES:
+            units[task_id] = props
+    return units
+
+
+def memory_bytes(props: dict[str, str]) -> int | None:
+    """MemoryCurrent=, or None where systemd has no number ("[not set]", no accounting)."""
+    value = props.get("MemoryCurrent", "")
+    return int(value) if value.isdigit() and int(value) != UINT64_MAX else None
+
+
+def active_since_us(props: dict[str, str]) -> int | None:
+    """When the unit became active (else left inactive), CLOCK_MONOTONIC microseconds."""
+    for key in ("ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic"):
+        value = props.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 class SystemdLauncher:
     def __init__(self, node: Node) -> None:
         self.node = node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ def stage_of(lane: Lane, task_id: str) -> str:
     name = lane.task_name(task_id)
     if lane.result_path(task_id).exists():
         return "done"
+    if (lane.processing / name).exists():
+        # The execution opens done/<id>.log as it starts: what the sender can see of it.
+        return "running" if os.path.lexists(lane.log_path(task_id)) else "queued"
     for stage, directory in (("queued", lane.processing), ("pending-ack", lane.pending_ack),
                              ("inbox", lane.inbox), ("rejected", lane.rejected),
                              ("sending", lane.tmp)):

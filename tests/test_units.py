@@ -94,6 +94,12 @@ def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
                  "RequiresMountsFor=/srv/share", "ReadWritePaths=/srv/share"):
         assert line in limits
     assert "OnUnitActiveSec=1.5s" in files["dispatch-watch.timer.d/50-poll.conf"]
+    # ProtectSystem=strict: the heartbeat may write the metrics textfile's directory only.
+    heartbeat = files["dispatch-heartbeat.service.d/50-root.conf"]
+    assert "ReadWritePaths=/srv/share\n" in heartbeat
+    assert "ReadWritePaths=-/var/lib/prometheus/node-exporter\n" in heartbeat
+    cancel_watched = files["dispatch-watch.path.d/50-lanes.conf"]
+    assert "PathChanged=/srv/share/devbox-to-gpubox/cancel\n" in cancel_watched
 
 
 def test_generator_cli_writes_nothing_without_config(tmp_path: Path,

@@ -21,16 +21,20 @@ def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: 
     """Cancel a task this node sent: queued, it never runs; running, it is stopped."""
     node = app.node()
     requested = cancel_mod.request(node, task_id)
+    # One shape for every answer (the MCP server's dispatch_cancel returns it too).
+    shape = {"id": task_id, "requested": not requested.finished, "lane": requested.lane,
+             "path": None if requested.path is None else str(requested.path),
+             "finished": requested.finished or None}
     if requested.finished:
         message = f"task {task_id} already finished ({requested.finished}); left alone"
         if as_json:
-            print_json({"id": task_id, "requested": False, "finished": requested.finished})
+            print_json(shape)
         else:
             click.echo(message)
         return 0
     if not wait_:
         if as_json:
-            print_json({"id": task_id, "requested": True, "path": str(requested.path)})
+            print_json(shape)
         else:
             click.echo(f"cancel requested: {task_id} ({requested.lane})")
         return 0
@@ -40,7 +44,7 @@ def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: 
     finally:
         live.close()
     if as_json:
-        print_json({"id": task_id, "requested": True, "result": result.to_json()})
+        print_json({**shape, "result": result.to_json()})
     else:
         click.echo(f"{task_id}: {result.status.value}"
                    + (f" ({result.reason})" if result.reason else ""))

@@ -43,11 +43,28 @@ def _print_status(data: dict[str, Any]) -> None:
     for lane in data["lanes"]:
         label = f"{lane['lane']} ({lane['direction']})"
         click.echo(f"{label:<28}" + "".join(f"{lane[c]:>12}" for c in cols))
+    runs = data.get("executions", [])
+    click.echo(f"running: {len(runs) or 'none'}")
+    for run in runs:
+        elapsed = "-" if run["elapsed_s"] is None else f"{run['elapsed_s']:.0f}s"
+        click.echo(f"  {run['id']}  {run['unit'] or '(process)'}  {run['lane']}  "
+                   f"elapsed {elapsed}  memory {_size(run['memory_bytes'])}")
     for peer in data["peers"]:
         age = peer["heartbeat_age_s"]
         text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
         flag = " STALE" if peer["stale"] else ""
         click.echo(f"peer {peer['node']}: {text}{flag}")
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"
 
 
 @click.command()

@@ -129,7 +129,9 @@ def test_status_json_schema(pair: Pair) -> None:
     proc = cli(pair.receiver, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "peers"}
+    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions",
+                         "peers"}
+    assert data["executions"] == []
     assert data["node"] == "gpubox" and data["root"] == str(pair.root)
     assert set(data["killswitch"]) == {"on", "hard", "reason"}
     lanes = {lane["lane"]: lane for lane in data["lanes"]}

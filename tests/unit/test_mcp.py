@@ -38,7 +38,8 @@ from tests.unit.helpers import (
     wait_for,
 )
 
-TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status"}
+TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status",
+         "dispatch_cancel"}
 
 
 def server_command() -> tuple[str, list[str]]:
@@ -124,7 +125,6 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
             assert info.server_info.name == "dispatch"
             assert info.server_info.title == "dispatch (devbox)"
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-            # No `dispatch cancel` command exists, so no dispatch_cancel tool either.
             assert set(tools) == TOOLS
 
             send = tools["dispatch_send"].input_schema
@@ -139,7 +139,7 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
             assert props["request"]["minLength"] == 1
             assert set(props) == {"to", "request", "priority", "require_ack", "timeout_s", "wait"}
             assert send["required"] == ["to", "request"]
-            for name in ("dispatch_wait", "dispatch_result"):
+            for name in ("dispatch_wait", "dispatch_result", "dispatch_cancel"):
                 schema = tools[name].input_schema
                 assert schema["required"] == ["id"]
                 assert schema["properties"]["id"]["pattern"].startswith("^[0-9a-f]{8}-")
@@ -157,6 +157,16 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
             assert "ok" in status and "rejected" in status
             assert tools["dispatch_status"].annotations is not None
             assert tools["dispatch_status"].annotations.read_only_hint is True
+            cancel = tools["dispatch_cancel"]
+            assert set(cancel.input_schema["properties"]) == {"id"}
+            assert cancel.annotations is not None
+            assert cancel.annotations.read_only_hint is False
+            assert cancel.annotations.destructive_hint is True
+            assert cancel.output_schema is not None
+            assert set(cancel.output_schema["required"]) == {"id", "requested", "lane",
+                                                             "path", "finished"}
+            status_out = tools["dispatch_status"].output_schema
+            assert status_out is not None and "executions" in status_out["required"]
 
         # The peers come from the node's config when the server starts.
         async with session(pair.sender, tmp_path / "mcp.err",
@@ -261,7 +271,10 @@ def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
         ("dispatch_result", {"id": str(uuid.uuid4())}, "no task"),
         ("dispatch_result", {"id": task_id}, "verification failed (bad_signature)"),
         ("dispatch_wait", {"id": task_id, "timeout": 1}, "verification failed (bad_signature)"),
-        ("dispatch_cancel", {"id": task_id}, "dispatch_cancel"),
+        ("dispatch_cancel", {"id": task_id}, "verification failed (bad_signature)"),
+        ("dispatch_cancel", {"id": str(uuid.uuid4())}, "devbox sent no task"),
+        ("dispatch_cancel", {"id": "not-an-id"}, "id"),
+        ("no_such_tool", {}, "no_such_tool"),
     ]
 
     async def main() -> None:
@@ -401,3 +414,38 @@ def test_a_task_sent_through_mcp_from_inside_an_execution_is_its_child(
 
     run(main)
     assert len(pair.agent_runs()) == 1
+
+
+def test_cancel_a_queued_task_through_mcp(pair: Pair, tmp_path: Path) -> None:
+    """dispatch_cancel sends the signed request `dispatch cancel` sends: the task, held on
+    the receiver by its killswitch, ends cancelled without running; a finished task is left
+    alone."""
+    assert cli(pair.receiver, "killswitch", "on", "--reason", "hold").returncode == 0
+
+    def receive() -> None:
+        proc = cli(pair.receiver, "watch", "--once", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+
+    async def main() -> None:
+        async with session(pair.sender, tmp_path / "mcp.err") as client:
+            sent = structured(await client.call_tool("dispatch_send", {
+                "to": "gpubox", "request": "never mind"}))
+            await anyio.to_thread.run_sync(receive)
+            stage = structured(await client.call_tool("dispatch_result", {"id": sent["id"]}))
+            assert stage["stage"] == "queued"
+            out = structured(await client.call_tool("dispatch_cancel", {"id": sent["id"]}))
+            assert out == {"id": sent["id"], "requested": True, "lane": "devbox-to-gpubox",
+                           "path": str(lane_in(pair).cancel / f"{sent['id']}.json"),
+                           "finished": None}
+            await anyio.to_thread.run_sync(receive)
+            done = structured(await client.call_tool("dispatch_wait", {"id": sent["id"],
+                                                                       "timeout": 10}))
+            assert done["done"] and done["signature_verified"]
+            assert done["result"]["status"] == "cancelled"
+            assert done["result"]["reason"].startswith("cancelled by devbox")
+            again = structured(await client.call_tool("dispatch_cancel", {"id": sent["id"]}))
+            assert (again["requested"], again["finished"], again["path"]) == (
+                False, "cancelled", None)
+
+    run(main)
+    assert pair.agent_runs() == []
