@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: demo test test-unit lint clean deb rpm packages
+.PHONY: demo test test-long test-unit lint clean deb rpm packages
 
 demo:
 	@scripts/setup-dev demo
@@ -8,6 +8,11 @@ demo:
 test:
 	@scripts/setup-dev test
 	.venv/bin/python -m pytest -q
+
+# The largest cases of the hostile/fault/load campaign (tests/hostile/README.md).
+test-long:
+	@scripts/setup-dev test
+	.venv/bin/python -m pytest -q -m long tests/hostile
 
 test-unit:
 	@scripts/setup-dev test

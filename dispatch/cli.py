@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -35,7 +36,32 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# command -> the module of dispatch.commands that defines it. Loaded on use: every hop of a
+# task (path unit -> promote -> dispatch-exec@) starts a new Python, which should not import
+# what it does not run (each command module pulls in its own part of dispatch).
+COMMAND_MODULES = {
+    "init": "init", "send": "send", "ack": "ack", "cancel": "cancel",
+    "status": "tasks", "result": "tasks", "wait": "tasks", "logs": "tasks",
+    "killswitch": "killswitch", "keys": "keys", "doctor": "doctor", "audit": "audit",
+    "promote": "runtime", "exec": "runtime", "watch": "runtime", "heartbeat": "runtime",
+    "notify": "runtime", "demo": "demo", "mcp": "mcp",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"dispatch.commands.{module_name}")
+        commands: list[click.Command] = module.COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="DISPATCH_DEBUG",
               help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="dispatch")
@@ -45,28 +71,11 @@ def root(ctx: click.Context, debug: bool) -> None:
     ctx.obj = App(debug=debug)
 
 
-def _register() -> None:
-    from dispatch.commands import (
-        ack,
-        cancel,
-        demo,
-        doctor,
-        init,
-        keys,
-        killswitch,
-        mcp,
-        runtime,
-        send,
-        tasks,
-    )
-
-    for module in (init, send, ack, cancel, tasks, killswitch, keys, doctor, runtime, demo,
-                   mcp):
-        for command in module.COMMANDS:
-            root.add_command(command)
-
-
-_register()
+def all_commands() -> dict[str, click.Command]:
+    """Every command, loaded (for the man page and completion checks)."""
+    with click.Context(root) as ctx:
+        found = {name: root.get_command(ctx, name) for name in root.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
 
 
 def run_command(command: click.Command, argv: list[str] | None, debug: bool) -> int:

@@ -52,6 +52,11 @@ def emit(
     level: int = INFO,
     **extra: Any,
 ) -> None:
+    # Messages quote names from the share, which need not be UTF-8 (lone surrogates from
+    # os.listdir): journald and the audit log take UTF-8 only.
+    message = _utf8(message)
+    extra = {key: _utf8(value) if isinstance(value, str) else value
+             for key, value in extra.items()}
     fields = {"DISPATCH_EVENT": event, "DISPATCH_NODE": node, "PRIORITY": str(level)}
     if task_id:
         fields["DISPATCH_TASK_ID"] = task_id
@@ -84,3 +89,7 @@ def emit(
             # The audit log must never stop a task; journald still has the event.
             if _echo:
                 print(f"dispatch[{node}] audit log {audit_log}: {exc.strerror}", file=sys.stderr)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

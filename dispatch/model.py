@@ -105,8 +105,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def loads_strict(data: bytes) -> dict[str, Any]:
-    """Decode one JSON object from untrusted bytes, or raise `Rejection(malformed)`."""
+def loads_strict(data: bytes, *, allow_nul: bool = False) -> dict[str, Any]:
+    """Decode one JSON object from untrusted bytes, or raise `Rejection(malformed)`.
+    `allow_nul`: results may quote an agent's output, NUL bytes included; nothing that
+    reaches an agent's argv may hold one."""
     if len(data) > MAX_FILE_BYTES:
         raise Rejection("too_large", f"file is {len(data)} bytes, over {MAX_FILE_BYTES}")
     try:
@@ -120,26 +122,33 @@ def loads_strict(data: bytes) -> dict[str, Any]:
         raise Rejection("malformed", f"not valid UTF-8 JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):
         raise Rejection("malformed", "top level is not a JSON object")
-    if _has_nul(obj):
-        # JSON escapes (`\u0000`) get past the check on the raw text; a NUL in a request
-        # would make the agent's argv unusable (ValueError from exec, not OSError).
-        raise Rejection("malformed", "NUL character in a string")
+    problem = _bad_string(obj, allow_nul)
+    if problem:
+        raise Rejection("malformed", problem)
     return obj
 
 
-def _has_nul(obj: Any) -> bool:
+def _bad_string(obj: Any, allow_nul: bool) -> str:
+    """JSON escapes get past the checks on the raw text: `\u0000` (a NUL in a request
+    would make the agent's argv unusable: ValueError from exec, not OSError) and a lone
+    surrogate such as `\ud800` (not text: canonical JSON cannot encode it, so verifying
+    the signature would raise instead of refusing)."""
     stack = [obj]  # iterative: the parser already bounded the depth, no recursion here
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
-                return True
+            if not allow_nul and "\x00" in item:
+                return "NUL character in a string"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "lone surrogate (not Unicode text) in a string"
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return ""
 
 
 def _require(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

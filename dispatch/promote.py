@@ -321,7 +321,10 @@ class Promoter:
                 continue
             try:
                 rest = results.append_log(lane.log_path(task_id), log_rest)
-                self.state.forget_log_rest(task_id)
+                if rest != log_rest:
+                    # Keep what the share still refuses for the next try: the result may be
+                    # refused too, and the output must not be lost meanwhile.
+                    self.state.keep_log_rest(task_id, rest)
                 if not results.write_signed(self.node, lane, task_id, signed):
                     self.node.emit("result_exists", "a result was already published; the "
                                    "deferred one is dropped", task_id=task_id,
@@ -343,8 +346,14 @@ class Promoter:
 
     # -- processing --------------------------------------------------------------------
     def audit_processing(self, lanes: list[Lane], running: set[str]) -> list[str]:
-        """Classify processing/: running, died (→ interrupted), finished (clean up), queued."""
+        """Classify processing/: running, died (→ interrupted), finished (clean up), queued.
+        Runs on every pass over every queued task, so each costs a stat or two: the queue
+        index (node-local, written only at admission) stands in for a ledger read, and the
+        cancel markers are listed once."""
         queued = []
+        indexed = {parsed for name in self.state.index_names()
+                   if (parsed := parse_index(name)) is not None}
+        cancels = self.state.cancel_ids()
         for lane in lanes:
             try:
                 names = sorted(os.listdir(lane.processing))
@@ -353,12 +362,12 @@ class Promoter:
             for name in names:
                 if name.startswith(".") or name.endswith(".tmp"):
                     continue
-                if not self.admitted_file(lane, name):
+                task_id = name[: -len(".json")] if name.endswith(".json") else ""
+                if (task_id, lane.name) not in indexed and not self.admitted_file(lane, name):
                     self.refuse(lane, name, Rejection("not_admitted", "file in processing/ "
                                 "that did not come through intake"),
                                 source=lane.processing)
                     continue
-                task_id = name[: -len(".json")]
                 if task_id in running or task_id in self.deferred:
                     continue
                 if results.genuine(self.node, lane, task_id):
@@ -373,7 +382,7 @@ class Promoter:
                         continue
                     self.interrupt(lane, task_id, marker)
                     continue
-                cancelled = self.state.cancel_reason(task_id)
+                cancelled = self.state.cancel_reason(task_id) if task_id in cancels else None
                 if cancelled is not None:
                     self.end_unstarted(lane, lane.processing, task_id, Status.CANCELLED,
                                        cancelled)

@@ -111,7 +111,7 @@ def genuine(node: Node, lane: Lane, task_id: str) -> bool:
 def read(node: Node, path: Path) -> Result:
     """A verified result, or `Rejection` (exit code 3) if it does not verify."""
     data = read_regular(path)
-    return verify_result(node.keys, loads_strict(data))
+    return verify_result(node.keys, loads_strict(data, allow_nul=True))
 
 
 def locate(node: Node, task_id: str) -> Located | None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,12 +33,19 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        # A full share refuses the data after it let the name in: leave nothing behind
+        # (every retry would add another empty temp file).
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if not overwrite and os.path.lexists(path):
         os.unlink(tmp)
         return False
@@ -46,7 +54,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
 
 
 def dump_json(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name from the share that is not UTF-8 (os.listdir hands its bytes over as
+        # lone surrogates): escaped, so the record is still written, and reads back the same.
+        return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -122,10 +135,17 @@ class Lane:
         staged = self.tmp / self.task_name(task_id)
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)  # a full share: no half-written envelope left in tmp/
+            raise
         target = self.inbox / self.task_name(task_id)
         os.rename(staged, target)
         return target
@@ -140,11 +160,18 @@ class Lane:
             # task's own rejection to `wait` and to an operator.
             kept = name[: -len(".json")] + ".cancel.json"
         target = self.rejected / _safe_name(kept)
-        if os.path.lexists(target) or os.path.lexists(_reason_path(target)):
+        if os.path.lexists(target):
             target = self.rejected / _safe_name(f"{kept}~{time.time_ns()}")
         record = {"name": name, "from_dir": source.name, "rejected_name": target.name, **reason}
-        os.rename(source / name, target)
+        # The reason first: a crash between the two leaves the entry where it was and a
+        # reason the next pass's rejection reuses, never a rejected file without its reason.
         atomic_write(_reason_path(target), dump_json(record))
+        try:
+            os.rename(source / name, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(_reason_path(target))
+            raise
         return target
 
     def stale_tmp(self, now: float) -> Iterator[Path]:

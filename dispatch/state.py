@@ -52,15 +52,24 @@ class NodeState:
         entry that was already there (a replay, or an intake a crash interrupted)."""
         entry = LedgerEntry(task_id, sha256, Phase.INTAKE, lane, time.time())
         path = self._seen(task_id)
+        if os.path.lexists(path):
+            return self.entry(task_id)
+        # Written whole aside, then linked into place (link(2) fails if the name exists): a
+        # crash at any point leaves no entry or a whole one, never an empty one that the
+        # next pass would take for a replay of a task that never ran.
+        tmp = path.with_name(f".{task_id}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, _entry_bytes(entry))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, path)
         except FileExistsError:
             return self.entry(task_id)
-        try:
-            os.write(fd, _entry_bytes(entry))
-            os.fsync(fd)
         finally:
-            os.close(fd)
+            os.unlink(tmp)
         return None
 
     def entry(self, task_id: str) -> LedgerEntry | None:
@@ -90,6 +99,10 @@ class NodeState:
             if removed >= limit:
                 break
             try:
+                if entry.name.startswith("."):  # a claim's temp file a crash left behind
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                    continue
                 if entry.stat().st_mtime >= cutoff:
                     continue
                 phase = self.entry(entry.name)
@@ -137,6 +150,12 @@ class NodeState:
     # -- cancel requests, recorded before acting so no crash or race can lose one ------
     def request_cancel(self, task_id: str, reason: str) -> None:
         atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)
+
+    def cancel_ids(self) -> set[str]:
+        try:
+            return set(os.listdir(self.path / "cancel"))
+        except FileNotFoundError:
+            return set()
 
     def cancel_reason(self, task_id: str) -> str | None:
         try:
@@ -198,6 +217,13 @@ class NodeState:
             if isinstance(record, dict) and isinstance(record.get("result"), dict):
                 found.append((task_id, str(record.get("lane")), record["result"], log_rest))
         return found
+
+    def keep_log_rest(self, task_id: str, rest: bytes) -> None:
+        """What is still to be appended to a deferred result's log (nothing: forget it)."""
+        if rest:
+            atomic_write(self._outbox() / f"{task_id}.log", rest, mode=0o600)
+        else:
+            self.forget_log_rest(task_id)
 
     def forget_log_rest(self, task_id: str) -> None:
         (self._outbox() / f"{task_id}.log").unlink(missing_ok=True)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import click
 
-from dispatch import events, overview
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.executor import execute
-from dispatch.launcher import make_launcher
-from dispatch.promote import settle, summary
-from dispatch.watch import watch as watch_loop
+
+# Each command imports what it runs, inside it: these run once per task hop.
 
 
 @click.command()
@@ -19,6 +16,9 @@ from dispatch.watch import watch as watch_loop
 def promote(app: App, as_json: bool) -> int:
     """Verify inboxes, release acks, recover, start executions up to the cap; repeat while
     anything changed meanwhile."""
+    from dispatch.launcher import make_launcher
+    from dispatch.promote import settle, summary
+
     node = app.node()
     report = settle(node, make_launcher(node))
     if as_json:
@@ -33,6 +33,8 @@ def promote(app: App, as_json: bool) -> int:
 @pass_app
 def exec_(app: App, task_id: str, unit: str) -> int:
     """Run one queued task and write its signed result."""
+    from dispatch.executor import execute
+
     execute(app.node(), task_id, unit)
     # The task's outcome is in its result; a non-zero exit here would only mark the unit failed.
     return 0
@@ -44,6 +46,9 @@ def exec_(app: App, task_id: str, unit: str) -> int:
 @pass_app
 def watch(app: App, once: bool, quiet: bool) -> int:
     """Promote and execute in a loop without systemd (inotify plus a rescan)."""
+    from dispatch import events
+    from dispatch.watch import watch as watch_loop
+
     events.set_echo(not quiet)
     watch_loop(app.node(), once=once)
     return 0
@@ -54,6 +59,8 @@ def watch(app: App, once: bool, quiet: bool) -> int:
 @pass_app
 def heartbeat(app: App, as_json: bool) -> int:
     """Write heartbeats/<node>.json on the share."""
+    from dispatch import overview
+
     beat = overview.heartbeat(app.node())
     if as_json:
         print_json(beat)

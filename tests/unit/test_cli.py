@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -246,3 +248,33 @@ def test_status_does_not_hang_on_a_planted_heartbeat_fifo(pair: Pair) -> None:
     assert proc.returncode == 0, proc.stderr
     (peer,) = json.loads(proc.stdout)["peers"]
     assert peer["heartbeat_age_s"] is None and peer["stale"] is True
+
+
+def test_lazy_command_table_matches_the_command_modules() -> None:
+    """Every command a module of dispatch.commands defines is reachable by name, and
+    nothing else is listed."""
+    import importlib
+    import pkgutil
+
+    import dispatch.commands
+    from dispatch.cli import COMMAND_MODULES, all_commands
+
+    defined = {}
+    for info in pkgutil.iter_modules(dispatch.commands.__path__):
+        module = importlib.import_module(f"dispatch.commands.{info.name}")
+        if info.name == "compat":
+            continue  # dispatch-send / dispatch-ack, entry points of their own
+        for command in getattr(module, "COMMANDS", []):
+            defined[command.name] = info.name
+    assert defined == COMMAND_MODULES
+    assert set(all_commands()) == set(COMMAND_MODULES)
+
+
+def test_promote_and_exec_do_not_import_unrelated_commands() -> None:
+    code = ("import sys; from dispatch.cli import root; import click; "
+            "ctx = click.Context(root); root.get_command(ctx, 'exec'); "
+            "print(sorted(m for m in sys.modules if m.startswith('dispatch.commands.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "dispatch.commands.mcp" not in out and "dispatch.commands.demo" not in out
+    assert "dispatch.commands.runtime" in out

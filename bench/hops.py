@@ -1,0 +1,130 @@
+"""Where dispatch's send → agent-start time goes, hop by hop, on a local share.
+
+    /work/venv-sys/bin/python -m bench.hops [-n 10]      # about 30 s
+
+Boots the same local host as bench.run, sends n tasks one at a time (fake agent, the
+systemd launcher) and reads each task's story back from the host's journal: when systemd
+started the promote pass, when promote admitted and launched it, when systemd started the
+execution unit, when the executor started the agent, when the agent itself started. Prints
+the median time of each hop, then what the Python start-up of each hop costs (a bare
+interpreter and the imports `dispatch promote`/`dispatch exec` pay before doing anything)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import log
+from bench.figures import agent_start
+from bench.sites import local_site
+
+# (label, predicate on a journal entry) in the order they happen
+MARKS: tuple[tuple[str, str, str], ...] = (
+    ("path unit starts the promote pass", "MESSAGE_PREFIX", "Starting dispatch-watch.service"),
+    ("promote admits the task (task_queued)", "DISPATCH_EVENT", "task_queued"),
+    ("promote asked systemd to start it (exec_launched)", "DISPATCH_EVENT", "exec_launched"),
+    ("systemd starts dispatch-exec@ (job begins)", "MESSAGE_PREFIX", "Starting dispatch-exec@"),
+    ("dispatch-exec@ running (Type=exec: after execve)", "MESSAGE_PREFIX",
+     "Started dispatch-exec@"),
+    ("executor starts the agent (exec_start)", "DISPATCH_EVENT", "exec_start"),
+)
+
+
+def _entries(host_run: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    rows = []
+    for line in host_run.stdout.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _mark_time(entries: list[dict[str, object]], task_id: str, kind: str, value: str,
+               after: float) -> float | None:
+    for entry in entries:
+        at = int(str(entry["__REALTIME_TIMESTAMP"])) / 1e6
+        if at < after:
+            continue
+        if kind == "DISPATCH_EVENT":
+            if entry.get("DISPATCH_EVENT") == value and entry.get("DISPATCH_TASK_ID") == task_id:
+                return at
+        else:
+            message = entry.get("MESSAGE")
+            if isinstance(message, str) and message.startswith(value) and (
+                    "dispatch-exec@" not in value or task_id in message):
+                return at
+    return None
+
+
+def _startup_ms(code: str, n: int = 15) -> float:
+    times = []
+    for _ in range(n):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=10, help="tasks to send (one at a time)")
+    parser.add_argument("--poll-sec", type=int, default=3)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
+    workdir.chmod(0o755)
+    hops: list[list[float]] = [[] for _ in range(len(MARKS) + 1)]
+    try:
+        with local_site(workdir, args.poll_sec) as (dispatch, _original):
+            host = dispatch.site.receiver
+            dispatch.start(cap=2, agent="fake-agent", poll_sec=args.poll_sec)
+            time.sleep(args.poll_sec + 2)  # past the start-up passes
+            for i in range(args.n):
+                time.sleep(0.7)  # between timer ticks is not needed locally: inotify
+                request = f"bench hops {i} {time.time_ns()}"
+                sent = dispatch.send(request)
+                agent = agent_start(dispatch, request)
+                time.sleep(0.3)
+                entries = _entries(host.run(["journalctl", "-o", "json", "--no-pager",
+                                             "--since", f"@{int(sent.sent_at) - 1}"]))
+                marks = [sent.sent_at]
+                for _label, kind, value in MARKS:
+                    at = _mark_time(entries, sent.task_id, kind, value, marks[-1] - 0.002)
+                    marks.append(at if at is not None else marks[-1])
+                marks.append(agent)
+                for k in range(len(hops)):
+                    hops[k].append(marks[k + 1] - marks[k])
+            dispatch.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    labels = [label for label, _k, _v in MARKS] + ["the agent process itself starts"]
+    print(f"dispatch, local share, {args.n} tasks sent one at a time: median time of each hop")
+    print()
+    print("| from the previous step to | median | max |")
+    print("|---|---|---|")
+    total = 0.0
+    for label, values in zip(labels, hops, strict=True):
+        median = statistics.median(values)
+        total += median
+        print(f"| {label} | {median * 1000:.0f} ms | {max(values) * 1000:.0f} ms |")
+    print(f"| **send → agent start (sum of medians)** | **{total * 1000:.0f} ms** | |")
+    print()
+    log("measuring Python start-up of one hop")
+    bare = _startup_ms("pass")
+    cli = _startup_ms("import dispatch.cli")
+    print(f"Python start-up, median of 15: bare interpreter {bare:.0f} ms; "
+          f"`import dispatch.cli` (what `dispatch promote` and `dispatch exec` load before "
+          f"doing anything) {cli:.0f} ms, i.e. {cli - bare:.0f} ms of imports per hop.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
