@@ -348,3 +348,35 @@ def test_special_files_planted_on_the_share_do_not_wedge_a_pass(pair: Pair) -> N
     proc = cli(pair.receiver, "watch", "--once", "--quiet", timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert result_json(lane, obj["id"])["status"] == "ok"
+
+
+def test_refill_starts_the_index_head_up_to_the_cap_and_no_more(pair: Pair) -> None:
+    """The promoter's quick refill (used while it lingers over a backlog) starts tasks in
+    priority order from the queue index, never past the cap, never a cancelled one."""
+    from dispatch.launcher import ProcessLauncher
+    from dispatch.promote import refill
+
+    configure(pair.receiver, DISPATCH_MAX_PARALLEL=2)
+    node = pair.receiver.node()
+    lane = lane_in(pair)
+    set_killswitch(node.spool, hard=False, reason="hold")
+    low = envelope(pair, priority="low", request="low one")
+    high = envelope(pair, priority="high", request="high one")
+    normal = envelope(pair, priority="normal", request="normal one")
+    cancelled = envelope(pair, priority="high", request="cancelled one")
+    for obj in (low, high, normal, cancelled):
+        drop(lane, obj)
+    promote_once(node)  # admitted and indexed, held by the killswitch
+    node.state.request_cancel(cancelled["id"], "cancelled by test")
+    (node.spool.killswitch_path).unlink()
+    launcher = ProcessLauncher(node)
+    report = refill(node, launcher)
+    launcher.wait_all(60)
+    assert report.started == [high["id"], normal["id"]]
+    assert low["id"] in report.queued and cancelled["id"] not in report.started
+    report = refill(node, ProcessLauncher(node))
+    assert report.started == [low["id"]]
+    # the cancelled one is left to a full pass, which answers it `cancelled`
+    promote_once(node)
+    assert result_json(lane, cancelled["id"])["status"] == "cancelled"
+    assert runs_of(pair, cancelled["id"]) == []
