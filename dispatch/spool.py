@@ -31,7 +31,19 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     target is left alone and False returned (link(2) is not available on every share, so this
     check-then-rename relies on one writer per target, which the layout guarantees)."""
     tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    write_new(tmp, data, mode)
+    if not overwrite and os.path.lexists(path):
+        os.unlink(tmp)
+        return False
+    os.rename(tmp, path)
+    return True
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create `path` (it must not exist) with all of `data`, synced. A full share refuses
+    the data after it let the name in: then nothing is left behind (every retry would add
+    another empty file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(data)
@@ -41,16 +53,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
         finally:
             os.close(fd)
     except OSError:
-        # A full share refuses the data after it let the name in: leave nothing behind
-        # (every retry would add another empty temp file).
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(path)
         raise
-    if not overwrite and os.path.lexists(path):
-        os.unlink(tmp)
-        return False
-    os.rename(tmp, path)
-    return True
 
 
 def dump_json(obj: Any) -> bytes:
@@ -133,19 +138,7 @@ class Lane:
         """Maildir rule: write in tmp/, rename into inbox/, so a receiver never sees half."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         staged = self.tmp / self.task_name(task_id)
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(staged)  # a full share: no half-written envelope left in tmp/
-            raise
+        write_new(staged, data)
         target = self.inbox / self.task_name(task_id)
         os.rename(staged, target)
         return target
