@@ -449,3 +449,11 @@ def test_cancel_a_queued_task_through_mcp(pair: Pair, tmp_path: Path) -> None:
 
     run(main)
     assert pair.agent_runs() == []
+
+
+def test_result_schema_of_the_tools_names_every_result_field() -> None:
+    """ResultOut is written out for the SDK's schema; it must not drift from the result."""
+    from dispatch.mcp_server import ResultOut
+    from dispatch.model import RESULT_FIELDS
+
+    assert set(ResultOut.__annotations__) == RESULT_FIELDS
