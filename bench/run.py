@@ -279,7 +279,7 @@ def report(data: dict[str, Any], argv: list[str], elapsed: float) -> str:
         "namespaces (path + timer units, the systemd launcher, agent run as `nobody` in "
         "`dispatch-exec@<id>.service`). The original: `bin/dispatch-watch-b` (its README's "
         "way) as a transient unit of the same namespaced systemd, `bin/dispatch-send`.",
-        "- Agents: `fake-agent` (a wrapper around `python -m dispatch.fake_agent`, which "
+        "- Agents: `fake-agent` (a wrapper around `python -m dispatch.ops.fake_agent`, which "
         "records its own start) for latency and idle, `noop-agent` (one stream-json line "
         "from /bin/sh) for throughput and drains; the same wrappers for both systems.",
         "- local: one host, the share a local directory. sshfs: two hosts (own systemd, "

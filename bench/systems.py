@@ -10,7 +10,7 @@
   `bin/dispatch-send`.
 
 Both run the same agent wrapper scripts (written into each host's /mnt/dispatch/bin):
-`fake-agent` execs `python -m dispatch.fake_agent "$@"` (which appends a JSON line with its
+`fake-agent` execs `python -m dispatch.ops.fake_agent "$@"` (which appends a JSON line with its
 own start time "at" to DISPATCH_FAKE_AGENT_LOG), `noop-agent` prints one stream-json result
 line. Every path below is either inside a host (`*_in`) or the same file as the machine sees
 it (bench driver side), which is where results are polled from.
@@ -43,7 +43,7 @@ AGENTS = ("fake-agent", "noop-agent")
 
 FAKE_AGENT = """#!/bin/sh
 # bench: the project's fake agent (stream-json; logs its own start to $DISPATCH_FAKE_AGENT_LOG)
-exec {python} -m dispatch.fake_agent "$@"
+exec {python} -m dispatch.ops.fake_agent "$@"
 """
 NOOP_AGENT = """#!/bin/sh
 # bench: an agent that does nothing but answer, in the claude CLI's stream-json
@@ -78,8 +78,9 @@ for i in range(n):
 # `dispatch send` many times in one process: the same sender.build/deliver as the command.
 DISPATCH_BATCH = """
 import sys
-from dispatch import config, sender
-from dispatch.node import Node
+from dispatch.core import config
+from dispatch.send import task as sender
+from dispatch.core.node import Node
 n, prefix, to = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 node = Node(config.load())
 for i in range(n):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import click
 
 from dispatch import __version__
-from dispatch import config as config_mod
-from dispatch.config import Config
-from dispatch.errors import DispatchError, ExitCode
-from dispatch.node import Node
+from dispatch.core import config as config_mod
+from dispatch.core.config import Config
+from dispatch.core.errors import DispatchError, ExitCode
+from dispatch.core.node import Node
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in dispatch, not in its input
 

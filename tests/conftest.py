@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import config as config_mod
-from dispatch.bootstrap import init_node
-from dispatch.node import Node
+from dispatch.core import config as config_mod
+from dispatch.core.node import Node
+from dispatch.ops.bootstrap import init_node
 
 
 @dataclass
@@ -50,7 +50,7 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
         monkeypatch.delenv(key)
     root = tmp_path / "share"
     agent_log = tmp_path / "agent-runs.jsonl"
-    agent = f"{shlex.quote(sys.executable)} -m dispatch.fake_agent"
+    agent = f"{shlex.quote(sys.executable)} -m dispatch.ops.fake_agent"
     setups = {}
     key_file = None
     for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):

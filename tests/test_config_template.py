@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.config import KNOBS, parse_env_file
+from dispatch.core.config import KNOBS, parse_env_file
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "dispatch.conf"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import generator
-from dispatch.config import Config
+from dispatch.core.config import Config
+from dispatch.receive import generator
 
 TOP = Path(__file__).resolve().parent.parent
 UNITS = sorted((TOP / "units").iterdir())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from dispatch import acks
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
+from dispatch.receive import acks
 
 
 @click.command()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from dispatch.audit import audit as run_audit
-from dispatch.audit import keyring_from_dir
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.errors import ConfigError, UsageError
-from dispatch.signing import Keyring
+from dispatch.core.errors import ConfigError, UsageError
+from dispatch.core.signing import Keyring
+from dispatch.ops.audit import audit as run_audit
+from dispatch.ops.audit import keyring_from_dir
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from dispatch import cancel as cancel_mod
-from dispatch import waiting
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import LiveLine, print_json, result_exit
+from dispatch.send import cancel as cancel_mod
+from dispatch.send import waiting
 
 
 @click.command()

@@ -7,10 +7,12 @@ import sys
 
 import click
 
-from dispatch import acks, config, sender
 from dispatch.cli import run_command
-from dispatch.model import Callback, Priority
-from dispatch.node import Node
+from dispatch.core import config
+from dispatch.core.model import Callback, Priority
+from dispatch.core.node import Node
+from dispatch.receive import acks
+from dispatch.send import task as sender
 
 
 @click.command()

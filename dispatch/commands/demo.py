@@ -6,7 +6,7 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json, result_exit
-from dispatch.demo import run_demo
+from dispatch.ops.demo import run_demo
 
 
 @click.command()

@@ -6,8 +6,8 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.doctor import run_checks
-from dispatch.errors import ExitCode
+from dispatch.core.errors import ExitCode
+from dispatch.ops.doctor import run_checks
 
 
 @click.command()

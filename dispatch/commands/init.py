@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from dispatch.bootstrap import init_node, reload_systemd
 from dispatch.cli import App, pass_app
-from dispatch.config import DEFAULT_CONFIG
+from dispatch.core.config import DEFAULT_CONFIG
+from dispatch.ops.bootstrap import init_node, reload_systemd
 
 
 @click.command()

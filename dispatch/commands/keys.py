@@ -9,7 +9,7 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.signing import Keyring, fingerprint, new_secret, read_key, write_key
+from dispatch.core.signing import Keyring, fingerprint, new_secret, read_key, write_key
 
 
 @click.group()

@@ -6,7 +6,7 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.spool import clear_killswitch, set_killswitch
+from dispatch.core.spool import clear_killswitch, set_killswitch
 
 
 @click.group()

@@ -15,7 +15,7 @@ def mcp(app: App) -> int:
 
     Tools: dispatch_send, dispatch_wait, dispatch_result, dispatch_status. Needs the MCP
     Python SDK: pip install 'dispatch[mcp]'."""
-    from dispatch import mcp_server
+    from dispatch.mcp import server as mcp_server
 
     mcp_server.load_sdk()
     mcp_server.serve(app.node())

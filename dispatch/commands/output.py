@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from dispatch.errors import ExitCode
-from dispatch.model import Result, Status
+from dispatch.core.errors import ExitCode
+from dispatch.core.model import Result, Status
 
 
 def print_json(obj: Any) -> None:

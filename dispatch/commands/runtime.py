@@ -16,9 +16,9 @@ from dispatch.commands.output import print_json
 def promote(app: App, as_json: bool) -> int:
     """Verify inboxes, release acks, recover, start executions up to the cap; repeat while
     anything changed meanwhile."""
-    from dispatch.config import Launcher
-    from dispatch.launcher import make_launcher
-    from dispatch.promote import settle, summary
+    from dispatch.core.config import Launcher
+    from dispatch.receive.launch import make_launcher
+    from dispatch.receive.promote.pass_ import settle, summary
 
     node = app.node()
     report = settle(node, make_launcher(node), linger=node.cfg.launcher is Launcher.SYSTEMD)
@@ -34,7 +34,7 @@ def promote(app: App, as_json: bool) -> int:
 @pass_app
 def exec_(app: App, task_id: str, unit: str) -> int:
     """Run one queued task and write its signed result."""
-    from dispatch.executor import execute
+    from dispatch.receive.executor import execute
 
     execute(app.node(), task_id, unit)
     # The task's outcome is in its result; a non-zero exit here would only mark the unit failed.
@@ -47,8 +47,8 @@ def exec_(app: App, task_id: str, unit: str) -> int:
 @pass_app
 def watch(app: App, once: bool, quiet: bool) -> int:
     """Promote and execute in a loop without systemd (inotify plus a rescan)."""
-    from dispatch import events
-    from dispatch.watch import watch as watch_loop
+    from dispatch.core import events
+    from dispatch.receive.watch import watch as watch_loop
 
     events.set_echo(not quiet)
     watch_loop(app.node(), once=once)
@@ -60,7 +60,7 @@ def watch(app: App, once: bool, quiet: bool) -> int:
 @pass_app
 def heartbeat(app: App, as_json: bool) -> int:
     """Write heartbeats/<node>.json on the share."""
-    from dispatch import overview
+    from dispatch.ops import overview
 
     beat = overview.heartbeat(app.node())
     if as_json:
@@ -76,7 +76,7 @@ COMMANDS = [promote, exec_, watch, heartbeat]
 @pass_app
 def notify(app: App, max_seconds: float) -> int:
     """Deliver queued webhook notifications, with retries (run by dispatch-notify.service)."""
-    from dispatch.notify import drain
+    from dispatch.receive.notify import drain
 
     drain(app.node(), max_seconds)
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from dispatch import sender, waiting
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import LiveLine, print_json, result_exit, show_result
-from dispatch.model import Callback, Priority
+from dispatch.core.model import Callback, Priority
+from dispatch.send import task as sender
+from dispatch.send import waiting
 
 
 @click.command()

@@ -6,11 +6,12 @@ from typing import Any
 
 import click
 
-from dispatch import overview, results, waiting
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import LiveLine, print_json, show_result
-from dispatch.errors import UsageError
-from dispatch.model import valid_id
+from dispatch.core.errors import UsageError
+from dispatch.core.model import valid_id
+from dispatch.ops import overview
+from dispatch.send import results, waiting
 
 
 def _task_id(text: str) -> str:
@@ -102,7 +103,7 @@ COMMANDS = [status, result, wait]
 @pass_app
 def logs(app: App, task_id: str, follow: bool) -> int:
     """A task's story: the journal by DISPATCH_TASK_ID, else done/<id>.log."""
-    from dispatch.logs import story
+    from dispatch.ops.logs import story
 
     for line in story(app.node(), _task_id(task_id), follow):
         click.echo(line)

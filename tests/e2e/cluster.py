@@ -490,7 +490,7 @@ class Cluster:
             node = self.nodes[name]
             peers = ",".join(n for n in self.names if n != name)
             values = {
-                "DISPATCH_AGENT_BIN": f"{VENV_BIN / 'python'} -m dispatch.fake_agent",
+                "DISPATCH_AGENT_BIN": f"{VENV_BIN / 'python'} -m dispatch.ops.fake_agent",
                 "DISPATCH_RUN_AS": AGENT_USER,
                 "DISPATCH_POLL_SEC": "1",
                 "DISPATCH_MAX_PARALLEL": "2",

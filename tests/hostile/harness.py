@@ -94,7 +94,7 @@ class HostileNode:
                            f"chmod 666 {AGENT_LOG}"])
         self.mount_share()
         values = {
-            "DISPATCH_AGENT_BIN": f"{PYTHON} -m dispatch.fake_agent",
+            "DISPATCH_AGENT_BIN": f"{PYTHON} -m dispatch.ops.fake_agent",
             "DISPATCH_RUN_AS": AGENT_USER,
             "DISPATCH_POLL_SEC": "1",
             "DISPATCH_MAX_PARALLEL": "2",
@@ -176,7 +176,7 @@ class HostileNode:
         script = (
             "import sys\n"
             "from dispatch import config, sender\n"
-            "from dispatch.node import Node\n"
+            "from dispatch.core.node import Node\n"
             "node = Node(config.load())\n"
             "for line in sys.stdin:\n"
             f"    env = sender.build(node, to={RECEIVER!r}, request=line.rstrip('\\n'))\n"

@@ -21,10 +21,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatch.config import Config
-from dispatch.errors import Rejection
-from dispatch.intake import Admitted, examine
-from dispatch.model import (
+from dispatch.core.config import Config
+from dispatch.core.errors import Rejection
+from dispatch.core.model import (
     Callback,
     Envelope,
     Priority,
@@ -34,8 +33,9 @@ from dispatch.model import (
     loads_strict,
     rfc3339,
 )
-from dispatch.signing import Key, Keyring, sign_envelope, sign_result, verify_result
-from dispatch.spool import Lane, dump_json
+from dispatch.core.signing import Key, Keyring, sign_envelope, sign_result, verify_result
+from dispatch.core.spool import Lane, dump_json
+from dispatch.receive.intake import Admitted, examine
 from tests.unit.helpers import mac
 
 SECRET = b"0123456789abcdef" * 4

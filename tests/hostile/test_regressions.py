@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from dispatch import results
-from dispatch.spool import atomic_write
-from dispatch.state import Phase
+from dispatch.core.spool import atomic_write
+from dispatch.core.state import Phase
+from dispatch.send import results
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

@@ -48,7 +48,7 @@ class DispatchHost:
         h.run(["mkdir", "-p", ROOT])
         h.run(["sh", "-c", f": > {AGENT_LOG} && chmod 666 {AGENT_LOG}"])
         values = {
-            "DISPATCH_AGENT_BIN": f"{VENV_BIN / 'python'} -m dispatch.fake_agent",
+            "DISPATCH_AGENT_BIN": f"{VENV_BIN / 'python'} -m dispatch.ops.fake_agent",
             "DISPATCH_RUN_AS": AGENT_USER,
             "DISPATCH_POLL_SEC": "1",
             "DISPATCH_MAX_PARALLEL": "2",

@@ -20,7 +20,7 @@ from tests.packaging.debroot import DebianRootHost, unpack_root
 SHARE = "/srv/dispatch-share"
 SENDER = "/etc/dispatch/devbox"
 SENDER_CONF = f"{SENDER}/dispatch.conf"
-AGENT = "/usr/bin/python3 -m dispatch.fake_agent"
+AGENT = "/usr/bin/python3 -m dispatch.ops.fake_agent"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Where a file of the package could be left behind; the share is the user's data.
 LEFTOVER_SCAN = ("find / -xdev -name '*dispatch*' -not -path '/srv/*' -not -path '/proc/*';"

@@ -1,5 +1,5 @@
 """Helpers for the unit suite: envelopes built and signed by hand (independently of
-`dispatch.signing`), the real CLI as a subprocess, and draining a node with real executions."""
+`dispatch.core.signing`), the real CLI as a subprocess, and draining a node with real executions."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dispatch.launcher import ProcessLauncher
-from dispatch.model import canonical, new_id, now_utc, rfc3339
-from dispatch.node import Node
-from dispatch.promote import PassReport, promote
-from dispatch.signing import Keyring
-from dispatch.spool import Lane
-from dispatch.watch import watch
+from dispatch.core.model import canonical, new_id, now_utc, rfc3339
+from dispatch.core.node import Node
+from dispatch.core.signing import Keyring
+from dispatch.core.spool import Lane
+from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.promote.pass_ import PassReport, promote
+from dispatch.receive.watch import watch
 from tests.conftest import NodeSetup, Pair
 
 BIN = Path(sys.executable).parent

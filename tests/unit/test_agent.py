@@ -8,10 +8,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from dispatch.agent import FINAL_TEXT_MAX, MAX_LINE, TAIL_BYTES, OutputReader, invocation
-from dispatch.config import AgentProfile, Config
-from dispatch.fake_agent import directives
-from dispatch.model import Callback, Envelope, Priority
+from dispatch.core.config import AgentProfile, Config
+from dispatch.core.model import Callback, Envelope, Priority
+from dispatch.ops.fake_agent import directives
+from dispatch.receive.agent import FINAL_TEXT_MAX, MAX_LINE, TAIL_BYTES, OutputReader, invocation
 
 
 def an_envelope(request: str = "fix the build", dangerous: bool = False) -> Envelope:
@@ -98,7 +98,7 @@ def test_fake_agent_directives() -> None:
 
 def test_fake_agent_speaks_stream_json(tmp_path: Path) -> None:
     log = tmp_path / "runs.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "dispatch.fake_agent", "-p", "hi exit=2",
+    proc = subprocess.run([sys.executable, "-m", "dispatch.ops.fake_agent", "-p", "hi exit=2",
                            "--permission-mode", "bypassPermissions"], capture_output=True,
                           text=True, timeout=30, check=False,
                           env={"DISPATCH_FAKE_AGENT_LOG": str(log), "PATH": "/usr/bin:/bin"})

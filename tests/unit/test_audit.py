@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from dispatch.audit import AuditReport, audit
-from dispatch.model import new_id
-from dispatch.signing import Keyring
-from dispatch.spool import Lane
+from dispatch.core.model import new_id
+from dispatch.core.signing import Keyring
+from dispatch.core.spool import Lane
+from dispatch.ops.audit import AuditReport, audit
 from tests.conftest import Pair
 from tests.unit.helpers import cli, drain, drop, envelope, lane_in
 

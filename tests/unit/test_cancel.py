@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dispatch import sender
-from dispatch.model import canonical, new_id, now_utc, rfc3339
-from dispatch.spool import clear_killswitch, set_killswitch
+from dispatch.core.model import canonical, new_id, now_utc, rfc3339
+from dispatch.core.spool import clear_killswitch, set_killswitch
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import config as config_mod
-from dispatch.config import AgentProfile, DangerousPolicy, Launcher, valid_node
-from dispatch.errors import ConfigError
+from dispatch.core import config as config_mod
+from dispatch.core.config import AgentProfile, DangerousPolicy, Launcher, valid_node
+from dispatch.core.errors import ConfigError
 
 
 def conf(tmp_path: Path, text: str = "") -> Path:
@@ -51,13 +51,13 @@ def test_defaults(tmp_path: Path) -> None:
 def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
     path = conf(tmp_path, "# comment\n; also a comment\n\nDISPATCH_ROOT=/srv/a\n"
                 "DISPATCH_MAX_PARALLEL=4\nDISPATCH_POLL_SEC='1.5'\n"
-                'DISPATCH_AGENT_BIN="python3 -m dispatch.fake_agent"\n'
+                'DISPATCH_AGENT_BIN="python3 -m dispatch.ops.fake_agent"\n'
                 "DISPATCH_ACCEPT_V2=yes\nDISPATCH_LAUNCHER=systemd\n")
     cfg = load(path, DISPATCH_MAX_PARALLEL="5", DISPATCH_ROOT="/srv/b")
     assert cfg.max_parallel == 5  # environment wins
     assert cfg.root == Path("/srv/b")
     assert cfg.poll_sec == 1.5  # from the file, quotes removed
-    assert cfg.agent_bin == "python3 -m dispatch.fake_agent"
+    assert cfg.agent_bin == "python3 -m dispatch.ops.fake_agent"
     assert cfg.accept_v2 is True
     assert cfg.launcher is Launcher.SYSTEMD
     assert cfg.config_path == path

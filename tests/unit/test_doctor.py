@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from dispatch import doctor, mounts, overview
-from dispatch.doctor import Check, run_checks
-from dispatch.spool import set_killswitch
+from dispatch.core import mounts
+from dispatch.core.spool import set_killswitch
+from dispatch.ops import doctor, overview
+from dispatch.ops.doctor import Check, run_checks
 from tests.conftest import Pair
 from tests.unit.helpers import cli, configure, env_for
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from dispatch import results
-from dispatch.executor import GRACE_S, TIMEOUT_EXIT, execute
-from dispatch.launcher import process_start_time
-from dispatch.model import Status, new_id
-from dispatch.spool import Lane, set_killswitch
-from dispatch.state import Phase
+from dispatch.core.model import Status, new_id
+from dispatch.core.spool import Lane, set_killswitch
+from dispatch.core.state import Phase
+from dispatch.receive.executor import GRACE_S, TIMEOUT_EXIT, execute
+from dispatch.receive.launch import process_start_time
+from dispatch.send import results
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from dispatch import results, sender
-from dispatch.model import Status, new_id, now_utc, rfc3339
-from dispatch.signing import sign_v2
-from dispatch.state import Phase
+from dispatch.core.model import Status, new_id, now_utc, rfc3339
+from dispatch.core.signing import sign_v2
+from dispatch.core.state import Phase
+from dispatch.send import results
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     assert_rejected,

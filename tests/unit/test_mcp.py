@@ -24,7 +24,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, InitializeResult, TextContent
 
-from dispatch.signing import verify_envelope
+from dispatch.core.signing import verify_envelope
 from tests.conftest import NodeSetup, Pair
 from tests.unit.helpers import (
     BIN,
@@ -308,7 +308,7 @@ def test_without_the_sdk_dispatch_mcp_says_how_to_install_it(pair: Pair, tmp_pat
     # The rest of dispatch never imports the SDK.
     probe = subprocess.run([sys.executable, "-c", "import sys, dispatch.cli; "
                             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                            "('mcp', 'pydantic') or m == 'dispatch.mcp_server'))"],
+                            "('mcp', 'pydantic') or m == 'dispatch.mcp.server'))"],
                            capture_output=True, text=True, check=True,
                            env=env_for(pair.sender))
     assert probe.stdout.strip() == "[]"
@@ -453,7 +453,7 @@ def test_cancel_a_queued_task_through_mcp(pair: Pair, tmp_path: Path) -> None:
 
 def test_result_schema_of_the_tools_names_every_result_field() -> None:
     """ResultOut is written out for the SDK's schema; it must not drift from the result."""
-    from dispatch.mcp_server import ResultOut
-    from dispatch.model import RESULT_FIELDS
+    from dispatch.core.model import RESULT_FIELDS
+    from dispatch.mcp.server import ResultOut
 
     assert set(ResultOut.__annotations__) == RESULT_FIELDS

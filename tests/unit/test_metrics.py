@@ -10,10 +10,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatch import sender
-from dispatch.launcher import ProcessLauncher
-from dispatch.promote import promote
-from dispatch.spool import set_killswitch
+from dispatch.core.spool import set_killswitch
+from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.promote.pass_ import promote
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.errors import Rejection
-from dispatch.model import (
+from dispatch.core.errors import Rejection
+from dispatch.core.model import (
     MAX_FILE_BYTES,
     Priority,
     Status,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.doctor import nfs_dir_cache_s
-from dispatch.mounts import mount_of
+from dispatch.core.mounts import mount_of
+from dispatch.ops.doctor import nfs_dir_cache_s
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from dispatch import notify, sender
-from dispatch.model import Callback
+from dispatch.core.model import Callback
+from dispatch.receive import notify
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

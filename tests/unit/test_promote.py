@@ -10,11 +10,11 @@ import sys
 import time
 from datetime import datetime
 
-from dispatch import sender
-from dispatch.launcher import ProcessLauncher
-from dispatch.model import Priority, new_id, parse_time
-from dispatch.promote import ack_mac, promote
-from dispatch.spool import set_killswitch
+from dispatch.core.model import Priority, new_id, parse_time
+from dispatch.core.spool import set_killswitch
+from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.promote.pass_ import ack_mac, promote
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     assert_rejected,
@@ -353,8 +353,8 @@ def test_special_files_planted_on_the_share_do_not_wedge_a_pass(pair: Pair) -> N
 def test_refill_starts_the_index_head_up_to_the_cap_and_no_more(pair: Pair) -> None:
     """The promoter's quick refill (used while it lingers over a backlog) starts tasks in
     priority order from the queue index, never past the cap, never a cancelled one."""
-    from dispatch.launcher import ProcessLauncher
-    from dispatch.promote import refill
+    from dispatch.receive.launch import ProcessLauncher
+    from dispatch.receive.promote.pass_ import refill
 
     configure(pair.receiver, DISPATCH_MAX_PARALLEL=2)
     node = pair.receiver.node()

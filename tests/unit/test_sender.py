@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import sender
-from dispatch.errors import UsageError
-from dispatch.model import Callback, Priority, canonical, new_id, parse_time
-from dispatch.signing import verify_envelope
+from dispatch.core.errors import UsageError
+from dispatch.core.model import Callback, Priority, canonical, new_id, parse_time
+from dispatch.core.signing import verify_envelope
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import cli, configure, drop, envelope, lane_in, promote_once, result_json
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from dispatch.config import Config
-from dispatch.errors import ConfigError, Rejection
-from dispatch.model import (
+from dispatch.core.config import Config
+from dispatch.core.errors import ConfigError, Rejection
+from dispatch.core.model import (
     Callback,
     Envelope,
     Priority,
@@ -23,8 +23,8 @@ from dispatch.model import (
     parse_v2,
     rfc3339,
 )
-from dispatch.node import Node
-from dispatch.signing import (
+from dispatch.core.node import Node
+from dispatch.core.signing import (
     Keyring,
     fingerprint,
     new_secret,
@@ -86,7 +86,7 @@ def test_envelope_round_trip(ring: Keyring) -> None:
     # The MAC is over canonical JSON: layout and key order on disk do not matter.
     reordered = json.loads(json.dumps(dict(reversed(list(wire.items()))), indent=4))
     assert verify_envelope(ring, reordered) == signed
-    # ... and it is the documented MAC, computable without dispatch.signing.
+    # ... and it is the documented MAC, computable without dispatch.core.signing.
     key = ring.get("k1")
     assert signed.hmac == mac(key.secret, wire)
 

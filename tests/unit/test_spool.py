@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from dispatch.config import Config
-from dispatch.spool import (
+from dispatch.core.config import Config
+from dispatch.core.spool import (
     LANE_DIRS,
     Lane,
     Spool,

@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from dispatch.state import NodeState, Phase, parse_index
+from dispatch.core.state import NodeState, Phase, parse_index
 
 
 def a_state(tmp_path: Path) -> NodeState:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from dispatch import sender
+from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,

@@ -1,0 +1,71 @@
+"""The one place that starts other programs: `systemctl`, executions, agents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dispatch.core.errors import DispatchError
+
+
+def dispatch_argv(*args: str) -> list[str]:
+    """Run this same dispatch, whichever interpreter and install it came from."""
+    return [sys.executable, "-m", "dispatch", *args]
+
+
+def run(argv: Sequence[str], *, timeout: float = 30, check: bool = False,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else dict(env), check=False)
+    except FileNotFoundError:
+        raise DispatchError(f"{argv[0]}: command not found") from None
+    except subprocess.TimeoutExpired:
+        raise DispatchError(f"{' '.join(argv[:3])}: no answer within {timeout:g}s") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise DispatchError(f"{' '.join(argv[:4])} failed: {last}")
+    return proc
+
+
+def systemctl(*args: str, timeout: float = 30,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["systemctl", *args], timeout=timeout, check=check)
+
+
+def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                   stdout: int | IO[Any] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """A child in its own session, so one signal to its process group reaches all of it.
+    Its stderr (events) stays ours; its stdout (the agent's echo) goes where we say."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=None, start_new_session=True,
+                            env=None if env is None else dict(env), close_fds=True)
+
+
+def spawn_agent(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
+                user: str | None, with_stdin: bool) -> subprocess.Popen[bytes]:
+    kwargs: dict[str, Any] = {}
+    if user and os.geteuid() == 0:
+        kwargs.update(user=user, group=_primary_group(user), extra_groups=[])
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(env),
+        cwd=cwd,
+        close_fds=True,
+        **kwargs,
+    )
+
+
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid

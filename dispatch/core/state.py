@@ -1,0 +1,273 @@
+"""The one place that knows node-local state (`DISPATCH_STATE_DIR`, systemd's
+`StateDirectory=`): the replay ledger, started markers, the queue index, the ack secret and
+the promoter's lock. None of it is on the share: a peer cannot forge or erase it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from dispatch.core.spool import atomic_write
+
+
+class Phase(StrEnum):
+    INTAKE = "intake"  # claimed, not yet moved out of inbox/
+    ACCEPTED = "accepted"  # in pending-ack/ or processing/
+    DONE = "done"  # a result exists
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    task_id: str
+    sha256: str
+    phase: Phase
+    lane: str
+    at: float
+
+
+@dataclass(frozen=True)
+class NodeState:
+    path: Path
+
+    def ensure(self) -> None:
+        for sub in ("seen", "started", "queue", "run", "cancel"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- replay ledger --------------------------------------------------------------
+    def _seen(self, task_id: str) -> Path:
+        return self.path / "seen" / task_id
+
+    def claim(self, task_id: str, sha256: str, lane: str) -> LedgerEntry | None:
+        """Record a first sighting; return None when this call made the claim, else the
+        entry that was already there (a replay, or an intake a crash interrupted)."""
+        entry = LedgerEntry(task_id, sha256, Phase.INTAKE, lane, time.time())
+        path = self._seen(task_id)
+        if os.path.lexists(path):
+            return self.entry(task_id)
+        # Written whole aside, then linked into place (link(2) fails if the name exists): a
+        # crash at any point leaves no entry or a whole one, never an empty one that the
+        # next pass would take for a replay of a task that never ran.
+        tmp = path.with_name(f".{task_id}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                os.write(fd, _entry_bytes(entry))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, path)
+        except FileExistsError:
+            return self.entry(task_id)
+        finally:
+            os.unlink(tmp)
+        return None
+
+    def entry(self, task_id: str) -> LedgerEntry | None:
+        try:
+            data = json.loads(self._seen(task_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            # A torn entry still proves the id was seen: treat it as a replay.
+            return LedgerEntry(task_id, "", Phase.ACCEPTED, "", 0.0)
+        return LedgerEntry(task_id, data.get("sha256", ""), Phase(data.get("phase", "accepted")),
+                           data.get("lane", ""), float(data.get("at", 0)))
+
+    def mark(self, task_id: str, phase: Phase) -> None:
+        old = self.entry(task_id)
+        entry = LedgerEntry(task_id, old.sha256 if old else "", phase,
+                            old.lane if old else "", time.time())
+        atomic_write(self._seen(task_id), _entry_bytes(entry), mode=0o600)
+
+    def prune(self, older_than_s: float, limit: int = 5000) -> int:
+        """Drop ledger entries and started markers older than the freshness window: such an
+        envelope is refused as stale anyway. Finished entries only; at most `limit` a call,
+        so a heartbeat stays short however large the backlog."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in os.scandir(self.path / "seen"):
+            if removed >= limit:
+                break
+            try:
+                if entry.name.startswith("."):  # a claim's temp file a crash left behind
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                    continue
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+                phase = self.entry(entry.name)
+                if phase is None or phase.phase not in (Phase.DONE, Phase.REJECTED):
+                    continue
+                os.unlink(entry.path)
+                self._started(entry.name).unlink(missing_ok=True)
+                (self.path / "cancel" / entry.name).unlink(missing_ok=True)
+                removed += 1
+            except (FileNotFoundError, ValueError):
+                continue
+        return removed
+
+    # -- started markers ------------------------------------------------------------
+    def _started(self, task_id: str) -> Path:
+        return self.path / "started" / task_id
+
+    def mark_started(self, task_id: str, info: dict[str, Any]) -> bool:
+        """Claim the single execution of a task. False when it was started before: whatever
+        happened since, it must not run again (invariant 1)."""
+        try:
+            fd = os.open(self._started(task_id),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def started(self, task_id: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._started(task_id).read_bytes() or b"{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def clear_started(self, task_id: str) -> None:
+        self._started(task_id).unlink(missing_ok=True)
+
+    # -- cancel requests, recorded before acting so no crash or race can lose one ------
+    def request_cancel(self, task_id: str, reason: str) -> None:
+        atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)
+
+    def cancel_ids(self) -> set[str]:
+        try:
+            return set(os.listdir(self.path / "cancel"))
+        except FileNotFoundError:
+            return set()
+
+    def cancel_reason(self, task_id: str) -> str | None:
+        try:
+            return (self.path / "cancel" / task_id).read_text("utf-8", "replace").strip()
+        except FileNotFoundError:
+            return None
+
+    # -- queue index: order without parsing every queued envelope on every pass --------
+    def index_names(self) -> list[str]:
+        return sorted(os.listdir(self.path / "queue"))
+
+    def index_add(self, task_id: str, rank: int, created: str, lane: str) -> None:
+        stamp = "".join(ch for ch in created if ch.isdigit())[:20].ljust(20, "0")
+        name = f"{rank}-{stamp}-{task_id}-{lane}"
+        (self.path / "queue" / name).touch()
+
+    def index_remove(self, name: str) -> None:
+        (self.path / "queue" / name).unlink(missing_ok=True)
+
+    # -- launcher bookkeeping (process launcher) ------------------------------------
+    def run_dir(self) -> Path:
+        return self.path / "run"
+
+    # -- results the share refused: the next promote pass publishes them -------------
+    def _outbox(self) -> Path:
+        return self.path / "outbox"
+
+    def defer_result(self, task_id: str, lane: str, result: dict[str, Any],
+                     log_rest: bytes) -> None:
+        """Keep a signed result (and the end of its log) that could not be written to the
+        share, so the task still ends with its one real result once the share is back."""
+        outbox = self._outbox()
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        if log_rest:
+            atomic_write(outbox / f"{task_id}.log", log_rest, mode=0o600)
+        atomic_write(outbox / f"{task_id}.json",
+                     json.dumps({"lane": lane, "result": result}).encode(), mode=0o600)
+
+    def deferred_results(self) -> list[tuple[str, str, dict[str, Any], bytes]]:
+        """(task id, lane, signed result, log rest) of every deferred result."""
+        outbox = self._outbox()
+        try:
+            names = sorted(os.listdir(outbox))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            task_id = name[: -len(".json")]
+            try:
+                record = json.loads((outbox / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            try:
+                log_rest = (outbox / f"{task_id}.log").read_bytes()
+            except FileNotFoundError:
+                log_rest = b""
+            if isinstance(record, dict) and isinstance(record.get("result"), dict):
+                found.append((task_id, str(record.get("lane")), record["result"], log_rest))
+        return found
+
+    def keep_log_rest(self, task_id: str, rest: bytes) -> None:
+        """What is still to be appended to a deferred result's log (nothing: forget it)."""
+        if rest:
+            atomic_write(self._outbox() / f"{task_id}.log", rest, mode=0o600)
+        else:
+            self.forget_log_rest(task_id)
+
+    def forget_log_rest(self, task_id: str) -> None:
+        (self._outbox() / f"{task_id}.log").unlink(missing_ok=True)
+
+    def forget_result(self, task_id: str) -> None:
+        self.forget_log_rest(task_id)
+        (self._outbox() / f"{task_id}.json").unlink(missing_ok=True)
+
+    # -- ack secret -----------------------------------------------------------------
+    def ack_secret(self) -> bytes:
+        path = self.path / "ack.secret"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        secret = secrets.token_hex(32).encode()
+        try:
+            os.write(fd, secret)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return secret
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Serialise passes on this host (a manual `dispatch promote` beside the service)."""
+        fd = os.open(self.path / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def parse_index(name: str) -> tuple[str, str] | None:
+    """(task id, lane name) from a queue index name, or None if it is not one of ours."""
+    parts = name.split("-", 2)
+    if len(parts) != 3 or len(parts[2]) < 38:
+        return None
+    rest = parts[2]
+    return rest[:36], rest[37:]
+
+
+def _entry_bytes(entry: LedgerEntry) -> bytes:
+    return json.dumps({"id": entry.task_id, "sha256": entry.sha256, "phase": entry.phase.value,
+                       "lane": entry.lane, "at": entry.at}).encode()

@@ -1,0 +1,412 @@
+"""`dispatch mcp`: a stdio MCP server, so an agent session hands work to a peer with one tool
+call.
+
+Built on the official `mcp` SDK (`pip install 'dispatch[mcp]'`), imported only here and only
+when the server starts: the rest of dispatch never pays for it. The tools call the same code
+as the commands (`sender`, `waiting`, `results`, `overview`), so a task sent through MCP is
+signed, delivered, chained (`parent`, `hops` from DISPATCH_TASK_ID/DISPATCH_HOPS when the
+agent itself runs inside an execution) and verified exactly like one sent with `dispatch send`.
+
+Every result a tool returns was verified against this host's key ring first; one that does not
+verify is a tool error, never data. A mistake the caller can correct (an unknown peer, a bad
+argument, an unknown id) comes back as a tool error (`isError: true`) carrying dispatch's
+one-line message, and the server keeps serving.
+"""
+
+# No `from __future__ import annotations`: the SDK derives each tool's JSON schema from its
+# signature, and the tools are defined inside `build_server` (after the lazy import of the
+# SDK), so their annotations must be evaluated where they are written.
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar, cast
+
+from dispatch import __version__
+from dispatch.core.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
+from dispatch.core.model import Priority, Result, valid_id
+from dispatch.core.node import Node
+from dispatch.ops import overview
+from dispatch.send import cancel as cancel_mod
+from dispatch.send import results, waiting
+from dispatch.send import task as sender
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from mcp.server.mcpserver import MCPServer
+else:
+    try:  # pydantic reads nested TypedDicts on Python < 3.12 only from typing_extensions
+        from typing_extensions import TypedDict
+    except ImportError:  # no pydantic then, and no SDK either: load_sdk() says so
+        from typing import TypedDict
+
+SDK_HINT = "pip install 'dispatch[mcp]'"
+# dispatch_send with wait: give up (and say where the task is) after its own timeout plus this.
+WAIT_GRACE_S = 60
+UUID4_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Structured output: the SDK publishes these as each tool's outputSchema and checks every
+# return value against it. Plain TypedDicts, so importing this module needs no SDK.
+
+class ResultOut(TypedDict):
+    """A signed result, schema 3, exactly as `dispatch result ID --json` prints it."""
+
+    schema: int
+    id: str
+    answered_by: str
+    answered_at: str
+    request: str
+    status: Literal["ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected"]
+    exit_code: int
+    elapsed_s: float
+    log_path: str
+    final_text: str
+    output_tail: str
+    output_bytes: int
+    perm_mode: str
+    started_at: str | None
+    truncated: bool
+    unit: str
+    reason: str
+    kid: str
+    hmac: str
+
+
+class TaskOut(TypedDict):
+    """Where a task is, and its verified result once it has one."""
+
+    id: str
+    done: bool
+    stage: str
+    signature_verified: bool
+    result: ResultOut | None
+
+
+SendOut = TypedDict("SendOut", {
+    "id": str,
+    "from": str,
+    "to": str,
+    "parent": str | None,
+    "hops": int,
+    "kid": str,
+    "path": str,
+    "waited": bool,
+    "done": bool,
+    "stage": str,
+    "signature_verified": bool,
+    "result": ResultOut | None,
+})
+
+
+SendOut.__doc__ = ("The task as sent (id, lanes, its place in a chain: parent and hops), and "
+                   "with wait=true its verified result.")
+
+
+class KillswitchOut(TypedDict):
+    on: bool
+    hard: bool
+    reason: str
+
+
+class LaneOut(TypedDict):
+    lane: str
+    direction: Literal["in", "out"]
+    inbox: int
+    pending_ack: int
+    queued: int
+    running: int
+    done: int
+    rejected: int
+
+
+class PeerOut(TypedDict):
+    node: str
+    heartbeat_age_s: float | None
+    stale: bool
+    version: NotRequired[str | None]
+    killswitch: NotRequired[bool | None]
+
+
+class ExecutionOut(TypedDict):
+    id: str
+    lane: str
+    unit: str | None
+    state: str
+    started_at: str | None
+    elapsed_s: float | None
+    memory_bytes: int | None
+
+
+class StatusOut(TypedDict):
+    node: str
+    root: str
+    version: str
+    killswitch: KillswitchOut
+    lanes: list[LaneOut]
+    executions: list[ExecutionOut]
+    peers: list[PeerOut]
+
+
+class CancelOut(TypedDict):
+    """What `dispatch cancel ID --json` says: a request sent, or the task already ended."""
+
+    id: str
+    requested: bool
+    lane: str
+    path: str | None
+    finished: str | None
+
+
+def load_sdk() -> None:
+    """Fail with one line (exit 2) when the SDK is not installed."""
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"dispatch mcp needs the MCP Python SDK ({exc}): {SDK_HINT}") from None
+
+
+def result_out(result: Result) -> ResultOut:
+    return cast(ResultOut, result.to_json())
+
+
+def task_out(task_id: str, stage: str, result: Result | None) -> TaskOut:
+    return {"id": task_id, "done": result is not None, "stage": "done" if result else stage,
+            "signature_verified": result is not None,
+            "result": result_out(result) if result is not None else None}
+
+
+def stage_now(node: Node, task_id: str) -> str:
+    lane = results.find_task_lane(node, task_id)
+    return "unknown" if lane is None else waiting.stage_of(lane, task_id)
+
+
+def wait_task(node: Node, task_id: str, timeout: float,
+              tick: Callable[[str, float], None] | None = None) -> TaskOut:
+    """Block up to `timeout` seconds; a task still on its way is an answer, not an error."""
+    try:
+        result = waiting.wait(node, task_id, timeout=timeout, tick=tick,
+                              note=lambda message: print(f"dispatch mcp: {message}",
+                                                         file=sys.stderr, flush=True))
+    except WaitTimeout:
+        return task_out(task_id, stage_now(node, task_id), None)
+    return task_out(task_id, "done", result)
+
+
+def get_task(node: Node, task_id: str) -> TaskOut:
+    """The verified result now, or where the task is (a refused task is an error)."""
+    located = results.locate(node, task_id)
+    if located is not None:
+        return task_out(task_id, "done", results.read(node, located.path))
+    lane = results.find_task_lane(node, task_id)
+    if lane is None:
+        raise NotFound(f"no task {task_id} in this node's lanes")
+    stage = waiting.stage_of(lane, task_id)
+    if stage == "rejected":
+        raise Rejection("rejected", f"task {task_id} was rejected: "
+                        f"{waiting.rejection_reason(lane, task_id)}")
+    return task_out(task_id, stage, None)
+
+
+def tool_message(exc: DispatchError) -> str:
+    """The one line a tool error carries: what the CLI would print, minus `dispatch: `."""
+    if isinstance(exc, Rejection) and exc.reason != "rejected":
+        return f"verification failed ({exc.reason}): {exc}"
+    return str(exc)
+
+
+def build_server(node: Node) -> "MCPServer[Any]":
+    """The server for this node: peers (the `to` enum) are read once, here."""
+    import anyio
+    import anyio.from_thread
+    import anyio.to_thread
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.types import ToolAnnotations
+    from pydantic import AfterValidator, Field
+
+    peers = list(node.cfg.peers)
+    me = node.name
+
+    def check_peer(name: str) -> str:
+        if name not in peers:
+            known = ", ".join(peers) or "none configured (DISPATCH_PEERS)"
+            raise ValueError(f"unknown peer {name!r}: {me}'s peers are {known}")
+        return name
+
+    def check_id(text: str) -> str:
+        if not valid_id(text):
+            raise ValueError(f"not a task id (a lowercase uuid4): {text[:60]!r}")
+        return text
+
+    def peer_schema() -> dict[str, Any]:
+        return {"enum": peers} if peers else {}
+
+    async def in_thread(call: Callable[[], T]) -> T:
+        """Run blocking dispatch code off the event loop; DispatchError becomes a tool
+        error with its one-line message. A cancelled call abandons the worker, whose own
+        timeout (or the progress reports that can no longer be sent) ends it."""
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except DispatchError as exc:
+            raise ToolError(tool_message(exc)) from None
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise ToolError(f"error:{where}: {exc.strerror or exc}") from None
+
+    def progress(ctx: Context[Any, Any], task_id: str,
+                 total: float) -> Callable[[str, float], None]:
+        """Tell the client (if it asked for progress) where the task is while we wait: also
+        what keeps a client's idle timeout from ending a long wait."""
+        last_stage, last_at = "", -1.0
+
+        def tick(stage: str, elapsed: float) -> None:
+            nonlocal last_stage, last_at
+            if stage == last_stage and elapsed - last_at < 1.0:
+                return  # at most one report a second while nothing changes
+            last_stage, last_at = stage, elapsed
+            anyio.from_thread.run(ctx.report_progress, round(elapsed, 1), total,
+                                  f"{task_id} {stage}")
+        return tick
+
+    server: MCPServer[Any] = MCPServer(
+        name="dispatch",
+        title=f"dispatch ({me})",
+        version=__version__,
+        instructions=(
+            f"This is dispatch on node {me!r}. dispatch_send hands a task (a plain-language "
+            "request for the coding agent on a peer host) to one of the peers "
+            f"({', '.join(peers) or 'none configured'}); the task is HMAC-signed, runs there "
+            "under that host's limits, and its result comes back signed. With wait=true the "
+            "call returns the verified result; otherwise keep the id and call dispatch_wait "
+            "or dispatch_result; dispatch_cancel calls a task back. dispatch_status shows "
+            "lanes, running tasks, the killswitch and the peers' heartbeats."
+        ),
+        log_level="WARNING",
+    )
+
+    def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
+        """Register a tool with structured output (a return type the SDK cannot describe
+        fails here, at start), its docstring dedented as its description."""
+        def register(fn: F) -> F:
+            server.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""),
+                            annotations=annotations, structured_output=True)
+            return fn
+        return register
+
+    def reading(title: str) -> ToolAnnotations:
+        return ToolAnnotations(title=title, read_only_hint=True, open_world_hint=True)
+
+    sending = ToolAnnotations(title="Send a task to a peer", read_only_hint=False,
+                              destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+
+    @tool(sending)
+    async def dispatch_send(
+        to: Annotated[str, Field(description="The peer host that runs the task.",
+                                 json_schema_extra=peer_schema()), AfterValidator(check_peer)],
+        request: Annotated[str, Field(min_length=1, description=(
+            "What the agent on the peer should do, in plain language."))],
+        ctx: Context[Any, Any],
+        priority: Annotated[Literal["low", "normal", "high"], Field(
+            description="Queue order on the peer.")] = "normal",
+        require_ack: Annotated[bool, Field(description=(
+            "Hold the task on the peer until someone there runs `dispatch ack ID`."))] = False,
+        timeout_s: Annotated[int | None, Field(ge=1, description=(
+            "Seconds the agent on the peer may run (default: this node's "
+            f"DISPATCH_DEFAULT_TIMEOUT_S, {node.cfg.default_timeout_s}); the peer refuses "
+            "more than its DISPATCH_TIMEOUT_MAX_S."))] = None,
+        wait: Annotated[bool, Field(description=(
+            "Block until the verified result arrives (at most timeout_s + "
+            f"{WAIT_GRACE_S} s; then done=false and the current stage)."))] = False,
+    ) -> SendOut:
+        """Send a signed task to a peer host's agent. Returns the task id and where it
+        went; with wait=true also the peer's signature-verified result (status, final_text,
+        exit_code, ...). A task sent while this agent itself runs inside a dispatch execution
+        is that task's child (parent, hops+1); peers refuse chains deeper than their
+        DISPATCH_MAX_HOPS."""
+        def send() -> SendOut:
+            envelope = sender.build(node, to=to, request=request, priority=Priority(priority),
+                                    require_ack=require_ack, timeout_s=timeout_s)
+            sent = sender.deliver(node, envelope)
+            return {"id": envelope.id, "from": envelope.from_, "to": envelope.to,
+                    "parent": envelope.parent, "hops": envelope.hops, "kid": envelope.kid,
+                    "path": str(sent.path), "waited": False, "done": False,
+                    "stage": "inbox", "signature_verified": False, "result": None}
+
+        out = await in_thread(send)
+        if wait:
+            bound = float((timeout_s or node.cfg.default_timeout_s) + WAIT_GRACE_S)
+            task = await in_thread(functools.partial(
+                wait_task, node, out["id"], bound, progress(ctx, out["id"], bound)))
+            out["waited"] = True
+            out["done"] = task["done"]
+            out["stage"] = task["stage"]
+            out["signature_verified"] = task["signature_verified"]
+            out["result"] = task["result"]
+        return out
+
+    @tool(reading("Wait for a task's result"))
+    async def dispatch_wait(
+        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
+            "The task id dispatch_send returned.")), AfterValidator(check_id)],
+        ctx: Context[Any, Any],
+        timeout: Annotated[float, Field(ge=0, description=(
+            "Seconds to wait at most; then done=false and the task's current stage."))] = 60,
+    ) -> TaskOut:
+        """Wait for a task's result and return it signature-verified. A task still on its
+        way after `timeout` seconds is not an error: done=false, and `stage` says where it is
+        (inbox, pending-ack, queued, running, ...). A task the peer refused, or a result whose
+        signature fails, is a tool error."""
+        return await in_thread(functools.partial(wait_task, node, id, timeout,
+                                                 progress(ctx, id, timeout)))
+
+    @tool(reading("A task's verified result"))
+    async def dispatch_result(
+        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
+            "The task id dispatch_send returned.")), AfterValidator(check_id)],
+    ) -> TaskOut:
+        """A task's signature-verified result if it has one (done=true), else where it is
+        (done=false, stage). An id this node never sent or received, a task the peer
+        refused, or a result whose signature fails is a tool error."""
+        return await in_thread(functools.partial(get_task, node, id))
+
+    @tool(ToolAnnotations(title="Cancel a task sent to a peer", read_only_hint=False,
+                          destructive_hint=True, idempotent_hint=True, open_world_hint=True))
+    async def dispatch_cancel(
+        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
+            "The id of a task this node sent (dispatch_send returned it).")),
+            AfterValidator(check_id)],
+    ) -> CancelOut:
+        """Ask the peer to cancel a task this node sent, with a signed request: still
+        queued or waiting for an ack, it never runs; running, the peer stops it. Either way
+        it ends with a `cancelled` result (dispatch_wait returns it). A task that already
+        finished is left alone: requested=false and `finished` holds its status."""
+        def request() -> CancelOut:
+            sent = cancel_mod.request(node, id)
+            return {"id": id, "requested": not sent.finished, "lane": sent.lane,
+                    "path": None if sent.path is None else str(sent.path),
+                    "finished": sent.finished or None}
+
+        return await in_thread(request)
+
+    @tool(reading("This node's status"))
+    async def dispatch_status() -> StatusOut:
+        """This node's lanes (inbox, pending_ack, queued, running, done, rejected per peer
+        and direction), its running executions (id, unit, elapsed_s, memory_bytes), the
+        killswitch, and each peer's heartbeat age, as `dispatch status --json` prints
+        them."""
+        return cast(StatusOut, await in_thread(functools.partial(overview.overview, node)))
+
+    return server
+
+
+def serve(node: Node) -> None:
+    """Run the server on stdin/stdout until the client closes it."""
+    load_sdk()
+    node.keys.signing_key()  # a node that cannot sign fails now, not at the first call
+    build_server(node).run("stdio")

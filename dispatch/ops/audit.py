@@ -1,0 +1,343 @@
+"""`dispatch audit`: check the invariants on what a root and the nodes' state show.
+
+Reads a whole shared root (every lane directory in it), the node-local state of one or more
+receiving nodes (replay ledger, deferred results) and, when given, agent execution logs (one
+JSON line per run with its `task_id`, as the tests' fake agent writes them), and reports
+every way they break DESIGN.md's invariants:
+
+- every task id is in one place: one live stage (inbox, pending-ack, processing) of one lane,
+  or its one result; never a result beside a rejection of the same task;
+- no id ran twice, and nothing ran that was refused or never admitted;
+- every verified task has a result (or is still on its way), and every result verifies;
+- nothing is lost: every id the ledger saw has a trace, every rejected file its reason.
+
+With `settled`, the root is expected at rest: nothing left in inbox/ or processing/ and no
+result still waiting in a node's outbox (tasks waiting for an ack are at rest).
+Nothing here writes anything."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dispatch.core.errors import Rejection
+from dispatch.core.model import Status, loads_strict, valid_id
+from dispatch.core.signing import Keyring, verify_result
+from dispatch.core.state import NodeState, Phase
+from dispatch.receive.intake import read_regular
+
+LIVE_STAGES = ("inbox", "pending-ack", "processing")
+# Refusals of a second copy of a task that was placed already: they are traces of the
+# copy, not a second outcome of the task.
+DUPLICATE_REASONS = frozenset({"replay", "not_admitted"})
+RESULT_SUFFIX = ".result.json"
+REASON_SUFFIX = ".reason.json"
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    task_id: str
+    lane: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.kind} {self.task_id or '-'} {self.lane or '-'}: {self.detail}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "id": self.task_id, "lane": self.lane,
+                "detail": self.detail}
+
+
+@dataclass
+class AuditReport:
+    violations: list[Violation] = field(default_factory=list)
+    lanes: list[str] = field(default_factory=list)
+    tasks: int = 0
+    results: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    in_flight: int = 0
+    pending_ack: int = 0
+    deferred: int = 0
+    executions: int = 0
+    verified: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def add(self, kind: str, task_id: str, lane: str, detail: str) -> None:
+        self.violations.append(Violation(kind, task_id, lane, detail))
+
+    def summary(self) -> str:
+        return (f"{len(self.lanes)} lanes, {self.tasks} task ids, {self.results} results "
+                f"{dict(sorted(self.statuses.items()))}, {self.rejected} rejected files, "
+                f"{self.in_flight} in flight, {self.pending_ack} waiting for an ack, "
+                f"{self.deferred} deferred, {self.executions} executions"
+                + ("" if self.verified else ", result signatures not checked (no key)"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "violations": [v.to_json() for v in self.violations],
+                "lanes": self.lanes, "tasks": self.tasks, "results": self.results,
+                "statuses": self.statuses, "rejected": self.rejected,
+                "in_flight": self.in_flight, "pending_ack": self.pending_ack,
+                "deferred": self.deferred, "executions": self.executions,
+                "signatures_checked": self.verified}
+
+
+@dataclass
+class _Lane:
+    name: str
+    path: Path
+    live: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    results: dict[str, str] = field(default_factory=dict)  # id -> status ("" unverified)
+    refusals: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    junk: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _task_id(name: str, suffix: str = ".json") -> str | None:
+    if not name.endswith(suffix):
+        return None
+    task_id = name[: -len(suffix)]
+    return task_id if valid_id(task_id) else None
+
+
+def find_lanes(root: Path) -> list[tuple[str, Path]]:
+    """Every `<from>-to-<to>` directory of the root that has the lane layout."""
+    found = []
+    for name in _names(root):
+        path = root / name
+        if "-to-" in name and (path / "inbox").is_dir() and not os.path.islink(path):
+            found.append((name, path))
+    return found
+
+
+def _scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport) -> _Lane:
+    lane = _Lane(name, path)
+    for stage in LIVE_STAGES:
+        for entry in _names(path / stage):
+            if entry.startswith(".") or entry.endswith(".tmp") or entry.endswith(".ack"):
+                continue
+            task_id = _task_id(entry)
+            if task_id is None:
+                lane.junk[stage].append(entry)
+            else:
+                lane.live[task_id].append(stage)
+    for entry in _names(path / "done"):
+        task_id = _task_id(entry, RESULT_SUFFIX)
+        if task_id is None:
+            continue
+        lane.results[task_id] = ""
+        if ring is None:
+            continue
+        try:
+            result = verify_result(ring, loads_strict(read_regular(path / "done" / entry),
+                                                      allow_nul=True))
+        except FileNotFoundError:
+            del lane.results[task_id]
+            continue
+        except Rejection as exc:
+            report.add("unverified_result", task_id, name,
+                       f"done/{entry} does not verify ({exc.reason}: {exc})")
+            continue
+        if result.id != task_id:
+            report.add("unverified_result", task_id, name,
+                       f"done/{entry} is the result of another task ({result.id})")
+            continue
+        lane.results[task_id] = result.status.value
+    rejected = path / "rejected"
+    entries = _names(rejected)
+    present = set(entries)
+    for entry in entries:
+        if entry.endswith(REASON_SUFFIX) or entry.startswith("."):
+            continue
+        if f"{entry}{REASON_SUFFIX}" not in present:
+            report.add("missing_reason", "", name, f"rejected/{entry} has no {REASON_SUFFIX}")
+    for entry in entries:
+        if not entry.endswith(REASON_SUFFIX) or entry.startswith("."):
+            continue
+        report.rejected += 1
+        try:
+            record = json.loads(read_regular(rejected / entry))
+        except (Rejection, OSError, ValueError):
+            report.add("missing_reason", "", name, f"rejected/{entry} is not a readable "
+                       "reason record")
+            continue
+        original = str(record.get("name", "")) if isinstance(record, dict) else ""
+        from_dir = str(record.get("from_dir", "")) if isinstance(record, dict) else ""
+        task_id = _task_id(original)
+        if task_id is not None and from_dir in (*LIVE_STAGES, "tmp"):
+            lane.refusals[task_id].append(str(record.get("reason", "")))
+    return lane
+
+
+def _read_agent_logs(paths: list[Path], report: AuditReport) -> Counter[str]:
+    runs: Counter[str] = Counter()
+    for path in paths:
+        try:
+            text = path.read_text("utf-8", "replace")
+        except OSError as exc:
+            report.add("agent_log_unreadable", "", "", f"{path}: {exc.strerror or exc}")
+            continue
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                task_id = record["task_id"]
+            except (ValueError, KeyError, TypeError):
+                report.add("agent_log_unreadable", "", "", f"{path}:{lineno}: not a run record")
+                continue
+            if isinstance(task_id, str) and task_id:
+                runs[task_id] += 1
+    return runs
+
+
+@dataclass(frozen=True)
+class _Ledger:
+    phase: Phase | None  # None: the entry is torn
+    lane: str
+
+
+def _read_state(state_dirs: list[Path]) -> tuple[dict[str, list[_Ledger]], dict[str, str]]:
+    """Ledger entries (id -> one per node that saw it) and deferred results (id -> lane)."""
+    ledger: dict[str, list[_Ledger]] = defaultdict(list)
+    deferred: dict[str, str] = {}
+    for directory in state_dirs:
+        state = NodeState(directory)
+        for name in _names(directory / "seen"):
+            if not valid_id(name):
+                continue
+            try:
+                data = json.loads((directory / "seen" / name).read_bytes())
+                ledger[name].append(_Ledger(Phase(data["phase"]), str(data.get("lane", ""))))
+            except (OSError, ValueError, KeyError, TypeError):
+                ledger[name].append(_Ledger(None, ""))
+        for task_id, lane, _result, _log in state.deferred_results():
+            deferred[task_id] = lane
+    return ledger, deferred
+
+
+ADMITTED = (Phase.ACCEPTED, Phase.DONE)
+
+
+def audit(root: Path, *, state_dirs: list[Path] | None = None,
+          agent_logs: list[Path] | None = None, ring: Keyring | None = None,
+          settled: bool = False) -> AuditReport:
+    report = AuditReport(verified=ring is not None)
+    lanes = [_scan_lane(name, path, ring, report) for name, path in find_lanes(root)]
+    report.lanes = [lane.name for lane in lanes]
+    ledger, deferred = _read_state(state_dirs or [])
+    runs = _read_agent_logs(agent_logs or [], report)
+    report.executions = sum(runs.values())
+    report.deferred = len(deferred)
+
+    # Where each id is, over all lanes.
+    ids: set[str] = set(ledger) | set(runs) | set(deferred)
+    for lane in lanes:
+        ids |= set(lane.live) | set(lane.results) | set(lane.refusals)
+        if settled:
+            for stage in ("inbox", "processing"):
+                for entry in lane.junk.get(stage, []):
+                    report.add("unfinished", "", lane.name, f"{stage}/{entry[:80]!r} is still "
+                               "there: it was never taken in")
+    report.tasks = len(ids)
+    for task_id in sorted(ids):
+        _check_id(task_id, lanes, ledger.get(task_id, []), deferred.get(task_id),
+                  runs.get(task_id, 0), bool(state_dirs), settled, report)
+    return report
+
+
+def _check_id(task_id: str, lanes: list[_Lane], entries: list[_Ledger], deferred: str | None,
+              ran: int, have_state: bool, settled: bool, report: AuditReport) -> None:
+    live = [(lane.name, stage) for lane in lanes for stage in lane.live.get(task_id, [])]
+    results = [(lane.name, lane.results[task_id]) for lane in lanes if task_id in lane.results]
+    refusals = [(lane.name, reason) for lane in lanes
+                for reason in lane.refusals.get(task_id, [])]
+    where = ", ".join([f"{n}/{s}" for n, s in live] + [f"{n}/done" for n, _ in results])
+    report.results += len(results)
+    for _, status in results:
+        report.statuses[status or "unverified"] = report.statuses.get(status or "unverified",
+                                                                      0) + 1
+    report.in_flight += sum(1 for _, stage in live if stage != "pending-ack")
+    report.pending_ack += sum(1 for _, stage in live if stage == "pending-ack")
+
+    # One place: one live stage of one lane, or one result (a result beside its task file
+    # in processing/ is an execution between publishing and cleaning up).
+    if len(live) > 1:
+        report.add("several_places", task_id, live[0][0], f"in {len(live)} places: {where}")
+    if len(results) > 1:
+        report.add("several_results", task_id, results[0][0], f"results in {where}")
+    if settled and live and results:
+        report.add("several_places", task_id, live[0][0], f"has a result and is still "
+                   f"in {where}")
+    statuses = {status for _, status in results}
+    ended = statuses - {Status.REJECTED.value, ""}
+    # A refusal in the lane of a result that is not `rejected` (a copy refused in another
+    # lane, or a refused replay, is a trace of the copy, not a second outcome).
+    ended_in = {n for n, status in results if status in ended}
+    task_refusals = [(n, r) for n, r in refusals if r not in DUPLICATE_REASONS and n in ended_in]
+    if task_refusals:
+        report.add("terminal_conflict", task_id, task_refusals[0][0],
+                   f"ended {'/'.join(sorted(ended))} and was also refused "
+                   f"({', '.join(r for _, r in task_refusals)})")
+    phases = {entry.phase for entry in entries}
+    if Phase.REJECTED in phases and ended:
+        report.add("terminal_conflict", task_id, results[0][0],
+                   f"the ledger says rejected, its result says {'/'.join(sorted(ended))}")
+
+    # Executions: at most one, and only of an admitted task.
+    if ran > 1:
+        report.add("executed_twice", task_id, "", f"the agent ran {ran} times")
+    if ran:
+        if Status.REJECTED.value in statuses:
+            report.add("ran_unadmitted", task_id, "", "the agent ran a task whose result "
+                       "says rejected")
+        elif have_state and None not in phases and not phases & set(ADMITTED):
+            seen = ", ".join(sorted(str(p) for p in phases if p)) or "none"
+            report.add("ran_unadmitted", task_id, "", "the agent ran a task no node "
+                       f"admitted (ledger: {seen})")
+
+    # Every admitted task ends with a result, or is still on its way to one.
+    admitted = [entry for entry in entries if entry.phase in ADMITTED]
+    lane_names = {entry.lane for entry in entries} | {n for n, _ in live} | {
+        n for n, _ in results} | {n for n, _ in refusals}
+    if admitted and not results and not live and deferred is None:
+        report.add("no_result", task_id, admitted[0].lane, "admitted "
+                   f"({admitted[0].phase}), not in any stage, and no result")
+    elif entries and not (live or results or refusals or deferred is not None):
+        report.add("lost", task_id, next(iter(sorted(lane_names)), ""),
+                   "the ledger saw it, and no lane holds a trace of it")
+    if deferred is not None and settled and not results:
+        report.add("unpublished", task_id, deferred, "its result still waits in the node's "
+                   "outbox")
+    if settled:
+        for name, stage in live:
+            if stage != "pending-ack":
+                report.add("unfinished", task_id, name, f"still in {stage}/")
+    if ran and not have_state and not (live or results or refusals or deferred is not None):
+        report.add("ran_unadmitted", task_id, "", "the agent ran it, and no lane knows it")
+    if None in phases:
+        report.add("torn_ledger", task_id, "", "a ledger entry for it is unreadable")
+
+
+def keyring_from_dir(key_dir: Path) -> Keyring | None:
+    """The keys of a key ring directory, to verify results with; None when it holds none."""
+    from dispatch.core.signing import Key, read_key
+
+    keys = []
+    for path in sorted(key_dir.glob("*.key")):
+        keys.append(Key(path.name[: -len(".key")], read_key(path), path, path.stat().st_mtime))
+    return Keyring(tuple(keys)) if keys else None

@@ -1,0 +1,100 @@
+"""`dispatch init`: the shared layout, a key, node-local state and a config file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.core import config as config_mod
+from dispatch.core.config import Config
+from dispatch.core.errors import ConfigError, UsageError
+from dispatch.core.signing import Key, Keyring, fingerprint, new_secret, read_key, write_key
+from dispatch.core.spool import Spool
+from dispatch.core.state import NodeState
+
+
+@dataclass(frozen=True)
+class InitReport:
+    config_path: Path
+    config_written: bool
+    key: Key
+    key_created: bool
+    lanes: list[str]
+
+
+def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key_dir: Path,
+              state_dir: Path, key_file: Path | None = None, force: bool = False,
+              extra: Mapping[str, str] | None = None) -> InitReport:
+    problems = [f"not a valid node name: {n!r}" for n in [node, *peers]
+                if not config_mod.valid_node(n)]
+    if not peers:
+        problems.append("at least one peer is needed (--peers)")
+    if node in peers:
+        problems.append("a node cannot be its own peer")
+    if not root.is_absolute():
+        problems.append(f"--root must be an absolute path: {root}")
+    if problems:
+        raise UsageError("; ".join(problems))
+    template = ""
+    if config_path.exists() and not force:
+        existing = config_mod.parse_env_file(config_path)
+        if existing.get("DISPATCH_NODE") not in (None, node) or existing.get(
+                "DISPATCH_ROOT") not in (None, str(root)):
+            raise UsageError(f"{config_path} already configures another node or root; "
+                             "pass --force to overwrite it")
+        if not existing:
+            # The package's commented template (a conffile): fill it in, keep its comments.
+            template = config_path.read_text()
+    cfg = Config(root=root, node=node, peers=tuple(peers), key_dir=key_dir, state_dir=state_dir,
+                 config_path=config_path)
+    spool = Spool(root)
+    try:
+        spool.ensure(cfg)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the layout under {root}: {exc.strerror} "
+                          "(is the share mounted and writable?)") from None
+    NodeState(state_dir).ensure()
+    os.chmod(state_dir, 0o700)
+    NodeState(state_dir).ack_secret()
+    key, created = _ensure_key(cfg, key_file)
+    values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node,
+              "DISPATCH_PEERS": ",".join(peers)}
+    if key_dir != Path("/etc/dispatch/keys"):
+        values["DISPATCH_KEY_DIR"] = str(key_dir)
+    if state_dir != Path("/var/lib/dispatch"):
+        values["DISPATCH_STATE_DIR"] = str(state_dir)
+    values.update(extra or {})
+    written = False
+    if force or template or not config_path.exists():
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        text = config_mod.render(values)
+        config_path.write_text(text + ("\n" + template if template else ""))
+        written = True
+    lanes = [lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg)]
+    return InitReport(config_path, written, key, created, lanes)
+
+
+def reload_systemd(config_path: Path) -> bool:
+    """Let dispatch-generator turn the new config into unit drop-ins (lanes, limits, poll)."""
+    if config_path != config_mod.DEFAULT_CONFIG or not config_mod.systemd_is_pid1():
+        return False
+    from dispatch.core.runner import systemctl
+
+    systemctl("daemon-reload", timeout=120)
+    return True
+
+
+def _ensure_key(cfg: Config, key_file: Path | None) -> tuple[Key, bool]:
+    if key_file is not None:
+        secret = read_key(key_file)
+        kid = key_file.name[:-4] if key_file.name.endswith(".key") else fingerprint(secret)
+        existing = {k.kid for k in Keyring.load(cfg, required=False)}
+        if kid in existing:
+            return Keyring.load(cfg).get(kid), False
+        return write_key(cfg.key_dir, secret, kid), True
+    ring = Keyring.load(cfg, required=False)
+    if ring.keys and not ring.fallback:
+        return ring.signing_key(), False
+    return write_key(cfg.key_dir, new_secret()), True

@@ -1,0 +1,135 @@
+"""A stand-in agent that speaks the claude CLI's stream-json, for the demo and the tests.
+
+    python3 -m dispatch.ops.fake_agent -p "REQUEST" [claude-style flags...]
+
+The request may carry directives, each `word` or `word=value`, anywhere in it:
+  sleep=S    print progress, then finish after S seconds
+  hang=S     print nothing at all for S seconds (a silent agent, for the watchdog)
+  spam=N     print N bytes of filler
+  mem=M      hold M MiB of memory
+  exit=C     exit with status C
+  read=PATH  try to read PATH and report whether it could
+  fork=S     leave a child process behind that sleeps S seconds
+  send=PEER  from inside the execution, run `dispatch send --to PEER` (no --wait) with the
+             environment the executor gave it, so the child task carries parent and hops+1;
+             the child's request is this one with `send=` naming this node, so the task
+             bounces between the two nodes until a receiver refuses it at DISPATCH_MAX_HOPS
+  chain=N    with send=: send only while this task's DISPATCH_HOPS is below N
+Every run appends one JSON line to $DISPATCH_FAKE_AGENT_LOG, if set: the tests' proof of how
+often each task really ran (with its DISPATCH_HOPS, and the id of any task it sent)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _emit(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def directives(request: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for word in request.split():
+        key, _, value = word.partition("=")
+        if key in ("sleep", "hang", "spam", "mem", "exit", "read", "fork", "send", "chain"):
+            found[key] = value
+    return found
+
+
+def send_child(request: str, peer: str) -> tuple[str, str]:
+    """`dispatch send` from inside the execution: (child id, "") or ("", why it failed)."""
+    here = os.environ.get("DISPATCH_NODE", "")
+    words = [f"send={here}" if word.startswith("send=") else word for word in request.split()]
+    argv = [sys.executable, "-m", "dispatch", "send", "--to", peer, "--request",
+            " ".join(words), "--json"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "", str(exc)
+    if proc.returncode != 0:
+        return "", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    try:
+        return str(json.loads(proc.stdout)["id"]), ""
+    except (ValueError, KeyError, TypeError):
+        return "", f"unexpected output: {proc.stdout[:200]!r}"
+
+
+def main(argv: list[str]) -> int:
+    request = ""
+    mode = "acceptEdits"
+    for i, arg in enumerate(argv):
+        if arg == "-p" and i + 1 < len(argv):
+            request = argv[i + 1]
+        if arg == "--permission-mode" and i + 1 < len(argv):
+            mode = argv[i + 1]
+    if not request and not sys.stdin.isatty():
+        request = sys.stdin.read()
+    task_id = os.environ.get("DISPATCH_TASK_ID", "")
+    d = directives(request)
+    notes = []
+    record: dict[str, object] = {"task_id": task_id, "pid": os.getpid(), "at": time.time(),
+                                 "request": request[:200], "uid": os.getuid(),
+                                 "hops": os.environ.get("DISPATCH_HOPS")}
+    if d.get("send"):
+        limit = int(d["chain"]) if d.get("chain") else None
+        if limit is None or int(os.environ.get("DISPATCH_HOPS") or 0) < limit:
+            child, failure = send_child(request, d["send"])
+            record["sent"] = child or None
+            notes.append(f"sent {child} to {d['send']}" if child
+                         else f"send to {d['send']} failed: {failure}")
+    log = os.environ.get("DISPATCH_FAKE_AGENT_LOG")
+    if log:
+        with open(log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    _emit({"type": "system", "subtype": "init", "session_id": task_id or "fake",
+           "permissionMode": mode, "model": "fake-agent"})
+    if "hang" in d:
+        time.sleep(float(d["hang"] or 3600))
+    if "fork" in d and os.fork() == 0:
+        os.setsid()
+        time.sleep(float(d["fork"] or 60))
+        os._exit(0)
+    if "mem" in d:
+        hold = bytearray(int(d["mem"]) * 1024 * 1024)
+        for offset in range(0, len(hold), 4096):
+            hold[offset] = 1
+        notes.append(f"held {d['mem']} MiB")
+    if "spam" in d:
+        remaining = int(d["spam"])
+        line = "x" * 1023 + "\n"
+        while remaining > 0:
+            chunk = line[: min(remaining, 1024)]
+            sys.stdout.write(chunk)
+            remaining -= len(chunk)
+        sys.stdout.flush()
+    if "sleep" in d:
+        end = time.monotonic() + float(d["sleep"] or 1)
+        while time.monotonic() < end:
+            _emit({"type": "stream_event", "event": {"type": "content_block_delta",
+                   "delta": {"type": "text_delta", "text": "working... "}}})
+            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+    if "read" in d:
+        try:
+            with open(d["read"], "rb") as handle:
+                handle.read(1)
+            notes.append(f"read {d['read']}: allowed")
+        except OSError as exc:
+            notes.append(f"read {d['read']}: denied ({exc.strerror})")
+    answer = f"fake agent ({mode}) did: {request.strip()[:200]}"
+    if notes:
+        answer += " [" + "; ".join(notes) + "]"
+    _emit({"type": "assistant", "message": {"role": "assistant",
+           "content": [{"type": "text", "text": answer}]}})
+    code = int(d.get("exit") or 0)
+    _emit({"type": "result", "subtype": "success" if code == 0 else "error",
+           "is_error": code != 0, "result": answer, "session_id": task_id or "fake"})
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

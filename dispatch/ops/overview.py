@@ -1,0 +1,172 @@
+"""What `dispatch status` and the heartbeat report: lanes, executions, killswitch, peers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+from dispatch import __version__
+from dispatch.core.config import Launcher
+from dispatch.core.errors import ConfigError, DispatchError, Rejection
+from dispatch.core.model import loads_strict, now_utc, parse_time, rfc3339, valid_id
+from dispatch.core.node import Node
+from dispatch.core.spool import Lane, atomic_write, dump_json
+from dispatch.receive.intake import read_regular
+from dispatch.receive.launch.systemd import active_since_us, exec_units, memory_bytes
+
+STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale
+
+
+def _names(directory: os.PathLike[str]) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def lane_counts(node: Node, lane: Lane, incoming: bool) -> dict[str, Any]:
+    processing = [n[:-5] for n in _names(lane.processing) if n.endswith(".json")]
+    running = [t for t in processing if node.state.started(t) is not None] if incoming else []
+    return {
+        "lane": lane.name,
+        "direction": "in" if incoming else "out",
+        "inbox": sum(1 for n in _names(lane.inbox) if not n.endswith(".tmp")),
+        "pending_ack": sum(1 for n in _names(lane.pending_ack) if n.endswith(".json")),
+        "queued": len(processing) - len(running),
+        "running": len(running),
+        "done": sum(1 for n in _names(lane.done) if n.endswith(".result.json")),
+        "rejected": sum(1 for n in _names(lane.rejected) if n.endswith(".reason.json")),
+    }
+
+
+def heartbeat_stale_after(node: Node) -> float:
+    return max(60.0, STALE_FACTOR * node.cfg.poll_sec)
+
+
+def peers(node: Node) -> list[dict[str, Any]]:
+    out = []
+    now = time.time()
+    for peer in node.cfg.peers:
+        entry: dict[str, Any] = {"node": peer, "heartbeat_age_s": None, "stale": True}
+        try:
+            # read_regular: a FIFO planted on the share must not block `status`.
+            beat = loads_strict(read_regular(node.spool.heartbeat_path(peer)))
+            age = round(now - float(beat["unix"]), 1)
+            entry.update(heartbeat_age_s=age, stale=age > heartbeat_stale_after(node),
+                         version=beat.get("version"), killswitch=beat.get("killswitch"))
+        except (OSError, ValueError, KeyError, TypeError, Rejection):
+            pass
+        out.append(entry)
+    return out
+
+
+def executions(node: Node) -> list[dict[str, Any]]:
+    """This node's running executions: {id, lane, unit, state, started_at, elapsed_s,
+    memory_bytes}. Under systemd each busy `dispatch-exec@` unit, read with one `systemctl
+    show` (memory from the unit's cgroup); otherwise every started task still in
+    processing/, its elapsed time from the started marker and no memory figure."""
+    started: dict[str, tuple[str, dict[str, Any]]] = {}
+    for lane in node.spool.lanes_in(node.cfg):
+        for name in _names(lane.processing):
+            task_id = name[: -len(".json")] if name.endswith(".json") else ""
+            marker = node.state.started(task_id) if valid_id(task_id) else None
+            if marker is not None:
+                started[task_id] = (lane.name, marker)
+    units: dict[str, dict[str, str]] = {}
+    if node.cfg.launcher is Launcher.SYSTEMD:
+        try:
+            units = exec_units()
+        except DispatchError:
+            units = {}  # no systemctl answer: the markers still say what runs
+    now, mono_us = time.time(), time.monotonic() * 1e6
+    out = []
+    for task_id in sorted(set(started) | set(units)):
+        lane_name, marker = started.get(task_id, ("", {}))
+        props = units.get(task_id)
+        lane_name = lane_name or _lane_of(node, task_id)
+        if not lane_name:
+            continue  # a unit of another node's config on this host (tests run two)
+        elapsed: float | None = None
+        memory: int | None = None
+        if props is not None:
+            since = active_since_us(props)
+            elapsed = None if since is None else max(0.0, (mono_us - since) / 1e6)
+            memory = memory_bytes(props)
+        started_at = marker.get("started_at")
+        started_at = started_at if isinstance(started_at, str) else None
+        if elapsed is None and started_at is not None:
+            with contextlib.suppress(ValueError):
+                elapsed = max(0.0, now - parse_time(started_at).timestamp())
+        if started_at is None and elapsed is not None:
+            started_at = rfc3339(now_utc() - timedelta(seconds=elapsed))
+        unit = props.get("Id", "") if props else str(marker.get("unit") or "")
+        out.append({
+            "id": task_id,
+            "lane": lane_name,
+            "unit": unit or None,
+            "state": f"{props.get('ActiveState')} ({props.get('SubState')})" if props
+            else "running",
+            "started_at": started_at,
+            "elapsed_s": None if elapsed is None else round(elapsed, 1),
+            "memory_bytes": memory,
+        })
+    return out
+
+
+def _lane_of(node: Node, task_id: str) -> str:
+    for lane in node.spool.lanes_in(node.cfg):
+        if os.path.lexists(lane.processing / f"{task_id}.json") or os.path.lexists(
+                lane.result_path(task_id)):
+            return lane.name
+    return ""
+
+
+def overview(node: Node) -> dict[str, Any]:
+    spool = node.spool
+    killswitch = spool.killswitch()
+    lanes = [lane_counts(node, lane, True) for lane in spool.lanes_in(node.cfg)]
+    lanes += [lane_counts(node, lane, False) for lane in spool.lanes_out(node.cfg)]
+    return {
+        "node": node.name,
+        "root": str(node.cfg.root),
+        "version": __version__,
+        "killswitch": {"on": killswitch.on, "hard": killswitch.hard, "reason": killswitch.reason},
+        "lanes": lanes,
+        "executions": executions(node),
+        "peers": peers(node),
+    }
+
+
+def heartbeat(node: Node) -> dict[str, Any]:
+    lanes = [lane_counts(node, lane, True) for lane in node.spool.lanes_in(node.cfg)]
+    beat = {
+        "node": node.name,
+        "ts": rfc3339(now_utc()),
+        "unix": time.time(),
+        "version": __version__,
+        "running": sum(lane["running"] for lane in lanes),
+        "queued": sum(lane["queued"] for lane in lanes),
+        "pending_ack": sum(lane["pending_ack"] for lane in lanes),
+        "killswitch": node.spool.killswitch().on,
+        # Peers' `dispatch doctor` compares key ids: a mismatch means every task is refused.
+        "kid": node.keys.signing_key().kid,
+    }
+    path = node.spool.heartbeat_path(node.name)
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path.parent} does not exist: is the share mounted? "
+                          "(`dispatch init` creates it)")
+    atomic_write(path, dump_json(beat))
+    # Entries older than the freshness window guard nothing (such envelopes are stale).
+    node.state.prune(node.cfg.max_age_s + node.cfg.clock_skew_s + 86400)
+    from dispatch.ops import metrics
+    from dispatch.receive import notify
+
+    metrics.write(node, beat, lanes)
+    if notify.queued(node):
+        # A safety net: deliveries a deliverer never got to (it could not start, or an
+        # item came in as it ended) get another one every heartbeat.
+        notify.kick(node)
+    return beat

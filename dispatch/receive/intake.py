@@ -1,0 +1,146 @@
+"""Strict intake: from the bytes of one inbox entry to an admitted task, or a `Rejection`.
+
+Nothing here moves files or touches state; `promote` does that with what this returns."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from dispatch.core.config import Config, DangerousPolicy
+from dispatch.core.errors import Rejection
+from dispatch.core.model import (
+    MAX_FILE_BYTES,
+    Envelope,
+    loads_strict,
+    now_utc,
+    parse_v2,
+    valid_id,
+)
+from dispatch.core.signing import Keyring, verify_envelope, verify_v2
+from dispatch.core.spool import Lane
+
+
+@dataclass(frozen=True)
+class Admitted:
+    envelope: Envelope
+    sha256: str
+    needs_ack: bool
+    v2: bool
+
+
+def read_regular(path: Path) -> bytes:
+    """Read a file someone else put on the share without trusting it: no symlinks, no FIFOs
+    (O_NONBLOCK keeps an open on one from hanging), no directories, nothing over 1 MiB."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejection("symlink", "entry is a symbolic link") from None
+        if exc.errno == errno.ENOENT:
+            raise
+        raise Rejection("unreadable", f"cannot open: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "directory" if stat.S_ISDIR(info.st_mode) else "special file"
+            raise Rejection("not_regular", f"entry is a {kind}, not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise Rejection("too_large", f"file is {info.st_size} bytes, over {MAX_FILE_BYTES}")
+        chunks = []
+        remaining = MAX_FILE_BYTES + 1
+        while remaining > 0:
+            try:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+            except OSError as exc:
+                raise Rejection("unreadable", f"cannot read: {exc.strerror}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_FILE_BYTES:
+            raise Rejection("too_large", f"file grew past {MAX_FILE_BYTES} bytes while read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def candidate_id(obj: dict[str, Any] | None) -> str | None:
+    value = obj.get("id") if obj else None
+    return value if isinstance(value, str) and valid_id(value) else None
+
+
+def examine(cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *,
+            check_fresh: bool = True) -> Admitted:
+    """Every check of DESIGN.md's strict intake except replay, which needs the ledger."""
+    if not name.endswith(".json"):
+        raise Rejection("bad_name", "not a <id>.json task file")
+    obj = loads_strict(data)
+    try:
+        return _examine(cfg, ring, lane, name, obj, data, check_fresh)
+    except Rejection as exc:
+        # Answer the sender only when the envelope claims this very lane and file name.
+        task_id = candidate_id(obj)
+        if (task_id and name == f"{task_id}.json" and obj.get("from") == lane.from_
+                and obj.get("to") == lane.to):
+            exc.task_id = task_id
+        raise
+
+
+def _examine(cfg: Config, ring: Keyring, lane: Lane, name: str, obj: dict[str, Any],
+             data: bytes, check_fresh: bool) -> Admitted:
+    schema = obj.get("schema")
+    v2 = schema == 2 and not isinstance(schema, bool)
+    if v2:
+        if not cfg.accept_v2:
+            raise Rejection("schema2_disabled",
+                            "schema-2 envelope, and this node does not accept them "
+                            "(DISPATCH_ACCEPT_V2=0)")
+        old = parse_v2(obj)
+        verify_v2(ring, old)
+        # Only six fields are signed; the rest is the receiving node's policy, never the file's.
+        envelope = Envelope(
+            id=old.id, from_=old.from_, to=old.to, created=old.created, priority=old.priority,
+            request=old.request, require_ack=cfg.v2_require_ack, require_dangerous=False,
+            timeout_s=min(cfg.default_timeout_s, cfg.timeout_max_s),
+            max_output_bytes=cfg.default_max_output_bytes, callback=old.callback,
+            parent=None, hops=0, kid="", hmac=old.hmac, schema=2,
+        )
+    else:
+        envelope = verify_envelope(ring, obj)
+    if name != f"{envelope.id}.json":
+        raise Rejection("name_mismatch", f"file name {name[:80]!r} is not <id>.json of its id")
+    if (envelope.from_, envelope.to) != (lane.from_, lane.to):
+        raise Rejection("wrong_lane", f"envelope from {envelope.from_} to {envelope.to} "
+                        f"arrived in lane {lane.name}")
+    if check_fresh:
+        now = now_utc()
+        created = envelope.created_at()
+        if created < now - timedelta(seconds=cfg.max_age_s):
+            raise Rejection("stale", f"created {envelope.created}, older than {cfg.max_age_s}s")
+        if created > now + timedelta(seconds=cfg.clock_skew_s):
+            raise Rejection("future", f"created {envelope.created}, more than "
+                            f"{cfg.clock_skew_s}s ahead of this host's clock")
+    if envelope.timeout_s > cfg.timeout_max_s:
+        raise Rejection("policy_timeout", f"timeout_s {envelope.timeout_s} exceeds this node's "
+                        f"maximum {cfg.timeout_max_s}")
+    if envelope.max_output_bytes > cfg.max_output_bytes_max:
+        raise Rejection("policy_output", f"max_output_bytes {envelope.max_output_bytes} exceeds "
+                        f"this node's maximum {cfg.max_output_bytes_max}")
+    if envelope.hops > cfg.max_hops:
+        raise Rejection("too_many_hops", f"hops {envelope.hops} exceeds DISPATCH_MAX_HOPS "
+                        f"{cfg.max_hops}")
+    if envelope.require_dangerous and cfg.dangerous is DangerousPolicy.DENY:
+        raise Rejection("dangerous_denied", "require_dangerous, and this node denies it "
+                        "(DISPATCH_DANGEROUS=deny)")
+    needs_ack = envelope.require_ack or (
+        envelope.require_dangerous and cfg.dangerous is DangerousPolicy.ACK
+    )
+    return Admitted(envelope, hashlib.sha256(data).hexdigest(), needs_ack, v2)

@@ -1,0 +1,109 @@
+"""Building, signing and delivering a task envelope."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.core.config import valid_node
+from dispatch.core.errors import UsageError
+from dispatch.core.model import (
+    SCHEMA,
+    Callback,
+    Envelope,
+    Priority,
+    canonical,
+    new_id,
+    now_utc,
+    rfc3339,
+    valid_id,
+)
+from dispatch.core.node import Node
+from dispatch.core.signing import sign_envelope
+
+
+@dataclass(frozen=True)
+class Sent:
+    envelope: Envelope
+    path: Path
+
+
+def chain_position() -> tuple[str | None, int]:
+    """Inside an execution the executor exported DISPATCH_TASK_ID/DISPATCH_HOPS: a task sent
+    from there is a child of that task, one hop further."""
+    env: dict[str, str] = dict(os.environ)
+    if not valid_id(env.get("DISPATCH_TASK_ID", "")):
+        env = _ancestor_chain_env()
+    parent = env.get("DISPATCH_TASK_ID", "")
+    if not valid_id(parent):
+        return None, 0
+    try:
+        hops = int(env.get("DISPATCH_HOPS", "0"))
+    except ValueError:
+        hops = 0
+    return parent, max(hops, 0) + 1
+
+
+def _ancestor_chain_env(max_depth: int = 64) -> dict[str, str]:
+    """The chain variables of the nearest ancestor that has them. Agent CLIs often start
+    their tools (an MCP server, a shell) with a cleaned environment; the agent process the
+    executor started still carries DISPATCH_TASK_ID in its own. Only this process's
+    ancestors are read, each by its pid."""
+    pid = os.getppid()
+    for _ in range(max_depth):
+        if pid <= 1:
+            break
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        found = dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0")
+                     if item.startswith(("DISPATCH_TASK_ID=", "DISPATCH_HOPS=")))
+        if valid_id(found.get("DISPATCH_TASK_ID", "")):
+            return found
+        pid = int(stat[stat.rfind(")") + 2:].split()[1])
+    return {}
+
+
+def build(node: Node, *, to: str, request: str, from_: str | None = None,
+          priority: Priority = Priority.NORMAL, require_ack: bool = False,
+          dangerous: bool = False, timeout_s: int | None = None,
+          max_output_bytes: int | None = None, callback: Callback = Callback.FILE) -> Envelope:
+    sender = from_ or node.name
+    if not valid_node(to):
+        raise UsageError(f"--to: not a valid node name: {to!r}")
+    if sender == to:
+        raise UsageError("--from and --to must differ")
+    if sender == node.cfg.node and to not in node.cfg.peers:
+        peers = ", ".join(node.cfg.peers) or "none configured"
+        raise UsageError(f"unknown peer {to!r} (peers: {peers}; set DISPATCH_PEERS)")
+    if not request.strip():
+        raise UsageError("--request is empty")
+    timeout = node.cfg.default_timeout_s if timeout_s is None else timeout_s
+    max_output = node.cfg.default_max_output_bytes if max_output_bytes is None else max_output_bytes
+    if timeout < 1:
+        raise UsageError("--timeout must be at least 1 second")
+    if max_output < 1:
+        raise UsageError("--max-output-bytes must be positive")
+    parent, hops = chain_position()
+    envelope = Envelope(
+        id=new_id(), from_=sender, to=to, created=rfc3339(now_utc()), priority=priority,
+        request=request, require_ack=require_ack, require_dangerous=dangerous,
+        timeout_s=timeout, max_output_bytes=max_output, callback=callback, parent=parent,
+        hops=hops, kid="", hmac="", schema=SCHEMA,
+    )
+    return sign_envelope(node.keys, envelope)
+
+
+def deliver(node: Node, envelope: Envelope) -> Sent:
+    lane = node.spool.lane(envelope.from_, envelope.to)
+    if not lane.path.is_dir():
+        raise UsageError(f"lane {lane.path} does not exist: run `dispatch init` on both nodes "
+                         "(is the share mounted?)")
+    data = canonical(envelope.to_json()) + b"\n"
+    path = lane.deliver(envelope.id, data)
+    node.emit("task_sent", f"-> {envelope.to}: {envelope.request[:80]}", task_id=envelope.id,
+              from_=envelope.from_, to=envelope.to)
+    return Sent(envelope, path)

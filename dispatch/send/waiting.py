@@ -1,0 +1,85 @@
+"""Waiting for a task's result: inotify where it works, a rescan every poll period always."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from dispatch.core.errors import NotFound, Rejection, WaitTimeout
+from dispatch.core.inotify import DirWatcher
+from dispatch.core.model import Result, loads_strict
+from dispatch.core.node import Node
+from dispatch.core.spool import Lane
+from dispatch.receive.intake import read_regular
+from dispatch.send import results
+
+
+def stage_of(lane: Lane, task_id: str) -> str:
+    name = lane.task_name(task_id)
+    if lane.result_path(task_id).exists():
+        return "done"
+    if (lane.processing / name).exists():
+        # The execution opens done/<id>.log as it starts: what the sender can see of it.
+        return "running" if os.path.lexists(lane.log_path(task_id)) else "queued"
+    for stage, directory in (("queued", lane.processing), ("pending-ack", lane.pending_ack),
+                             ("inbox", lane.inbox), ("rejected", lane.rejected),
+                             ("sending", lane.tmp)):
+        if (directory / name).exists():
+            return stage
+    return "unknown"
+
+
+def rejection_reason(lane: Lane, task_id: str) -> str:
+    try:
+        # read_regular: anyone who writes the share could plant a FIFO here, and a plain
+        # open() of one blocks until a writer comes.
+        record = loads_strict(read_regular(lane.rejected / f"{task_id}.json.reason.json"))
+        return f"{record.get('reason')}: {record.get('message')}"
+    except (OSError, Rejection):
+        return "rejected by the receiver"
+
+
+def _note(message: str) -> None:
+    print(f"dispatch: {message}", file=sys.stderr, flush=True)
+
+
+def wait(node: Node, task_id: str, *, timeout: float | None = None,
+         tick: Callable[[str, float], None] | None = None,
+         note: Callable[[str], None] = _note) -> Result:
+    lane = results.find_task_lane(node, task_id)
+    if lane is None:
+        raise NotFound(f"no task {task_id} in this node's lanes")
+    began = time.monotonic()
+    poll = node.cfg.poll_sec
+    outage = ""
+    with DirWatcher([lane.done, lane.rejected]) as watcher:
+        while True:
+            try:
+                if lane.result_path(task_id).exists():
+                    return results.read(node, lane.result_path(task_id))
+                stage = stage_of(lane, task_id)
+                if stage == "rejected" and not lane.result_path(task_id).exists():
+                    raise Rejection("rejected", f"task {task_id} was rejected: "
+                                    f"{rejection_reason(lane, task_id)}")
+            except OSError as exc:
+                # The share does not answer (its server restarting, the network cut): keep
+                # waiting until the timeout, as on a hard NFS mount, and say so once.
+                stage = f"share unreachable: {exc.strerror or exc}"
+                if not outage:
+                    note(f"{exc.filename or lane.path}: {exc.strerror or exc}; still waiting "
+                         f"for {task_id}")
+                outage = stage
+            else:
+                if outage:
+                    note(f"share reachable again; waiting for {task_id}")
+                outage = ""
+            elapsed = time.monotonic() - began
+            if tick is not None:
+                tick(stage, elapsed)
+            if timeout is not None and elapsed >= timeout:
+                raise WaitTimeout(f"no result for {task_id} after {timeout:g}s "
+                                  f"(last seen: {stage})")
+            remaining = poll if timeout is None else min(poll, timeout - elapsed)
+            watcher.wait(min(remaining, 1.0) if tick is not None else remaining)
