@@ -20,7 +20,8 @@ test-unit:
 
 lint:
 	@scripts/setup-dev test
-	.venv/bin/ruff check dispatch tests
+	.venv/bin/ruff check dispatch tests bench
+	.venv/bin/ruff format --check dispatch tests bench
 	.venv/bin/mypy dispatch tests
 
 # Packages (packaging/README.md): one command each, artifacts in dist/.

@@ -84,8 +84,13 @@ def fmt_seconds(value: float | None) -> str:
 
 
 def ratio(dispatch: float | None, original: float | None) -> float | None:
-    if dispatch is None or original is None or original == 0 or math.isnan(original) \
-            or math.isnan(dispatch):
+    if (
+        dispatch is None
+        or original is None
+        or original == 0
+        or math.isnan(original)
+        or math.isnan(dispatch)
+    ):
         return None
     return dispatch / original
 
@@ -105,8 +110,11 @@ def _command(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) \
+    return (
+        (out.stdout or out.stderr).strip().splitlines()[0]
+        if (out.stdout or out.stderr)
         else "unknown"
+    )
 
 
 def machine() -> dict[str, str]:

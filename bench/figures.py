@@ -48,8 +48,7 @@ def agent_start(system: System, request: str, timeout: float = 10) -> float:
     return wait_for(find, timeout, 0.02, f"the agent's start record for {request!r}")
 
 
-def latency(system: System, n: int, poll_sec: int, seed: int,
-            timeout: float = 60) -> Latency:
+def latency(system: System, n: int, poll_sec: int, seed: int, timeout: float = 60) -> Latency:
     """Sequential sends, each after a random pause in [0, poll_sec) (the same pauses for
     both systems), so a poller's phase is sampled evenly rather than locked to the sends."""
     rng = random.Random(seed)
@@ -71,9 +70,11 @@ def latency(system: System, n: int, poll_sec: int, seed: int,
     finally:
         system.stop()
         system.reset()
-    log(f"  {system.name} @ {system.site.label}: send→agent p50 "
+    log(
+        f"  {system.name} @ {system.site.label}: send→agent p50 "
         f"{percentile(out.to_agent, 50):.3f}s, send→result p50 "
-        f"{percentile(out.to_result, 50):.3f}s (n={n})")
+        f"{percentile(out.to_result, 50):.3f}s (n={n})"
+    )
     return out
 
 
@@ -89,12 +90,16 @@ class Throughput:
         return self.completed / self.seconds if self.seconds > 0 else math.nan
 
     def summary(self) -> dict[str, Any]:
-        return {"n": self.n, "cap": self.cap, "completed": self.completed,
-                "seconds": self.seconds, "tasks_per_s": self.per_second}
+        return {
+            "n": self.n,
+            "cap": self.cap,
+            "completed": self.completed,
+            "seconds": self.seconds,
+            "tasks_per_s": self.per_second,
+        }
 
 
-def throughput(system: System, n: int, cap: int, poll_sec: int,
-               timeout: float = 600) -> Throughput:
+def throughput(system: System, n: int, cap: int, poll_sec: int, timeout: float = 600) -> Throughput:
     """A burst of n tasks from one sending process (no-op agent): tasks per second from the
     first task's `created` to the last result seen in done/."""
     system.start(cap=cap, agent="noop-agent", poll_sec=poll_sec)
@@ -109,8 +114,10 @@ def throughput(system: System, n: int, cap: int, poll_sec: int,
     finally:
         system.stop()
         system.reset()
-    log(f"  {system.name} @ {system.site.label}: cap {cap}: {result.per_second:.2f} tasks/s "
-        f"({n} in {result.seconds:.1f}s)")
+    log(
+        f"  {system.name} @ {system.site.label}: cap {cap}: {result.per_second:.2f} tasks/s "
+        f"({n} in {result.seconds:.1f}s)"
+    )
     return result
 
 
@@ -127,9 +134,14 @@ class Drain:
         return self.completed < self.n
 
     def summary(self) -> dict[str, Any]:
-        return {"n": self.n, "seconds": self.seconds, "completed": self.completed,
-                "extrapolated": self.extrapolated, "window_s": self.window,
-                "queue_seconds": self.queue_seconds}
+        return {
+            "n": self.n,
+            "seconds": self.seconds,
+            "completed": self.completed,
+            "extrapolated": self.extrapolated,
+            "window_s": self.window,
+            "queue_seconds": self.queue_seconds,
+        }
 
 
 def _queued(system: System, n: int) -> bool:
@@ -141,8 +153,9 @@ def _queued(system: System, n: int) -> bool:
     return not inbox and len(processing) >= n
 
 
-def drain(system: System, n: int, poll_sec: int, window: float | None = None,
-          timeout: float = 1200) -> Drain:
+def drain(
+    system: System, n: int, poll_sec: int, window: float | None = None, timeout: float = 1200
+) -> Drain:
     """Queue n tasks while held (killswitch on), release, time until all n results exist.
     With `window`, stop after that many seconds and extrapolate linearly from the results
     seen (for a system too slow to drain within the bench's time budget)."""
@@ -151,8 +164,12 @@ def drain(system: System, n: int, poll_sec: int, window: float | None = None,
     try:
         system.start(cap=2, agent="noop-agent", poll_sec=poll_sec)
         sent = system.send_batch(n, f"bench drain {uuid.uuid4().hex[:12]}")
-        wait_for(lambda: _queued(system, n), max(60.0, n * 0.2), 0.1,
-              f"{n} tasks queued in {system.name}'s processing/")
+        wait_for(
+            lambda: _queued(system, n),
+            max(60.0, n * 0.2),
+            0.1,
+            f"{n} tasks queued in {system.name}'s processing/",
+        )
         queued_in = time.time() - began
         ids = {s.task_id for s in sent}
         released = time.time()
@@ -169,7 +186,6 @@ def drain(system: System, n: int, poll_sec: int, window: float | None = None,
         system.stop()
         system.reset()
     result = Drain(n, seconds, len(found), window if len(found) < n else None, queued_in)
-    note = (f" (extrapolated from {len(found)} in {elapsed:.0f}s)" if result.extrapolated
-            else "")
+    note = f" (extrapolated from {len(found)} in {elapsed:.0f}s)" if result.extrapolated else ""
     log(f"  {system.name} @ {system.site.label}: drain {n}: {seconds:.1f}s{note}")
     return result

@@ -31,8 +31,11 @@ MARKS: tuple[tuple[str, str, str], ...] = (
     ("promote admits the task (task_queued)", "DISPATCH_EVENT", "task_queued"),
     ("promote asked systemd to start it (exec_launched)", "DISPATCH_EVENT", "exec_launched"),
     ("systemd starts dispatch-exec@ (job begins)", "MESSAGE_PREFIX", "Starting dispatch-exec@"),
-    ("dispatch-exec@ running (Type=exec: after execve)", "MESSAGE_PREFIX",
-     "Started dispatch-exec@"),
+    (
+        "dispatch-exec@ running (Type=exec: after execve)",
+        "MESSAGE_PREFIX",
+        "Started dispatch-exec@",
+    ),
     ("executor starts the agent (exec_start)", "DISPATCH_EVENT", "exec_start"),
 )
 
@@ -47,8 +50,9 @@ def _entries(host_run: subprocess.CompletedProcess[str]) -> list[dict[str, objec
     return rows
 
 
-def _mark_time(entries: list[dict[str, object]], task_id: str, kind: str, value: str,
-               after: float) -> float | None:
+def _mark_time(
+    entries: list[dict[str, object]], task_id: str, kind: str, value: str, after: float
+) -> float | None:
     for entry in entries:
         at = int(str(entry["__REALTIME_TIMESTAMP"])) / 1e6
         if at < after:
@@ -58,8 +62,11 @@ def _mark_time(entries: list[dict[str, object]], task_id: str, kind: str, value:
                 return at
         else:
             message = entry.get("MESSAGE")
-            if isinstance(message, str) and message.startswith(value) and (
-                    "dispatch-exec@" not in value or task_id in message):
+            if (
+                isinstance(message, str)
+                and message.startswith(value)
+                and ("dispatch-exec@" not in value or task_id in message)
+            ):
                 return at
     return None
 
@@ -74,8 +81,11 @@ def _startup_ms(code: str, n: int = 15) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.hops",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-n", type=int, default=10, help="tasks to send (one at a time)")
     parser.add_argument("--poll-sec", type=int, default=3)
     args = parser.parse_args(argv)
@@ -93,8 +103,18 @@ def main(argv: list[str] | None = None) -> int:
                 sent = dispatch.send(request)
                 agent = agent_start(dispatch, request)
                 time.sleep(0.3)
-                entries = _entries(host.run(["journalctl", "-o", "json", "--no-pager",
-                                             "--since", f"@{int(sent.sent_at) - 1}"]))
+                entries = _entries(
+                    host.run(
+                        [
+                            "journalctl",
+                            "-o",
+                            "json",
+                            "--no-pager",
+                            "--since",
+                            f"@{int(sent.sent_at) - 1}",
+                        ]
+                    )
+                )
                 marks = [sent.sent_at]
                 for _label, kind, value in MARKS:
                     at = _mark_time(entries, sent.task_id, kind, value, marks[-1] - 0.002)
@@ -120,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     log("measuring Python start-up of one hop")
     bare = _startup_ms("pass")
     cli = _startup_ms("import dispatch.cli")
-    print(f"Python start-up, median of 15: bare interpreter {bare:.0f} ms; "
-          f"`import dispatch.cli` (what `dispatch promote` and `dispatch exec` load before "
-          f"doing anything) {cli:.0f} ms, i.e. {cli - bare:.0f} ms of imports per hop.")
+    print(
+        f"Python start-up, median of 15: bare interpreter {bare:.0f} ms; "
+        f"`import dispatch.cli` (what `dispatch promote` and `dispatch exec` load before "
+        f"doing anything) {cli:.0f} ms, i.e. {cli - bare:.0f} ms of imports per hop."
+    )
     return 0
 
 

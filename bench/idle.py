@@ -52,8 +52,9 @@ def belongs(system: str, cgroup: str) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -74,7 +75,7 @@ def _cpu_ticks(pid: int) -> int:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
 
 
@@ -188,8 +189,12 @@ def measure(hosts: list[SystemdHost], system: str, seconds: float) -> IdleWindow
     window = IdleWindow(system, seconds)
     watchers: list[int] = []
     if system == "original":
-        watchers = [pid for h in hosts for pid in _pids_in_pidns(h.pidns or "")
-                    if "dispatch_watcher.py" in _cmdline(pid)]
+        watchers = [
+            pid
+            for h in hosts
+            for pid in _pids_in_pidns(h.pidns or "")
+            if "dispatch_watcher.py" in _cmdline(pid)
+        ]
     ticks0 = {pid: _cpu_ticks(pid) for pid in watchers}
     system0, hosts0 = _system_usec(hosts, system), _hosts_usec(hosts)
     stop = threading.Event()

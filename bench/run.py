@@ -51,32 +51,41 @@ MODES = {
 }
 
 
-def run(mode: Mode, figures: set[str], poll_sec: int, seed: int, workdir: Path,
-        which: set[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": mode.name, "poll_sec": poll_sec, "seed": seed,
-                           "machine": machine(), "figures": {}}
+def run(
+    mode: Mode, figures: set[str], poll_sec: int, seed: int, workdir: Path, which: set[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "mode": mode.name,
+        "poll_sec": poll_sec,
+        "seed": seed,
+        "machine": machine(),
+        "figures": {},
+    }
     figs: dict[str, Any] = out["figures"]
     if figures & {"latency-local", "throughput", "drain"}:
         with local_site(workdir, poll_sec) as both:
             systems = [s for s in both if s.name in which]
             if "latency-local" in figures:
                 log("figure: send→agent-start / send→result latency, local share")
-                figs["latency_local"] = {s.name: latency(s, mode.latency_local, poll_sec,
-                                                          seed).summary() for s in systems}
+                figs["latency_local"] = {
+                    s.name: latency(s, mode.latency_local, poll_sec, seed).summary()
+                    for s in systems
+                }
             if "throughput" in figures:
                 for cap in (2, 8):
                     log(f"figure: throughput, no-op agent, cap {cap}")
                     figs[f"throughput_cap{cap}"] = {
-                        s.name: throughput(s, mode.burst, cap, poll_sec).summary()
-                        for s in systems}
+                        s.name: throughput(s, mode.burst, cap, poll_sec).summary() for s in systems
+                    }
             if "drain" in figures:
                 for size, window in zip(mode.drains, mode.original_drain_window, strict=True):
                     log(f"figure: drain {size} queued tasks (cap 2, no-op agent)")
                     figs[f"drain_{size}"] = {
-                        s.name: drain(s, size, poll_sec,
-                                      window=window if s.name == "original" else None
-                                      ).summary()
-                        for s in systems}
+                        s.name: drain(
+                            s, size, poll_sec, window=window if s.name == "original" else None
+                        ).summary()
+                        for s in systems
+                    }
     if figures & {"latency-sshfs", "idle"}:
         with sshfs_site(workdir, poll_sec) as (dispatch, original):
             if "latency-sshfs" in figures:
@@ -85,11 +94,13 @@ def run(mode: Mode, figures: set[str], poll_sec: int, seed: int, workdir: Path,
                 if "dispatch" in which:
                     dispatch.start_everywhere()
                     figs["latency_sshfs"]["dispatch"] = latency(
-                        dispatch, mode.latency_sshfs, poll_sec, seed).summary()
+                        dispatch, mode.latency_sshfs, poll_sec, seed
+                    ).summary()
                 dispatch.stop_everywhere()
                 if "original" in which:
                     figs["latency_sshfs"]["original"] = latency(
-                        original, mode.latency_sshfs, poll_sec, seed).summary()
+                        original, mode.latency_sshfs, poll_sec, seed
+                    ).summary()
             if "idle" in figures:
                 log(f"figure: idle for {mode.idle_s:g}s on both hosts")
                 hosts = dispatch.site.hosts()
@@ -98,16 +109,19 @@ def run(mode: Mode, figures: set[str], poll_sec: int, seed: int, workdir: Path,
                 if "dispatch" in which:
                     dispatch.start_everywhere()
                     time.sleep(poll_sec + 2)  # past start-up passes
-                    figs["idle"]["dispatch"] = idle_mod.measure(hosts, "dispatch",
-                                                                mode.idle_s).summary()
+                    figs["idle"]["dispatch"] = idle_mod.measure(
+                        hosts, "dispatch", mode.idle_s
+                    ).summary()
                 dispatch.stop_everywhere()
                 if "original" in which:
                     for host, side in zip(hosts, ("devbox", "gpubox"), strict=True):
-                        original.start_watcher(host, side, cap=2, agent="fake-agent",
-                                               poll_sec=poll_sec)
+                        original.start_watcher(
+                            host, side, cap=2, agent="fake-agent", poll_sec=poll_sec
+                        )
                     time.sleep(poll_sec + 2)
-                    figs["idle"]["original"] = idle_mod.measure(hosts, "original",
-                                                                mode.idle_s).summary()
+                    figs["idle"]["original"] = idle_mod.measure(
+                        hosts, "original", mode.idle_s
+                    ).summary()
                     original.stop()
     return out
 
@@ -134,8 +148,14 @@ def _rows(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, str]
     rows: list[tuple[str, str, str, str]] = []
 
     def add(label: str, d: float | None, o: float | None, fmt: Any, note_o: str = "") -> None:
-        rows.append((label, fmt(d) if d is not None else "n/a",
-                     (fmt(o) if o is not None else "n/a") + note_o, fmt_ratio(ratio(d, o))))
+        rows.append(
+            (
+                label,
+                fmt(d) if d is not None else "n/a",
+                (fmt(o) if o is not None else "n/a") + note_o,
+                fmt_ratio(ratio(d, o)),
+            )
+        )
 
     for site in ("local", "sshfs"):
         key = f"latency_{site}"
@@ -144,16 +164,22 @@ def _rows(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, str]
         n = _get(figs, key, "dispatch", "n")
         for what, label in (("agent", "send → agent start"), ("result", "send → result")):
             for q in ("p50", "p99"):
-                add(f"{site}: {label} {q} (n={n})",
+                add(
+                    f"{site}: {label} {q} (n={n})",
                     _num(_get(figs, key, "dispatch", f"{what}_{q}")),
-                    _num(_get(figs, key, "original", f"{what}_{q}")), fmt_seconds)
+                    _num(_get(figs, key, "original", f"{what}_{q}")),
+                    fmt_seconds,
+                )
     for cap in (2, 8):
         key = f"throughput_cap{cap}"
         if key in figs:
             n = _get(figs, key, "dispatch", "n")
-            add(f"throughput, cap {cap}, burst of {n}, no-op agent (tasks/s)",
+            add(
+                f"throughput, cap {cap}, burst of {n}, no-op agent (tasks/s)",
                 _num(_get(figs, key, "dispatch", "tasks_per_s")),
-                _num(_get(figs, key, "original", "tasks_per_s")), lambda v: f"{v:.2f}")
+                _num(_get(figs, key, "original", "tasks_per_s")),
+                lambda v: f"{v:.2f}",
+            )
     drains = sorted(int(k.split("_")[1]) for k in figs if k.startswith("drain_"))
     for size in drains:
         key = f"drain_{size}"
@@ -163,47 +189,76 @@ def _rows(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, str]
             done = _get(figs, key, "original", "completed")
             window = _get(figs, key, "original", "window_s")
             note = f" (extrapolated: {done}/{size} done in {window:g} s window)"
-        add(f"drain {size} queued tasks, cap 2 (s)", _num(_get(figs, key, "dispatch", "seconds")),
-            _num(_get(figs, key, "original", "seconds")), lambda v: f"{v:.1f} s", note)
+        add(
+            f"drain {size} queued tasks, cap 2 (s)",
+            _num(_get(figs, key, "dispatch", "seconds")),
+            _num(_get(figs, key, "original", "seconds")),
+            lambda v: f"{v:.1f} s",
+            note,
+        )
     if len(drains) == 2:
         small, large = (f"drain_{s}" for s in drains)
 
         def scale(system: str) -> float | None:
-            a, b = _num(_get(figs, small, system, "seconds")), _num(_get(figs, large, system,
-                                                                        "seconds"))
+            a, b = (
+                _num(_get(figs, small, system, "seconds")),
+                _num(_get(figs, large, system, "seconds")),
+            )
             return b / a if a and b is not None else None
 
         linear = _get(figs, large, "original", "extrapolated")
-        add(f"drain {drains[1]} ÷ drain {drains[0]}", scale("dispatch"), scale("original"),
-            lambda v: f"{v:.1f}", " (extrapolated, so linear by construction)" if linear else "")
+        add(
+            f"drain {drains[1]} ÷ drain {drains[0]}",
+            scale("dispatch"),
+            scale("original"),
+            lambda v: f"{v:.1f}",
+            " (extrapolated, so linear by construction)" if linear else "",
+        )
     if "idle" in figs:
         secs = _num(_get(figs, "idle", "dispatch", "seconds")) or 0
         label = f"idle {secs:.0f} s, both hosts"
-        add(f"{label}: CPU time of the system", _num(_get(figs, "idle", "dispatch", "cpu_s")),
-            _num(_get(figs, "idle", "original", "cpu_s")), lambda v: f"{v * 1000:.0f} ms")
-        add(f"{label}: CPU time of the whole hosts (systemd, journald, sshfs included)",
+        add(
+            f"{label}: CPU time of the system",
+            _num(_get(figs, "idle", "dispatch", "cpu_s")),
+            _num(_get(figs, "idle", "original", "cpu_s")),
+            lambda v: f"{v * 1000:.0f} ms",
+        )
+        add(
+            f"{label}: CPU time of the whole hosts (systemd, journald, sshfs included)",
             _num(_get(figs, "idle", "dispatch", "host_cpu_s")),
-            _num(_get(figs, "idle", "original", "host_cpu_s")), lambda v: f"{v * 1000:.0f} ms")
+            _num(_get(figs, "idle", "original", "host_cpu_s")),
+            lambda v: f"{v * 1000:.0f} ms",
+        )
         for what, label2, scale_by in (
-                ("rss_mean_kib", "resident memory (VmRSS), time average", 1024),
-                ("rss_max_kib", "resident memory (VmRSS), peak", 1024),
-                ("cgroup_mean_bytes", "unit memory cgroups (MemoryCurrent), time average",
-                 1024 * 1024),
-                ("cgroup_max_bytes", "unit memory cgroups (MemoryCurrent), peak",
-                 1024 * 1024)):
-            add(f"{label}: {label2}", _num(_get(figs, "idle", "dispatch", what)),
+            ("rss_mean_kib", "resident memory (VmRSS), time average", 1024),
+            ("rss_max_kib", "resident memory (VmRSS), peak", 1024),
+            ("cgroup_mean_bytes", "unit memory cgroups (MemoryCurrent), time average", 1024 * 1024),
+            ("cgroup_max_bytes", "unit memory cgroups (MemoryCurrent), peak", 1024 * 1024),
+        ):
+            add(
+                f"{label}: {label2}",
+                _num(_get(figs, "idle", "dispatch", what)),
                 _num(_get(figs, "idle", "original", what)),
-                lambda v, s=scale_by: f"{v / s:.1f} MiB")
-        add(f"{label}: processes of the system, time average",
+                lambda v, s=scale_by: f"{v / s:.1f} MiB",
+            )
+        add(
+            f"{label}: processes of the system, time average",
             _num(_get(figs, "idle", "dispatch", "procs_mean")),
-            _num(_get(figs, "idle", "original", "procs_mean")), lambda v: f"{v:.2f}")
-        add(f"{label}: share of the time any process of the system exists",
+            _num(_get(figs, "idle", "original", "procs_mean")),
+            lambda v: f"{v:.2f}",
+        )
+        add(
+            f"{label}: share of the time any process of the system exists",
             _num(_get(figs, "idle", "dispatch", "procs_time_share")),
             _num(_get(figs, "idle", "original", "procs_time_share")),
-            lambda v: f"{v * 100:.1f} %")
-        add(f"{label}: longest-lived process of the system",
+            lambda v: f"{v * 100:.1f} %",
+        )
+        add(
+            f"{label}: longest-lived process of the system",
             _num(_get(figs, "idle", "dispatch", "longest_pid_s")),
-            _num(_get(figs, "idle", "original", "longest_pid_s")), lambda v: f"{v:.2f} s")
+            _num(_get(figs, "idle", "original", "longest_pid_s")),
+            lambda v: f"{v:.2f} s",
+        )
     return rows
 
 
@@ -215,21 +270,37 @@ def _targets(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, s
 
     v = _num(_get(figs, "latency_local", "dispatch", "agent_p50"))
     if v is not None:
-        out.append(("local send → agent start p50 ≤ 100 ms", fmt_seconds(v), verdict(v <= 0.1),
-                    f"{(v - 0.1) * 1000:+.0f} ms vs the target ({v / 0.1:.1f}x it)"))
+        out.append(
+            (
+                "local send → agent start p50 ≤ 100 ms",
+                fmt_seconds(v),
+                verdict(v <= 0.1),
+                f"{(v - 0.1) * 1000:+.0f} ms vs the target ({v / 0.1:.1f}x it)",
+            )
+        )
     v = _num(_get(figs, "latency_sshfs", "dispatch", "agent_p50"))
     if v is not None:
         goal = 1.5 * poll_sec
-        out.append((f"sshfs send → agent start p50 ≤ 1.5 x DISPATCH_POLL_SEC = {goal:g} s",
-                    fmt_seconds(v), verdict(v <= goal),
-                    f"{v - goal:+.2f} s vs the target ({v / goal:.2f}x it)"))
+        out.append(
+            (
+                f"sshfs send → agent start p50 ≤ 1.5 x DISPATCH_POLL_SEC = {goal:g} s",
+                fmt_seconds(v),
+                verdict(v <= goal),
+                f"{v - goal:+.2f} s vs the target ({v / goal:.2f}x it)",
+            )
+        )
     d = _num(_get(figs, "throughput_cap2", "dispatch", "tasks_per_s"))
     o = _num(_get(figs, "throughput_cap2", "original", "tasks_per_s"))
     if d is not None and o:
         r = d / o
-        out.append(("throughput at cap 2 ≥ 10x the original's", f"{r:.1f}x ({d:.2f} vs "
-                    f"{o:.2f} tasks/s)", verdict(r >= 10),
-                    f"{r / 10:.2f}x the target; 10x would be {10 * o:.2f} tasks/s"))
+        out.append(
+            (
+                "throughput at cap 2 ≥ 10x the original's",
+                f"{r:.1f}x ({d:.2f} vs {o:.2f} tasks/s)",
+                verdict(r >= 10),
+                f"{r / 10:.2f}x the target; 10x would be {10 * o:.2f} tasks/s",
+            )
+        )
     drains = sorted(int(k.split("_")[1]) for k in figs if k.startswith("drain_"))
     if len(drains) == 2:
         a = _num(_get(figs, f"drain_{drains[0]}", "dispatch", "seconds"))
@@ -237,18 +308,29 @@ def _targets(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, s
         if a and b is not None:
             k = drains[1] / drains[0]
             limit = k * 1.1
-            out.append((f"draining {drains[1]} ≤ {limit:g}x the time for {drains[0]}",
-                        f"{b / a:.1f}x ({b:.1f} s vs {a:.1f} s)", verdict(b / a <= limit),
-                        f"{b / a - limit:+.1f} vs the {limit:g}x limit"))
+            out.append(
+                (
+                    f"draining {drains[1]} ≤ {limit:g}x the time for {drains[0]}",
+                    f"{b / a:.1f}x ({b:.1f} s vs {a:.1f} s)",
+                    verdict(b / a <= limit),
+                    f"{b / a - limit:+.1f} vs the {limit:g}x limit",
+                )
+            )
     if "idle" in figs:
         longest = _num(_get(figs, "idle", "dispatch", "longest_pid_s")) or 0.0
         share = _num(_get(figs, "idle", "dispatch", "procs_time_share")) or 0.0
         ok = longest < poll_sec
-        out.append(("no dispatch process resident while idle",
-                    f"longest-lived {longest:.2f} s; some dispatch process present "
-                    f"{share * 100:.1f} % of the time", verdict(ok),
-                    "every process ended within one poll period" if ok
-                    else f"a process lived {longest:.1f} s ≥ the {poll_sec} s poll period"))
+        out.append(
+            (
+                "no dispatch process resident while idle",
+                f"longest-lived {longest:.2f} s; some dispatch process present "
+                f"{share * 100:.1f} % of the time",
+                verdict(ok),
+                "every process ended within one poll period"
+                if ok
+                else f"a process lived {longest:.1f} s ≥ the {poll_sec} s poll period",
+            )
+        )
     return out
 
 
@@ -313,21 +395,35 @@ def _analysis(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
-    parser.add_argument("--only", default=",".join(FIGURES),
-                        help=f"comma-separated figures among {', '.join(FIGURES)}")
-    parser.add_argument("--systems", default="dispatch,original",
-                        help="measure only these (comma-separated: dispatch, original)")
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        help=f"comma-separated figures among {', '.join(FIGURES)}",
+    )
+    parser.add_argument(
+        "--systems",
+        default="dispatch,original",
+        help="measure only these (comma-separated: dispatch, original)",
+    )
     parser.add_argument("--poll-sec", type=int, default=3)
     parser.add_argument("--seed", type=int, default=20261124)
-    parser.add_argument("--write", action="store_true",
-                        help="write bench/RESULTS.md and bench/results.json")
+    parser.add_argument(
+        "--write", action="store_true", help="write bench/RESULTS.md and bench/results.json"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--render", metavar="JSON", type=Path,
-                        help="measure nothing: print (with --write, write) the report of a "
-                        "results.json written by an earlier run")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        type=Path,
+        help="measure nothing: print (with --write, write) the report of a "
+        "results.json written by an earlier run",
+    )
     args = parser.parse_args(argv)
     if args.render is not None:
         data = json.loads(args.render.read_text())

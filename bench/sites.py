@@ -25,8 +25,11 @@ from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
 
 def settings(poll_sec: int) -> dict[str, str]:
-    return {"DISPATCH_POLL_SEC": str(poll_sec), "DISPATCH_MAX_PARALLEL": "2",
-            "DISPATCH_AGENT_BIN": agent_in("fake-agent")}
+    return {
+        "DISPATCH_POLL_SEC": str(poll_sec),
+        "DISPATCH_MAX_PARALLEL": "2",
+        "DISPATCH_AGENT_BIN": agent_in("fake-agent"),
+    }
 
 
 @contextlib.contextmanager
@@ -40,18 +43,30 @@ def local_site(workdir: Path, poll_sec: int) -> Iterator[tuple[DispatchSystem, O
     base = workdir / "local"
     mnt = base / "mnt"
     mnt.mkdir(mode=0o755, parents=True)
-    host = SystemdHost(RECEIVER, base / "sdhost", binds={
-        "/etc/dispatch": base / "etc-dispatch",
-        "/var/lib/dispatch": base / "var-lib-dispatch",
-        MNT_IN: mnt,
-    })
+    host = SystemdHost(
+        RECEIVER,
+        base / "sdhost",
+        binds={
+            "/etc/dispatch": base / "etc-dispatch",
+            "/var/lib/dispatch": base / "var-lib-dispatch",
+            MNT_IN: mnt,
+        },
+    )
     log("local: booting systemd host gpubox")
     try:
         host.start()
         write_agents(mnt)
         DispatchHost(host).setup(timer=True, settings=settings(poll_sec))
-        site = Site("local", host, host, mnt / "share", mnt, mnt,
-                    base / "etc-dispatch" / "dispatch.conf", SENDER_CONF)
+        site = Site(
+            "local",
+            host,
+            host,
+            mnt / "share",
+            mnt,
+            mnt,
+            base / "etc-dispatch" / "dispatch.conf",
+            SENDER_CONF,
+        )
         dispatch, original = DispatchSystem(site), OriginalSystem(site)
         dispatch.install_slices()
         dispatch.stop()
@@ -70,17 +85,28 @@ def sshfs_site(workdir: Path, poll_sec: int) -> Iterator[tuple[DispatchSystem, O
     if problems:
         raise SystemExit("bench: cannot build the sshfs cluster: " + "; ".join(problems))
     keys = SshKeys(workdir / "ssh").generate()
-    cluster = Cluster(workdir / "cluster", keys, [SENDER, RECEIVER],
-                      {name: settings(poll_sec) for name in (SENDER, RECEIVER)})
+    cluster = Cluster(
+        workdir / "cluster",
+        keys,
+        [SENDER, RECEIVER],
+        {name: settings(poll_sec) for name in (SENDER, RECEIVER)},
+    )
     log("sshfs: booting file server, devbox and gpubox")
     try:
         cluster.start()
         devbox, gpubox = cluster[SENDER], cluster[RECEIVER]
         for node in (devbox, gpubox):
             write_agents(node.dir / "mnt")
-        site = Site("sshfs", devbox.host, gpubox.host, cluster.server.export,
-                    devbox.dir / "mnt", gpubox.dir / "mnt",
-                    gpubox.dir / "etc-dispatch" / "dispatch.conf", None)
+        site = Site(
+            "sshfs",
+            devbox.host,
+            gpubox.host,
+            cluster.server.export,
+            devbox.dir / "mnt",
+            gpubox.dir / "mnt",
+            gpubox.dir / "etc-dispatch" / "dispatch.conf",
+            None,
+        )
         dispatch, original = DispatchSystem(site), OriginalSystem(site)
         dispatch.install_slices()
         original.setup()

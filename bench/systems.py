@@ -113,12 +113,16 @@ def write_agents(mnt: Path) -> None:
     private), readable and executable by the agent's user."""
     python = os.path.realpath(sys.executable)
     if python.startswith("/root/"):
-        raise BenchError(f"{python} is under /root, which ProtectHome= units cannot see: run "
-                         "the bench with /work/venv-sys/bin/python (or /work/e2e-venv)")
+        raise BenchError(
+            f"{python} is under /root, which ProtectHome= units cannot see: run "
+            "the bench with /work/venv-sys/bin/python (or /work/e2e-venv)"
+        )
     bindir = mnt / "bin"
     bindir.mkdir(mode=0o755, exist_ok=True)
-    for name, text in (("fake-agent", FAKE_AGENT.format(python=sys.executable)),
-                       ("noop-agent", NOOP_AGENT)):
+    for name, text in (
+        ("fake-agent", FAKE_AGENT.format(python=sys.executable)),
+        ("noop-agent", NOOP_AGENT),
+    ):
         path = bindir / name
         path.write_text(text)
         path.chmod(0o755)
@@ -233,8 +237,11 @@ class DispatchSystem:
             host.daemon_reload()
 
     def start(self, *, cap: int, agent: str, poll_sec: int) -> None:
-        knobs = {"DISPATCH_MAX_PARALLEL": str(cap), "DISPATCH_AGENT_BIN": agent_in(agent),
-                 "DISPATCH_POLL_SEC": str(poll_sec)}
+        knobs = {
+            "DISPATCH_MAX_PARALLEL": str(cap),
+            "DISPATCH_AGENT_BIN": agent_in(agent),
+            "DISPATCH_POLL_SEC": str(poll_sec),
+        }
         if knobs != self.knobs:
             set_conf(self.site.receiver_conf, knobs)
             # The generator derives the timer period and the slice's TasksMax from the config.
@@ -249,11 +256,21 @@ class DispatchSystem:
         host.systemctl("stop", "dispatch-watch.service", check=False)
 
         def idle() -> bool:
-            out = host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
-                            "dispatch-exec@*.service"]).stdout
-            return not [line for line in out.splitlines()
-                        if len(line.split()) > 3 and line.split()[2] not in ("inactive",
-                                                                               "failed")]
+            out = host.run(
+                [
+                    "systemctl",
+                    "list-units",
+                    "--all",
+                    "--plain",
+                    "--no-legend",
+                    "dispatch-exec@*.service",
+                ]
+            ).stdout
+            return not [
+                line
+                for line in out.splitlines()
+                if len(line.split()) > 3 and line.split()[2] not in ("inactive", "failed")
+            ]
 
         wait_for(idle, 120, 0.2, "dispatch executions to end")
 
@@ -272,22 +289,28 @@ class DispatchSystem:
         return {"DISPATCH_CONFIG": conf} if conf else {}
 
     def send(self, request: str) -> Sent:
-        out = self.site.sender.run([DISPATCH, "send", "--to", RECEIVER, "--request", request,
-                                    "--json"], env=self._sender_env()).stdout
+        out = self.site.sender.run(
+            [DISPATCH, "send", "--to", RECEIVER, "--request", request, "--json"],
+            env=self._sender_env(),
+        ).stdout
         task_id = str(json.loads(out)["id"])
-        at, source = _created_of(self.lane, task_id, self.site.share / "logs" / f"{SENDER}.jsonl",
-                                 "task_sent")
+        at, source = _created_of(
+            self.lane, task_id, self.site.share / "logs" / f"{SENDER}.jsonl", "task_sent"
+        )
         return Sent(task_id, request, at, source)
 
     def send_batch(self, n: int, prefix: str) -> list[Sent]:
-        out = self.site.sender.run([str(VENV_BIN / "python"), "-c", DISPATCH_BATCH, str(n),
-                                    prefix, RECEIVER], env=self._sender_env(),
-                                   timeout=60 + n * 0.5).stdout
+        out = self.site.sender.run(
+            [str(VENV_BIN / "python"), "-c", DISPATCH_BATCH, str(n), prefix, RECEIVER],
+            env=self._sender_env(),
+            timeout=60 + n * 0.5,
+        ).stdout
         return _parse_batch(out, prefix)
 
     def hold(self) -> None:
-        self.site.sender.run([DISPATCH, "killswitch", "on", "--reason", "bench: queueing"],
-                             env=self._sender_env())
+        self.site.sender.run(
+            [DISPATCH, "killswitch", "on", "--reason", "bench: queueing"], env=self._sender_env()
+        )
 
     def release(self) -> None:
         self.site.sender.run([DISPATCH, "killswitch", "off"], env=self._sender_env())
@@ -342,28 +365,48 @@ class OriginalSystem:
             (mnt / "orig-agent-runs.jsonl").touch()
 
     def env(self, side: str) -> dict[str, str]:
-        return {"DISPATCH_ROOT": self.root_in, "DISPATCH_NODE_A": SENDER,
-                "DISPATCH_NODE_B": RECEIVER, "DISPATCH_SIDE": side, "DISPATCH_FROM": SENDER}
+        return {
+            "DISPATCH_ROOT": self.root_in,
+            "DISPATCH_NODE_A": SENDER,
+            "DISPATCH_NODE_B": RECEIVER,
+            "DISPATCH_SIDE": side,
+            "DISPATCH_FROM": SENDER,
+        }
 
-    def start_watcher(self, host: SystemdHost, side: str, *, cap: int, agent: str,
-                      poll_sec: int) -> None:
+    def start_watcher(
+        self, host: SystemdHost, side: str, *, cap: int, agent: str, poll_sec: int
+    ) -> None:
         """`DISPATCH_SIDE=<side> bin/dispatch-watch-a|b` as a transient service."""
-        env = {**self.env(side), "DISPATCH_POLL_SEC": str(poll_sec),
-               "DISPATCH_MAX_PARALLEL": str(cap), "DISPATCH_AGENT_BIN": agent_in(agent),
-               "DISPATCH_FAKE_AGENT_LOG": f"{MNT_IN}/orig-agent-runs.jsonl",
-               "DISPATCH_STATE_FILE": f"{MNT_IN}/orig-watcher-state.json"}
+        env = {
+            **self.env(side),
+            "DISPATCH_POLL_SEC": str(poll_sec),
+            "DISPATCH_MAX_PARALLEL": str(cap),
+            "DISPATCH_AGENT_BIN": agent_in(agent),
+            "DISPATCH_FAKE_AGENT_LOG": f"{MNT_IN}/orig-agent-runs.jsonl",
+            "DISPATCH_STATE_FILE": f"{MNT_IN}/orig-watcher-state.json",
+        }
         wrapper = "dispatch-watch-a" if side == SENDER else "dispatch-watch-b"
-        host.run(["systemd-run", "--quiet", "--collect", f"--unit={WATCH_UNIT}",
-                  "--slice=bench-original.slice",
-                  *[f"--setenv={k}={v}" for k, v in env.items()],
-                  str(ORIGINAL_BIN / wrapper)])
-        wait_for(lambda: host.unit_property(WATCH_UNIT, "ActiveState") == "active", 20, 0.1,
-              f"{WATCH_UNIT} on {host.name}")
+        host.run(
+            [
+                "systemd-run",
+                "--quiet",
+                "--collect",
+                f"--unit={WATCH_UNIT}",
+                "--slice=bench-original.slice",
+                *[f"--setenv={k}={v}" for k, v in env.items()],
+                str(ORIGINAL_BIN / wrapper),
+            ]
+        )
+        wait_for(
+            lambda: host.unit_property(WATCH_UNIT, "ActiveState") == "active",
+            20,
+            0.1,
+            f"{WATCH_UNIT} on {host.name}",
+        )
 
     def start(self, *, cap: int, agent: str, poll_sec: int) -> None:
         self.stop()
-        self.start_watcher(self.site.receiver, RECEIVER, cap=cap, agent=agent,
-                           poll_sec=poll_sec)
+        self.start_watcher(self.site.receiver, RECEIVER, cap=cap, agent=agent, poll_sec=poll_sec)
 
     def stop(self) -> None:
         for host in self.site.hosts():
@@ -371,17 +414,29 @@ class OriginalSystem:
             host.run(["systemctl", "stop", WATCH_UNIT], check=False)
 
     def send(self, request: str) -> Sent:
-        out = self.site.sender.run([str(ORIGINAL_BIN / "dispatch-send"), "--to", RECEIVER,
-                                    "--request", request], env=self.env(SENDER)).stdout
+        out = self.site.sender.run(
+            [str(ORIGINAL_BIN / "dispatch-send"), "--to", RECEIVER, "--request", request],
+            env=self.env(SENDER),
+        ).stdout
         task_id = out.split("\t")[0].strip()
-        at, source = _created_of(self.lane, task_id, self.root / "session-log.jsonl",
-                                 "task_send")
+        at, source = _created_of(self.lane, task_id, self.root / "session-log.jsonl", "task_send")
         return Sent(task_id, request, at, source)
 
     def send_batch(self, n: int, prefix: str) -> list[Sent]:
-        out = self.site.sender.run([SYSTEM_PYTHON, "-c", ORIGINAL_BATCH, str(ORIGINAL_BIN),
-                                    str(n), prefix, RECEIVER, SENDER], env=self.env(SENDER),
-                                   timeout=60 + n * 0.5).stdout
+        out = self.site.sender.run(
+            [
+                SYSTEM_PYTHON,
+                "-c",
+                ORIGINAL_BATCH,
+                str(ORIGINAL_BIN),
+                str(n),
+                prefix,
+                RECEIVER,
+                SENDER,
+            ],
+            env=self.env(SENDER),
+            timeout=60 + n * 0.5,
+        ).stdout
         return _parse_batch(out, prefix)
 
     def hold(self) -> None:
@@ -396,8 +451,13 @@ class OriginalSystem:
         self.agent_log.write_text("")
 
 
-def wait_results(lane: Path, ids: set[str], timeout: float, interval: float = 0.02,
-                 seen: dict[str, float] | None = None) -> dict[str, float]:
+def wait_results(
+    lane: Path,
+    ids: set[str],
+    timeout: float,
+    interval: float = 0.02,
+    seen: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Poll lane/done/ until every id has a result; {id: first time seen}. Stops at the
     deadline with what it has (the caller decides whether that is an error)."""
     found: dict[str, float] = {} if seen is None else seen

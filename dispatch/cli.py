@@ -40,11 +40,25 @@ pass_app = click.make_pass_decorator(App)
 # task (path unit -> promote -> dispatch-exec@) starts a new Python, which should not import
 # what it does not run (each command module pulls in its own part of dispatch).
 COMMAND_MODULES = {
-    "init": "init", "send": "send", "ack": "ack", "cancel": "cancel",
-    "status": "tasks", "result": "tasks", "wait": "tasks", "logs": "tasks",
-    "killswitch": "killswitch", "keys": "keys", "doctor": "doctor", "audit": "audit",
-    "promote": "runtime", "exec": "runtime", "watch": "runtime", "heartbeat": "runtime",
-    "notify": "runtime", "demo": "demo", "mcp": "mcp",
+    "init": "init",
+    "send": "send",
+    "ack": "ack",
+    "cancel": "cancel",
+    "status": "tasks",
+    "result": "tasks",
+    "wait": "tasks",
+    "logs": "tasks",
+    "killswitch": "killswitch",
+    "keys": "keys",
+    "doctor": "doctor",
+    "audit": "audit",
+    "promote": "runtime",
+    "exec": "runtime",
+    "watch": "runtime",
+    "heartbeat": "runtime",
+    "notify": "runtime",
+    "demo": "demo",
+    "mcp": "mcp",
 }
 
 
@@ -62,8 +76,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar="DISPATCH_DEBUG",
-              help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, envvar="DISPATCH_DEBUG", help="Show tracebacks for errors.")
 @click.version_option(__version__, prog_name="dispatch")
 @click.pass_context
 def root(ctx: click.Context, debug: bool) -> None:
@@ -81,8 +94,9 @@ def all_commands() -> dict[str, click.Command]:
 def run_command(command: click.Command, argv: list[str] | None, debug: bool) -> int:
     """Run a click command and turn every error into one line and an exit code."""
     try:
-        rv = command.main(args=argv, prog_name=os.path.basename(sys.argv[0]) or "dispatch",
-                          standalone_mode=False)
+        rv = command.main(
+            args=argv, prog_name=os.path.basename(sys.argv[0]) or "dispatch", standalone_mode=False
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -109,8 +123,11 @@ def run_command(command: click.Command, argv: list[str] | None, debug: bool) -> 
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        print(f"dispatch: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for a traceback)", file=sys.stderr)
+        print(
+            f"dispatch: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for a traceback)",
+            file=sys.stderr,
+        )
         return INTERNAL_ERROR
     return int(rv or 0)
 

@@ -55,13 +55,29 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
     key_file = None
     for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
         home = tmp_path / name
-        report = init_node(root=root, node=name, peers=[peer], config_path=home / "dispatch.conf",
-                           key_dir=home / "keys", state_dir=home / "state", key_file=key_file,
-                           extra={"DISPATCH_AGENT_BIN": agent, "DISPATCH_LAUNCHER": "process",
-                                  "DISPATCH_POLL_SEC": "0.2"})
+        report = init_node(
+            root=root,
+            node=name,
+            peers=[peer],
+            config_path=home / "dispatch.conf",
+            key_dir=home / "keys",
+            state_dir=home / "state",
+            key_file=key_file,
+            extra={
+                "DISPATCH_AGENT_BIN": agent,
+                "DISPATCH_LAUNCHER": "process",
+                "DISPATCH_POLL_SEC": "0.2",
+            },
+        )
         key_file = report.key.path
-        setups[name] = NodeSetup(name, {"DISPATCH_CONFIG": str(home / "dispatch.conf"),
-                                        "DISPATCH_FAKE_AGENT_LOG": str(agent_log)}, home)
+        setups[name] = NodeSetup(
+            name,
+            {
+                "DISPATCH_CONFIG": str(home / "dispatch.conf"),
+                "DISPATCH_FAKE_AGENT_LOG": str(agent_log),
+            },
+            home,
+        )
     # Executions started as child processes read their config from the environment.
     monkeypatch.setenv("DISPATCH_FAKE_AGENT_LOG", str(agent_log))
     yield Pair(root, setups["devbox"], setups["gpubox"], agent_log)

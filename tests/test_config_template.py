@@ -11,8 +11,9 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "packaging" / "dispatch.conf
 
 def test_template_documents_every_knob() -> None:
     text = TEMPLATE.read_text()
-    missing = [knob for knob in [*KNOBS, "DISPATCH_NODE", "DISPATCH_PEERS"]
-               if f"#{knob}=" not in text]
+    missing = [
+        knob for knob in [*KNOBS, "DISPATCH_NODE", "DISPATCH_PEERS"] if f"#{knob}=" not in text
+    ]
     assert not missing
 
 

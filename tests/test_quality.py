@@ -1,4 +1,4 @@
-"""Static checks are tests too: ruff and mypy --strict on the package and the tests, and
+"""Static checks are tests too: ruff (lint and format) and mypy --strict on the package and the tests, and
 systemd-analyze verify on every unit (tests/integration has the behavioural unit tests)."""
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_clean() -> None:
-    proc = _run(str(BIN / "ruff"), "check", "dispatch", "tests")
+    proc = _run(str(BIN / "ruff"), "check", "dispatch", "tests", "bench")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_formatted() -> None:
+    proc = _run(str(BIN / "ruff"), "format", "--check", "dispatch", "tests", "bench")
+    assert proc.returncode == 0, "run `ruff format dispatch tests bench`:\n" + proc.stdout
 
 
 def test_mypy_strict_clean() -> None:

@@ -35,34 +35,53 @@ def _stage(tmp_path: Path) -> Path:
 def test_units_exist() -> None:
     names = {u.name for u in UNITS}
     assert names == {
-        "dispatch-watch.path", "dispatch-watch.timer", "dispatch-watch.service",
-        "dispatch-exec@.service", "dispatch.slice", "dispatch-heartbeat.timer",
-        "dispatch-heartbeat.service", "dispatch-notify.service",
+        "dispatch-watch.path",
+        "dispatch-watch.timer",
+        "dispatch-watch.service",
+        "dispatch-exec@.service",
+        "dispatch.slice",
+        "dispatch-heartbeat.timer",
+        "dispatch-heartbeat.service",
+        "dispatch-notify.service",
     }
 
 
 def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze is needed (apt install systemd)"
     staged = _stage(tmp_path)
-    names = [u.name.replace("@.service", "@0b7c1f7e-5d1a-4c0e-9a2b-3f4e5d6c7b8a.service")
-             for u in UNITS]
-    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *names], cwd=staged,
-                          capture_output=True, text=True, check=False)
+    names = [
+        u.name.replace("@.service", "@0b7c1f7e-5d1a-4c0e-9a2b-3f4e5d6c7b8a.service") for u in UNITS
+    ]
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *names],
+        cwd=staged,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # verify also reports problems in the machine's own units; keep ours only.
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "dispatch" in line]
     assert not ours, "\n".join(ours)
 
 
-@pytest.mark.parametrize(("unit", "ceiling"), [
-    ("dispatch-watch.service", 2.5),
-    ("dispatch-heartbeat.service", 2.5),
-    ("dispatch-notify.service", 2.5),
-    ("dispatch-exec@.service", 3.5),
-])
+@pytest.mark.parametrize(
+    ("unit", "ceiling"),
+    [
+        ("dispatch-watch.service", 2.5),
+        ("dispatch-heartbeat.service", 2.5),
+        ("dispatch-notify.service", 2.5),
+        ("dispatch-exec@.service", 3.5),
+    ],
+)
 def test_hardening_exposure(tmp_path: Path, unit: str, ceiling: float) -> None:
     staged = _stage(tmp_path)
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", unit], cwd=staged,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", unit],
+        cwd=staged,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     assert float(found.group(1)) <= ceiling, proc.stdout
@@ -70,8 +89,10 @@ def test_hardening_exposure(tmp_path: Path, unit: str, ceiling: float) -> None:
 
 def test_every_loosening_is_commented() -> None:
     """Settings that weaken the sandbox must sit under a comment that says why."""
-    loosen = re.compile(r"^(CapabilityBoundingSet=CAP|ProtectSystem=full|"
-                        r"RestrictAddressFamilies=.*AF_INET|ExecStopPost=-?\+)")
+    loosen = re.compile(
+        r"^(CapabilityBoundingSet=CAP|ProtectSystem=full|"
+        r"RestrictAddressFamilies=.*AF_INET|ExecStopPost=-?\+)"
+    )
     for unit in UNITS:
         lines = unit.read_text().splitlines()
         for i, line in enumerate(lines):
@@ -80,9 +101,16 @@ def test_every_loosening_is_commented() -> None:
 
 
 def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
-    cfg = Config(root=Path("/srv/share"), node="gpubox", peers=("devbox", "laptop", "ci"),
-                 memory_max="2G", tasks_max=64, cpu_quota="150%", timeout_max_s=900,
-                 poll_sec=1.5)
+    cfg = Config(
+        root=Path("/srv/share"),
+        node="gpubox",
+        peers=("devbox", "laptop", "ci"),
+        memory_max="2G",
+        tasks_max=64,
+        cpu_quota="150%",
+        timeout_max_s=900,
+        poll_sec=1.5,
+    )
     files = generator.render(cfg)
     path_unit = files["dispatch-watch.path.d/50-lanes.conf"]
     for peer in cfg.peers:
@@ -90,8 +118,14 @@ def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
             assert f"PathChanged=/srv/share/{peer}-to-gpubox/{sub}\n" in path_unit
     assert "gpubox-to-" not in path_unit  # outgoing lanes are the peers' business
     limits = files["dispatch-exec@.service.d/50-limits.conf"]
-    for line in ("MemoryMax=2G", "TasksMax=64", "CPUQuota=150%", "RuntimeMaxSec=960",
-                 "RequiresMountsFor=/srv/share", "ReadWritePaths=/srv/share"):
+    for line in (
+        "MemoryMax=2G",
+        "TasksMax=64",
+        "CPUQuota=150%",
+        "RuntimeMaxSec=960",
+        "RequiresMountsFor=/srv/share",
+        "ReadWritePaths=/srv/share",
+    ):
         assert line in limits
     assert "OnUnitActiveSec=1.5s" in files["dispatch-watch.timer.d/50-poll.conf"]
     # ProtectSystem=strict: the heartbeat may write the metrics textfile's directory only.
@@ -102,8 +136,9 @@ def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
     assert "PathChanged=/srv/share/devbox-to-gpubox/cancel\n" in cancel_watched
 
 
-def test_generator_cli_writes_nothing_without_config(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generator_cli_writes_nothing_without_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISPATCH_CONFIG", str(tmp_path / "absent.conf"))
     assert generator.main([str(tmp_path / "out")]) == 0
     assert not (tmp_path / "out").exists()

@@ -18,23 +18,49 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option("--root", type=_DIR, default=None,
-              help="The shared root (default: DISPATCH_ROOT of the configuration).")
-@click.option("--state-dir", "state_dirs", type=_DIR, multiple=True,
-              help="A node's local state (repeatable; default: this node's, when it exists).")
-@click.option("--agent-log", "agent_logs", multiple=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="A log of agent runs, one JSON line with `task_id` per run (repeatable).")
-@click.option("--key-dir", type=_DIR, default=None,
-              help="Key ring to verify results with (default: the configuration's).")
-@click.option("--settled", is_flag=True,
-              help="Expect the root at rest: nothing in inbox/ or processing/, no result "
-                   "waiting to be published.")
+@click.option(
+    "--root",
+    type=_DIR,
+    default=None,
+    help="The shared root (default: DISPATCH_ROOT of the configuration).",
+)
+@click.option(
+    "--state-dir",
+    "state_dirs",
+    type=_DIR,
+    multiple=True,
+    help="A node's local state (repeatable; default: this node's, when it exists).",
+)
+@click.option(
+    "--agent-log",
+    "agent_logs",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A log of agent runs, one JSON line with `task_id` per run (repeatable).",
+)
+@click.option(
+    "--key-dir",
+    type=_DIR,
+    default=None,
+    help="Key ring to verify results with (default: the configuration's).",
+)
+@click.option(
+    "--settled",
+    is_flag=True,
+    help="Expect the root at rest: nothing in inbox/ or processing/, no result "
+    "waiting to be published.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def audit(app: App, root: Path | None, state_dirs: tuple[Path, ...],
-          agent_logs: tuple[Path, ...], key_dir: Path | None, settled: bool,
-          as_json: bool) -> int:
+def audit(
+    app: App,
+    root: Path | None,
+    state_dirs: tuple[Path, ...],
+    agent_logs: tuple[Path, ...],
+    key_dir: Path | None,
+    settled: bool,
+    as_json: bool,
+) -> int:
     """Check the invariants: every task in one place, none run twice, none run that was
     refused, every verified task with a result, nothing lost. Exit 1 with one line per
     violation."""
@@ -64,16 +90,19 @@ def audit(app: App, root: Path | None, state_dirs: tuple[Path, ...],
             ring = None
     else:
         ring = None
-    report = run_audit(root, state_dirs=states, agent_logs=list(agent_logs), ring=ring,
-                       settled=settled)
+    report = run_audit(
+        root, state_dirs=states, agent_logs=list(agent_logs), ring=ring, settled=settled
+    )
     if as_json:
         print_json(report.to_json())
     else:
         for violation in report.violations:
             click.echo(violation.line())
-        click.echo(("audit: ok: " if report.ok else
-                    f"audit: {len(report.violations)} violations: ") + report.summary(),
-                   err=not report.ok)
+        click.echo(
+            ("audit: ok: " if report.ok else f"audit: {len(report.violations)} violations: ")
+            + report.summary(),
+            err=not report.ok,
+        )
     return 0 if report.ok else 1
 
 

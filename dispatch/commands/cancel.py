@@ -13,8 +13,12 @@ from dispatch.send import waiting
 @click.command()
 @click.argument("task_id")
 @click.option("--wait", "wait_", is_flag=True, help="Block until the task's result arrives.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
-              help="With --wait: give up after this many seconds (exit 4).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --wait: give up after this many seconds (exit 4).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: bool) -> int:
@@ -22,9 +26,13 @@ def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: 
     node = app.node()
     requested = cancel_mod.request(node, task_id)
     # One shape for every answer (the MCP server's dispatch_cancel returns it too).
-    shape = {"id": task_id, "requested": not requested.finished, "lane": requested.lane,
-             "path": None if requested.path is None else str(requested.path),
-             "finished": requested.finished or None}
+    shape = {
+        "id": task_id,
+        "requested": not requested.finished,
+        "lane": requested.lane,
+        "path": None if requested.path is None else str(requested.path),
+        "finished": requested.finished or None,
+    }
     if requested.finished:
         message = f"task {task_id} already finished ({requested.finished}); left alone"
         if as_json:
@@ -46,8 +54,9 @@ def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: 
     if as_json:
         print_json({**shape, "result": result.to_json()})
     else:
-        click.echo(f"{task_id}: {result.status.value}"
-                   + (f" ({result.reason})" if result.reason else ""))
+        click.echo(
+            f"{task_id}: {result.status.value}" + (f" ({result.reason})" if result.reason else "")
+        )
     return 0 if result.status.value == "cancelled" else result_exit(result)
 
 

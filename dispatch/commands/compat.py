@@ -17,8 +17,12 @@ from dispatch.send import task as sender
 
 @click.command()
 @click.option("--to", "to", required=True, help="recipient node id")
-@click.option("--from", "from_", default=lambda: os.environ.get("DISPATCH_FROM"),
-              help="sender node id (or set DISPATCH_FROM)")
+@click.option(
+    "--from",
+    "from_",
+    default=lambda: os.environ.get("DISPATCH_FROM"),
+    help="sender node id (or set DISPATCH_FROM)",
+)
 @click.option("--request", required=True)
 @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal")
 @click.option("--callback", type=click.Choice(["file", "discord", "none"]), default="file")
@@ -27,8 +31,14 @@ def send_cmd(to: str, from_: str | None, request: str, priority: str, callback: 
     node = Node(config.load())
     if not from_ and not node.cfg.node:
         raise click.UsageError("--from required (or set DISPATCH_FROM)")
-    envelope = sender.build(node, to=to, request=request, from_=from_ or node.cfg.node,
-                            priority=Priority(priority), callback=Callback(callback))
+    envelope = sender.build(
+        node,
+        to=to,
+        request=request,
+        from_=from_ or node.cfg.node,
+        priority=Priority(priority),
+        callback=Callback(callback),
+    )
     sent = sender.deliver(node, envelope)
     click.echo(f"{envelope.id}\t{sent.path}")
     return 0
@@ -36,8 +46,11 @@ def send_cmd(to: str, from_: str | None, request: str, priority: str, callback: 
 
 @click.command()
 @click.argument("task_id")
-@click.option("--side", default=lambda: os.environ.get("DISPATCH_SIDE"),
-              help="this node's id (or set DISPATCH_SIDE)")
+@click.option(
+    "--side",
+    default=lambda: os.environ.get("DISPATCH_SIDE"),
+    help="this node's id (or set DISPATCH_SIDE)",
+)
 def ack_cmd(task_id: str, side: str | None) -> int:
     """Approve a pending-ack task on this (the receiving) host."""
     env = dict(os.environ)

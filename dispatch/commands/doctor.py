@@ -17,8 +17,9 @@ def doctor(app: App, as_json: bool) -> int:
     """Check config, key, share, filesystem, peers, units and killswitch."""
     checks = run_checks()
     if as_json:
-        print_json([{"check": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint}
-                    for c in checks])
+        print_json(
+            [{"check": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint} for c in checks]
+        )
     else:
         for c in checks:
             mark = click.style("pass", fg="green") if c.ok else click.style("FAIL", fg="red")

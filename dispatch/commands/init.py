@@ -13,48 +13,91 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
 
 
 @click.command()
-@click.option("--root", type=click.Path(path_type=Path), required=True,
-              help="The shared root (mounted on every node).")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The shared root (mounted on every node).",
+)
 @click.option("--node", required=True, help="This node's id.")
 @click.option("--peers", required=True, help="Comma-separated peer ids.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              default=lambda: os.environ.get("DISPATCH_CONFIG", str(DEFAULT_CONFIG)),
-              show_default="DISPATCH_CONFIG or /etc/dispatch/dispatch.conf")
-@click.option("--key-dir", type=click.Path(path_type=Path),
-              default=lambda: os.environ.get("DISPATCH_KEY_DIR", "/etc/dispatch/keys"))
-@click.option("--state-dir", type=click.Path(path_type=Path),
-              default=lambda: os.environ.get("DISPATCH_STATE_DIR", "/var/lib/dispatch"))
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Use this key (copied from a peer) instead of a new one.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Extra config line, e.g. --set DISPATCH_MAX_PARALLEL=4.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("DISPATCH_CONFIG", str(DEFAULT_CONFIG)),
+    show_default="DISPATCH_CONFIG or /etc/dispatch/dispatch.conf",
+)
+@click.option(
+    "--key-dir",
+    type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("DISPATCH_KEY_DIR", "/etc/dispatch/keys"),
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("DISPATCH_STATE_DIR", "/var/lib/dispatch"),
+)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Use this key (copied from a peer) instead of a new one.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra config line, e.g. --set DISPATCH_MAX_PARALLEL=4.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @pass_app
-def init(app: App, root: Path, node: str, peers: str, config_path: Path, key_dir: Path,
-         state_dir: Path, key_file: Path | None, settings: tuple[str, ...], force: bool) -> int:
+def init(
+    app: App,
+    root: Path,
+    node: str,
+    peers: str,
+    config_path: Path,
+    key_dir: Path,
+    state_dir: Path,
+    key_file: Path | None,
+    settings: tuple[str, ...],
+    force: bool,
+) -> int:
     """Create the shared layout, a key, local state and the config file."""
     extra = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("DISPATCH_"):
-            raise click.BadParameter(f"expected DISPATCH_KEY=VALUE, got {item!r}",
-                                     param_hint="--set")
+            raise click.BadParameter(
+                f"expected DISPATCH_KEY=VALUE, got {item!r}", param_hint="--set"
+            )
         extra[key] = value
-    report = init_node(root=root.absolute(), node=node,
-                       peers=[p.strip() for p in peers.split(",") if p.strip()],
-                       config_path=config_path, key_dir=key_dir.absolute(),
-                       state_dir=state_dir.absolute(), key_file=key_file, force=force,
-                       extra=extra)
+    report = init_node(
+        root=root.absolute(),
+        node=node,
+        peers=[p.strip() for p in peers.split(",") if p.strip()],
+        config_path=config_path,
+        key_dir=key_dir.absolute(),
+        state_dir=state_dir.absolute(),
+        key_file=key_file,
+        force=force,
+        extra=extra,
+    )
     verb = "wrote" if report.config_written else "kept"
     click.echo(f"{verb} {report.config_path}")
-    click.echo(f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): "
-               f"{report.key.path}")
+    click.echo(
+        f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): {report.key.path}"
+    )
     click.echo(f"lanes: {', '.join(report.lanes)}")
     if report.config_written and reload_systemd(report.config_path):
         click.echo("systemctl daemon-reload: units now watch these lanes")
     if report.key_created and key_file is None:
-        click.echo(f"copy {report.key.path} to each peer and run `dispatch init ... "
-                   f"--key-file {report.key.path.name}` there")
+        click.echo(
+            f"copy {report.key.path} to each peer and run `dispatch init ... "
+            f"--key-file {report.key.path.name}` there"
+        )
     return 0
 
 

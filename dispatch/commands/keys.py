@@ -51,9 +51,16 @@ def list_(app: App, as_json: bool) -> int:
     cfg = app.config(need_root=False)
     ring = Keyring.load(cfg, required=False)
     signing = ring.signing_key().kid if ring.keys else ""
-    rows = [{"kid": k.kid, "path": str(k.path), "signing": k.kid == signing,
-             "created": datetime.fromtimestamp(k.mtime, UTC).isoformat(timespec="seconds"),
-             "fallback": ring.fallback} for k in ring]
+    rows = [
+        {
+            "kid": k.kid,
+            "path": str(k.path),
+            "signing": k.kid == signing,
+            "created": datetime.fromtimestamp(k.mtime, UTC).isoformat(timespec="seconds"),
+            "fallback": ring.fallback,
+        }
+        for k in ring
+    ]
     if as_json:
         print_json(rows)
     else:

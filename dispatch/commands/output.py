@@ -28,8 +28,7 @@ def show_result(result: Result, as_json: bool) -> int:
             click.echo(result.final_text)
         if result.status is not Status.OK:
             reason = f": {result.reason}" if result.reason else ""
-            click.echo(f"dispatch: task {result.id} ended {result.status.value}{reason}",
-                       err=True)
+            click.echo(f"dispatch: task {result.id} ended {result.status.value}{reason}", err=True)
     return result_exit(result)
 
 

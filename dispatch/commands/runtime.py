@@ -29,8 +29,9 @@ def promote(app: App, as_json: bool) -> int:
 
 @click.command("exec")
 @click.argument("task_id")
-@click.option("--unit", default="", envvar="DISPATCH_UNIT",
-              help="Unit name to record in the result.")
+@click.option(
+    "--unit", default="", envvar="DISPATCH_UNIT", help="Unit name to record in the result."
+)
 @pass_app
 def exec_(app: App, task_id: str, unit: str) -> int:
     """Run one queued task and write its signed result."""

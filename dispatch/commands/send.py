@@ -15,31 +15,71 @@ from dispatch.send import waiting
 @click.option("--to", "to", required=True, help="Receiving node.")
 @click.option("--request", required=True, help="What the agent on the peer should do.")
 @click.option("--from", "from_", default=None, help="Sending node (default: this node).")
-@click.option("--priority", type=click.Choice([p.value for p in Priority]), default="normal",
-              show_default=True)
+@click.option(
+    "--priority",
+    type=click.Choice([p.value for p in Priority]),
+    default="normal",
+    show_default=True,
+)
 @click.option("--require-ack", is_flag=True, help="Hold until `dispatch ack` on the receiver.")
-@click.option("--dangerous", is_flag=True,
-              help="Ask for bypassPermissions (the receiver's DISPATCH_DANGEROUS decides).")
-@click.option("--timeout", "timeout_s", type=click.IntRange(min=1), default=None,
-              help="Seconds the agent may run (default DISPATCH_DEFAULT_TIMEOUT_S).")
-@click.option("--max-output-bytes", type=click.IntRange(min=1), default=None,
-              help="Cap on the agent's logged output.")
-@click.option("--callback", type=click.Choice([c.value for c in Callback]), default="file",
-              show_default=True)
+@click.option(
+    "--dangerous",
+    is_flag=True,
+    help="Ask for bypassPermissions (the receiver's DISPATCH_DANGEROUS decides).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds the agent may run (default DISPATCH_DEFAULT_TIMEOUT_S).",
+)
+@click.option(
+    "--max-output-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap on the agent's logged output.",
+)
+@click.option(
+    "--callback", type=click.Choice([c.value for c in Callback]), default="file", show_default=True
+)
 @click.option("--wait", "wait_", is_flag=True, help="Block until the verified result arrives.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0), default=None,
-              help="With --wait: give up after this many seconds (exit 4).")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --wait: give up after this many seconds (exit 4).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {id, path} (and result) as JSON.")
 @pass_app
-def send(app: App, to: str, request: str, from_: str | None, priority: str, require_ack: bool,
-         dangerous: bool, timeout_s: int | None, max_output_bytes: int | None, callback: str,
-         wait_: bool, wait_timeout: float | None, as_json: bool) -> int:
+def send(
+    app: App,
+    to: str,
+    request: str,
+    from_: str | None,
+    priority: str,
+    require_ack: bool,
+    dangerous: bool,
+    timeout_s: int | None,
+    max_output_bytes: int | None,
+    callback: str,
+    wait_: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+) -> int:
     """Send a signed task to a peer."""
     node = app.node()
     envelope = sender.build(
-        node, to=to, request=request, from_=from_, priority=Priority(priority),
-        require_ack=require_ack, dangerous=dangerous, timeout_s=timeout_s,
-        max_output_bytes=max_output_bytes, callback=Callback(callback),
+        node,
+        to=to,
+        request=request,
+        from_=from_,
+        priority=Priority(priority),
+        require_ack=require_ack,
+        dangerous=dangerous,
+        timeout_s=timeout_s,
+        max_output_bytes=max_output_bytes,
+        callback=Callback(callback),
     )
     sent = sender.deliver(node, envelope)
     if not wait_:

@@ -48,8 +48,10 @@ def _print_status(data: dict[str, Any]) -> None:
     click.echo(f"running: {len(runs) or 'none'}")
     for run in runs:
         elapsed = "-" if run["elapsed_s"] is None else f"{run['elapsed_s']:.0f}s"
-        click.echo(f"  {run['id']}  {run['unit'] or '(process)'}  {run['lane']}  "
-                   f"elapsed {elapsed}  memory {_size(run['memory_bytes'])}")
+        click.echo(
+            f"  {run['id']}  {run['unit'] or '(process)'}  {run['lane']}  "
+            f"elapsed {elapsed}  memory {_size(run['memory_bytes'])}"
+        )
     for peer in data["peers"]:
         age = peer["heartbeat_age_s"]
         text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
@@ -79,8 +81,12 @@ def result(app: App, task_id: str, as_json: bool) -> int:
 
 @click.command()
 @click.argument("task_id")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
-              help="Give up after this many seconds (exit 4).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Give up after this many seconds (exit 4).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
 @pass_app
 def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:

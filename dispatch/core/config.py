@@ -214,8 +214,14 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
 # Read by other parts (node identity, peers, sender defaults), listed so the file check
 # does not call them unknown.
 OTHER_KNOBS = {
-    "DISPATCH_CONFIG", "DISPATCH_NODE", "DISPATCH_SIDE", "DISPATCH_FROM", "DISPATCH_PEERS",
-    "DISPATCH_EXEC_BIN", "DISPATCH_STATE_FILE", "DISPATCH_DEBUG",
+    "DISPATCH_CONFIG",
+    "DISPATCH_NODE",
+    "DISPATCH_SIDE",
+    "DISPATCH_FROM",
+    "DISPATCH_PEERS",
+    "DISPATCH_EXEC_BIN",
+    "DISPATCH_STATE_FILE",
+    "DISPATCH_DEBUG",
 }
 
 
@@ -282,8 +288,10 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
         values["launcher"] = Launcher.SYSTEMD if systemd_is_pid1() else Launcher.PROCESS
 
     if need_root and "root" not in values and "DISPATCH_ROOT" not in raw:
-        problems.append(f"DISPATCH_ROOT: required, the shared root (set it in {path} "
-                        "or the environment; `dispatch init` writes it)")
+        problems.append(
+            f"DISPATCH_ROOT: required, the shared root (set it in {path} "
+            "or the environment; `dispatch init` writes it)"
+        )
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     values.setdefault("root", Path("/nonexistent-dispatch-root"))

@@ -55,8 +55,7 @@ def emit(
     # Messages quote names from the share, which need not be UTF-8 (lone surrogates from
     # os.listdir): journald and the audit log take UTF-8 only.
     message = _utf8(message)
-    extra = {key: _utf8(value) if isinstance(value, str) else value
-             for key, value in extra.items()}
+    extra = {key: _utf8(value) if isinstance(value, str) else value for key, value in extra.items()}
     fields = {"DISPATCH_EVENT": event, "DISPATCH_NODE": node, "PRIORITY": str(level)}
     if task_id:
         fields["DISPATCH_TASK_ID"] = task_id
@@ -71,15 +70,31 @@ def emit(
         ident = f" {task_id[:8]}" if task_id else ""
         print(f"dispatch[{node}] {event}{ident}: {message}", file=sys.stderr, flush=True)
     if audit_log is not None:
-        record = {"ts": rfc3339(now_utc()), "node": node, "event": event, "summary": message[:200],
-                  "task_id": task_id, "from": from_, "to": to, **extra}
+        record = {
+            "ts": rfc3339(now_utc()),
+            "node": node,
+            "event": event,
+            "summary": message[:200],
+            "task_id": task_id,
+            "from": from_,
+            "to": to,
+            **extra,
+        }
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         try:
             # One write(2) with O_APPEND: whole lines from this host's processes.
             # O_NOFOLLOW, O_NONBLOCK: the file is on the share; a planted symlink must not
             # redirect the append, nor a FIFO block it.
-            fd = os.open(audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            fd = os.open(
+                audit_log,
+                os.O_WRONLY
+                | os.O_APPEND
+                | os.O_CREAT
+                | os.O_CLOEXEC
+                | os.O_NOFOLLOW
+                | os.O_NONBLOCK,
+                0o644,
+            )
             try:
                 if stat.S_ISREG(os.fstat(fd).st_mode):
                     os.write(fd, line)

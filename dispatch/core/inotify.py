@@ -19,8 +19,14 @@ class DirWatcher:
             import pyinotify
         except ImportError:
             return
-        mask = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_CLOSE_WRITE
-                | pyinotify.IN_DELETE | pyinotify.IN_MOVED_FROM | pyinotify.IN_ATTRIB)
+        mask = (
+            pyinotify.IN_CREATE
+            | pyinotify.IN_MOVED_TO
+            | pyinotify.IN_CLOSE_WRITE
+            | pyinotify.IN_DELETE
+            | pyinotify.IN_MOVED_FROM
+            | pyinotify.IN_ATTRIB
+        )
         self._wm = pyinotify.WatchManager()
         for directory in dirs:
             if directory.is_dir():

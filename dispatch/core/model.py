@@ -260,13 +260,37 @@ class Envelope:
 
 
 ENVELOPE_FIELDS = {
-    "schema", "id", "from", "to", "created", "priority", "request", "require_ack",
-    "require_dangerous", "timeout_s", "max_output_bytes", "callback", "parent", "hops",
-    "kid", "hmac",
+    "schema",
+    "id",
+    "from",
+    "to",
+    "created",
+    "priority",
+    "request",
+    "require_ack",
+    "require_dangerous",
+    "timeout_s",
+    "max_output_bytes",
+    "callback",
+    "parent",
+    "hops",
+    "kid",
+    "hmac",
 }
 V2_FIELDS = {
-    "schema", "id", "from", "to", "created", "priority", "request", "require_ack",
-    "require_dangerous", "timeout_s", "max_output_bytes", "callback", "hmac",
+    "schema",
+    "id",
+    "from",
+    "to",
+    "created",
+    "priority",
+    "request",
+    "require_ack",
+    "require_dangerous",
+    "timeout_s",
+    "max_output_bytes",
+    "callback",
+    "hmac",
 }
 V2_REQUIRED = {"schema", "id", "from", "to", "created", "priority", "request", "hmac"}
 MAX_INT = 2**53  # beyond this, JSON numbers stop round-tripping through other languages
@@ -332,8 +356,12 @@ def parse_v2(obj: dict[str, Any]) -> V2Envelope:
     """Check a schema-2 envelope's shape. Its unsigned fields are type-checked, then ignored:
     the receiving node's policy decides them."""
     _exact_fields(obj, V2_FIELDS, V2_REQUIRED, "schema-2 envelope")
-    for name, kind in (("require_ack", bool), ("require_dangerous", bool),
-                       ("timeout_s", int), ("max_output_bytes", int)):
+    for name, kind in (
+        ("require_ack", bool),
+        ("require_dangerous", bool),
+        ("timeout_s", int),
+        ("max_output_bytes", int),
+    ):
         if name in obj:
             _require(obj, name, kind)
     mac: str = _require(obj, "hmac", str)
@@ -398,9 +426,25 @@ class Result:
 
 
 RESULT_FIELDS = {
-    "schema", "id", "answered_by", "answered_at", "request", "status", "exit_code",
-    "elapsed_s", "log_path", "final_text", "output_tail", "output_bytes", "perm_mode",
-    "started_at", "truncated", "unit", "reason", "kid", "hmac",
+    "schema",
+    "id",
+    "answered_by",
+    "answered_at",
+    "request",
+    "status",
+    "exit_code",
+    "elapsed_s",
+    "log_path",
+    "final_text",
+    "output_tail",
+    "output_bytes",
+    "perm_mode",
+    "started_at",
+    "truncated",
+    "unit",
+    "reason",
+    "kid",
+    "hmac",
 }
 
 

@@ -7,8 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # inotify sees no write another host makes on these (systemd.path(5), inotify(7)).
-REMOTE_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-                "afs", "gpfs", "beegfs")
+REMOTE_TYPES = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "afs",
+    "gpfs",
+    "beegfs",
+)
 
 
 @dataclass(frozen=True)
@@ -22,8 +34,9 @@ class Mount:
     def remote(self) -> bool:
         # Any FUSE file system (sshfs is fuse.sshfs) may be fed by another host, except
         # fuseblk, a local block device (ntfs-3g).
-        return self.fstype in REMOTE_TYPES or (self.fstype.startswith("fuse")
-                                               and self.fstype != "fuseblk")
+        return self.fstype in REMOTE_TYPES or (
+            self.fstype.startswith("fuse") and self.fstype != "fuseblk"
+        )
 
     def option(self, name: str) -> str | None:
         for opt in self.options:

@@ -39,9 +39,12 @@ class Node:
     def keys(self) -> Keyring:
         ring = Keyring.load(self.cfg)
         if ring.fallback:
-            self.emit("key_fallback", f"no key in {self.cfg.key_dir}; using the share's "
-                      "keys/hmac.key, which anyone who reads the share can read",
-                      level=events.WARNING)
+            self.emit(
+                "key_fallback",
+                f"no key in {self.cfg.key_dir}; using the share's "
+                "keys/hmac.key, which anyone who reads the share can read",
+                level=events.WARNING,
+            )
         return ring
 
     @property

@@ -17,11 +17,22 @@ def dispatch_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "dispatch", *args]
 
 
-def run(argv: Sequence[str], *, timeout: float = 30, check: bool = False,
-        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 30,
+    check: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=None if env is None else dict(env), check=False)
+        proc = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
+            check=False,
+        )
     except FileNotFoundError:
         raise DispatchError(f"{argv[0]}: command not found") from None
     except subprocess.TimeoutExpired:
@@ -33,22 +44,39 @@ def run(argv: Sequence[str], *, timeout: float = 30, check: bool = False,
     return proc
 
 
-def systemctl(*args: str, timeout: float = 30,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+def systemctl(
+    *args: str, timeout: float = 30, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run(["systemctl", *args], timeout=timeout, check=check)
 
 
-def spawn_detached(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                   stdout: int | IO[Any] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO[Any] = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
     """A child in its own session, so one signal to its process group reaches all of it.
     Its stderr (events) stays ours; its stdout (the agent's echo) goes where we say."""
-    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=None, start_new_session=True,
-                            env=None if env is None else dict(env), close_fds=True)
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=None,
+        start_new_session=True,
+        env=None if env is None else dict(env),
+        close_fds=True,
+    )
 
 
-def spawn_agent(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
-                user: str | None, with_stdin: bool) -> subprocess.Popen[bytes]:
+def spawn_agent(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    user: str | None,
+    with_stdin: bool,
+) -> subprocess.Popen[bytes]:
     kwargs: dict[str, Any] = {}
     if user and os.geteuid() == 0:
         kwargs.update(user=user, group=_primary_group(user), extra_groups=[])

@@ -142,8 +142,9 @@ def verify_object(ring: Keyring, obj: dict[str, Any], what: str) -> None:
     try:
         key = ring.get(str(obj.get("kid")))
     except NotFound:
-        raise Rejection("unknown_key", f"{what} is signed with unknown key id "
-                        f"{str(obj.get('kid'))[:64]!r}") from None
+        raise Rejection(
+            "unknown_key", f"{what} is signed with unknown key id {str(obj.get('kid'))[:64]!r}"
+        ) from None
     body = {k: v for k, v in obj.items() if k != "hmac"}
     expected = _mac(key.secret, canonical(body))
     if not hmac.compare_digest(expected, str(obj.get("hmac", ""))):

@@ -1,7 +1,7 @@
 """The one place that knows the shared root's layout.
 
-    <root>/KILLSWITCH, heartbeats/<node>.json, logs/<node>.jsonl,
-    <from>-to-<to>/{tmp,inbox,pending-ack,processing,done,rejected}/
+<root>/KILLSWITCH, heartbeats/<node>.json, logs/<node>.jsonl,
+<from>-to-<to>/{tmp,inbox,pending-ack,processing,done,rejected}/
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -80,13 +80,19 @@ class NodeState:
         except (OSError, ValueError):
             # A torn entry still proves the id was seen: treat it as a replay.
             return LedgerEntry(task_id, "", Phase.ACCEPTED, "", 0.0)
-        return LedgerEntry(task_id, data.get("sha256", ""), Phase(data.get("phase", "accepted")),
-                           data.get("lane", ""), float(data.get("at", 0)))
+        return LedgerEntry(
+            task_id,
+            data.get("sha256", ""),
+            Phase(data.get("phase", "accepted")),
+            data.get("lane", ""),
+            float(data.get("at", 0)),
+        )
 
     def mark(self, task_id: str, phase: Phase) -> None:
         old = self.entry(task_id)
-        entry = LedgerEntry(task_id, old.sha256 if old else "", phase,
-                            old.lane if old else "", time.time())
+        entry = LedgerEntry(
+            task_id, old.sha256 if old else "", phase, old.lane if old else "", time.time()
+        )
         atomic_write(self._seen(task_id), _entry_bytes(entry), mode=0o600)
 
     def prune(self, older_than_s: float, limit: int = 5000) -> int:
@@ -124,8 +130,9 @@ class NodeState:
         """Claim the single execution of a task. False when it was started before: whatever
         happened since, it must not run again (invariant 1)."""
         try:
-            fd = os.open(self._started(task_id),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                self._started(task_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
         except FileExistsError:
             return False
         try:
@@ -183,16 +190,20 @@ class NodeState:
     def _outbox(self) -> Path:
         return self.path / "outbox"
 
-    def defer_result(self, task_id: str, lane: str, result: dict[str, Any],
-                     log_rest: bytes) -> None:
+    def defer_result(
+        self, task_id: str, lane: str, result: dict[str, Any], log_rest: bytes
+    ) -> None:
         """Keep a signed result (and the end of its log) that could not be written to the
         share, so the task still ends with its one real result once the share is back."""
         outbox = self._outbox()
         outbox.mkdir(mode=0o700, exist_ok=True)
         if log_rest:
             atomic_write(outbox / f"{task_id}.log", log_rest, mode=0o600)
-        atomic_write(outbox / f"{task_id}.json",
-                     json.dumps({"lane": lane, "result": result}).encode(), mode=0o600)
+        atomic_write(
+            outbox / f"{task_id}.json",
+            json.dumps({"lane": lane, "result": result}).encode(),
+            mode=0o600,
+        )
 
     def deferred_results(self) -> list[tuple[str, str, dict[str, Any], bytes]]:
         """(task id, lane, signed result, log rest) of every deferred result."""
@@ -269,5 +280,12 @@ def parse_index(name: str) -> tuple[str, str] | None:
 
 
 def _entry_bytes(entry: LedgerEntry) -> bytes:
-    return json.dumps({"id": entry.task_id, "sha256": entry.sha256, "phase": entry.phase.value,
-                       "lane": entry.lane, "at": entry.at}).encode()
+    return json.dumps(
+        {
+            "id": entry.task_id,
+            "sha256": entry.sha256,
+            "phase": entry.phase.value,
+            "lane": entry.lane,
+            "at": entry.at,
+        }
+    ).encode()

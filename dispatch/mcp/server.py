@@ -54,6 +54,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Structured output: the SDK publishes these as each tool's outputSchema and checks every
 # return value against it. Plain TypedDicts, so importing this module needs no SDK.
 
+
 class ResultOut(TypedDict):
     """A signed result, schema 3, exactly as `dispatch result ID --json` prints it."""
 
@@ -88,24 +89,29 @@ class TaskOut(TypedDict):
     result: ResultOut | None
 
 
-SendOut = TypedDict("SendOut", {
-    "id": str,
-    "from": str,
-    "to": str,
-    "parent": str | None,
-    "hops": int,
-    "kid": str,
-    "path": str,
-    "waited": bool,
-    "done": bool,
-    "stage": str,
-    "signature_verified": bool,
-    "result": ResultOut | None,
-})
+SendOut = TypedDict(
+    "SendOut",
+    {
+        "id": str,
+        "from": str,
+        "to": str,
+        "parent": str | None,
+        "hops": int,
+        "kid": str,
+        "path": str,
+        "waited": bool,
+        "done": bool,
+        "stage": str,
+        "signature_verified": bool,
+        "result": ResultOut | None,
+    },
+)
 
 
-SendOut.__doc__ = ("The task as sent (id, lanes, its place in a chain: parent and hops), and "
-                   "with wait=true its verified result.")
+SendOut.__doc__ = (
+    "The task as sent (id, lanes, its place in a chain: parent and hops), and "
+    "with wait=true its verified result."
+)
 
 
 class KillswitchOut(TypedDict):
@@ -176,9 +182,13 @@ def result_out(result: Result) -> ResultOut:
 
 
 def task_out(task_id: str, stage: str, result: Result | None) -> TaskOut:
-    return {"id": task_id, "done": result is not None, "stage": "done" if result else stage,
-            "signature_verified": result is not None,
-            "result": result_out(result) if result is not None else None}
+    return {
+        "id": task_id,
+        "done": result is not None,
+        "stage": "done" if result else stage,
+        "signature_verified": result is not None,
+        "result": result_out(result) if result is not None else None,
+    }
 
 
 def stage_now(node: Node, task_id: str) -> str:
@@ -186,13 +196,18 @@ def stage_now(node: Node, task_id: str) -> str:
     return "unknown" if lane is None else waiting.stage_of(lane, task_id)
 
 
-def wait_task(node: Node, task_id: str, timeout: float,
-              tick: Callable[[str, float], None] | None = None) -> TaskOut:
+def wait_task(
+    node: Node, task_id: str, timeout: float, tick: Callable[[str, float], None] | None = None
+) -> TaskOut:
     """Block up to `timeout` seconds; a task still on its way is an answer, not an error."""
     try:
-        result = waiting.wait(node, task_id, timeout=timeout, tick=tick,
-                              note=lambda message: print(f"dispatch mcp: {message}",
-                                                         file=sys.stderr, flush=True))
+        result = waiting.wait(
+            node,
+            task_id,
+            timeout=timeout,
+            tick=tick,
+            note=lambda message: print(f"dispatch mcp: {message}", file=sys.stderr, flush=True),
+        )
     except WaitTimeout:
         return task_out(task_id, stage_now(node, task_id), None)
     return task_out(task_id, "done", result)
@@ -208,8 +223,9 @@ def get_task(node: Node, task_id: str) -> TaskOut:
         raise NotFound(f"no task {task_id} in this node's lanes")
     stage = waiting.stage_of(lane, task_id)
     if stage == "rejected":
-        raise Rejection("rejected", f"task {task_id} was rejected: "
-                        f"{waiting.rejection_reason(lane, task_id)}")
+        raise Rejection(
+            "rejected", f"task {task_id} was rejected: {waiting.rejection_reason(lane, task_id)}"
+        )
     return task_out(task_id, stage, None)
 
 
@@ -259,8 +275,9 @@ def build_server(node: Node) -> "MCPServer[Any]":
             where = f" {exc.filename}" if exc.filename else ""
             raise ToolError(f"error:{where}: {exc.strerror or exc}") from None
 
-    def progress(ctx: Context[Any, Any], task_id: str,
-                 total: float) -> Callable[[str, float], None]:
+    def progress(
+        ctx: Context[Any, Any], task_id: str, total: float
+    ) -> Callable[[str, float], None]:
         """Tell the client (if it asked for progress) where the task is while we wait: also
         what keeps a client's idle timeout from ending a long wait."""
         last_stage, last_at = "", -1.0
@@ -270,8 +287,10 @@ def build_server(node: Node) -> "MCPServer[Any]":
             if stage == last_stage and elapsed - last_at < 1.0:
                 return  # at most one report a second while nothing changes
             last_stage, last_at = stage, elapsed
-            anyio.from_thread.run(ctx.report_progress, round(elapsed, 1), total,
-                                  f"{task_id} {stage}")
+            anyio.from_thread.run(
+                ctx.report_progress, round(elapsed, 1), total, f"{task_id} {stage}"
+            )
+
         return tick
 
     server: MCPServer[Any] = MCPServer(
@@ -293,56 +312,115 @@ def build_server(node: Node) -> "MCPServer[Any]":
     def tool(annotations: ToolAnnotations) -> Callable[[F], F]:
         """Register a tool with structured output (a return type the SDK cannot describe
         fails here, at start), its docstring dedented as its description."""
+
         def register(fn: F) -> F:
-            server.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""),
-                            annotations=annotations, structured_output=True)
+            server.add_tool(
+                fn,
+                description=inspect.cleandoc(fn.__doc__ or ""),
+                annotations=annotations,
+                structured_output=True,
+            )
             return fn
+
         return register
 
     def reading(title: str) -> ToolAnnotations:
         return ToolAnnotations(title=title, read_only_hint=True, open_world_hint=True)
 
-    sending = ToolAnnotations(title="Send a task to a peer", read_only_hint=False,
-                              destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+    sending = ToolAnnotations(
+        title="Send a task to a peer",
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=False,
+        open_world_hint=True,
+    )
 
     @tool(sending)
     async def dispatch_send(
-        to: Annotated[str, Field(description="The peer host that runs the task.",
-                                 json_schema_extra=peer_schema()), AfterValidator(check_peer)],
-        request: Annotated[str, Field(min_length=1, description=(
-            "What the agent on the peer should do, in plain language."))],
+        to: Annotated[
+            str,
+            Field(description="The peer host that runs the task.", json_schema_extra=peer_schema()),
+            AfterValidator(check_peer),
+        ],
+        request: Annotated[
+            str,
+            Field(
+                min_length=1,
+                description=("What the agent on the peer should do, in plain language."),
+            ),
+        ],
         ctx: Context[Any, Any],
-        priority: Annotated[Literal["low", "normal", "high"], Field(
-            description="Queue order on the peer.")] = "normal",
-        require_ack: Annotated[bool, Field(description=(
-            "Hold the task on the peer until someone there runs `dispatch ack ID`."))] = False,
-        timeout_s: Annotated[int | None, Field(ge=1, description=(
-            "Seconds the agent on the peer may run (default: this node's "
-            f"DISPATCH_DEFAULT_TIMEOUT_S, {node.cfg.default_timeout_s}); the peer refuses "
-            "more than its DISPATCH_TIMEOUT_MAX_S."))] = None,
-        wait: Annotated[bool, Field(description=(
-            "Block until the verified result arrives (at most timeout_s + "
-            f"{WAIT_GRACE_S} s; then done=false and the current stage)."))] = False,
+        priority: Annotated[
+            Literal["low", "normal", "high"], Field(description="Queue order on the peer.")
+        ] = "normal",
+        require_ack: Annotated[
+            bool,
+            Field(
+                description=(
+                    "Hold the task on the peer until someone there runs `dispatch ack ID`."
+                )
+            ),
+        ] = False,
+        timeout_s: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                description=(
+                    "Seconds the agent on the peer may run (default: this node's "
+                    f"DISPATCH_DEFAULT_TIMEOUT_S, {node.cfg.default_timeout_s}); the peer refuses "
+                    "more than its DISPATCH_TIMEOUT_MAX_S."
+                ),
+            ),
+        ] = None,
+        wait: Annotated[
+            bool,
+            Field(
+                description=(
+                    "Block until the verified result arrives (at most timeout_s + "
+                    f"{WAIT_GRACE_S} s; then done=false and the current stage)."
+                )
+            ),
+        ] = False,
     ) -> SendOut:
         """Send a signed task to a peer host's agent. Returns the task id and where it
         went; with wait=true also the peer's signature-verified result (status, final_text,
         exit_code, ...). A task sent while this agent itself runs inside a dispatch execution
         is that task's child (parent, hops+1); peers refuse chains deeper than their
         DISPATCH_MAX_HOPS."""
+
         def send() -> SendOut:
-            envelope = sender.build(node, to=to, request=request, priority=Priority(priority),
-                                    require_ack=require_ack, timeout_s=timeout_s)
+            envelope = sender.build(
+                node,
+                to=to,
+                request=request,
+                priority=Priority(priority),
+                require_ack=require_ack,
+                timeout_s=timeout_s,
+            )
             sent = sender.deliver(node, envelope)
-            return {"id": envelope.id, "from": envelope.from_, "to": envelope.to,
-                    "parent": envelope.parent, "hops": envelope.hops, "kid": envelope.kid,
-                    "path": str(sent.path), "waited": False, "done": False,
-                    "stage": "inbox", "signature_verified": False, "result": None}
+            return {
+                "id": envelope.id,
+                "from": envelope.from_,
+                "to": envelope.to,
+                "parent": envelope.parent,
+                "hops": envelope.hops,
+                "kid": envelope.kid,
+                "path": str(sent.path),
+                "waited": False,
+                "done": False,
+                "stage": "inbox",
+                "signature_verified": False,
+                "result": None,
+            }
 
         out = await in_thread(send)
         if wait:
             bound = float((timeout_s or node.cfg.default_timeout_s) + WAIT_GRACE_S)
-            task = await in_thread(functools.partial(
-                wait_task, node, out["id"], bound, progress(ctx, out["id"], bound)))
+            task = await in_thread(
+                functools.partial(
+                    wait_task, node, out["id"], bound, progress(ctx, out["id"], bound)
+                )
+            )
             out["waited"] = True
             out["done"] = task["done"]
             out["stage"] = task["stage"]
@@ -352,45 +430,76 @@ def build_server(node: Node) -> "MCPServer[Any]":
 
     @tool(reading("Wait for a task's result"))
     async def dispatch_wait(
-        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
-            "The task id dispatch_send returned.")), AfterValidator(check_id)],
+        id: Annotated[
+            str,
+            Field(pattern=UUID4_PATTERN, description=("The task id dispatch_send returned.")),
+            AfterValidator(check_id),
+        ],
         ctx: Context[Any, Any],
-        timeout: Annotated[float, Field(ge=0, description=(
-            "Seconds to wait at most; then done=false and the task's current stage."))] = 60,
+        timeout: Annotated[
+            float,
+            Field(
+                ge=0,
+                description=(
+                    "Seconds to wait at most; then done=false and the task's current stage."
+                ),
+            ),
+        ] = 60,
     ) -> TaskOut:
         """Wait for a task's result and return it signature-verified. A task still on its
         way after `timeout` seconds is not an error: done=false, and `stage` says where it is
         (inbox, pending-ack, queued, running, ...). A task the peer refused, or a result whose
         signature fails, is a tool error."""
-        return await in_thread(functools.partial(wait_task, node, id, timeout,
-                                                 progress(ctx, id, timeout)))
+        return await in_thread(
+            functools.partial(wait_task, node, id, timeout, progress(ctx, id, timeout))
+        )
 
     @tool(reading("A task's verified result"))
     async def dispatch_result(
-        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
-            "The task id dispatch_send returned.")), AfterValidator(check_id)],
+        id: Annotated[
+            str,
+            Field(pattern=UUID4_PATTERN, description=("The task id dispatch_send returned.")),
+            AfterValidator(check_id),
+        ],
     ) -> TaskOut:
         """A task's signature-verified result if it has one (done=true), else where it is
         (done=false, stage). An id this node never sent or received, a task the peer
         refused, or a result whose signature fails is a tool error."""
         return await in_thread(functools.partial(get_task, node, id))
 
-    @tool(ToolAnnotations(title="Cancel a task sent to a peer", read_only_hint=False,
-                          destructive_hint=True, idempotent_hint=True, open_world_hint=True))
+    @tool(
+        ToolAnnotations(
+            title="Cancel a task sent to a peer",
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=True,
+            open_world_hint=True,
+        )
+    )
     async def dispatch_cancel(
-        id: Annotated[str, Field(pattern=UUID4_PATTERN, description=(
-            "The id of a task this node sent (dispatch_send returned it).")),
-            AfterValidator(check_id)],
+        id: Annotated[
+            str,
+            Field(
+                pattern=UUID4_PATTERN,
+                description=("The id of a task this node sent (dispatch_send returned it)."),
+            ),
+            AfterValidator(check_id),
+        ],
     ) -> CancelOut:
         """Ask the peer to cancel a task this node sent, with a signed request: still
         queued or waiting for an ack, it never runs; running, the peer stops it. Either way
         it ends with a `cancelled` result (dispatch_wait returns it). A task that already
         finished is left alone: requested=false and `finished` holds its status."""
+
         def request() -> CancelOut:
             sent = cancel_mod.request(node, id)
-            return {"id": id, "requested": not sent.finished, "lane": sent.lane,
-                    "path": None if sent.path is None else str(sent.path),
-                    "finished": sent.finished or None}
+            return {
+                "id": id,
+                "requested": not sent.finished,
+                "lane": sent.lane,
+                "path": None if sent.path is None else str(sent.path),
+                "finished": sent.finished or None,
+            }
 
         return await in_thread(request)
 

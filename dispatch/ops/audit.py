@@ -49,8 +49,7 @@ class Violation:
         return f"{self.kind} {self.task_id or '-'} {self.lane or '-'}: {self.detail}"
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "id": self.task_id, "lane": self.lane,
-                "detail": self.detail}
+        return {"kind": self.kind, "id": self.task_id, "lane": self.lane, "detail": self.detail}
 
 
 @dataclass
@@ -75,19 +74,29 @@ class AuditReport:
         self.violations.append(Violation(kind, task_id, lane, detail))
 
     def summary(self) -> str:
-        return (f"{len(self.lanes)} lanes, {self.tasks} task ids, {self.results} results "
-                f"{dict(sorted(self.statuses.items()))}, {self.rejected} rejected files, "
-                f"{self.in_flight} in flight, {self.pending_ack} waiting for an ack, "
-                f"{self.deferred} deferred, {self.executions} executions"
-                + ("" if self.verified else ", result signatures not checked (no key)"))
+        return (
+            f"{len(self.lanes)} lanes, {self.tasks} task ids, {self.results} results "
+            f"{dict(sorted(self.statuses.items()))}, {self.rejected} rejected files, "
+            f"{self.in_flight} in flight, {self.pending_ack} waiting for an ack, "
+            f"{self.deferred} deferred, {self.executions} executions"
+            + ("" if self.verified else ", result signatures not checked (no key)")
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "violations": [v.to_json() for v in self.violations],
-                "lanes": self.lanes, "tasks": self.tasks, "results": self.results,
-                "statuses": self.statuses, "rejected": self.rejected,
-                "in_flight": self.in_flight, "pending_ack": self.pending_ack,
-                "deferred": self.deferred, "executions": self.executions,
-                "signatures_checked": self.verified}
+        return {
+            "ok": self.ok,
+            "violations": [v.to_json() for v in self.violations],
+            "lanes": self.lanes,
+            "tasks": self.tasks,
+            "results": self.results,
+            "statuses": self.statuses,
+            "rejected": self.rejected,
+            "in_flight": self.in_flight,
+            "pending_ack": self.pending_ack,
+            "deferred": self.deferred,
+            "executions": self.executions,
+            "signatures_checked": self.verified,
+        }
 
 
 @dataclass
@@ -143,18 +152,27 @@ def _scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport)
         if ring is None:
             continue
         try:
-            result = verify_result(ring, loads_strict(read_regular(path / "done" / entry),
-                                                      allow_nul=True))
+            result = verify_result(
+                ring, loads_strict(read_regular(path / "done" / entry), allow_nul=True)
+            )
         except FileNotFoundError:
             del lane.results[task_id]
             continue
         except Rejection as exc:
-            report.add("unverified_result", task_id, name,
-                       f"done/{entry} does not verify ({exc.reason}: {exc})")
+            report.add(
+                "unverified_result",
+                task_id,
+                name,
+                f"done/{entry} does not verify ({exc.reason}: {exc})",
+            )
             continue
         if result.id != task_id:
-            report.add("unverified_result", task_id, name,
-                       f"done/{entry} is the result of another task ({result.id})")
+            report.add(
+                "unverified_result",
+                task_id,
+                name,
+                f"done/{entry} is the result of another task ({result.id})",
+            )
             continue
         lane.results[task_id] = result.status.value
     rejected = path / "rejected"
@@ -172,8 +190,9 @@ def _scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport)
         try:
             record = json.loads(read_regular(rejected / entry))
         except (Rejection, OSError, ValueError):
-            report.add("missing_reason", "", name, f"rejected/{entry} is not a readable "
-                       "reason record")
+            report.add(
+                "missing_reason", "", name, f"rejected/{entry} is not a readable reason record"
+            )
             continue
         original = str(record.get("name", "")) if isinstance(record, dict) else ""
         from_dir = str(record.get("from_dir", "")) if isinstance(record, dict) else ""
@@ -233,9 +252,14 @@ def _read_state(state_dirs: list[Path]) -> tuple[dict[str, list[_Ledger]], dict[
 ADMITTED = (Phase.ACCEPTED, Phase.DONE)
 
 
-def audit(root: Path, *, state_dirs: list[Path] | None = None,
-          agent_logs: list[Path] | None = None, ring: Keyring | None = None,
-          settled: bool = False) -> AuditReport:
+def audit(
+    root: Path,
+    *,
+    state_dirs: list[Path] | None = None,
+    agent_logs: list[Path] | None = None,
+    ring: Keyring | None = None,
+    settled: bool = False,
+) -> AuditReport:
     report = AuditReport(verified=ring is not None)
     lanes = [_scan_lane(name, path, ring, report) for name, path in find_lanes(root)]
     report.lanes = [lane.name for lane in lanes]
@@ -251,26 +275,44 @@ def audit(root: Path, *, state_dirs: list[Path] | None = None,
         if settled:
             for stage in ("inbox", "processing"):
                 for entry in lane.junk.get(stage, []):
-                    report.add("unfinished", "", lane.name, f"{stage}/{entry[:80]!r} is still "
-                               "there: it was never taken in")
+                    report.add(
+                        "unfinished",
+                        "",
+                        lane.name,
+                        f"{stage}/{entry[:80]!r} is still there: it was never taken in",
+                    )
     report.tasks = len(ids)
     for task_id in sorted(ids):
-        _check_id(task_id, lanes, ledger.get(task_id, []), deferred.get(task_id),
-                  runs.get(task_id, 0), bool(state_dirs), settled, report)
+        _check_id(
+            task_id,
+            lanes,
+            ledger.get(task_id, []),
+            deferred.get(task_id),
+            runs.get(task_id, 0),
+            bool(state_dirs),
+            settled,
+            report,
+        )
     return report
 
 
-def _check_id(task_id: str, lanes: list[_Lane], entries: list[_Ledger], deferred: str | None,
-              ran: int, have_state: bool, settled: bool, report: AuditReport) -> None:
+def _check_id(
+    task_id: str,
+    lanes: list[_Lane],
+    entries: list[_Ledger],
+    deferred: str | None,
+    ran: int,
+    have_state: bool,
+    settled: bool,
+    report: AuditReport,
+) -> None:
     live = [(lane.name, stage) for lane in lanes for stage in lane.live.get(task_id, [])]
     results = [(lane.name, lane.results[task_id]) for lane in lanes if task_id in lane.results]
-    refusals = [(lane.name, reason) for lane in lanes
-                for reason in lane.refusals.get(task_id, [])]
+    refusals = [(lane.name, reason) for lane in lanes for reason in lane.refusals.get(task_id, [])]
     where = ", ".join([f"{n}/{s}" for n, s in live] + [f"{n}/done" for n, _ in results])
     report.results += len(results)
     for _, status in results:
-        report.statuses[status or "unverified"] = report.statuses.get(status or "unverified",
-                                                                      0) + 1
+        report.statuses[status or "unverified"] = report.statuses.get(status or "unverified", 0) + 1
     report.in_flight += sum(1 for _, stage in live if stage != "pending-ack")
     report.pending_ack += sum(1 for _, stage in live if stage == "pending-ack")
 
@@ -281,8 +323,7 @@ def _check_id(task_id: str, lanes: list[_Lane], entries: list[_Ledger], deferred
     if len(results) > 1:
         report.add("several_results", task_id, results[0][0], f"results in {where}")
     if settled and live and results:
-        report.add("several_places", task_id, live[0][0], f"has a result and is still "
-                   f"in {where}")
+        report.add("several_places", task_id, live[0][0], f"has a result and is still in {where}")
     statuses = {status for _, status in results}
     ended = statuses - {Status.REJECTED.value, ""}
     # A refusal in the lane of a result that is not `rejected` (a copy refused in another
@@ -290,39 +331,63 @@ def _check_id(task_id: str, lanes: list[_Lane], entries: list[_Ledger], deferred
     ended_in = {n for n, status in results if status in ended}
     task_refusals = [(n, r) for n, r in refusals if r not in DUPLICATE_REASONS and n in ended_in]
     if task_refusals:
-        report.add("terminal_conflict", task_id, task_refusals[0][0],
-                   f"ended {'/'.join(sorted(ended))} and was also refused "
-                   f"({', '.join(r for _, r in task_refusals)})")
+        report.add(
+            "terminal_conflict",
+            task_id,
+            task_refusals[0][0],
+            f"ended {'/'.join(sorted(ended))} and was also refused "
+            f"({', '.join(r for _, r in task_refusals)})",
+        )
     phases = {entry.phase for entry in entries}
     if Phase.REJECTED in phases and ended:
-        report.add("terminal_conflict", task_id, results[0][0],
-                   f"the ledger says rejected, its result says {'/'.join(sorted(ended))}")
+        report.add(
+            "terminal_conflict",
+            task_id,
+            results[0][0],
+            f"the ledger says rejected, its result says {'/'.join(sorted(ended))}",
+        )
 
     # Executions: at most one, and only of an admitted task.
     if ran > 1:
         report.add("executed_twice", task_id, "", f"the agent ran {ran} times")
     if ran:
         if Status.REJECTED.value in statuses:
-            report.add("ran_unadmitted", task_id, "", "the agent ran a task whose result "
-                       "says rejected")
+            report.add(
+                "ran_unadmitted", task_id, "", "the agent ran a task whose result says rejected"
+            )
         elif have_state and None not in phases and not phases & set(ADMITTED):
             seen = ", ".join(sorted(str(p) for p in phases if p)) or "none"
-            report.add("ran_unadmitted", task_id, "", "the agent ran a task no node "
-                       f"admitted (ledger: {seen})")
+            report.add(
+                "ran_unadmitted",
+                task_id,
+                "",
+                f"the agent ran a task no node admitted (ledger: {seen})",
+            )
 
     # Every admitted task ends with a result, or is still on its way to one.
     admitted = [entry for entry in entries if entry.phase in ADMITTED]
-    lane_names = {entry.lane for entry in entries} | {n for n, _ in live} | {
-        n for n, _ in results} | {n for n, _ in refusals}
+    lane_names = (
+        {entry.lane for entry in entries}
+        | {n for n, _ in live}
+        | {n for n, _ in results}
+        | {n for n, _ in refusals}
+    )
     if admitted and not results and not live and deferred is None:
-        report.add("no_result", task_id, admitted[0].lane, "admitted "
-                   f"({admitted[0].phase}), not in any stage, and no result")
+        report.add(
+            "no_result",
+            task_id,
+            admitted[0].lane,
+            f"admitted ({admitted[0].phase}), not in any stage, and no result",
+        )
     elif entries and not (live or results or refusals or deferred is not None):
-        report.add("lost", task_id, next(iter(sorted(lane_names)), ""),
-                   "the ledger saw it, and no lane holds a trace of it")
+        report.add(
+            "lost",
+            task_id,
+            next(iter(sorted(lane_names)), ""),
+            "the ledger saw it, and no lane holds a trace of it",
+        )
     if deferred is not None and settled and not results:
-        report.add("unpublished", task_id, deferred, "its result still waits in the node's "
-                   "outbox")
+        report.add("unpublished", task_id, deferred, "its result still waits in the node's outbox")
     if settled:
         for name, stage in live:
             if stage != "pending-ack":

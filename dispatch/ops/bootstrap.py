@@ -24,11 +24,21 @@ class InitReport:
     lanes: list[str]
 
 
-def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key_dir: Path,
-              state_dir: Path, key_file: Path | None = None, force: bool = False,
-              extra: Mapping[str, str] | None = None) -> InitReport:
-    problems = [f"not a valid node name: {n!r}" for n in [node, *peers]
-                if not config_mod.valid_node(n)]
+def init_node(
+    *,
+    root: Path,
+    node: str,
+    peers: list[str],
+    config_path: Path,
+    key_dir: Path,
+    state_dir: Path,
+    key_file: Path | None = None,
+    force: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> InitReport:
+    problems = [
+        f"not a valid node name: {n!r}" for n in [node, *peers] if not config_mod.valid_node(n)
+    ]
     if not peers:
         problems.append("at least one peer is needed (--peers)")
     if node in peers:
@@ -41,26 +51,36 @@ def init_node(*, root: Path, node: str, peers: list[str], config_path: Path, key
     if config_path.exists() and not force:
         existing = config_mod.parse_env_file(config_path)
         if existing.get("DISPATCH_NODE") not in (None, node) or existing.get(
-                "DISPATCH_ROOT") not in (None, str(root)):
-            raise UsageError(f"{config_path} already configures another node or root; "
-                             "pass --force to overwrite it")
+            "DISPATCH_ROOT"
+        ) not in (None, str(root)):
+            raise UsageError(
+                f"{config_path} already configures another node or root; "
+                "pass --force to overwrite it"
+            )
         if not existing:
             # The package's commented template (a conffile): fill it in, keep its comments.
             template = config_path.read_text()
-    cfg = Config(root=root, node=node, peers=tuple(peers), key_dir=key_dir, state_dir=state_dir,
-                 config_path=config_path)
+    cfg = Config(
+        root=root,
+        node=node,
+        peers=tuple(peers),
+        key_dir=key_dir,
+        state_dir=state_dir,
+        config_path=config_path,
+    )
     spool = Spool(root)
     try:
         spool.ensure(cfg)
     except OSError as exc:
-        raise ConfigError(f"cannot create the layout under {root}: {exc.strerror} "
-                          "(is the share mounted and writable?)") from None
+        raise ConfigError(
+            f"cannot create the layout under {root}: {exc.strerror} "
+            "(is the share mounted and writable?)"
+        ) from None
     NodeState(state_dir).ensure()
     os.chmod(state_dir, 0o700)
     NodeState(state_dir).ack_secret()
     key, created = _ensure_key(cfg, key_file)
-    values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node,
-              "DISPATCH_PEERS": ",".join(peers)}
+    values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node, "DISPATCH_PEERS": ",".join(peers)}
     if key_dir != Path("/etc/dispatch/keys"):
         values["DISPATCH_KEY_DIR"] = str(key_dir)
     if state_dir != Path("/var/lib/dispatch"):

@@ -66,10 +66,18 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
     for name, peer in ((SENDER, RECEIVER), (RECEIVER, SENDER)):
         home = base / name
         report = init_node(
-            root=root, node=name, peers=[peer], config_path=home / "dispatch.conf",
-            key_dir=home / "keys", state_dir=home / "state", key_file=key_file,
-            extra={"DISPATCH_AGENT_BIN": agent, "DISPATCH_LAUNCHER": "process",
-                   "DISPATCH_POLL_SEC": "0.2"},
+            root=root,
+            node=name,
+            peers=[peer],
+            config_path=home / "dispatch.conf",
+            key_dir=home / "keys",
+            state_dir=home / "state",
+            key_file=key_file,
+            extra={
+                "DISPATCH_AGENT_BIN": agent,
+                "DISPATCH_LAUNCHER": "process",
+                "DISPATCH_POLL_SEC": "0.2",
+            },
         )
         key_file = report.key.path
         envs[name] = {"DISPATCH_CONFIG": str(home / "dispatch.conf")}
@@ -77,8 +85,10 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
     with _environ(envs[SENDER]):
         devbox = Node(config_mod.load())
         sent = sender.deliver(devbox, sender.build(devbox, to=RECEIVER, request=request))
-    say(f"send  {SENDER} -> {RECEIVER}: task {sent.envelope.id} "
-        f"signed with {sent.envelope.kid}, dropped in {sent.path.relative_to(base)}")
+    say(
+        f"send  {SENDER} -> {RECEIVER}: task {sent.envelope.id} "
+        f"signed with {sent.envelope.kid}, dropped in {sent.path.relative_to(base)}"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env.update(envs[RECEIVER])
     say(f"watch {RECEIVER}: verify, queue, run the fake agent, sign the result")
@@ -86,6 +96,8 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
     with _environ(envs[SENDER]):
         devbox = Node(config_mod.load())
         result = waiting.wait(devbox, sent.envelope.id, timeout=30)
-    say(f"wait  {SENDER}: result signature verified (key {result.kid}), status "
-        f"{result.status.value}, {result.elapsed_s:.2f}s on {result.answered_by}")
+    say(
+        f"wait  {SENDER}: result signature verified (key {result.kid}), status "
+        f"{result.status.value}, {result.elapsed_s:.2f}s on {result.answered_by}"
+    )
     return DemoRun(base, sent.envelope.id, result.kid, result)

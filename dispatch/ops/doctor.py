@@ -34,8 +34,13 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
         _ = node.name
     except DispatchError as exc:
         return [Check("config", False, str(exc), "fix the listed keys in the config file")]
-    checks = [Check("config", True, f"{cfg.config_path}: node {cfg.node}, "
-                    f"peers {', '.join(cfg.peers) or 'none'}")]
+    checks = [
+        Check(
+            "config",
+            True,
+            f"{cfg.config_path}: node {cfg.node}, peers {', '.join(cfg.peers) or 'none'}",
+        )
+    ]
     checks.append(_keys(node))
     checks.append(_root(node))
     checks += _filesystem(node)
@@ -43,9 +48,14 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     if cfg.launcher is Launcher.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
     ks = node.spool.killswitch()
-    checks.append(Check("killswitch", not ks.on,
-                        f"on{' (hard)' if ks.hard else ''}: {ks.reason}" if ks.on else "off",
-                        "dispatch killswitch off, once the reason is dealt with" if ks.on else ""))
+    checks.append(
+        Check(
+            "killswitch",
+            not ks.on,
+            f"on{' (hard)' if ks.hard else ''}: {ks.reason}" if ks.on else "off",
+            "dispatch killswitch off, once the reason is dealt with" if ks.on else "",
+        )
+    )
     return checks
 
 
@@ -53,16 +63,27 @@ def _keys(node: Node) -> Check:
     try:
         ring = Keyring.load(node.cfg)
     except DispatchError as exc:
-        return Check("key", False, str(exc), "dispatch keys new, or copy a peer's key and "
-                     "`dispatch keys import` it")
+        return Check(
+            "key",
+            False,
+            str(exc),
+            "dispatch keys new, or copy a peer's key and `dispatch keys import` it",
+        )
     key = ring.signing_key()
     if ring.fallback:
-        return Check("key", False, f"only the share's {key.path} (readable by anyone who "
-                     "reads the share)", "dispatch keys import "
-                     f"{key.path}; then remove it from the share")
+        return Check(
+            "key",
+            False,
+            f"only the share's {key.path} (readable by anyone who reads the share)",
+            f"dispatch keys import {key.path}; then remove it from the share",
+        )
     mode = os.stat(key.path).st_mode & 0o777
-    return Check("key", mode == 0o600, f"{key.kid} at {key.path}, mode {mode:04o}",
-                 f"chmod 600 {key.path}" if mode != 0o600 else "")
+    return Check(
+        "key",
+        mode == 0o600,
+        f"{key.kid} at {key.path}, mode {mode:04o}",
+        f"chmod 600 {key.path}" if mode != 0o600 else "",
+    )
 
 
 def _root(node: Node) -> Check:
@@ -73,13 +94,24 @@ def _root(node: Node) -> Check:
         probe.write_text("probe\n")
         probe.unlink()
     except OSError as exc:
-        return Check("root", False, f"{root}: {exc.strerror}", "is the share mounted, and "
-                     "writable by this user?")
-    missing = [lane.name for lane in node.spool.lanes_in(node.cfg) + node.spool.lanes_out(
-        node.cfg) if not lane.inbox.is_dir()]
+        return Check(
+            "root",
+            False,
+            f"{root}: {exc.strerror}",
+            "is the share mounted, and writable by this user?",
+        )
+    missing = [
+        lane.name
+        for lane in node.spool.lanes_in(node.cfg) + node.spool.lanes_out(node.cfg)
+        if not lane.inbox.is_dir()
+    ]
     if missing:
-        return Check("root", False, f"{root}: lanes missing: {', '.join(missing)}",
-                     "dispatch init on this node (and on the peers)")
+        return Check(
+            "root",
+            False,
+            f"{root}: lanes missing: {', '.join(missing)}",
+            "dispatch init on this node (and on the peers)",
+        )
     return Check("root", True, f"{root} reachable and writable")
 
 
@@ -95,10 +127,15 @@ def _filesystem(node: Node) -> list[Check]:
     timer_ok = True
     if node.cfg.launcher is Launcher.SYSTEMD:  # `dispatch watch` rescans by itself
         timer_ok = _unit_active("dispatch-watch.timer")
-    out.append(Check("filesystem", timer_ok, detail + ": remote, inotify misses other hosts' "
-                     "writes; " + ("the timer rescans" if timer_ok else "the timer is NOT "
-                                   "active"), "" if timer_ok else
-                     "systemctl enable --now dispatch-watch.timer"))
+    out.append(
+        Check(
+            "filesystem",
+            timer_ok,
+            detail + ": remote, inotify misses other hosts' "
+            "writes; " + ("the timer rescans" if timer_ok else "the timer is NOT active"),
+            "" if timer_ok else "systemctl enable --now dispatch-watch.timer",
+        )
+    )
     if mount.fstype.startswith("nfs"):
         cache_s, source = nfs_dir_cache_s(mount)
         lookup = mount.option("lookupcache")
@@ -106,13 +143,25 @@ def _filesystem(node: Node) -> list[Check]:
         slow = cache_s > max(node.cfg.poll_sec, 1.0)
         # The kernel shows `lookupcache=pos` for what mount(8) calls `positive`.
         if slow or lookup not in ("none", "pos", "positive"):
-            out.append(Check("nfs-cache", False, f"directory attributes cached up to "
-                             f"{cache_s}s ({source}), lookupcache={lookup or 'all'}: new "
-                             "tasks and results can stay unseen that long",
-                             "mount with actimeo=1,lookupcache=positive"))
+            out.append(
+                Check(
+                    "nfs-cache",
+                    False,
+                    f"directory attributes cached up to "
+                    f"{cache_s}s ({source}), lookupcache={lookup or 'all'}: new "
+                    "tasks and results can stay unseen that long",
+                    "mount with actimeo=1,lookupcache=positive",
+                )
+            )
         else:
-            out.append(Check("nfs-cache", True, f"directory attributes cached up to "
-                             f"{cache_s}s ({source}), lookupcache={lookup}"))
+            out.append(
+                Check(
+                    "nfs-cache",
+                    True,
+                    f"directory attributes cached up to "
+                    f"{cache_s}s ({source}), lookupcache={lookup}",
+                )
+            )
     return out
 
 
@@ -147,8 +196,14 @@ def _peers(node: Node) -> list[Check]:
             sent = float(beat["unix"])
             mtime = path.stat().st_mtime
         except (OSError, ValueError, KeyError, TypeError, Rejection):
-            out.append(Check(f"peer {peer}", False, "no heartbeat", f"is dispatch-heartbeat."
-                             f"timer running on {peer}, and the share mounted there?"))
+            out.append(
+                Check(
+                    f"peer {peer}",
+                    False,
+                    "no heartbeat",
+                    f"is dispatch-heartbeat.timer running on {peer}, and the share mounted there?",
+                )
+            )
             continue
         age = time.time() - sent
         # Both clocks against the share's (file mtimes): skew without trusting either host.
@@ -162,10 +217,15 @@ def _peers(node: Node) -> list[Check]:
             problems.append(f"stale: last written {written_ago:.0f}s ago")
         if ring is not None and beat.get("kid") and beat["kid"] not in {k.kid for k in ring}:
             problems.append(f"signs with key {beat['kid']}, which this host does not have")
-        out.append(Check(f"peer {peer}", not problems,
-                         f"heartbeat {age:.0f}s ago, skew {skew:+.1f}s"
-                         + ("; " + "; ".join(problems) if problems else ""),
-                         _peer_hint(peer, problems) if problems else ""))
+        out.append(
+            Check(
+                f"peer {peer}",
+                not problems,
+                f"heartbeat {age:.0f}s ago, skew {skew:+.1f}s"
+                + ("; " + "; ".join(problems) if problems else ""),
+                _peer_hint(peer, problems) if problems else "",
+            )
+        )
     return out
 
 
@@ -206,12 +266,15 @@ def _unit(unit: str, what: str) -> Check:
     from dispatch.core.runner import systemctl
 
     try:
-        shown = systemctl("show", "--property=ActiveState,SubState", unit,
-                          check=False).stdout
+        shown = systemctl("show", "--property=ActiveState,SubState", unit, check=False).stdout
     except DispatchError as exc:
         return Check(unit, False, f"{what}: {exc}", "is systemd running here?")
     props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
     state, sub = props.get("ActiveState", "unknown"), props.get("SubState", "unknown")
     ok = state == "active"
-    return Check(unit, ok, f"{what}: {state} ({sub})",
-                 "" if ok else f"systemctl start {unit}; journalctl -u {unit}")
+    return Check(
+        unit,
+        ok,
+        f"{what}: {state} ({sub})",
+        "" if ok else f"systemctl start {unit}; journalctl -u {unit}",
+    )

@@ -45,8 +45,17 @@ def send_child(request: str, peer: str) -> tuple[str, str]:
     """`dispatch send` from inside the execution: (child id, "") or ("", why it failed)."""
     here = os.environ.get("DISPATCH_NODE", "")
     words = [f"send={here}" if word.startswith("send=") else word for word in request.split()]
-    argv = [sys.executable, "-m", "dispatch", "send", "--to", peer, "--request",
-            " ".join(words), "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "dispatch",
+        "send",
+        "--to",
+        peer,
+        "--request",
+        " ".join(words),
+        "--json",
+    ]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -72,22 +81,37 @@ def main(argv: list[str]) -> int:
     task_id = os.environ.get("DISPATCH_TASK_ID", "")
     d = directives(request)
     notes = []
-    record: dict[str, object] = {"task_id": task_id, "pid": os.getpid(), "at": time.time(),
-                                 "request": request[:200], "uid": os.getuid(),
-                                 "hops": os.environ.get("DISPATCH_HOPS")}
+    record: dict[str, object] = {
+        "task_id": task_id,
+        "pid": os.getpid(),
+        "at": time.time(),
+        "request": request[:200],
+        "uid": os.getuid(),
+        "hops": os.environ.get("DISPATCH_HOPS"),
+    }
     if d.get("send"):
         limit = int(d["chain"]) if d.get("chain") else None
         if limit is None or int(os.environ.get("DISPATCH_HOPS") or 0) < limit:
             child, failure = send_child(request, d["send"])
             record["sent"] = child or None
-            notes.append(f"sent {child} to {d['send']}" if child
-                         else f"send to {d['send']} failed: {failure}")
+            notes.append(
+                f"sent {child} to {d['send']}"
+                if child
+                else f"send to {d['send']} failed: {failure}"
+            )
     log = os.environ.get("DISPATCH_FAKE_AGENT_LOG")
     if log:
         with open(log, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-    _emit({"type": "system", "subtype": "init", "session_id": task_id or "fake",
-           "permissionMode": mode, "model": "fake-agent"})
+    _emit(
+        {
+            "type": "system",
+            "subtype": "init",
+            "session_id": task_id or "fake",
+            "permissionMode": mode,
+            "model": "fake-agent",
+        }
+    )
     if "hang" in d:
         time.sleep(float(d["hang"] or 3600))
     if "fork" in d and os.fork() == 0:
@@ -110,8 +134,15 @@ def main(argv: list[str]) -> int:
     if "sleep" in d:
         end = time.monotonic() + float(d["sleep"] or 1)
         while time.monotonic() < end:
-            _emit({"type": "stream_event", "event": {"type": "content_block_delta",
-                   "delta": {"type": "text_delta", "text": "working... "}}})
+            _emit(
+                {
+                    "type": "stream_event",
+                    "event": {
+                        "type": "content_block_delta",
+                        "delta": {"type": "text_delta", "text": "working... "},
+                    },
+                }
+            )
             time.sleep(min(0.5, max(0.0, end - time.monotonic())))
     if "read" in d:
         try:
@@ -123,11 +154,22 @@ def main(argv: list[str]) -> int:
     answer = f"fake agent ({mode}) did: {request.strip()[:200]}"
     if notes:
         answer += " [" + "; ".join(notes) + "]"
-    _emit({"type": "assistant", "message": {"role": "assistant",
-           "content": [{"type": "text", "text": answer}]}})
+    _emit(
+        {
+            "type": "assistant",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        }
+    )
     code = int(d.get("exit") or 0)
-    _emit({"type": "result", "subtype": "success" if code == 0 else "error",
-           "is_error": code != 0, "result": answer, "session_id": task_id or "fake"})
+    _emit(
+        {
+            "type": "result",
+            "subtype": "success" if code == 0 else "error",
+            "is_error": code != 0,
+            "result": answer,
+            "session_id": task_id or "fake",
+        }
+    )
     return code
 
 

@@ -22,11 +22,13 @@ def _line(entry: dict[str, Any]) -> str:
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     return f"{when} {entry.get('_HOSTNAME', '-')} {source}: " + (
-        f"[{event}] {message}" if event else str(message))
+        f"[{event}] {message}" if event else str(message)
+    )
 
 
-def journal_story(task_id: str, follow: bool = False,
-                  until_done: Node | None = None) -> Iterator[str] | None:
+def journal_story(
+    task_id: str, follow: bool = False, until_done: Node | None = None
+) -> Iterator[str] | None:
     """Lines from the journal, or None when there is no journal to read here."""
     try:
         from systemd import journal

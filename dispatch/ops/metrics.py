@@ -21,8 +21,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _tally(node: Node, directory: Path, suffix: str, field: str,
-           cache: dict[str, str]) -> Counter[str]:
+def _tally(
+    node: Node, directory: Path, suffix: str, field: str, cache: dict[str, str]
+) -> Counter[str]:
     """Count files by one JSON field; results and reasons never change once written, so
     each is read once and remembered in node-local state."""
     counts: Counter[str] = Counter()
@@ -63,27 +64,39 @@ def render(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> str
         "# HELP dispatch_tasks_total Tasks received by this node, by final status.",
         "# TYPE dispatch_tasks_total counter",
     ]
-    out += [f'dispatch_tasks_total{{{node_label},status="{_label(s)}"}} {n}'
-            for s, n in sorted(statuses.items())]
-    out += ["# HELP dispatch_rejections_total Inbox entries refused, by reason.",
-            "# TYPE dispatch_rejections_total counter"]
-    out += [f'dispatch_rejections_total{{{node_label},reason="{_label(r)}"}} {n}'
-            for r, n in sorted(reasons.items())]
-    out += ["# HELP dispatch_queue_depth Tasks waiting to run, by lane and stage.",
-            "# TYPE dispatch_queue_depth gauge"]
+    out += [
+        f'dispatch_tasks_total{{{node_label},status="{_label(s)}"}} {n}'
+        for s, n in sorted(statuses.items())
+    ]
+    out += [
+        "# HELP dispatch_rejections_total Inbox entries refused, by reason.",
+        "# TYPE dispatch_rejections_total counter",
+    ]
+    out += [
+        f'dispatch_rejections_total{{{node_label},reason="{_label(r)}"}} {n}'
+        for r, n in sorted(reasons.items())
+    ]
+    out += [
+        "# HELP dispatch_queue_depth Tasks waiting to run, by lane and stage.",
+        "# TYPE dispatch_queue_depth gauge",
+    ]
     for counts in lanes:
         for stage in ("inbox", "pending_ack", "queued"):
-            out.append(f'dispatch_queue_depth{{{node_label},lane="{_label(counts["lane"])}",'
-                       f'stage="{stage}"}} {counts[stage]}')
-    out += ["# HELP dispatch_running Executions running on this node.",
-            "# TYPE dispatch_running gauge", f"dispatch_running{{{node_label}}} {beat['running']}",
-            "# HELP dispatch_killswitch 1 when the share's KILLSWITCH is present.",
-            "# TYPE dispatch_killswitch gauge",
-            f"dispatch_killswitch{{{node_label}}} {int(bool(beat['killswitch']))}",
-            "# HELP dispatch_last_heartbeat_timestamp_seconds When this node last wrote its "
-            "heartbeat.",
-            "# TYPE dispatch_last_heartbeat_timestamp_seconds gauge",
-            f"dispatch_last_heartbeat_timestamp_seconds{{{node_label}}} {beat['unix']:.3f}"]
+            out.append(
+                f'dispatch_queue_depth{{{node_label},lane="{_label(counts["lane"])}",'
+                f'stage="{stage}"}} {counts[stage]}'
+            )
+    out += [
+        "# HELP dispatch_running Executions running on this node.",
+        "# TYPE dispatch_running gauge",
+        f"dispatch_running{{{node_label}}} {beat['running']}",
+        "# HELP dispatch_killswitch 1 when the share's KILLSWITCH is present.",
+        "# TYPE dispatch_killswitch gauge",
+        f"dispatch_killswitch{{{node_label}}} {int(bool(beat['killswitch']))}",
+        "# HELP dispatch_last_heartbeat_timestamp_seconds When this node last wrote its heartbeat.",
+        "# TYPE dispatch_last_heartbeat_timestamp_seconds gauge",
+        f"dispatch_last_heartbeat_timestamp_seconds{{{node_label}}} {beat['unix']:.3f}",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -97,7 +110,8 @@ def write(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> Path
         # 0644: node_exporter usually runs as its own user.
         atomic_write(path, render(node, beat, lanes).encode("utf-8"))
     except OSError as exc:
-        node.emit("metrics_error", f"cannot write {path}: {exc.strerror or exc}",
-                  level=events.WARNING)
+        node.emit(
+            "metrics_error", f"cannot write {path}: {exc.strerror or exc}", level=events.WARNING
+        )
         return None
     return path

@@ -55,8 +55,12 @@ def peers(node: Node) -> list[dict[str, Any]]:
             # read_regular: a FIFO planted on the share must not block `status`.
             beat = loads_strict(read_regular(node.spool.heartbeat_path(peer)))
             age = round(now - float(beat["unix"]), 1)
-            entry.update(heartbeat_age_s=age, stale=age > heartbeat_stale_after(node),
-                         version=beat.get("version"), killswitch=beat.get("killswitch"))
+            entry.update(
+                heartbeat_age_s=age,
+                stale=age > heartbeat_stale_after(node),
+                version=beat.get("version"),
+                killswitch=beat.get("killswitch"),
+            )
         except (OSError, ValueError, KeyError, TypeError, Rejection):
             pass
         out.append(entry)
@@ -103,23 +107,27 @@ def executions(node: Node) -> list[dict[str, Any]]:
         if started_at is None and elapsed is not None:
             started_at = rfc3339(now_utc() - timedelta(seconds=elapsed))
         unit = props.get("Id", "") if props else str(marker.get("unit") or "")
-        out.append({
-            "id": task_id,
-            "lane": lane_name,
-            "unit": unit or None,
-            "state": f"{props.get('ActiveState')} ({props.get('SubState')})" if props
-            else "running",
-            "started_at": started_at,
-            "elapsed_s": None if elapsed is None else round(elapsed, 1),
-            "memory_bytes": memory,
-        })
+        out.append(
+            {
+                "id": task_id,
+                "lane": lane_name,
+                "unit": unit or None,
+                "state": f"{props.get('ActiveState')} ({props.get('SubState')})"
+                if props
+                else "running",
+                "started_at": started_at,
+                "elapsed_s": None if elapsed is None else round(elapsed, 1),
+                "memory_bytes": memory,
+            }
+        )
     return out
 
 
 def _lane_of(node: Node, task_id: str) -> str:
     for lane in node.spool.lanes_in(node.cfg):
         if os.path.lexists(lane.processing / f"{task_id}.json") or os.path.lexists(
-                lane.result_path(task_id)):
+            lane.result_path(task_id)
+        ):
             return lane.name
     return ""
 
@@ -156,8 +164,9 @@ def heartbeat(node: Node) -> dict[str, Any]:
     }
     path = node.spool.heartbeat_path(node.name)
     if not path.parent.is_dir():
-        raise ConfigError(f"{path.parent} does not exist: is the share mounted? "
-                          "(`dispatch init` creates it)")
+        raise ConfigError(
+            f"{path.parent} does not exist: is the share mounted? (`dispatch init` creates it)"
+        )
     atomic_write(path, dump_json(beat))
     # Entries older than the freshness window guard nothing (such envelopes are stale).
     node.state.prune(node.cfg.max_age_s + node.cfg.clock_skew_s + 86400)

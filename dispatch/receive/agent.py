@@ -33,9 +33,19 @@ def invocation(cfg: Config, envelope: Envelope) -> Invocation:
     perm_mode = "bypassPermissions" if envelope.require_dangerous else "acceptEdits"
     if cfg.agent_profile is AgentProfile.GENERIC:
         return Invocation(base, envelope.request.encode("utf-8"), perm_mode)
-    argv = [*base, "-p", envelope.request, "--permission-mode", perm_mode,
-            "--output-format", "stream-json", "--include-partial-messages", "--verbose",
-            "--append-system-prompt", SYSTEM_PROMPT]
+    argv = [
+        *base,
+        "-p",
+        envelope.request,
+        "--permission-mode",
+        perm_mode,
+        "--output-format",
+        "stream-json",
+        "--include-partial-messages",
+        "--verbose",
+        "--append-system-prompt",
+        SYSTEM_PROMPT,
+    ]
     if envelope.require_dangerous:
         argv.append("--dangerously-skip-permissions")
     return Invocation(argv, None, perm_mode)

@@ -71,62 +71,127 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
     envelope = admitted.envelope
     killswitch = node.spool.killswitch()
     if killswitch.on:
-        node.emit("exec_held", f"KILLSWITCH on, not starting: {killswitch.reason}",
-                  task_id=task_id, level=events.NOTICE)
+        node.emit(
+            "exec_held",
+            f"KILLSWITCH on, not starting: {killswitch.reason}",
+            task_id=task_id,
+            level=events.NOTICE,
+        )
         return None
     cancelled = node.state.cancel_reason(task_id)
     if cancelled is not None:
-        results.verdict(node, lane, task_id, envelope.request, Status.CANCELLED, cancelled,
-                        unit=unit, callback=envelope.callback)
+        results.verdict(
+            node,
+            lane,
+            task_id,
+            envelope.request,
+            Status.CANCELLED,
+            cancelled,
+            unit=unit,
+            callback=envelope.callback,
+        )
         _finish(node, lane, task_id)
         node.emit("task_cancelled", cancelled, task_id=task_id, level=events.NOTICE)
         return None
     started_at = rfc3339(now_utc())
-    if not node.state.mark_started(task_id, {"started_at": started_at, "pid": os.getpid(),
-                                             "pid_start": process_start_time(os.getpid()),
-                                             "unit": unit}):
+    if not node.state.mark_started(
+        task_id,
+        {
+            "started_at": started_at,
+            "pid": os.getpid(),
+            "pid_start": process_start_time(os.getpid()),
+            "unit": unit,
+        },
+    ):
         previous = node.state.started(task_id) or {}
         if execution_alive(previous):
             # The first execution is still at work: its result is the one to publish.
-            node.emit("exec_refused", "this task is running in another execution; it is "
-                      "never run twice", task_id=task_id, level=events.WARNING)
+            node.emit(
+                "exec_refused",
+                "this task is running in another execution; it is never run twice",
+                task_id=task_id,
+                level=events.WARNING,
+            )
             return None
-        node.emit("exec_refused", "this task was started before; it is never run twice",
-                  task_id=task_id, level=events.WARNING)
+        node.emit(
+            "exec_refused",
+            "this task was started before; it is never run twice",
+            task_id=task_id,
+            level=events.WARNING,
+        )
         prev_start = previous.get("started_at")
-        results.verdict(node, lane, task_id, envelope.request, Status.INTERRUPTED,
-                        "execution ended without a result; not run again",
-                        started_at=prev_start if isinstance(prev_start, str) else None,
-                        unit=unit)
+        results.verdict(
+            node,
+            lane,
+            task_id,
+            envelope.request,
+            Status.INTERRUPTED,
+            "execution ended without a result; not run again",
+            started_at=prev_start if isinstance(prev_start, str) else None,
+            unit=unit,
+        )
         _finish(node, lane, task_id)
         return None
-    node.emit("exec_start", f"agent starting: {envelope.request[:80]}", task_id=task_id,
-              from_=envelope.from_, to=envelope.to, timeout_s=envelope.timeout_s, unit=unit)
+    node.emit(
+        "exec_start",
+        f"agent starting: {envelope.request[:80]}",
+        task_id=task_id,
+        from_=envelope.from_,
+        to=envelope.to,
+        timeout_s=envelope.timeout_s,
+        unit=unit,
+    )
     began = time.monotonic()
     inv = invocation(node.cfg, envelope)
     log_path = lane.log_path(task_id)
     if os.path.lexists(log_path):
         # Only this one execution writes done/<id>.log: an entry already there was planted
         # on the share (a symlink would redirect our writes). Keep it, out of the way.
-        lane.reject(log_path.name, {"reason": "foreign_log", "message": "entry at the task's "
-                                    "log path before its execution", "at": rfc3339(now_utc()),
-                                    "node": node.name, "task_id": task_id}, lane.done)
+        lane.reject(
+            log_path.name,
+            {
+                "reason": "foreign_log",
+                "message": "entry at the task's log path before its execution",
+                "at": rfc3339(now_utc()),
+                "node": node.name,
+                "task_id": task_id,
+            },
+            lane.done,
+        )
     outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
     result = Result(
-        id=task_id, answered_by=node.name, answered_at=rfc3339(now_utc()),
-        request=envelope.request, status=outcome.status, exit_code=outcome.exit_code,
-        elapsed_s=round(time.monotonic() - began, 3), log_path=lane.relative(log_path),
-        final_text=outcome.final_text, output_tail=outcome.output_tail,
-        output_bytes=outcome.output_bytes, perm_mode=inv.perm_mode, started_at=started_at,
-        truncated=outcome.truncated, unit=unit, reason=outcome.reason, kid="", hmac="",
+        id=task_id,
+        answered_by=node.name,
+        answered_at=rfc3339(now_utc()),
+        request=envelope.request,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        elapsed_s=round(time.monotonic() - began, 3),
+        log_path=lane.relative(log_path),
+        final_text=outcome.final_text,
+        output_tail=outcome.output_tail,
+        output_bytes=outcome.output_bytes,
+        perm_mode=inv.perm_mode,
+        started_at=started_at,
+        truncated=outcome.truncated,
+        unit=unit,
+        reason=outcome.reason,
+        kid="",
+        hmac="",
     )
     if _publish(node, lane, result, outcome.log_rest, envelope.callback):
         _finish(node, lane, task_id)
-    node.emit("exec_end", f"{outcome.status} exit={outcome.exit_code} "
-              f"elapsed={result.elapsed_s}s{' (' + outcome.reason + ')' if outcome.reason else ''}",
-              task_id=task_id, from_=envelope.from_, to=envelope.to,
-              status=outcome.status.value, exit_code=outcome.exit_code,
-              level=events.INFO if outcome.status is Status.OK else events.WARNING)
+    node.emit(
+        "exec_end",
+        f"{outcome.status} exit={outcome.exit_code} "
+        f"elapsed={result.elapsed_s}s{' (' + outcome.reason + ')' if outcome.reason else ''}",
+        task_id=task_id,
+        from_=envelope.from_,
+        to=envelope.to,
+        status=outcome.status.value,
+        exit_code=outcome.exit_code,
+        level=events.INFO if outcome.status is Status.OK else events.WARNING,
+    )
     return result
 
 
@@ -145,17 +210,33 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
         if entry is not None:
             results.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
             node.state.mark(task_id, Phase.REJECTED)
-        lane.reject(path.name, {"reason": exc.reason, "message": str(exc),
-                                "at": rfc3339(now_utc()), "node": node.name,
-                                "task_id": task_id}, lane.processing)
-        node.emit("task_rejected", f"at execution: {exc.reason}: {exc}", task_id=task_id,
-                  from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
+        lane.reject(
+            path.name,
+            {
+                "reason": exc.reason,
+                "message": str(exc),
+                "at": rfc3339(now_utc()),
+                "node": node.name,
+                "task_id": task_id,
+            },
+            lane.processing,
+        )
+        node.emit(
+            "task_rejected",
+            f"at execution: {exc.reason}: {exc}",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+            reason=exc.reason,
+            level=events.WARNING,
+        )
         return None
     return admitted
 
 
-def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes,
-             callback: Callback | None = None) -> bool:
+def _publish(
+    node: Node, lane: Lane, result: Result, log_rest: bytes, callback: Callback | None = None
+) -> bool:
     """Write the signed result (and the end of the log the share refused so far). If the
     share does not answer (its server restarting, the network cut), the agent's work is
     done all the same: keep the result in node-local state, and the next promote pass
@@ -166,17 +247,31 @@ def _publish(node: Node, lane: Lane, result: Result, log_rest: bytes,
         written = results.write_signed(node, lane, result.id, signed, callback)
     except OSError as exc:
         node.state.defer_result(result.id, lane.name, signed, log_rest)
-        node.emit("result_deferred", f"share unreachable ({exc.strerror or exc}): "
-                  f"{result.status} result kept on this host; the next promote pass "
-                  "publishes it", task_id=result.id, from_=lane.from_, to=lane.to,
-                  level=events.ERR)
+        node.emit(
+            "result_deferred",
+            f"share unreachable ({exc.strerror or exc}): "
+            f"{result.status} result kept on this host; the next promote pass "
+            "publishes it",
+            task_id=result.id,
+            from_=lane.from_,
+            to=lane.to,
+            level=events.ERR,
+        )
         return False
     if not written:
-        node.emit("result_exists", "a result was already published; this one is dropped",
-                  task_id=result.id, level=events.WARNING)
+        node.emit(
+            "result_exists",
+            "a result was already published; this one is dropped",
+            task_id=result.id,
+            level=events.WARNING,
+        )
     if log_rest:
-        node.emit("log_incomplete", f"{len(log_rest)} bytes of output could not be written "
-                  f"to {lane.log_path(result.id)}", task_id=result.id, level=events.WARNING)
+        node.emit(
+            "log_incomplete",
+            f"{len(log_rest)} bytes of output could not be written to {lane.log_path(result.id)}",
+            task_id=result.id,
+            level=events.WARNING,
+        )
     return True
 
 
@@ -188,8 +283,12 @@ def _finish(node: Node, lane: Lane, task_id: str) -> None:
     except OSError as exc:
         # The share stopped answering: the result is out, and promote removes the task file
         # (it sees the result) once the share is back; until then the ledger says accepted.
-        node.emit("cleanup_deferred", f"cannot remove the task file: {exc.strerror or exc}",
-                  task_id=task_id, level=events.WARNING)
+        node.emit(
+            "cleanup_deferred",
+            f"cannot remove the task file: {exc.strerror or exc}",
+            task_id=task_id,
+            level=events.WARNING,
+        )
         return
     node.state.mark(task_id, Phase.DONE)
 
@@ -213,8 +312,10 @@ class _Stop:
         self.signum = 0
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.old_fd = signal.set_wakeup_fd(self.write_fd)
-        self.old_handlers = {signum: signal.signal(signum, self._handle)
-                             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        self.old_handlers = {
+            signum: signal.signal(signum, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.signum = signum
@@ -232,8 +333,9 @@ def _killpg(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None,
-              log_path: Path) -> Outcome:
+def run_agent(
+    node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
+) -> Outcome:
     cap = envelope.max_output_bytes
     reader = OutputReader(node.cfg.agent_profile)
     # Under systemd our stdout is the journal: echo the (capped) output there too.
@@ -244,16 +346,31 @@ def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | No
     timed_out = False
     log = _ShareLog(node, envelope.id, log_path)
     try:
-        log.write(f"# task {envelope.id} from {envelope.from_}\n# started "
-                  f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
-                  f"max_output_bytes={cap}\n# ---\n".encode())
+        log.write(
+            f"# task {envelope.id} from {envelope.from_}\n# started "
+            f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
+            f"max_output_bytes={cap}\n# ---\n".encode()
+        )
         try:
-            proc = spawn_agent(argv, env=agent_env(node, envelope), cwd=None,
-                               user=node.cfg.run_as or None, with_stdin=stdin is not None)
+            proc = spawn_agent(
+                argv,
+                env=agent_env(node, envelope),
+                cwd=None,
+                user=node.cfg.run_as or None,
+                with_stdin=stdin is not None,
+            )
         except OSError as exc:
             log.write(f"# cannot start agent {argv[0]}: {exc.strerror}\n".encode())
-            return Outcome(Status.ERROR, 127, f"cannot start agent {argv[0]}: "
-                           f"{exc.strerror}", 0, False, "", "", log.close())
+            return Outcome(
+                Status.ERROR,
+                127,
+                f"cannot start agent {argv[0]}: {exc.strerror}",
+                0,
+                False,
+                "",
+                "",
+                log.close(),
+            )
         if stdin is not None and proc.stdin is not None:
             _feed_stdin(proc.stdin, stdin)
         assert proc.stdout is not None
@@ -315,16 +432,32 @@ def run_agent(node: Node, envelope: Envelope, argv: list[str], stdin: bytes | No
         sel.close()
         proc.stdout.close()
         returncode = proc.wait()
-        status, exit_code, reason = _classify(node, envelope.id, returncode, timed_out,
-                                              stop.signum, envelope.timeout_s,
-                                              time.monotonic() - began)
-        log.write(f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
-                  f"{' reason=' + reason if reason else ''}\n".encode())
+        status, exit_code, reason = _classify(
+            node,
+            envelope.id,
+            returncode,
+            timed_out,
+            stop.signum,
+            envelope.timeout_s,
+            time.monotonic() - began,
+        )
+        log.write(
+            f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
+            f"{' reason=' + reason if reason else ''}\n".encode()
+        )
     finally:
         stop.close()
         log_rest = log.close()
-    return Outcome(status, exit_code, reason, total, total > cap, reader.finish(),
-                   reader.output_tail(), log_rest)
+    return Outcome(
+        status,
+        exit_code,
+        reason,
+        total,
+        total > cap,
+        reader.finish(),
+        reader.output_tail(),
+        log_rest,
+    )
 
 
 class _ShareLog:
@@ -350,16 +483,16 @@ class _ShareLog:
         self.flush()
 
     def flush(self, force: bool = False) -> None:
-        if not self.pending or (self.fd is None and not force
-                                and time.monotonic() < self.retry_at):
+        if not self.pending or (self.fd is None and not force and time.monotonic() < self.retry_at):
             return
         try:
             if self.fd is None:
                 # O_EXCL, then O_APPEND to the file made so; O_NOFOLLOW: never through a link
                 # someone planted on the share meanwhile.
                 how = os.O_APPEND if self.created else os.O_CREAT | os.O_EXCL
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | how,
-                                  0o644)
+                self.fd = os.open(
+                    self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | how, 0o644
+                )
                 self.created = True
             while self.pending:
                 del self.pending[: os.write(self.fd, self.pending)]
@@ -369,13 +502,16 @@ class _ShareLog:
             self.retry_at = time.monotonic() + self.RETRY_S
             if not self.failing:
                 self.failing = exc.strerror or str(exc)
-                self.node.emit("log_write_failed", f"{self.path}: {self.failing}; the agent "
-                               "runs on, its output is kept until the share answers",
-                               task_id=self.task_id, level=events.WARNING)
+                self.node.emit(
+                    "log_write_failed",
+                    f"{self.path}: {self.failing}; the agent "
+                    "runs on, its output is kept until the share answers",
+                    task_id=self.task_id,
+                    level=events.WARNING,
+                )
             return
         if self.failing:
-            self.node.emit("log_write_resumed", f"{self.path}: writing again",
-                           task_id=self.task_id)
+            self.node.emit("log_write_resumed", f"{self.path}: writing again", task_id=self.task_id)
             self.failing = ""
 
     def _close_fd(self) -> None:
@@ -405,22 +541,29 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
     threading.Thread(target=feed, daemon=True).start()
 
 
-def _stopped(node: Node, task_id: str, returncode: int, signum: int,
-             elapsed: float) -> tuple[Status, int, str]:
+def _stopped(
+    node: Node, task_id: str, returncode: int, signum: int, elapsed: float
+) -> tuple[Status, int, str]:
     """Why were we asked to stop? The answer decides the result's status."""
     cancelled = node.state.cancel_reason(task_id)
     if cancelled is not None:
         return Status.CANCELLED, returncode, cancelled
     ceiling = os.environ.get("DISPATCH_RUNTIME_MAX_S", "")
     if ceiling.isdigit() and elapsed >= int(ceiling) - 1:
-        return (Status.TIMEOUT, TIMEOUT_EXIT,
-                f"unit RuntimeMaxSec={ceiling} reached (the hard ceiling above timeout_s)")
+        return (
+            Status.TIMEOUT,
+            TIMEOUT_EXIT,
+            f"unit RuntimeMaxSec={ceiling} reached (the hard ceiling above timeout_s)",
+        )
     killswitch = node.spool.killswitch()
     if killswitch.hard:
         return Status.KILLED, returncode, f"hard KILLSWITCH: {killswitch.reason}"
     if _host_stopping():
-        return (Status.INTERRUPTED, returncode,
-                "host shutting down: execution stopped; not run again")
+        return (
+            Status.INTERRUPTED,
+            returncode,
+            "host shutting down: execution stopped; not run again",
+        )
     return Status.KILLED, returncode, f"execution stopped by {signal.Signals(signum).name}"
 
 
@@ -436,8 +579,15 @@ def _host_stopping() -> bool:
         return False
 
 
-def _classify(node: Node, task_id: str, returncode: int, timed_out: bool, signum: int,
-              timeout_s: int, elapsed: float) -> tuple[Status, int, str]:
+def _classify(
+    node: Node,
+    task_id: str,
+    returncode: int,
+    timed_out: bool,
+    signum: int,
+    timeout_s: int,
+    elapsed: float,
+) -> tuple[Status, int, str]:
     if timed_out:
         return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
     if signum:
@@ -466,8 +616,9 @@ def oom_kills() -> int:
         if controllers == "":
             candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
         elif "memory" in controllers.split(","):
-            candidates.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") /
-                              "memory.oom_control")
+            candidates.append(
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
+            )
         for candidate in candidates:
             try:
                 for stat_line in candidate.read_text().splitlines():

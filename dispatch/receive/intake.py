@@ -77,8 +77,9 @@ def candidate_id(obj: dict[str, Any] | None) -> str | None:
     return value if isinstance(value, str) and valid_id(value) else None
 
 
-def examine(cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *,
-            check_fresh: bool = True) -> Admitted:
+def examine(
+    cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *, check_fresh: bool = True
+) -> Admitted:
     """Every check of DESIGN.md's strict intake except replay, which needs the ledger."""
     if not name.endswith(".json"):
         raise Rejection("bad_name", "not a <id>.json task file")
@@ -88,58 +89,94 @@ def examine(cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *,
     except Rejection as exc:
         # Answer the sender only when the envelope claims this very lane and file name.
         task_id = candidate_id(obj)
-        if (task_id and name == f"{task_id}.json" and obj.get("from") == lane.from_
-                and obj.get("to") == lane.to):
+        if (
+            task_id
+            and name == f"{task_id}.json"
+            and obj.get("from") == lane.from_
+            and obj.get("to") == lane.to
+        ):
             exc.task_id = task_id
         raise
 
 
-def _examine(cfg: Config, ring: Keyring, lane: Lane, name: str, obj: dict[str, Any],
-             data: bytes, check_fresh: bool) -> Admitted:
+def _examine(
+    cfg: Config,
+    ring: Keyring,
+    lane: Lane,
+    name: str,
+    obj: dict[str, Any],
+    data: bytes,
+    check_fresh: bool,
+) -> Admitted:
     schema = obj.get("schema")
     v2 = schema == 2 and not isinstance(schema, bool)
     if v2:
         if not cfg.accept_v2:
-            raise Rejection("schema2_disabled",
-                            "schema-2 envelope, and this node does not accept them "
-                            "(DISPATCH_ACCEPT_V2=0)")
+            raise Rejection(
+                "schema2_disabled",
+                "schema-2 envelope, and this node does not accept them (DISPATCH_ACCEPT_V2=0)",
+            )
         old = parse_v2(obj)
         verify_v2(ring, old)
         # Only six fields are signed; the rest is the receiving node's policy, never the file's.
         envelope = Envelope(
-            id=old.id, from_=old.from_, to=old.to, created=old.created, priority=old.priority,
-            request=old.request, require_ack=cfg.v2_require_ack, require_dangerous=False,
+            id=old.id,
+            from_=old.from_,
+            to=old.to,
+            created=old.created,
+            priority=old.priority,
+            request=old.request,
+            require_ack=cfg.v2_require_ack,
+            require_dangerous=False,
             timeout_s=min(cfg.default_timeout_s, cfg.timeout_max_s),
-            max_output_bytes=cfg.default_max_output_bytes, callback=old.callback,
-            parent=None, hops=0, kid="", hmac=old.hmac, schema=2,
+            max_output_bytes=cfg.default_max_output_bytes,
+            callback=old.callback,
+            parent=None,
+            hops=0,
+            kid="",
+            hmac=old.hmac,
+            schema=2,
         )
     else:
         envelope = verify_envelope(ring, obj)
     if name != f"{envelope.id}.json":
         raise Rejection("name_mismatch", f"file name {name[:80]!r} is not <id>.json of its id")
     if (envelope.from_, envelope.to) != (lane.from_, lane.to):
-        raise Rejection("wrong_lane", f"envelope from {envelope.from_} to {envelope.to} "
-                        f"arrived in lane {lane.name}")
+        raise Rejection(
+            "wrong_lane",
+            f"envelope from {envelope.from_} to {envelope.to} arrived in lane {lane.name}",
+        )
     if check_fresh:
         now = now_utc()
         created = envelope.created_at()
         if created < now - timedelta(seconds=cfg.max_age_s):
             raise Rejection("stale", f"created {envelope.created}, older than {cfg.max_age_s}s")
         if created > now + timedelta(seconds=cfg.clock_skew_s):
-            raise Rejection("future", f"created {envelope.created}, more than "
-                            f"{cfg.clock_skew_s}s ahead of this host's clock")
+            raise Rejection(
+                "future",
+                f"created {envelope.created}, more than "
+                f"{cfg.clock_skew_s}s ahead of this host's clock",
+            )
     if envelope.timeout_s > cfg.timeout_max_s:
-        raise Rejection("policy_timeout", f"timeout_s {envelope.timeout_s} exceeds this node's "
-                        f"maximum {cfg.timeout_max_s}")
+        raise Rejection(
+            "policy_timeout",
+            f"timeout_s {envelope.timeout_s} exceeds this node's maximum {cfg.timeout_max_s}",
+        )
     if envelope.max_output_bytes > cfg.max_output_bytes_max:
-        raise Rejection("policy_output", f"max_output_bytes {envelope.max_output_bytes} exceeds "
-                        f"this node's maximum {cfg.max_output_bytes_max}")
+        raise Rejection(
+            "policy_output",
+            f"max_output_bytes {envelope.max_output_bytes} exceeds "
+            f"this node's maximum {cfg.max_output_bytes_max}",
+        )
     if envelope.hops > cfg.max_hops:
-        raise Rejection("too_many_hops", f"hops {envelope.hops} exceeds DISPATCH_MAX_HOPS "
-                        f"{cfg.max_hops}")
+        raise Rejection(
+            "too_many_hops", f"hops {envelope.hops} exceeds DISPATCH_MAX_HOPS {cfg.max_hops}"
+        )
     if envelope.require_dangerous and cfg.dangerous is DangerousPolicy.DENY:
-        raise Rejection("dangerous_denied", "require_dangerous, and this node denies it "
-                        "(DISPATCH_DANGEROUS=deny)")
+        raise Rejection(
+            "dangerous_denied",
+            "require_dangerous, and this node denies it (DISPATCH_DANGEROUS=deny)",
+        )
     needs_ack = envelope.require_ack or (
         envelope.require_dangerous and cfg.dangerous is DangerousPolicy.ACK
     )

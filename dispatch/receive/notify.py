@@ -31,16 +31,23 @@ def queue_dir(node: Node) -> Path:
 
 def _discord_body(payload: dict[str, Any]) -> dict[str, Any]:
     if payload["event"] == "task_pending_ack":
-        text = (f"dispatch: task `{payload['task_id']}` from {payload['from']} waits for an "
-                f"ack on {payload['node']}: `dispatch ack {payload['task_id'][:8]}`\n"
-                f"> {payload['request'][:500]}")
+        text = (
+            f"dispatch: task `{payload['task_id']}` from {payload['from']} waits for an "
+            f"ack on {payload['node']}: `dispatch ack {payload['task_id'][:8]}`\n"
+            f"> {payload['request'][:500]}"
+        )
     else:
-        text = (f"dispatch: task `{payload['task_id']}` ({payload['from']} → {payload['to']}) "
-                f"ended **{payload['status']}**"
-                + (f" ({payload['reason']})" if payload.get("reason") else "")
-                + (f"\n{payload['final_text'][:1500]}" if payload.get("final_text") else ""))
-    return {"username": "dispatch", "content": text[:DISCORD_LIMIT],
-            "allowed_mentions": {"parse": []}}
+        text = (
+            f"dispatch: task `{payload['task_id']}` ({payload['from']} → {payload['to']}) "
+            f"ended **{payload['status']}**"
+            + (f" ({payload['reason']})" if payload.get("reason") else "")
+            + (f"\n{payload['final_text'][:1500]}" if payload.get("final_text") else "")
+        )
+    return {
+        "username": "dispatch",
+        "content": text[:DISCORD_LIMIT],
+        "allowed_mentions": {"parse": []},
+    }
 
 
 def enqueue(node: Node, payload: dict[str, Any], callback: Callback | None) -> int:
@@ -49,8 +56,12 @@ def enqueue(node: Node, payload: dict[str, Any], callback: Callback | None) -> i
     try:
         return _enqueue(node, payload, callback)
     except Exception as exc:
-        node.emit("notify_error", f"cannot queue the {payload.get('event')} notification: "
-                  f"{exc}", task_id=payload.get("task_id"), level=events.WARNING)
+        node.emit(
+            "notify_error",
+            f"cannot queue the {payload.get('event')} notification: {exc}",
+            task_id=payload.get("task_id"),
+            level=events.WARNING,
+        )
         return 0
 
 
@@ -67,18 +78,39 @@ def _enqueue(node: Node, payload: dict[str, Any], callback: Callback | None) -> 
     directory.mkdir(mode=0o700, exist_ok=True)
     for kind, url, body in targets:
         name = f"{time.time_ns()}-{payload['task_id'][:8]}-{payload['event']}-{kind}.json"
-        atomic_write(directory / name, dump_json({"url": url, "kind": kind, "body": body,
-                                                  "attempts": 0, "next_at": 0.0}), mode=0o600)
+        atomic_write(
+            directory / name,
+            dump_json({"url": url, "kind": kind, "body": body, "attempts": 0, "next_at": 0.0}),
+            mode=0o600,
+        )
     kick(node)
     return len(targets)
 
 
-def task_payload(node: Node, event: str, *, task_id: str, from_: str, to: str,
-                 request: str = "", status: str = "", reason: str = "",
-                 final_text: str = "") -> dict[str, Any]:
-    return {"event": event, "task_id": task_id, "from": from_, "to": to, "node": node.name,
-            "at": rfc3339(now_utc()), "request": request[:2000], "status": status,
-            "reason": reason, "final_text": final_text[:4000]}
+def task_payload(
+    node: Node,
+    event: str,
+    *,
+    task_id: str,
+    from_: str,
+    to: str,
+    request: str = "",
+    status: str = "",
+    reason: str = "",
+    final_text: str = "",
+) -> dict[str, Any]:
+    return {
+        "event": event,
+        "task_id": task_id,
+        "from": from_,
+        "to": to,
+        "node": node.name,
+        "at": rfc3339(now_utc()),
+        "request": request[:2000],
+        "status": status,
+        "reason": reason,
+        "final_text": final_text[:4000],
+    }
 
 
 def kick(node: Node) -> None:
@@ -104,8 +136,12 @@ def post(url: str, body: dict[str, Any]) -> str | None:
     import urllib.request
 
     data = json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "dispatch-notify"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "dispatch-notify"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=POST_TIMEOUT_S) as answer:
             answer.read(4096)
@@ -119,8 +155,9 @@ def post(url: str, body: dict[str, Any]) -> str | None:
 def queued(node: Node) -> int:
     """Deliveries waiting in the queue."""
     try:
-        return sum(1 for n in os.listdir(queue_dir(node))
-                   if n.endswith(".json") and not n.startswith("."))
+        return sum(
+            1 for n in os.listdir(queue_dir(node)) if n.endswith(".json") and not n.startswith(".")
+        )
     except OSError:
         return 0
 
@@ -153,8 +190,9 @@ def _drain_locked(node: Node, deadline: float) -> int | None:
             return None
         delivered = 0
         while time.monotonic() < deadline:
-            names = sorted(n for n in os.listdir(directory) if n.endswith(".json")
-                           and not n.startswith("."))
+            names = sorted(
+                n for n in os.listdir(directory) if n.endswith(".json") and not n.startswith(".")
+            )
             if not names:
                 break
             next_due = float("inf")
@@ -177,13 +215,21 @@ def _drain_locked(node: Node, deadline: float) -> int | None:
                 item["attempts"] += 1
                 if item["attempts"] >= MAX_ATTEMPTS:
                     path.unlink()
-                    node.emit("notify_failed", f"{item['kind']} webhook gave up after "
-                              f"{item['attempts']} attempts: {error}", level=events.ERR)
+                    node.emit(
+                        "notify_failed",
+                        f"{item['kind']} webhook gave up after "
+                        f"{item['attempts']} attempts: {error}",
+                        level=events.ERR,
+                    )
                     continue
                 item["next_at"] = time.time() + min(2.0 ** (item["attempts"] - 1), BACKOFF_CAP_S)
                 next_due = min(next_due, item["next_at"])
-                node.emit("notify_retry", f"{item['kind']} webhook: {error}; attempt "
-                          f"{item['attempts']} of {MAX_ATTEMPTS}", level=events.WARNING)
+                node.emit(
+                    "notify_retry",
+                    f"{item['kind']} webhook: {error}; attempt "
+                    f"{item['attempts']} of {MAX_ATTEMPTS}",
+                    level=events.WARNING,
+                )
                 atomic_write(path, dump_json(item), mode=0o600)
             if next_due != float("inf"):
                 time.sleep(max(0.0, min(next_due - time.time(), deadline - time.monotonic())))

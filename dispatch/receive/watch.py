@@ -19,8 +19,10 @@ def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -
     lanes = node.spool.lanes_in(node.cfg)
     missing = [str(lane.inbox) for lane in lanes if not lane.inbox.is_dir()]
     if missing:
-        raise ConfigError(f"lanes missing: {', '.join(missing)} (is the share mounted? "
-                          "`dispatch init` creates them)")
+        raise ConfigError(
+            f"lanes missing: {', '.join(missing)} (is the share mounted? "
+            "`dispatch init` creates them)"
+        )
     dirs = [d for lane in lanes for d in (lane.inbox, lane.pending_ack, lane.processing)]
     began = time.monotonic()
     with DirWatcher(dirs) as watcher:

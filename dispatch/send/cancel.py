@@ -50,16 +50,30 @@ def request(node: Node, task_id: str) -> Requested:
     """On the sender: ask the receiver to cancel a task this node sent."""
     if not valid_id(task_id):
         raise UsageError(f"not a task id: {task_id[:60]!r}")
-    lane = next((lane for lane in node.spool.lanes_out(node.cfg)
-                 if results.find_task_lane(node, task_id) == lane), None)
+    lane = next(
+        (
+            lane
+            for lane in node.spool.lanes_out(node.cfg)
+            if results.find_task_lane(node, task_id) == lane
+        ),
+        None,
+    )
     if lane is None:
         raise NotFound(f"{node.name} sent no task {task_id}")
     if lane.result_path(task_id).exists():
         result = results.read(node, lane.result_path(task_id))
         return Requested(task_id, lane.name, None, result.status.value)
-    body = sign_object(node.keys, {"schema": SCHEMA, "kind": "cancel", "id": task_id,
-                                   "from": lane.from_, "to": lane.to,
-                                   "created": rfc3339(now_utc())})
+    body = sign_object(
+        node.keys,
+        {
+            "schema": SCHEMA,
+            "kind": "cancel",
+            "id": task_id,
+            "from": lane.from_,
+            "to": lane.to,
+            "created": rfc3339(now_utc()),
+        },
+    )
     lane.cancel.mkdir(exist_ok=True)
     lane.tmp.mkdir(exist_ok=True)
     staged = lane.tmp / f"{task_id}.cancel.json"

@@ -25,12 +25,12 @@ class Located:
 def write(node: Node, lane: Lane, result: Result, callback: Callback | None = None) -> bool:
     """Sign and publish a result. False if the lane already holds one for this id: a task
     has exactly one result (invariant 2), so the first one stands."""
-    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json(),
-                        callback)
+    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json(), callback)
 
 
-def write_signed(node: Node, lane: Lane, task_id: str, signed: dict[str, Any],
-                 callback: Callback | None = None) -> bool:
+def write_signed(
+    node: Node, lane: Lane, task_id: str, signed: dict[str, Any], callback: Callback | None = None
+) -> bool:
     """Publish a signed result (also one the share refused at the time). A forgery planted
     at its place is quarantined first; a genuine earlier result stands. Webhooks hear of
     it (queued; never delaying this)."""
@@ -40,11 +40,21 @@ def write_signed(node: Node, lane: Lane, task_id: str, signed: dict[str, Any],
         return False
     from dispatch.receive import notify
 
-    notify.enqueue(node, notify.task_payload(
-        node, "task_ended", task_id=task_id, from_=lane.from_, to=lane.to,
-        request=str(signed.get("request", "")), status=str(signed.get("status", "")),
-        reason=str(signed.get("reason", "")), final_text=str(signed.get("final_text", ""))),
-        callback)
+    notify.enqueue(
+        node,
+        notify.task_payload(
+            node,
+            "task_ended",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+            request=str(signed.get("request", "")),
+            status=str(signed.get("status", "")),
+            reason=str(signed.get("reason", "")),
+            final_text=str(signed.get("final_text", "")),
+        ),
+        callback,
+    )
     return True
 
 
@@ -54,14 +64,15 @@ def append_log(path: Path, data: bytes) -> bytes:
     if not data:
         return b""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o644)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
     except OSError:
         return data
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     except OSError:
         return bytes(view)
     finally:
@@ -70,16 +81,39 @@ def append_log(path: Path, data: bytes) -> bytes:
     return b""
 
 
-def verdict(node: Node, lane: Lane, task_id: str, request: str, status: Status, reason: str,
-            *, started_at: str | None = None, unit: str = "",
-            callback: Callback | None = None) -> bool:
+def verdict(
+    node: Node,
+    lane: Lane,
+    task_id: str,
+    request: str,
+    status: Status,
+    reason: str,
+    *,
+    started_at: str | None = None,
+    unit: str = "",
+    callback: Callback | None = None,
+) -> bool:
     """A result for a task that did not (or did not finish to) run: rejected, interrupted,
     cancelled, or killed before it started."""
     result = Result(
-        id=task_id, answered_by=node.name, answered_at=rfc3339(now_utc()), request=request,
-        status=status, exit_code=-1, elapsed_s=0.0, log_path="", final_text="",
-        output_tail="", output_bytes=0, perm_mode="", started_at=started_at, truncated=False,
-        unit=unit, reason=reason, kid="", hmac="",
+        id=task_id,
+        answered_by=node.name,
+        answered_at=rfc3339(now_utc()),
+        request=request,
+        status=status,
+        exit_code=-1,
+        elapsed_s=0.0,
+        log_path="",
+        final_text="",
+        output_tail="",
+        output_bytes=0,
+        perm_mode="",
+        started_at=started_at,
+        truncated=False,
+        unit=unit,
+        reason=reason,
+        kid="",
+        hmac="",
     )
     return write(node, lane, result, callback)
 
@@ -99,12 +133,23 @@ def genuine(node: Node, lane: Lane, task_id: str) -> bool:
     except FileNotFoundError:
         return False
     except Rejection as exc:
-        record = {"reason": "forged_result", "message": f"{exc.reason}: {exc}",
-                  "at": rfc3339(now_utc()), "node": node.name, "task_id": task_id}
+        record = {
+            "reason": "forged_result",
+            "message": f"{exc.reason}: {exc}",
+            "at": rfc3339(now_utc()),
+            "node": node.name,
+            "task_id": task_id,
+        }
         with contextlib.suppress(FileNotFoundError):
             lane.reject(path.name, record, lane.done)
-        node.emit("result_forged", f"{path.name}: {exc}; quarantined", task_id=task_id,
-                  from_=lane.from_, to=lane.to, level=4)
+        node.emit(
+            "result_forged",
+            f"{path.name}: {exc}; quarantined",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+            level=4,
+        )
         return False
 
 
@@ -129,8 +174,14 @@ def find_task_lane(node: Node, task_id: str) -> Lane | None:
     spool = node.spool
     for lane in spool.lanes_out(node.cfg) + spool.lanes_in(node.cfg):
         name = lane.task_name(task_id)
-        for where in (lane.inbox / name, lane.pending_ack / name, lane.processing / name,
-                      lane.result_path(task_id), lane.tmp / name, lane.rejected / name):
+        for where in (
+            lane.inbox / name,
+            lane.pending_ack / name,
+            lane.processing / name,
+            lane.result_path(task_id),
+            lane.tmp / name,
+            lane.rejected / name,
+        ):
             if where.exists():
                 return lane
     return None

@@ -59,18 +59,30 @@ def _ancestor_chain_env(max_depth: int = 64) -> dict[str, str]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             break
-        found = dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0")
-                     if item.startswith(("DISPATCH_TASK_ID=", "DISPATCH_HOPS=")))
+        found = dict(
+            item.split("=", 1)
+            for item in raw.decode("utf-8", "replace").split("\0")
+            if item.startswith(("DISPATCH_TASK_ID=", "DISPATCH_HOPS="))
+        )
         if valid_id(found.get("DISPATCH_TASK_ID", "")):
             return found
-        pid = int(stat[stat.rfind(")") + 2:].split()[1])
+        pid = int(stat[stat.rfind(")") + 2 :].split()[1])
     return {}
 
 
-def build(node: Node, *, to: str, request: str, from_: str | None = None,
-          priority: Priority = Priority.NORMAL, require_ack: bool = False,
-          dangerous: bool = False, timeout_s: int | None = None,
-          max_output_bytes: int | None = None, callback: Callback = Callback.FILE) -> Envelope:
+def build(
+    node: Node,
+    *,
+    to: str,
+    request: str,
+    from_: str | None = None,
+    priority: Priority = Priority.NORMAL,
+    require_ack: bool = False,
+    dangerous: bool = False,
+    timeout_s: int | None = None,
+    max_output_bytes: int | None = None,
+    callback: Callback = Callback.FILE,
+) -> Envelope:
     sender = from_ or node.name
     if not valid_node(to):
         raise UsageError(f"--to: not a valid node name: {to!r}")
@@ -89,10 +101,22 @@ def build(node: Node, *, to: str, request: str, from_: str | None = None,
         raise UsageError("--max-output-bytes must be positive")
     parent, hops = chain_position()
     envelope = Envelope(
-        id=new_id(), from_=sender, to=to, created=rfc3339(now_utc()), priority=priority,
-        request=request, require_ack=require_ack, require_dangerous=dangerous,
-        timeout_s=timeout, max_output_bytes=max_output, callback=callback, parent=parent,
-        hops=hops, kid="", hmac="", schema=SCHEMA,
+        id=new_id(),
+        from_=sender,
+        to=to,
+        created=rfc3339(now_utc()),
+        priority=priority,
+        request=request,
+        require_ack=require_ack,
+        require_dangerous=dangerous,
+        timeout_s=timeout,
+        max_output_bytes=max_output,
+        callback=callback,
+        parent=parent,
+        hops=hops,
+        kid="",
+        hmac="",
+        schema=SCHEMA,
     )
     return sign_envelope(node.keys, envelope)
 
@@ -100,10 +124,17 @@ def build(node: Node, *, to: str, request: str, from_: str | None = None,
 def deliver(node: Node, envelope: Envelope) -> Sent:
     lane = node.spool.lane(envelope.from_, envelope.to)
     if not lane.path.is_dir():
-        raise UsageError(f"lane {lane.path} does not exist: run `dispatch init` on both nodes "
-                         "(is the share mounted?)")
+        raise UsageError(
+            f"lane {lane.path} does not exist: run `dispatch init` on both nodes "
+            "(is the share mounted?)"
+        )
     data = canonical(envelope.to_json()) + b"\n"
     path = lane.deliver(envelope.id, data)
-    node.emit("task_sent", f"-> {envelope.to}: {envelope.request[:80]}", task_id=envelope.id,
-              from_=envelope.from_, to=envelope.to)
+    node.emit(
+        "task_sent",
+        f"-> {envelope.to}: {envelope.request[:80]}",
+        task_id=envelope.id,
+        from_=envelope.from_,
+        to=envelope.to,
+    )
     return Sent(envelope, path)

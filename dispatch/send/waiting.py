@@ -23,9 +23,13 @@ def stage_of(lane: Lane, task_id: str) -> str:
     if (lane.processing / name).exists():
         # The execution opens done/<id>.log as it starts: what the sender can see of it.
         return "running" if os.path.lexists(lane.log_path(task_id)) else "queued"
-    for stage, directory in (("queued", lane.processing), ("pending-ack", lane.pending_ack),
-                             ("inbox", lane.inbox), ("rejected", lane.rejected),
-                             ("sending", lane.tmp)):
+    for stage, directory in (
+        ("queued", lane.processing),
+        ("pending-ack", lane.pending_ack),
+        ("inbox", lane.inbox),
+        ("rejected", lane.rejected),
+        ("sending", lane.tmp),
+    ):
         if (directory / name).exists():
             return stage
     return "unknown"
@@ -45,9 +49,14 @@ def _note(message: str) -> None:
     print(f"dispatch: {message}", file=sys.stderr, flush=True)
 
 
-def wait(node: Node, task_id: str, *, timeout: float | None = None,
-         tick: Callable[[str, float], None] | None = None,
-         note: Callable[[str], None] = _note) -> Result:
+def wait(
+    node: Node,
+    task_id: str,
+    *,
+    timeout: float | None = None,
+    tick: Callable[[str, float], None] | None = None,
+    note: Callable[[str], None] = _note,
+) -> Result:
     lane = results.find_task_lane(node, task_id)
     if lane is None:
         raise NotFound(f"no task {task_id} in this node's lanes")
@@ -61,15 +70,19 @@ def wait(node: Node, task_id: str, *, timeout: float | None = None,
                     return results.read(node, lane.result_path(task_id))
                 stage = stage_of(lane, task_id)
                 if stage == "rejected" and not lane.result_path(task_id).exists():
-                    raise Rejection("rejected", f"task {task_id} was rejected: "
-                                    f"{rejection_reason(lane, task_id)}")
+                    raise Rejection(
+                        "rejected",
+                        f"task {task_id} was rejected: {rejection_reason(lane, task_id)}",
+                    )
             except OSError as exc:
                 # The share does not answer (its server restarting, the network cut): keep
                 # waiting until the timeout, as on a hard NFS mount, and say so once.
                 stage = f"share unreachable: {exc.strerror or exc}"
                 if not outage:
-                    note(f"{exc.filename or lane.path}: {exc.strerror or exc}; still waiting "
-                         f"for {task_id}")
+                    note(
+                        f"{exc.filename or lane.path}: {exc.strerror or exc}; still waiting "
+                        f"for {task_id}"
+                    )
                 outage = stage
             else:
                 if outage:
@@ -79,7 +92,8 @@ def wait(node: Node, task_id: str, *, timeout: float | None = None,
             if tick is not None:
                 tick(stage, elapsed)
             if timeout is not None and elapsed >= timeout:
-                raise WaitTimeout(f"no result for {task_id} after {timeout:g}s "
-                                  f"(last seen: {stage})")
+                raise WaitTimeout(
+                    f"no result for {task_id} after {timeout:g}s (last seen: {stage})"
+                )
             remaining = poll if timeout is None else min(poll, timeout - elapsed)
             watcher.wait(min(remaining, 1.0) if tick is not None else remaining)

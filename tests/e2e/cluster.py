@@ -64,9 +64,19 @@ TOOLS = ("sshd", "ssh", "ssh-keygen", "sshfs", "fusermount3", "ip", "unshare", "
 # allow_other lets the agent's user and every unit see the mount, default_permissions has
 # the kernel check modes as on a local disk.
 SSHFS_OPTIONS = (
-    "reconnect", "ServerAliveInterval=2", "ServerAliveCountMax=2", "ConnectTimeout=3",
-    "BatchMode=yes", "StrictHostKeyChecking=yes", "dir_cache=no", "entry_timeout=0",
-    "attr_timeout=0", "negative_timeout=0", "allow_other", "default_permissions", "_netdev",
+    "reconnect",
+    "ServerAliveInterval=2",
+    "ServerAliveCountMax=2",
+    "ConnectTimeout=3",
+    "BatchMode=yes",
+    "StrictHostKeyChecking=yes",
+    "dir_cache=no",
+    "entry_timeout=0",
+    "attr_timeout=0",
+    "negative_timeout=0",
+    "allow_other",
+    "default_permissions",
+    "_netdev",
 )
 
 
@@ -74,8 +84,10 @@ def missing_e2e_prerequisites() -> list[str]:
     problems = missing_prerequisites()
     for tool in TOOLS:
         if shutil.which(tool, path=DEFAULT_ENV["PATH"]) is None:
-            problems.append(f"{tool} not found (scripts/setup-dev installs sshfs, "
-                            "openssh-server, openssh-client, fuse3, iproute2)")
+            problems.append(
+                f"{tool} not found (scripts/setup-dev installs sshfs, "
+                "openssh-server, openssh-client, fuse3, iproute2)"
+            )
     if not os.path.exists("/dev/fuse"):
         problems.append("/dev/fuse missing: the kernel has no FUSE")
     try:
@@ -94,11 +106,18 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={"PATH": DEFAULT_ENV["PATH"], "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={"PATH": DEFAULT_ENV["PATH"], "LANG": "C.UTF-8"},
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"exit status {proc.returncode}: {shlex.join(argv)}\n"
-                             f"{proc.stdout}{proc.stderr}")
+        raise AssertionError(
+            f"exit status {proc.returncode}: {shlex.join(argv)}\n{proc.stdout}{proc.stderr}"
+        )
     return proc
 
 
@@ -119,8 +138,20 @@ class SshKeys:
         self.dir.mkdir(parents=True, exist_ok=True)
         for key in (self.host_key, self.client_key):
             if not key.exists():
-                _run([_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C",
-                      f"dispatch-e2e {key.name}", "-f", str(key)])
+                _run(
+                    [
+                        _tool("ssh-keygen"),
+                        "-q",
+                        "-t",
+                        "ed25519",
+                        "-N",
+                        "",
+                        "-C",
+                        f"dispatch-e2e {key.name}",
+                        "-f",
+                        str(key),
+                    ]
+                )
         self.authorized_keys.write_text(Path(f"{self.client_key}.pub").read_text())
         self.authorized_keys.chmod(0o600)
         return self
@@ -183,10 +214,22 @@ class FileServer:
         init.chmod(0o755)
         with open(self.workdir / "server.log", "ab") as log:
             self._proc = subprocess.Popen(
-                [_tool("unshare"), "--net", "--mount", "--pid", "--fork",
-                 "--kill-child=SIGKILL", "--propagation", "private", str(init)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                [
+                    _tool("unshare"),
+                    "--net",
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--kill-child=SIGKILL",
+                    "--propagation",
+                    "private",
+                    str(init),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
                 env={"PATH": DEFAULT_ENV["PATH"], "LANG": "C.UTF-8"},
             )
         _LIVE_SERVERS.add(self)
@@ -204,11 +247,14 @@ class FileServer:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"file server namespace exited with {proc.returncode}:\n"
-                                     + (self.workdir / "server.log").read_text())
+                raise AssertionError(
+                    f"file server namespace exited with {proc.returncode}:\n"
+                    + (self.workdir / "server.log").read_text()
+                )
             try:
-                child = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
-                            .split()[0])
+                child = int(
+                    Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0]
+                )
             except (OSError, IndexError, ValueError):
                 return False
             ns = _ns_id(child)
@@ -242,13 +288,13 @@ class FileServer:
             lines = Path(f"/proc/{self.pid}/net/tcp").read_text().splitlines()[1:]
         except OSError:
             return False
-        return any(f":{SSH_PORT:04X}" in line.split()[1] and line.split()[3] == "0A"
-                   for line in lines)
+        return any(
+            f":{SSH_PORT:04X}" in line.split()[1] and line.split()[3] == "0A" for line in lines
+        )
 
     def start_sshd(self) -> None:
         # -E: sshd logs to our file; it daemonises inside the PID namespace.
-        _run(self.nsenter(_tool("sshd"), "-f", str(self.config), "-E", str(self.log),
-                          pid_ns=True))
+        _run(self.nsenter(_tool("sshd"), "-f", str(self.config), "-E", str(self.log), pid_ns=True))
         wait_for(self.listening, 10, 0.02, f"sshd listening on port {SSH_PORT}")
 
     def kill_sshd(self) -> list[int]:
@@ -258,8 +304,9 @@ class FileServer:
         victims = self.sshd_pids()
         for pid in victims:
             _kill_in_pidns(pid, self.pidns)
-        wait_for(lambda: not self.sshd_pids() and not self.listening(), 10, 0.02,
-                 "sshd processes to die")
+        wait_for(
+            lambda: not self.sshd_pids() and not self.listening(), 10, 0.02, "sshd processes to die"
+        )
         return victims
 
     # -- network -------------------------------------------------------------------
@@ -272,18 +319,38 @@ class FileServer:
             raise ValueError("too many hosts")
         self.links[host.name] = index
         server_if, server_ip, host_ip = f"s{index}", f"10.77.{index}.1", f"10.77.{index}.2"
-        _run(self.nsenter(_tool("ip"), "link", "add", server_if, "type", "veth", "peer",
-                          "name", HOST_IFACE, "netns", str(host.pid)))
+        _run(
+            self.nsenter(
+                _tool("ip"),
+                "link",
+                "add",
+                server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                HOST_IFACE,
+                "netns",
+                str(host.pid),
+            )
+        )
         _run(self.nsenter(_tool("ip"), "addr", "add", f"{server_ip}/24", "dev", server_if))
         _run(self.nsenter(_tool("ip"), "link", "set", server_if, "up"))
-        host.run(["sh", "-c", f"ip link set lo up && ip addr add {host_ip}/24 dev {HOST_IFACE}"
-                              f" && ip link set {HOST_IFACE} up"])
+        host.run(
+            [
+                "sh",
+                "-c",
+                f"ip link set lo up && ip addr add {host_ip}/24 dev {HOST_IFACE}"
+                f" && ip link set {HOST_IFACE} up",
+            ]
+        )
         return server_ip, host_ip
 
     def set_link(self, host: str, up: bool) -> None:
         """Cut (or restore) one host's link: its requests hang until sshfs gives up."""
-        _run(self.nsenter(_tool("ip"), "link", "set", f"s{self.links[host]}",
-                          "up" if up else "down"))
+        _run(
+            self.nsenter(_tool("ip"), "link", "set", f"s{self.links[host]}", "up" if up else "down")
+        )
 
     # -- teardown ------------------------------------------------------------------
     def stop(self) -> None:
@@ -302,6 +369,7 @@ class FileServer:
                         os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             if pidns is not None:
+
                 def empty() -> bool:
                     for pid in _pids_in_pidns(pidns):
                         _kill_in_pidns(pid, pidns)
@@ -328,8 +396,14 @@ def _stop_leftover_servers() -> None:
 
 
 def mount_unit(server_ip: str, export: Path, identity: Path, known_hosts: Path) -> str:
-    options = ",".join((f"port={SSH_PORT}", f"IdentityFile={identity}",
-                        f"UserKnownHostsFile={known_hosts}", *SSHFS_OPTIONS))
+    options = ",".join(
+        (
+            f"port={SSH_PORT}",
+            f"IdentityFile={identity}",
+            f"UserKnownHostsFile={known_hosts}",
+            *SSHFS_OPTIONS,
+        )
+    )
     return (
         "[Unit]\n"
         "Description=dispatch shared root (sshfs from the e2e file server)\n"
@@ -353,12 +427,14 @@ class Node:
         self.kid = ""
 
     # -- commands ------------------------------------------------------------------
-    def run(self, cmd: list[str] | str, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: list[str] | str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.host.run(cmd, check=check, timeout=timeout)
 
-    def dispatch(self, *args: str, check: bool = True,
-                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def dispatch(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.host.run([DISPATCH, *args], check=check, timeout=timeout)
 
     def send(self, to: str, request: str, *flags: str) -> str:
@@ -372,10 +448,12 @@ class Node:
 
     def wait_noting(self, task_id: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
         """The verified result and what `dispatch wait` said on stderr meanwhile."""
-        proc = self.dispatch("wait", task_id, "--json", "--timeout", str(timeout),
-                             check=False, timeout=timeout + 30)
-        assert proc.stdout.strip(), (f"[{self.name}] wait {task_id}: rc={proc.returncode} "
-                                     f"{proc.stderr}")
+        proc = self.dispatch(
+            "wait", task_id, "--json", "--timeout", str(timeout), check=False, timeout=timeout + 30
+        )
+        assert proc.stdout.strip(), (
+            f"[{self.name}] wait {task_id}: rc={proc.returncode} {proc.stderr}"
+        )
         result: dict[str, Any] = json.loads(proc.stdout)
         return result, proc.stderr
 
@@ -390,8 +468,10 @@ class Node:
         return self.host.journalctl(*args)
 
     def failed_units(self) -> list[str]:
-        out = self.run(["systemctl", "list-units", "--failed", "--all", "--plain",
-                        "--no-legend", "--full"], check=False).stdout
+        out = self.run(
+            ["systemctl", "list-units", "--failed", "--all", "--plain", "--no-legend", "--full"],
+            check=False,
+        ).stdout
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
     def agent_runs(self) -> list[dict[str, Any]]:
@@ -421,8 +501,13 @@ class Node:
 class Cluster:
     """A file server and one dispatch host per name, all peers of one another."""
 
-    def __init__(self, workdir: Path, keys: SshKeys, names: Iterable[str],
-                 settings: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        keys: SshKeys,
+        names: Iterable[str],
+        settings: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.keys = keys
         self.names = list(names)
@@ -451,14 +536,19 @@ class Cluster:
         hostdir = self.workdir / "hosts" / name
         hidden = hostdir / "hidden"
         hidden.mkdir(parents=True)
-        host = SystemdHost(name, hostdir / "sdhost", net=True, binds={
-            "/etc/dispatch": hostdir / "etc-dispatch",
-            "/var/lib/dispatch": hostdir / "var-lib-dispatch",
-            MNT: hostdir / "mnt",
-            # The export (and the server's keys) exist on this machine, so in every host:
-            # an empty directory over them. The share is reachable through sshfs only.
-            str(self.server.workdir): hidden,
-        })
+        host = SystemdHost(
+            name,
+            hostdir / "sdhost",
+            net=True,
+            binds={
+                "/etc/dispatch": hostdir / "etc-dispatch",
+                "/var/lib/dispatch": hostdir / "var-lib-dispatch",
+                MNT: hostdir / "mnt",
+                # The export (and the server's keys) exist on this machine, so in every host:
+                # an empty directory over them. The share is reachable through sshfs only.
+                str(self.server.workdir): hidden,
+            },
+        )
         node = Node(name, host, hostdir)
         # Registered first, so stop() powers it off even if its boot fails half-way.
         self.nodes[name] = node
@@ -475,8 +565,9 @@ class Cluster:
         known_hosts = ssh / "known_hosts"
         known_hosts.write_text(self.keys.known_hosts([server_ip]))
         node.run(["mkdir", "-p", SHARE])
-        node.host.install_unit(mount_unit(server_ip, self.server.export, identity, known_hosts),
-                               MOUNT_UNIT)
+        node.host.install_unit(
+            mount_unit(server_ip, self.server.export, identity, known_hosts), MOUNT_UNIT
+        )
         node.systemctl("start", MOUNT_UNIT)
         fstype = node.run(["findmnt", "-n", "-o", "FSTYPE", SHARE]).stdout.strip()
         assert fstype == "fuse.sshfs", f"[{node.name}] {SHARE} is {fstype!r}"
@@ -498,8 +589,9 @@ class Cluster:
                 **self.settings.get(name, {}),
             }
             sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-            install_units(node.host, "[Service]\n"
-                          f"Environment=DISPATCH_FAKE_AGENT_LOG={AGENT_LOG}\n")
+            install_units(
+                node.host, f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG={AGENT_LOG}\n"
+            )
             node.run(["sh", "-c", f": > {AGENT_LOG} && chmod 666 {AGENT_LOG}"])
             argv = [DISPATCH, "init", "--root", SHARE, "--node", name, "--peers", peers, *sets]
             incoming = node.dir / "etc-dispatch" / f"{kid}.key"
@@ -518,8 +610,9 @@ class Cluster:
                 kid = node.kid
                 key_text = (node.dir / "etc-dispatch" / "keys" / f"{kid}.key").read_text()
             node.host.daemon_reload()
-            node.systemctl("start", "dispatch-watch.path", "dispatch-watch.timer",
-                           "dispatch-heartbeat.timer")
+            node.systemctl(
+                "start", "dispatch-watch.path", "dispatch-watch.timer", "dispatch-heartbeat.timer"
+            )
         kids = {node.kid for node in self.nodes.values()}
         assert len(kids) == 1, f"every host must hold the same key: {kids}"
 
@@ -551,8 +644,9 @@ class Cluster:
                 continue
             path = node.dir / "journal.txt"
             with contextlib.suppress(Exception):
-                text = node.host.run(["journalctl", "--no-pager", "-o", "short-precise"],
-                                     check=False, timeout=30).stdout
+                text = node.host.run(
+                    ["journalctl", "--no-pager", "-o", "short-precise"], check=False, timeout=30
+                ).stdout
                 path.write_text(text)
                 saved.append(path)
         return saved
@@ -589,9 +683,12 @@ def machine_snapshot(marker: str) -> dict[str, Any]:
     sshd privilege-separation dir, sshd/sshfs processes. `marker` is a path that every
     command line and mount source of this suite contains (its temp dir)."""
     out = _run([_tool("ip"), "-o", "link", "show"]).stdout
-    links = sorted(name for line in out.splitlines() if line.strip()
-                   if re.fullmatch(rf"s\d+|{HOST_IFACE}",
-                                   (name := line.split(":")[1].strip().split("@")[0])))
+    links = sorted(
+        name
+        for line in out.splitlines()
+        if line.strip()
+        if re.fullmatch(rf"s\d+|{HOST_IFACE}", (name := line.split(":")[1].strip().split("@")[0]))
+    )
     ours = (MNT, "/etc/dispatch", "/var/lib/dispatch", "/run/sshd", marker)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         mounts = sorted(

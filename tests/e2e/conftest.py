@@ -19,8 +19,11 @@ def e2e_prerequisites() -> None:
     # Fail, never skip: CI runs these tests as root, and a skip would hide that they did not.
     problems = missing_e2e_prerequisites()
     if problems:
-        pytest.fail("e2e tests boot systemd hosts in network namespaces that mount a share "
-                    "with sshfs; missing: " + "; ".join(problems), pytrace=False)
+        pytest.fail(
+            "e2e tests boot systemd hosts in network namespaces that mount a share "
+            "with sshfs; missing: " + "; ".join(problems),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +33,9 @@ def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SshKeys:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def machine_untouched(tmp_path_factory: pytest.TempPathFactory,
-                      e2e_prerequisites: None) -> Iterator[None]:
+def machine_untouched(
+    tmp_path_factory: pytest.TempPathFactory, e2e_prerequisites: None
+) -> Iterator[None]:
     """No veth, mount, sshd or sshfs of this suite may outlive it on the machine."""
     marker = str(tmp_path_factory.getbasetemp())
     before = machine_snapshot(marker)
@@ -55,8 +59,9 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture
-def make_cluster(request: pytest.FixtureRequest, tmp_path: Path,
-                 ssh_keys: SshKeys) -> Iterator[ClusterFactory]:
+def make_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, ssh_keys: SshKeys
+) -> Iterator[ClusterFactory]:
     """make_cluster("a", "b", settings={"b": {"DISPATCH_MAX_PARALLEL": "1"}}) boots a file
     server and the hosts; every one of them is torn down after the test, pass or fail."""
     clusters: list[Cluster] = []

@@ -26,8 +26,11 @@ def _events(node: Node, task_id: str) -> list[str]:
 def _settled(cluster: Cluster) -> None:
     """After recovery every unit comes back by itself: nothing left failed on any host."""
     for node in cluster.nodes.values():
-        node.wait_until("no failed unit", lambda: not node.failed_units(),  # noqa: B023
-                        timeout=30)
+        node.wait_until(
+            "no failed unit",
+            lambda: not node.failed_units(),  # noqa: B023
+            timeout=30,
+        )
     assert cluster.leftovers() == {}
 
 
@@ -40,8 +43,11 @@ def test_file_server_dies_mid_run_and_returns(make_cluster: ClusterFactory) -> N
     back = b.send("a", "back sleep=6")
     with ThreadPoolExecutor(max_workers=3) as pool:
         # The senders wait across the whole outage.
-        waits = {first: _wait_bg(pool, a, first), second: _wait_bg(pool, a, second),
-                 back: _wait_bg(pool, b, back)}
+        waits = {
+            first: _wait_bg(pool, a, first),
+            second: _wait_bg(pool, a, second),
+            back: _wait_bg(pool, b, back),
+        }
         b.wait_until("first running on b", lambda: b.ran(first) == 1)
         a.wait_until("back running on a", lambda: a.ran(back) == 1)
         assert f"{second}.json" in b.lane_files("a-to-b", "processing")
@@ -49,8 +55,9 @@ def test_file_server_dies_mid_run_and_returns(make_cluster: ClusterFactory) -> N
         down_at = time.monotonic()
         assert cluster.server.kill_sshd()
         # Meanwhile: clear one-line errors, and nothing hangs.
-        refused = a.dispatch("send", "--to", "b", "--request", "during the outage",
-                             check=False, timeout=30)
+        refused = a.dispatch(
+            "send", "--to", "b", "--request", "during the outage", check=False, timeout=30
+        )
         assert refused.returncode == 2, refused
         assert refused.stderr.startswith("dispatch: ") and "Input/output error" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

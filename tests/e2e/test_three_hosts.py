@@ -17,12 +17,13 @@ def test_ring_of_three(make_cluster: ClusterFactory) -> None:
         conf = cluster[name].run(["cat", "/etc/dispatch/dispatch.conf"]).stdout
         peers = sorted(set("abc") - {name})
         assert f"DISPATCH_PEERS={','.join(peers)}" in conf, conf
-    sent = {(src, dst): cluster[src].send(dst, f"ring {src} to {dst} sleep=1")
-            for src, dst in RING}
-    results = cluster.parallel(*[
-        (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
-        for (src, _dst), task_id in sent.items()
-    ])
+    sent = {(src, dst): cluster[src].send(dst, f"ring {src} to {dst} sleep=1") for src, dst in RING}
+    results = cluster.parallel(
+        *[
+            (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
+            for (src, _dst), task_id in sent.items()
+        ]
+    )
     for ((src, dst), task_id), result in zip(sent.items(), results, strict=True):
         assert result["status"] == "ok", json.dumps(result)
         assert result["answered_by"] == dst
@@ -46,8 +47,10 @@ def test_killswitch_from_any_host_holds_every_host(make_cluster: ClusterFactory)
     sent = {(src, dst): cluster[src].send(dst, f"held {src} to {dst}") for src, dst in RING}
     for (src, dst), task_id in sent.items():
         receiver, lane, name = cluster[dst], f"{src}-to-{dst}", f"{task_id}.json"
-        receiver.wait_until(f"{task_id} queued on {dst}",
-                            lambda: name in receiver.lane_files(lane, "processing"))  # noqa: B023
+        receiver.wait_until(
+            f"{task_id} queued on {dst}",
+            lambda: name in receiver.lane_files(lane, "processing"),  # noqa: B023
+        )
     # Three timer periods after the last arrival: nothing started anywhere.
     time.sleep(3)
     for node in nodes:
@@ -56,15 +59,21 @@ def test_killswitch_from_any_host_holds_every_host(make_cluster: ClusterFactory)
         assert status["killswitch"] == {"on": True, "hard": False, "reason": "incident 12"}
         held = node.journal("DISPATCH_EVENT=killswitch_hold", "-o", "cat")
         assert "none started: incident 12" in held, (node.name, held)
-        assert node.run(["systemctl", "list-units", "--no-legend", "--plain",
-                         "dispatch-exec@*"]).stdout.strip() == "", node.name
+        assert (
+            node.run(
+                ["systemctl", "list-units", "--no-legend", "--plain", "dispatch-exec@*"]
+            ).stdout.strip()
+            == ""
+        ), node.name
     assert time.monotonic() - switched_at < 30
     # Lifted from another host: everything runs, on its own host, once.
     cluster["a"].dispatch("killswitch", "off")
-    results = cluster.parallel(*[
-        (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
-        for (src, _dst), task_id in sent.items()
-    ])
+    results = cluster.parallel(
+        *[
+            (lambda src=src, task_id=task_id: cluster[src].wait(task_id))
+            for (src, _dst), task_id in sent.items()
+        ]
+    )
     assert [r["status"] for r in results] == ["ok"] * 3, results
     for (_src, dst), task_id in sent.items():
         assert cluster[dst].ran(task_id) == 1

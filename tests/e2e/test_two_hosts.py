@@ -46,9 +46,10 @@ def test_remote_writes_reach_the_receiver_by_timer_alone(make_cluster: ClusterFa
     a, b = cluster["a"], cluster["b"]
     # b's timer off, its path unit on: inotify on b never hears of a's write through a's mount.
     b.systemctl("stop", "dispatch-watch.timer")
-    b.wait_until("b's watch service idle",
-                 lambda: b.host.unit_property("dispatch-watch.service", "ActiveState")
-                 == "inactive")
+    b.wait_until(
+        "b's watch service idle",
+        lambda: b.host.unit_property("dispatch-watch.service", "ActiveState") == "inactive",
+    )
     before = b.invocation("dispatch-watch.service")
     assert b.host.unit_property("dispatch-watch.path", "ActiveState") == "active"
     task_id = a.send("b", "delivered by the timer")
@@ -79,10 +80,10 @@ def test_ack_is_given_on_the_receiving_host_only(make_cluster: ClusterFactory) -
     # An ack file forged on a's side of the share releases nothing.
     forged = {"id": task_id, "node": "b", "acked_at": "2030-01-01T00:00:00Z", "mac": "0" * 64}
     a.write(f"{SHARE}/{lane}/pending-ack/{task_id}.ack", json.dumps(forged))
-    b.wait_until("forged ack refused",
-                 lambda: f"{task_id}.ack.reason.json" in b.lane_files(lane, "rejected"))
-    reason = json.loads(b.run(["cat", f"{SHARE}/{lane}/rejected/{task_id}.ack.reason.json"])
-                        .stdout)
+    b.wait_until(
+        "forged ack refused", lambda: f"{task_id}.ack.reason.json" in b.lane_files(lane, "rejected")
+    )
+    reason = json.loads(b.run(["cat", f"{SHARE}/{lane}/rejected/{task_id}.ack.reason.json"]).stdout)
     assert reason["reason"] == "forged_ack", reason
     time.sleep(2)
     assert b.lane_files(lane, "pending-ack") == [f"{task_id}.json"]
@@ -104,9 +105,10 @@ def test_ack_is_given_on_the_receiving_host_only(make_cluster: ClusterFactory) -
 def test_heartbeats_and_peer_status(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster("a", "b")
     a, b = cluster["a"], cluster["b"]
-    a.wait_until("both heartbeats on the share",
-                 lambda: sorted(a.run(["ls", f"{SHARE}/heartbeats"]).stdout.split())
-                 == ["a.json", "b.json"])
+    a.wait_until(
+        "both heartbeats on the share",
+        lambda: sorted(a.run(["ls", f"{SHARE}/heartbeats"]).stdout.split()) == ["a.json", "b.json"],
+    )
     beat_b = json.loads(a.run(["cat", f"{SHARE}/heartbeats/b.json"]).stdout)
     assert beat_b["node"] == "b" and beat_b["killswitch"] is False
     for node, peer in ((a, "b"), (b, "a")):

@@ -44,20 +44,26 @@ def prerequisites() -> list[str]:
     problems = missing_prerequisites()
     real = os.path.realpath(PYTHON)
     if real.startswith(("/root/", "/home/")):
-        problems.append(f"the venv's python {real} lives under /root or /home, which the units "
-                        "cannot see (ProtectHome=yes): run `scripts/setup-dev test`, which "
-                        "rebuilds .venv on /usr/bin/python3")
+        problems.append(
+            f"the venv's python {real} lives under /root or /home, which the units "
+            "cannot see (ProtectHome=yes): run `scripts/setup-dev test`, which "
+            "rebuilds .venv on /usr/bin/python3"
+        )
     return problems
 
 
 def new_host(name: str, workdir: Path) -> SystemdHost:
     for sub in ("etc-dispatch", "var-lib-dispatch", "mnt-dispatch"):
         (workdir / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
-    return SystemdHost(name, workdir / "sdhost", binds={
-        "/etc/dispatch": workdir / "etc-dispatch",
-        "/var/lib/dispatch": workdir / "var-lib-dispatch",
-        "/mnt/dispatch": workdir / "mnt-dispatch",
-    })
+    return SystemdHost(
+        name,
+        workdir / "sdhost",
+        binds={
+            "/etc/dispatch": workdir / "etc-dispatch",
+            "/var/lib/dispatch": workdir / "var-lib-dispatch",
+            "/mnt/dispatch": workdir / "mnt-dispatch",
+        },
+    )
 
 
 def sender_conf(sender: str) -> str:
@@ -84,14 +90,16 @@ class HostileNode:
         return f"{ROOT}/{sender}-to-{RECEIVER}"
 
     # -- set-up --------------------------------------------------------------------------
-    def setup(self, *, settings: dict[str, str] | None = None, timer: bool = True,
-              share: str = "dir") -> None:
+    def setup(
+        self, *, settings: dict[str, str] | None = None, timer: bool = True, share: str = "dir"
+    ) -> None:
         """`share`: "dir" (a directory), "bind" (a bind mount of BACKING at ROOT, which the
         tests unmount and mount again) or "tmpfs:<size>" (a size-limited filesystem)."""
         h = self.host
         self.timer, self.share = timer, share
-        h.run(["sh", "-c", f"mkdir -p {ROOT} {BACKING} && : > {AGENT_LOG} && "
-                           f"chmod 666 {AGENT_LOG}"])
+        h.run(
+            ["sh", "-c", f"mkdir -p {ROOT} {BACKING} && : > {AGENT_LOG} && chmod 666 {AGENT_LOG}"]
+        )
         self.mount_share()
         values = {
             "DISPATCH_AGENT_BIN": f"{PYTHON} -m dispatch.ops.fake_agent",
@@ -102,14 +110,41 @@ class HostileNode:
         }
         values.update(settings or {})
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-        out = h.run([DISPATCH, "init", "--root", ROOT, "--node", RECEIVER,
-                     "--peers", ",".join(SENDERS), *sets]).stdout
+        out = h.run(
+            [
+                DISPATCH,
+                "init",
+                "--root",
+                ROOT,
+                "--node",
+                RECEIVER,
+                "--peers",
+                ",".join(SENDERS),
+                *sets,
+            ]
+        ).stdout
         self.kid = out.split("key ")[1].split()[0]
         for sender in SENDERS:
-            h.run([DISPATCH, "init", "--root", ROOT, "--node", sender, "--peers", RECEIVER,
-                   "--config", sender_conf(sender), "--key-dir", f"/etc/dispatch/{sender}/keys",
-                   "--state-dir", f"{STATE}/{sender}",
-                   "--key-file", f"/etc/dispatch/keys/{self.kid}.key"])
+            h.run(
+                [
+                    DISPATCH,
+                    "init",
+                    "--root",
+                    ROOT,
+                    "--node",
+                    sender,
+                    "--peers",
+                    RECEIVER,
+                    "--config",
+                    sender_conf(sender),
+                    "--key-dir",
+                    f"/etc/dispatch/{sender}/keys",
+                    "--state-dir",
+                    f"{STATE}/{sender}",
+                    "--key-file",
+                    f"/etc/dispatch/keys/{self.kid}.key",
+                ]
+            )
         h.run(["mkdir", "-p", STAGING])
         self.install()
 
@@ -121,8 +156,9 @@ class HostileNode:
             self.host.run(["mount", "--bind", BACKING, ROOT])
         elif self.share.startswith("tmpfs:"):
             size = self.share.split(":", 1)[1]
-            self.host.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755",
-                           "dispatch-share", ROOT])
+            self.host.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "dispatch-share", ROOT]
+            )
 
     def install(self) -> None:
         """The shipped units (again after a reboot: /run is fresh), then start watching."""
@@ -158,19 +194,22 @@ class HostileNode:
         return self.ns(f"/etc/dispatch/keys/{self.kid}.key").read_bytes().strip()
 
     # -- the senders' side ---------------------------------------------------------------
-    def dispatch(self, *args: str, sender: str | None = "devbox", check: bool = True,
-                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def dispatch(
+        self, *args: str, sender: str | None = "devbox", check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         env = {"DISPATCH_CONFIG": sender_conf(sender)} if sender else {}
         return self.host.run([DISPATCH, *args], env=env, check=check, timeout=timeout)
 
     def send(self, request: str, *flags: str, sender: str = "devbox") -> str:
-        out = self.dispatch("send", "--to", RECEIVER, "--request", request, "--json", *flags,
-                            sender=sender)
+        out = self.dispatch(
+            "send", "--to", RECEIVER, "--request", request, "--json", *flags, sender=sender
+        )
         task_id: str = json.loads(out.stdout)["id"]
         return task_id
 
-    def send_many(self, requests: list[str], sender: str = "devbox",
-                  timeout: float = 600) -> list[str]:
+    def send_many(
+        self, requests: list[str], sender: str = "devbox", timeout: float = 600
+    ) -> list[str]:
         """Many tasks from one sender process (signed and delivered by dispatch's sender
         code, one after the other, as a busy sender would)."""
         script = (
@@ -183,9 +222,12 @@ class HostileNode:
             "    sender.deliver(node, env)\n"
             "    print(env.id, flush=True)\n"
         )
-        proc = self.host.run([PYTHON, "-c", script], env={"DISPATCH_CONFIG": sender_conf(sender)},
-                             input="".join(r.replace("\n", " ") + "\n" for r in requests),
-                             timeout=timeout)
+        proc = self.host.run(
+            [PYTHON, "-c", script],
+            env={"DISPATCH_CONFIG": sender_conf(sender)},
+            input="".join(r.replace("\n", " ") + "\n" for r in requests),
+            timeout=timeout,
+        )
         return proc.stdout.split()
 
     # -- what the node shows -------------------------------------------------------------
@@ -198,7 +240,8 @@ class HostileNode:
     def result(self, task_id: str, sender: str = "devbox") -> dict[str, Any] | None:
         try:
             data: dict[str, Any] = json.loads(
-                (self.lane(sender) / "done" / f"{task_id}.result.json").read_bytes())
+                (self.lane(sender) / "done" / f"{task_id}.result.json").read_bytes()
+            )
         except (FileNotFoundError, ValueError):
             return None
         return data
@@ -211,20 +254,24 @@ class HostileNode:
                 found[task_id] = data
         return found
 
-    def wait_results(self, ids: list[str], sender: str = "devbox",
-                     timeout: float = 120) -> dict[str, dict[str, Any]]:
+    def wait_results(
+        self, ids: list[str], sender: str = "devbox", timeout: float = 120
+    ) -> dict[str, dict[str, Any]]:
         def all_there() -> dict[str, dict[str, Any]]:
             got = self.results(ids, sender)
             return got if len(got) == len(ids) else {}
 
         try:
-            return self.host.wait_for(all_there, timeout, interval=0.25,
-                                      what=f"{len(ids)} results in {sender}'s lane")
+            return self.host.wait_for(
+                all_there, timeout, interval=0.25, what=f"{len(ids)} results in {sender}'s lane"
+            )
         except AssertionError:
             missing = sorted(set(ids) - set(self.results(ids, sender)))
-            raise AssertionError(f"{len(missing)} of {len(ids)} results missing after "
-                                 f"{timeout}s, e.g. {missing[:3]}; "
-                                 f"{self.snapshot()}") from None
+            raise AssertionError(
+                f"{len(missing)} of {len(ids)} results missing after "
+                f"{timeout}s, e.g. {missing[:3]}; "
+                f"{self.snapshot()}"
+            ) from None
 
     def agent_runs(self) -> list[dict[str, Any]]:
         runs = []
@@ -239,19 +286,32 @@ class HostileNode:
         return sum(1 for run in self.agent_runs() if run.get("task_id") == task_id)
 
     def busy_exec_units(self) -> list[str]:
-        out = self.host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
-                             "dispatch-exec@*.service"]).stdout
-        return [line.split()[0] for line in out.splitlines()
-                if len(line.split()) > 3 and line.split()[2] not in ("inactive", "failed")]
+        out = self.host.run(
+            [
+                "systemctl",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "dispatch-exec@*.service",
+            ]
+        ).stdout
+        return [
+            line.split()[0]
+            for line in out.splitlines()
+            if len(line.split()) > 3 and line.split()[2] not in ("inactive", "failed")
+        ]
 
     def failed_units(self) -> list[str]:
-        out = self.host.run(["systemctl", "list-units", "--failed", "--all", "--plain",
-                             "--no-legend", "dispatch*"]).stdout
+        out = self.host.run(
+            ["systemctl", "list-units", "--failed", "--all", "--plain", "--no-legend", "dispatch*"]
+        ).stdout
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
     def unit_state(self, unit: str) -> tuple[str, str, str]:
-        out = self.host.run(["systemctl", "show", "-p", "ActiveState,SubState,Result", "--",
-                             unit]).stdout
+        out = self.host.run(
+            ["systemctl", "show", "-p", "ActiveState,SubState,Result", "--", unit]
+        ).stdout
         props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         return props["ActiveState"], props["SubState"], props["Result"]
 
@@ -262,24 +322,35 @@ class HostileNode:
             return []
 
     def snapshot(self) -> str:
-        stages = {f"{s}/{st}": len([n for n in self.names(s, st) if not n.startswith(".")])
-                  for s in SENDERS for st in ("inbox", "pending-ack", "processing", "done")}
-        return (f"stages {stages}, busy units {len(self.busy_exec_units())}, "
-                f"outbox {len(self.outbox())}, {WATCH} {self.unit_state(WATCH)}, "
-                f"{PATH_UNIT} {self.unit_state(PATH_UNIT)}")
+        stages = {
+            f"{s}/{st}": len([n for n in self.names(s, st) if not n.startswith(".")])
+            for s in SENDERS
+            for st in ("inbox", "pending-ack", "processing", "done")
+        }
+        return (
+            f"stages {stages}, busy units {len(self.busy_exec_units())}, "
+            f"outbox {len(self.outbox())}, {WATCH} {self.unit_state(WATCH)}, "
+            f"{PATH_UNIT} {self.unit_state(PATH_UNIT)}"
+        )
 
     def quiet(self) -> bool:
         for sender in SENDERS:
             for stage in ("inbox", "processing"):
-                if any(not n.startswith(".") and not n.endswith(".tmp")
-                       for n in self.names(sender, stage)):
+                if any(
+                    not n.startswith(".") and not n.endswith(".tmp")
+                    for n in self.names(sender, stage)
+                ):
                     return False
-        return (not self.busy_exec_units() and not self.outbox()
-                and self.unit_state(WATCH)[0] in ("inactive", "failed"))
+        return (
+            not self.busy_exec_units()
+            and not self.outbox()
+            and self.unit_state(WATCH)[0] in ("inactive", "failed")
+        )
 
     def wait_quiet(self, timeout: float = 120) -> None:
         """Inboxes and processing/ empty, no execution busy, no result deferred, no pass
         running: twice in a row, a second apart."""
+
         def settled() -> bool:
             if not self.quiet():
                 return False
@@ -296,9 +367,21 @@ class HostileNode:
 
     # -- the invariant checker -----------------------------------------------------------
     def audit(self, *, settled: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.host.run([DISPATCH, "audit", "--root", ROOT, "--state-dir", STATE,
-                              "--agent-log", AGENT_LOG, *(["--settled"] if settled else [])],
-                             check=False, timeout=300)
+        return self.host.run(
+            [
+                DISPATCH,
+                "audit",
+                "--root",
+                ROOT,
+                "--state-dir",
+                STATE,
+                "--agent-log",
+                AGENT_LOG,
+                *(["--settled"] if settled else []),
+            ],
+            check=False,
+            timeout=300,
+        )
 
     def assert_audit(self) -> str:
         proc = self.audit()
@@ -307,8 +390,12 @@ class HostileNode:
 
     def assert_healthy(self) -> None:
         """Invariant 6 and no failed unit: the path unit watches, the last pass succeeded."""
-        self.host.wait_for(lambda: self.unit_state(PATH_UNIT)[:2] == ("active", "waiting"),
-                           30, interval=0.2, what=f"{PATH_UNIT} waiting")
+        self.host.wait_for(
+            lambda: self.unit_state(PATH_UNIT)[:2] == ("active", "waiting"),
+            30,
+            interval=0.2,
+            what=f"{PATH_UNIT} waiting",
+        )
         assert self.unit_state(PATH_UNIT)[2] == "success", self.unit_state(PATH_UNIT)
         assert self.failed_units() == [], self.failed_units()
 
@@ -369,13 +456,16 @@ def in_thread(target: Callable[[], T]) -> Callable[[], T]:
 def send_both(node: HostileNode, requests: list[str]) -> dict[str, list[str]]:
     """Half the tasks from each sender, both sending at once."""
     half = len(requests) // 2
-    joins = {"devbox": in_thread(lambda: node.send_many(requests[:half], "devbox")),
-             "laptop": in_thread(lambda: node.send_many(requests[half:], "laptop"))}
+    joins = {
+        "devbox": in_thread(lambda: node.send_many(requests[:half], "devbox")),
+        "laptop": in_thread(lambda: node.send_many(requests[half:], "laptop")),
+    }
     return {sender: join() for sender, join in joins.items()}
 
 
-def all_results(node: HostileNode, sent: dict[str, list[str]],
-                timeout: float) -> dict[str, dict[str, Any]]:
+def all_results(
+    node: HostileNode, sent: dict[str, list[str]], timeout: float
+) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for sender, ids in sent.items():
         found.update(node.wait_results(ids, sender, timeout=timeout))
@@ -385,5 +475,7 @@ def all_results(node: HostileNode, sent: dict[str, list[str]],
 def fail_without_prerequisites() -> None:
     problems = prerequisites()
     if problems:
-        pytest.fail("tests/hostile boots systemd in a namespace and needs: "
-                    + "; ".join(problems), pytrace=False)
+        pytest.fail(
+            "tests/hostile boots systemd in a namespace and needs: " + "; ".join(problems),
+            pytrace=False,
+        )

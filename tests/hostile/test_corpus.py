@@ -44,8 +44,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileNode]:
     try:
         host.start()
         hostile = HostileNode(host)
-        hostile.setup(timer=False, settings={"DISPATCH_ACCEPT_V2": "1",
-                                             "DISPATCH_DANGEROUS": "deny"})
+        hostile.setup(
+            timer=False, settings={"DISPATCH_ACCEPT_V2": "1", "DISPATCH_DANGEROUS": "deny"}
+        )
         yield hostile
     finally:
         host.poweroff()
@@ -78,21 +79,31 @@ def context(node: HostileNode) -> Context:
     ctx.p_id, ctx.p_bytes = p["id"], deliver(node, p)
     assert node.wait_results([ctx.g1_id])[ctx.g1_id]["status"] == "ok"
     assert node.wait_results([ctx.l1_id], "laptop")[ctx.l1_id]["status"] == "ok"
-    node.host.wait_for(lambda: f"{ctx.p_id}.json" in node.names("devbox", "pending-ack"), 30,
-                       what="P waiting for its ack")
+    node.host.wait_for(
+        lambda: f"{ctx.p_id}.json" in node.names("devbox", "pending-ack"),
+        30,
+        what="P waiting for its ack",
+    )
     ctx.g1_result = (node.lane() / "done" / f"{ctx.g1_id}.result.json").read_bytes()
     node.reboot()
     return ctx
 
 
-def test_corpus_nothing_runs_and_every_reason_is_recorded(node: HostileNode,
-                                                          context: Context) -> None:
+def test_corpus_nothing_runs_and_every_reason_is_recorded(
+    node: HostileNode, context: Context
+) -> None:
     ctx = context
     entries = build(ctx)
     assert len([e for e in entries if e.expect != RUNS]) >= 40
-    protected = {path: digest(node.ns(path)) for path in
-                 ("/etc/shadow", "/etc/passwd", f"/etc/dispatch/keys/{ctx.kid}.key",
-                  f"{node.lane_ns('laptop')}/done/{ctx.l1_id}.result.json")}
+    protected = {
+        path: digest(node.ns(path))
+        for path in (
+            "/etc/shadow",
+            "/etc/passwd",
+            f"/etc/dispatch/keys/{ctx.kid}.key",
+            f"{node.lane_ns('laptop')}/done/{ctx.l1_id}.result.json",
+        )
+    }
     g1_result = ctx.g1_result
 
     # Everything is made aside, then put in place at once: planted files first, the inbox
@@ -104,8 +115,10 @@ def test_corpus_nothing_runs_and_every_reason_is_recorded(node: HostileNode,
         staged.append((source, node.lane(entry.sender) / entry.where / entry.name))
     began = time.monotonic()
     for wave in sorted({e.wave for e in entries}):
-        order = sorted((i for i, e in enumerate(entries) if e.wave == wave),
-                       key=lambda i: entries[i].where == "inbox")
+        order = sorted(
+            (i for i, e in enumerate(entries) if e.wave == wave),
+            key=lambda i: entries[i].where == "inbox",
+        )
         for i in order:
             os.rename(*staged[i])
         node.wait_quiet(timeout=180)
@@ -139,8 +152,10 @@ def test_corpus_nothing_runs_and_every_reason_is_recorded(node: HostileNode,
     assert "Traceback" not in story and "internal error" not in story, story[-3000:]
     node.assert_healthy()
     assert node.unit_state(WATCH)[2] == "success"
-    print(f"\n{len(entries)} corpus entries taken in {elapsed:.1f}s "
-          f"({len(os.listdir(node.lane() / 'rejected')) // 2} rejected files in devbox's lane)")
+    print(
+        f"\n{len(entries)} corpus entries taken in {elapsed:.1f}s "
+        f"({len(os.listdir(node.lane() / 'rejected')) // 2} rejected files in devbox's lane)"
+    )
     node.assert_audit()
 
 
@@ -180,18 +195,22 @@ def check_entries(node: HostileNode, ctx: Context, entries: list[Entry]) -> list
             assert task_id is not None
             result = node.result(task_id, entry.sender)
             if runs[task_id] != 1 or result is None or result["status"] != "ok":
-                problems.append(f"{entry.key}: ran {runs[task_id]} times, result "
-                                f"{result and result['status']}")
+                problems.append(
+                    f"{entry.key}: ran {runs[task_id]} times, result {result and result['status']}"
+                )
             continue
         if task_id is None or task_id in earlier or task_id in good:
             continue
         if runs[task_id]:
             problems.append(f"{entry.key}: the agent ran {task_id} {runs[task_id]} times")
         result = node.result(task_id, entry.sender)
-        if entry.answered and (result is None or result["status"] != "rejected"
-                               or entry.expect not in result["reason"]):
-            problems.append(f"{entry.key}: expected a signed `rejected` result, found "
-                            f"{result and (result['status'], result['reason'])}")
+        if entry.answered and (
+            result is None or result["status"] != "rejected" or entry.expect not in result["reason"]
+        ):
+            problems.append(
+                f"{entry.key}: expected a signed `rejected` result, found "
+                f"{result and (result['status'], result['reason'])}"
+            )
         if not entry.answered and result is not None:
             problems.append(f"{entry.key}: unexpected result {result['status']}")
 
@@ -200,10 +219,15 @@ def check_entries(node: HostileNode, ctx: Context, entries: list[Entry]) -> list
     assert v2.task_id is not None
     result = node.result(v2.task_id)
     log = (node.lane() / "done" / f"{v2.task_id}.log").read_text()
-    if result is None or result["perm_mode"] != "acceptEdits" or (
-            "timeout=600s max_output_bytes=2000000" not in log):
-        problems.append(f"v2-unsigned-tampered: perm_mode "
-                        f"{result and result['perm_mode']}, log header {log[:200]!r}")
+    if (
+        result is None
+        or result["perm_mode"] != "acceptEdits"
+        or ("timeout=600s max_output_bytes=2000000" not in log)
+    ):
+        problems.append(
+            f"v2-unsigned-tampered: perm_mode "
+            f"{result and result['perm_mode']}, log header {log[:200]!r}"
+        )
     return problems
 
 
@@ -225,8 +249,9 @@ def test_junk_files_at_once(node: HostileNode, count: int) -> None:
     batch.mkdir()
     names = [f"junk-{count}-{i:05d}.json" for i in range(count)]
     for i, name in enumerate(names):
-        (batch / name).write_bytes(os.urandom(64) if i % 2 else b'{"schema": 3, "id": "' +
-                                   str(i).encode() + b'"}')
+        (batch / name).write_bytes(
+            os.urandom(64) if i % 2 else b'{"schema": 3, "id": "' + str(i).encode() + b'"}'
+        )
     before = set(os.listdir(node.lane() / "rejected"))
     began = time.monotonic()
     for name in names:
@@ -246,6 +271,8 @@ def test_junk_files_at_once(node: HostileNode, count: int) -> None:
     assert "Traceback" not in story and "internal error" not in story
     node.assert_healthy()
     node.assert_audit()
-    print(f"\n{count} junk files: the good task sent after them answered after "
-          f"{answered:.1f}s, all refused with their reasons and the node at rest after "
-          f"{elapsed:.1f}s")
+    print(
+        f"\n{count} junk files: the good task sent after them answered after "
+        f"{answered:.1f}s, all refused with their reasons and the node at rest after "
+        f"{elapsed:.1f}s"
+    )

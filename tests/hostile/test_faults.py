@@ -44,12 +44,15 @@ def settle(node: HostileNode) -> str:
     node.wait_quiet(timeout=120)
     if node.unit_state(WATCH)[0] == "failed":
         node.kick()  # a pass SIGKILLed last leaves the oneshot failed until the next one
-        node.host.wait_for(lambda: node.unit_state(WATCH)[0] == "inactive", 30,
-                           interval=0.2, what=f"{WATCH} to run cleanly again")
+        node.host.wait_for(
+            lambda: node.unit_state(WATCH)[0] == "inactive",
+            30,
+            interval=0.2,
+            what=f"{WATCH} to run cleanly again",
+        )
     # The heartbeat fails while the share is away (what an operator should see), and
     # succeeds again at its next tick (every 15 s): no unit is left failed.
-    node.host.wait_for(lambda: not node.failed_units(), 40, interval=1,
-                       what="no failed unit")
+    node.host.wait_for(lambda: not node.failed_units(), 40, interval=1, what="no failed unit")
     node.assert_healthy()
     return node.assert_audit()
 
@@ -69,8 +72,10 @@ class Killers:
         self.seed = seed
         self.kills: Counter[str] = Counter()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._guard(f), daemon=True)
-                        for f in (self.agents, self.execs, self.promotes)]
+        self.threads = [
+            threading.Thread(target=self._guard(f), daemon=True)
+            for f in (self.agents, self.execs, self.promotes)
+        ]
         self.errors: list[str] = []
 
     def _guard(self, target: Callable[[random.Random], None]) -> Callable[[], None]:
@@ -80,6 +85,7 @@ class Killers:
                 target(rng)
             except Exception as exc:
                 self.errors.append(f"{target.__name__}: {exc}")
+
         return run
 
     def sh(self, *argv: str) -> bool:
@@ -101,14 +107,16 @@ class Killers:
     def execs(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(0.2, 1.2)):
             units = self.node.busy_exec_units()
-            if units and self.sh("systemctl", "kill", "--kill-whom=main", "--signal=KILL",
-                                 rng.choice(units)):
+            if units and self.sh(
+                "systemctl", "kill", "--kill-whom=main", "--signal=KILL", rng.choice(units)
+            ):
                 self.kills["exec"] += 1
 
     def promotes(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(0.05, 0.8)):
             if self.node.unit_state(WATCH)[0] == "activating" and self.sh(
-                    "systemctl", "kill", "--signal=KILL", WATCH):
+                "systemctl", "kill", "--signal=KILL", WATCH
+            ):
                 self.kills["promote"] += 1
 
     def __enter__(self) -> Killers:
@@ -136,14 +144,17 @@ def test_sigkill_agent_exec_and_promote_at_random(node: HostileNode, tasks: int)
     assert set(statuses) <= FINAL, statuses
     # The faults really happened, and each kind left its mark.
     assert killers.kills["agent"] and killers.kills["exec"] and killers.kills["promote"], (
-        killers.kills)
+        killers.kills
+    )
     assert statuses["killed"] and statuses["interrupted"], statuses
     runs = Counter(str(r["task_id"]) for r in node.agent_runs())
     ids = [task_id for batch in sent.values() for task_id in batch]
     assert max(runs[task_id] for task_id in ids) <= 1
     summary = settle(node)
-    print(f"\n{tasks} tasks, kills {dict(killers.kills)}, results {dict(statuses)}, "
-          f"{elapsed:.0f}s; {summary}")
+    print(
+        f"\n{tasks} tasks, kills {dict(killers.kills)}, results {dict(statuses)}, "
+        f"{elapsed:.0f}s; {summary}"
+    )
 
 
 def test_systemd_reexecuted_mid_run(node: HostileNode) -> None:

@@ -66,18 +66,24 @@ def test_two_senders_at_once_cap_four(node: HostileNode, tasks: int) -> None:
     summary = node.assert_audit()
 
     agent_s = statistics.mean(r["elapsed_s"] for r in results.values())
-    unit_s = statistics.mean(seconds(r["answered_at"]) - seconds(r["started_at"])
-                             for r in results.values())
+    unit_s = statistics.mean(
+        seconds(r["answered_at"]) - seconds(r["started_at"]) for r in results.values()
+    )
     figures = {
-        "tasks": tasks, "senders": len(sent), "cap": CAP,
-        "send_s": round(sent_s, 1), "total_s": round(total_s, 1),
+        "tasks": tasks,
+        "senders": len(sent),
+        "cap": CAP,
+        "send_s": round(sent_s, 1),
+        "total_s": round(total_s, 1),
         "throughput_per_s": round(tasks / total_s, 2),
         # Wall time each task holds one of the CAP slots, beyond what its agent took.
         "overhead_per_task_s": round(total_s * CAP / tasks - agent_s, 3),
-        "agent_mean_s": round(agent_s, 3), "exec_mean_s": round(unit_s, 3),
+        "agent_mean_s": round(agent_s, 3),
+        "exec_mean_s": round(unit_s, 3),
         # Until the first execution started: the first passes take the envelopes in.
-        "first_start_s": round(min(seconds(r["started_at"]) for r in results.values())
-                               - began_wall, 1),
+        "first_start_s": round(
+            min(seconds(r["started_at"]) for r in results.values()) - began_wall, 1
+        ),
         "samples": len(sampler.samples),
         "busy_units_seen": dict(sorted(Counter(sampler.samples).items())),
     }

@@ -46,50 +46,97 @@ LANE = Lane(Path("/nonexistent"), "devbox", "gpubox")
 
 
 def profile(examples: int) -> settings:
-    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # -- strategies ---------------------------------------------------------------------------------
 
 # Any code point, with lone surrogates (JSON can escape them: \ud800) and NULs made common.
-ODD = ["\ud800", "\udfff", "\udc80", "\x00", "\u2028", "\ufeff", "\x7f", "\u0085", "é",
-       "\U0001f600", "\\", '"', "\n"]
+ODD = [
+    "\ud800",
+    "\udfff",
+    "\udc80",
+    "\x00",
+    "\u2028",
+    "\ufeff",
+    "\x7f",
+    "\u0085",
+    "é",
+    "\U0001f600",
+    "\\",
+    '"',
+    "\n",
+]
 odd_texts = st.lists(st.one_of(st.sampled_from(ODD), st.characters()), max_size=10).map("".join)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), odd_texts,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    odd_texts,
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 node_names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
 # Text as an agent request may hold it: any character JSON and UTF-8 can carry, but NUL.
-texts = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-                min_size=1, max_size=200).filter(lambda t: t.strip() != "")
+texts = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=200
+).filter(lambda t: t.strip() != "")
 uuids = st.uuids(version=4).map(str)
 recent = st.integers(min_value=-3600, max_value=60).map(
-    lambda s: rfc3339(datetime.now(UTC) + timedelta(seconds=s)))
+    lambda s: rfc3339(datetime.now(UTC) + timedelta(seconds=s))
+)
 
-ENVELOPE_FIELDS = ["schema", "id", "from", "to", "created", "priority", "request",
-                   "require_ack", "require_dangerous", "timeout_s", "max_output_bytes",
-                   "callback", "parent", "hops", "kid", "hmac"]
+ENVELOPE_FIELDS = [
+    "schema",
+    "id",
+    "from",
+    "to",
+    "created",
+    "priority",
+    "request",
+    "require_ack",
+    "require_dangerous",
+    "timeout_s",
+    "max_output_bytes",
+    "callback",
+    "parent",
+    "hops",
+    "kid",
+    "hmac",
+]
 
 
 @st.composite
 def envelopes(draw: st.DrawFn) -> Envelope:
     """A valid schema-3 envelope devbox -> gpubox, within this node's policy, signed."""
     envelope = Envelope(
-        id=draw(uuids), from_="devbox", to="gpubox", created=draw(recent),
-        priority=draw(st.sampled_from(Priority)), request=draw(texts),
-        require_ack=draw(st.booleans()), require_dangerous=draw(st.booleans()),
+        id=draw(uuids),
+        from_="devbox",
+        to="gpubox",
+        created=draw(recent),
+        priority=draw(st.sampled_from(Priority)),
+        request=draw(texts),
+        require_ack=draw(st.booleans()),
+        require_dangerous=draw(st.booleans()),
         timeout_s=draw(st.integers(1, CFG.timeout_max_s)),
         max_output_bytes=draw(st.integers(1, CFG.max_output_bytes_max)),
-        callback=draw(st.sampled_from(Callback)), parent=draw(st.none() | uuids),
-        hops=draw(st.integers(0, CFG.max_hops)), kid="", hmac="",
+        callback=draw(st.sampled_from(Callback)),
+        parent=draw(st.none() | uuids),
+        hops=draw(st.integers(0, CFG.max_hops)),
+        kid="",
+        hmac="",
     )
     return sign_envelope(RING, envelope)
 
@@ -97,15 +144,24 @@ def envelopes(draw: st.DrawFn) -> Envelope:
 @st.composite
 def results(draw: st.DrawFn) -> Result:
     result = Result(
-        id=draw(uuids), answered_by=draw(node_names), answered_at=draw(recent),
-        request=draw(st.text(max_size=100)), status=draw(st.sampled_from(Status)),
+        id=draw(uuids),
+        answered_by=draw(node_names),
+        answered_at=draw(recent),
+        request=draw(st.text(max_size=100)),
+        status=draw(st.sampled_from(Status)),
         exit_code=draw(st.integers(-(2**31), 2**31)),
         elapsed_s=draw(st.floats(min_value=0, max_value=1e9, allow_nan=False)),
-        log_path=draw(st.text(max_size=60)), final_text=draw(st.text(max_size=100)),
-        output_tail=draw(st.text(max_size=100)), output_bytes=draw(st.integers(0, 2**40)),
+        log_path=draw(st.text(max_size=60)),
+        final_text=draw(st.text(max_size=100)),
+        output_tail=draw(st.text(max_size=100)),
+        output_bytes=draw(st.integers(0, 2**40)),
         perm_mode=draw(st.sampled_from(["acceptEdits", "bypassPermissions", ""])),
-        started_at=draw(st.none() | recent), truncated=draw(st.booleans()),
-        unit=draw(st.text(max_size=40)), reason=draw(st.text(max_size=60)), kid="", hmac="",
+        started_at=draw(st.none() | recent),
+        truncated=draw(st.booleans()),
+        unit=draw(st.text(max_size=40)),
+        reason=draw(st.text(max_size=60)),
+        kid="",
+        hmac="",
     )
     return sign_result(RING, result)
 
@@ -116,8 +172,11 @@ def mangled_envelopes(draw: st.DrawFn) -> dict[str, Any]:
     value, removed, or added: close enough to valid to reach the deep checks."""
     obj = draw(envelopes()).to_json()
     if draw(st.booleans()):
-        obj = {k: v for k, v in obj.items() if k in ("id", "from", "to", "created",
-                                                      "priority", "request", "hmac")}
+        obj = {
+            k: v
+            for k, v in obj.items()
+            if k in ("id", "from", "to", "created", "priority", "request", "hmac")
+        }
         obj["schema"] = 2
     for _ in range(draw(st.integers(0, 3))):
         action = draw(st.sampled_from(["replace", "delete", "add"]))
@@ -161,10 +220,15 @@ def wire(envelope: Envelope) -> bytes:
 
 # -- nothing but Rejection ------------------------------------------------------------------------
 
+
 @profile(1500)
-@given(st.one_of(st.binary(max_size=512),
-                 json_values.map(lambda v: json.dumps(v).encode()),
-                 st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@given(
+    st.one_of(
+        st.binary(max_size=512),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    )
+)
 def test_any_bytes_are_parsed_or_rejected(data: bytes) -> None:
     with contextlib.suppress(Rejection):
         assert isinstance(loads_strict(data), dict)
@@ -173,12 +237,15 @@ def test_any_bytes_are_parsed_or_rejected(data: bytes) -> None:
 
 @profile(2500)
 @given(mangled_envelopes(), names, st.booleans())
-def test_any_envelope_shape_is_admitted_or_rejected(obj: dict[str, Any], name: str,
-                                                    own_name: bool) -> None:
+def test_any_envelope_shape_is_admitted_or_rejected(
+    obj: dict[str, Any], name: str, own_name: bool
+) -> None:
     if own_name and isinstance(obj.get("id"), str):
         name = f"{obj['id']}.json"
-    for data in (json.dumps(obj).encode(), json.dumps(obj, ensure_ascii=False)
-                 .encode("utf-8", "surrogatepass")):
+    for data in (
+        json.dumps(obj).encode(),
+        json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+    ):
         admitted = intake(name, data)
         if admitted is not None:
             assert admitted.envelope.id == obj["id"] and name == f"{obj['id']}.json"
@@ -193,6 +260,7 @@ def test_any_result_shape_verifies_or_is_rejected(obj: dict[str, Any]) -> None:
 
 
 # -- round trips ------------------------------------------------------------------------------
+
 
 @profile(1000)
 @given(envelopes())
@@ -219,12 +287,13 @@ WHITESPACE = b" \t\r\n"
 
 @profile(2000)
 @given(envelopes(), st.data())
-def test_any_single_byte_change_of_an_envelope_fails(envelope: Envelope,
-                                                     data: st.DataObject) -> None:
+def test_any_single_byte_change_of_an_envelope_fails(
+    envelope: Envelope, data: st.DataObject
+) -> None:
     original = wire(envelope)
     index = data.draw(st.integers(0, len(original) - 1), label="index")
     byte = data.draw(st.integers(0, 255).filter(lambda b: b != original[index]), label="byte")
-    changed = original[:index] + bytes([byte]) + original[index + 1:]
+    changed = original[:index] + bytes([byte]) + original[index + 1 :]
     admitted = intake(f"{envelope.id}.json", changed)
     if index == len(original) - 1 and byte in WHITESPACE:
         # The trailing newline is outside the JSON value: any whitespace will do.
@@ -239,7 +308,7 @@ def test_any_single_byte_change_of_a_result_fails(result: Result, data: st.DataO
     original = dump_json(result.to_json())  # as results are written: indented
     index = data.draw(st.integers(0, len(original) - 1), label="index")
     byte = data.draw(st.integers(0, 255).filter(lambda b: b != original[index]), label="byte")
-    changed = original[:index] + bytes([byte]) + original[index + 1:]
+    changed = original[:index] + bytes([byte]) + original[index + 1 :]
     try:
         verified = verify_result(RING, loads_strict(changed, allow_nul=True))
     except Rejection:
@@ -247,18 +316,26 @@ def test_any_single_byte_change_of_a_result_fails(result: Result, data: st.DataO
     # Still verifying means nothing that counts changed: whitespace between tokens, or the
     # spelling of the same number (1e-05 and 1E-05).
     assert verified == result, (index, byte)
-    assert chr(original[index]) in string.whitespace + "eE+-0123456789" or \
-        original[index] in WHITESPACE
+    assert (
+        chr(original[index]) in string.whitespace + "eE+-0123456789"
+        or original[index] in WHITESPACE
+    )
 
 
 SETTINGS = "_hypothesis_internal_use_settings"  # where @settings leaves them on a test
 
 
 def test_the_examples_add_up_to_at_least_ten_thousand() -> None:
-    total = sum(getattr(t, SETTINGS).max_examples for t in (
-        test_any_bytes_are_parsed_or_rejected, test_any_envelope_shape_is_admitted_or_rejected,
-        test_any_result_shape_verifies_or_is_rejected, test_envelope_sign_then_verify_round_trips,
-        test_result_sign_then_verify_round_trips,
-        test_any_single_byte_change_of_an_envelope_fails,
-        test_any_single_byte_change_of_a_result_fails))
+    total = sum(
+        getattr(t, SETTINGS).max_examples
+        for t in (
+            test_any_bytes_are_parsed_or_rejected,
+            test_any_envelope_shape_is_admitted_or_rejected,
+            test_any_result_shape_verifies_or_is_rejected,
+            test_envelope_sign_then_verify_round_trips,
+            test_result_sign_then_verify_round_trips,
+            test_any_single_byte_change_of_an_envelope_fails,
+            test_any_single_byte_change_of_a_result_fails,
+        )
+    )
     assert total >= 10_000, total

@@ -23,12 +23,14 @@ def test_every_test_is_listed() -> None:
     missing = []
     for module in sorted(HERE.glob("test_*.py")):
         if module.name != "test_readme.py":
-            missing += [f"{module.name}::{name}" for name in _tests(module)
-                        if name not in README]
+            missing += [f"{module.name}::{name}" for name in _tests(module) if name not in README]
     assert not missing, f"tests README.md does not list: {missing}"
 
 
 def _tests(module: Path) -> list[str]:
     tree = ast.parse(module.read_text())
-    return [node.name for node in tree.body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    ]

@@ -49,10 +49,15 @@ def test_file_name_that_is_not_utf8_is_refused_with_its_reason(pair: Pair) -> No
     assert report.rejected == 1 and report.admitted == 1
     record = json.loads((lane.rejected / f"{name}.reason.json").read_bytes())
     assert record["name"] == name and record["reason"] == "malformed"
-    events = [json.loads(line) for line in
-              (pair.root / "logs" / "gpubox.jsonl").read_text("utf-8").splitlines()]
-    assert any("\\udcff\\udcfe-not-utf8.json" in e["summary"] for e in events
-               if e["event"] == "task_rejected")
+    events = [
+        json.loads(line)
+        for line in (pair.root / "logs" / "gpubox.jsonl").read_text("utf-8").splitlines()
+    ]
+    assert any(
+        "\\udcff\\udcfe-not-utf8.json" in e["summary"]
+        for e in events
+        if e["event"] == "task_rejected"
+    )
 
 
 def test_escaped_lone_surrogate_is_refused_not_a_crash(pair: Pair) -> None:
@@ -84,7 +89,8 @@ def test_nul_in_agent_output_leaves_a_readable_result(pair: Pair, tmp_path: Path
 
 
 def test_a_claim_cut_short_does_not_turn_the_task_into_a_replay(
-        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Found while aiming the promote SIGKILLs: the ledger entry was created empty, then
     # written; dying in between left an entry the next pass read as a replay, and the
     # verified task never ran and never got a result.
@@ -108,7 +114,8 @@ def test_a_claim_cut_short_does_not_turn_the_task_into_a_replay(
 
 
 def test_a_rejection_cut_short_never_leaves_a_file_without_its_reason(
-        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Found while aiming the promote SIGKILLs: the entry was moved to rejected/ first and
     # its reason written after; dying in between lost the reason (invariant 3).
     lane = lane_in(pair)
@@ -130,8 +137,9 @@ def test_a_rejection_cut_short_never_leaves_a_file_without_its_reason(
     assert os.listdir(lane.inbox) == []
 
 
-def test_deferred_log_rest_survives_a_failed_publish(pair: Pair,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deferred_log_rest_survives_a_failed_publish(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Found by the share-full case: a pass that could write neither the log's rest nor the
     # result dropped the rest anyway; the result was published later with its log cut.
     lane = lane_in(pair)
@@ -159,7 +167,8 @@ def test_deferred_log_rest_survives_a_failed_publish(pair: Pair,
 
 
 def test_writes_a_full_share_refuses_leave_no_files_behind(
-        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Found by the share-full case: every refused result left an empty temp file in done/
     # (one more each pass), and a refused `dispatch send` an empty envelope in tmp/.
     lane = lane_in(pair)

@@ -30,16 +30,20 @@ def leftovers(node: HostileNode) -> list[str]:
     found = []
     for sender in SENDERS:
         for stage in ("tmp", "inbox", "processing", "done", "rejected"):
-            found += [f"{sender}/{stage}/{n}" for n in node.names(sender, stage)
-                      if stage == "tmp" or n.startswith(".") or n.endswith(".tmp")]
+            found += [
+                f"{sender}/{stage}/{n}"
+                for n in node.names(sender, stage)
+                if stage == "tmp" or n.startswith(".") or n.endswith(".tmp")
+            ]
     return found
 
 
 def test_share_full_defers_results_then_publishes_them(node: HostileNode) -> None:
     node.dispatch("killswitch", "on", "--reason", "queue first", sender=None)
     ids = node.send_many([f"full {i} spam=30000 sleep=0.5" for i in range(8)])
-    node.host.wait_for(lambda: len(node.names("devbox", "processing")) == len(ids), 30,
-                       what="tasks queued")
+    node.host.wait_for(
+        lambda: len(node.names("devbox", "processing")) == len(ids), 30, what="tasks queued"
+    )
     # Fill the share to the last block.
     node.host.run(["sh", "-c", f"cat /dev/zero > {ROOT}/filler 2>/dev/null; true"])
     assert node.host.run(["sh", "-c", f"echo x > {ROOT}/probe"], check=False).returncode != 0
@@ -51,8 +55,12 @@ def test_share_full_defers_results_then_publishes_them(node: HostileNode) -> Non
     node.dispatch("killswitch", "off", sender=None)  # frees the block KILLSWITCH held
     node.kick()
     # Every execution ends, and its result waits on the node: none lost, none on the share.
-    node.host.wait_for(lambda: len([n for n in node.outbox() if n.endswith(".json")])
-                       == len(ids), 90, interval=0.5, what="every result deferred")
+    node.host.wait_for(
+        lambda: len([n for n in node.outbox() if n.endswith(".json")]) == len(ids),
+        90,
+        interval=0.5,
+        what="every result deferred",
+    )
     assert node.results(ids) == {}
     assert sorted(r["task_id"] for r in node.agent_runs()) == sorted(ids)
     assert node.busy_exec_units() == []
@@ -69,8 +77,12 @@ def test_share_full_defers_results_then_publishes_them(node: HostileNode) -> Non
     # The heartbeat, which the full share refused (a failed run is what an operator should
     # see then), writes again at its next tick.
     heartbeat = node.ns(f"{ROOT}/heartbeats/gpubox.json")
-    node.host.wait_for(lambda: not node.failed_units() and os.path.exists(heartbeat), 40,
-                       interval=1, what="a heartbeat and no failed unit")
+    node.host.wait_for(
+        lambda: not node.failed_units() and os.path.exists(heartbeat),
+        40,
+        interval=1,
+        what="a heartbeat and no failed unit",
+    )
     node.assert_healthy()
     assert leftovers(node) == [], leftovers(node)
     node.assert_audit()

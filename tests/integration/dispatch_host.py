@@ -29,11 +29,13 @@ def install_units(host: SystemdHost, test_dropin: str = "") -> None:
     for unit in sorted((TOP / "units").iterdir()):
         text = unit.read_text().replace("/usr/bin/dispatch", DISPATCH)
         host.install_unit(text, unit.name, reload=False)
-    host.write_file("/run/systemd/system-generators/dispatch-generator",
-                    f"#!/bin/sh\nexec {VENV_BIN / 'dispatch-generator'} \"$@\"\n", mode=0o755)
+    host.write_file(
+        "/run/systemd/system-generators/dispatch-generator",
+        f'#!/bin/sh\nexec {VENV_BIN / "dispatch-generator"} "$@"\n',
+        mode=0o755,
+    )
     if test_dropin:
-        host.write_file("/run/systemd/system/dispatch-exec@.service.d/90-test.conf",
-                        test_dropin)
+        host.write_file("/run/systemd/system/dispatch-exec@.service.d/90-test.conf", test_dropin)
 
 
 class DispatchHost:
@@ -42,8 +44,9 @@ class DispatchHost:
         self.kid = ""
 
     # -- set-up --------------------------------------------------------------------------
-    def setup(self, *, timer: bool = False, settings: dict[str, str] | None = None,
-              exec_dropin: str = "") -> None:
+    def setup(
+        self, *, timer: bool = False, settings: dict[str, str] | None = None, exec_dropin: str = ""
+    ) -> None:
         h = self.host
         h.run(["mkdir", "-p", ROOT])
         h.run(["sh", "-c", f": > {AGENT_LOG} && chmod 666 {AGENT_LOG}"])
@@ -56,13 +59,30 @@ class DispatchHost:
         }
         values.update(settings or {})
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-        out = h.run([DISPATCH, "init", "--root", ROOT, "--node", "gpubox", "--peers", "devbox",
-                     *sets]).stdout
+        out = h.run(
+            [DISPATCH, "init", "--root", ROOT, "--node", "gpubox", "--peers", "devbox", *sets]
+        ).stdout
         self.kid = out.split("key ")[1].split()[0]
-        h.run([DISPATCH, "init", "--root", ROOT, "--node", "devbox", "--peers", "gpubox",
-               "--config", SENDER_CONF, "--key-dir", "/etc/dispatch/devbox/keys",
-               "--state-dir", "/var/lib/dispatch/devbox",
-               "--key-file", f"/etc/dispatch/keys/{self.kid}.key"])
+        h.run(
+            [
+                DISPATCH,
+                "init",
+                "--root",
+                ROOT,
+                "--node",
+                "devbox",
+                "--peers",
+                "gpubox",
+                "--config",
+                SENDER_CONF,
+                "--key-dir",
+                "/etc/dispatch/devbox/keys",
+                "--state-dir",
+                "/var/lib/dispatch/devbox",
+                "--key-file",
+                f"/etc/dispatch/keys/{self.kid}.key",
+            ]
+        )
         dropin = f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG={AGENT_LOG}\n" + exec_dropin
         install_units(h, dropin)
         h.daemon_reload()
@@ -71,8 +91,9 @@ class DispatchHost:
             h.systemctl("start", "dispatch-watch.timer")
 
     # -- the sender's side ---------------------------------------------------------------
-    def dispatch(self, *args: str, sender: bool = True, check: bool = True,
-                 timeout: float = 60) -> Any:
+    def dispatch(
+        self, *args: str, sender: bool = True, check: bool = True, timeout: float = 60
+    ) -> Any:
         env = {"DISPATCH_CONFIG": SENDER_CONF} if sender else {}
         return self.host.run([DISPATCH, *args], env=env, check=check, timeout=timeout)
 
@@ -82,8 +103,9 @@ class DispatchHost:
         return task_id
 
     def wait(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
-        proc = self.dispatch("wait", task_id, "--json", "--timeout", str(timeout),
-                             check=False, timeout=timeout + 30)
+        proc = self.dispatch(
+            "wait", task_id, "--json", "--timeout", str(timeout), check=False, timeout=timeout + 30
+        )
         assert proc.stdout.strip(), f"wait {task_id}: rc={proc.returncode} {proc.stderr}"
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
@@ -94,18 +116,31 @@ class DispatchHost:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def busy_exec_units(self) -> list[str]:
-        out = self.host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
-                             "dispatch-exec@*.service"]).stdout
-        return [line.split()[0] for line in out.splitlines()
-                if len(line.split()) > 3 and line.split()[2] not in ("inactive", "failed")]
+        out = self.host.run(
+            [
+                "systemctl",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "dispatch-exec@*.service",
+            ]
+        ).stdout
+        return [
+            line.split()[0]
+            for line in out.splitlines()
+            if len(line.split()) > 3 and line.split()[2] not in ("inactive", "failed")
+        ]
 
     def lane_files(self, stage: str) -> list[str]:
         out = self.host.run(["ls", "-A", f"{ROOT}/devbox-to-gpubox/{stage}"]).stdout
         return out.split()
 
     def unit_state(self, unit: str) -> tuple[str, str]:
-        return (self.host.unit_property(unit, "ActiveState"),
-                self.host.unit_property(unit, "SubState"))
+        return (
+            self.host.unit_property(unit, "ActiveState"),
+            self.host.unit_property(unit, "SubState"),
+        )
 
     def wait_until(self, what: str, predicate: Any, timeout: float = 30) -> Any:
         return self.host.wait_for(predicate, timeout, interval=0.2, what=what)

@@ -64,8 +64,9 @@ def test_status_shows_the_running_unit_and_cancel_stops_it(node_host: SystemdHos
     assert out["result"]["reason"].startswith("cancelled by devbox")
     assert out["result"]["unit"] == unit
     d.wait_until("the unit gone", lambda: d.busy_exec_units() == [])
-    listed = node_host.run(["systemctl", "list-units", "--all", "--plain", "--no-legend",
-                            unit]).stdout
+    listed = node_host.run(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", unit]
+    ).stdout
     assert listed.strip() == ""  # CollectMode=inactive-or-failed: nothing left behind
     assert [r["task_id"] for r in d.agent_runs()].count(task_id) == 1
     after = json.loads(d.dispatch("status", "--json", sender=False).stdout)
@@ -91,8 +92,18 @@ def test_wait_exit_codes(node_host: SystemdHost) -> None:
     assert proc.returncode == 1
     assert f"task {failed} ended error: agent exited with status 3" in proc.stderr
 
-    sent = d.dispatch("send", "--to", "gpubox", "--request", "all at once", "--wait",
-                      "--wait-timeout", "60", check=False, timeout=90)
+    sent = d.dispatch(
+        "send",
+        "--to",
+        "gpubox",
+        "--request",
+        "all at once",
+        "--wait",
+        "--wait-timeout",
+        "60",
+        check=False,
+        timeout=90,
+    )
     assert sent.returncode == 0 and "did: all at once" in sent.stdout
 
     d.dispatch("killswitch", "on", "--reason", "hold", sender=False)
@@ -137,15 +148,20 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
     # Both identities' heartbeats: this host's timer, and the sender's as its timer would.
     node_host.systemctl("start", "dispatch-heartbeat.timer")
     d.dispatch("heartbeat")
-    d.wait_until("gpubox's heartbeat",
-                 lambda: "gpubox.json" in d.shell(f"ls {ROOT}/heartbeats"))
+    d.wait_until("gpubox's heartbeat", lambda: "gpubox.json" in d.shell(f"ls {ROOT}/heartbeats"))
     proc = d.dispatch("doctor", sender=False, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"$ dispatch doctor\n{proc.stdout}")
     checks = json.loads(d.dispatch("doctor", "--json", sender=False).stdout)
-    assert [c["check"] for c in checks] == ["config", "key", "root", "filesystem",
-                                            "peer devbox", "dispatch-watch.path",
-                                            "killswitch"]
+    assert [c["check"] for c in checks] == [
+        "config",
+        "key",
+        "root",
+        "filesystem",
+        "peer devbox",
+        "dispatch-watch.path",
+        "killswitch",
+    ]
     assert all(c["ok"] and set(c) == {"check", "ok", "detail", "hint"} for c in checks)
     assert "mode 0600" in checks[1]["detail"]
     assert checks[5]["detail"] == "the path unit: active (waiting)"
@@ -206,8 +222,13 @@ def hook() -> Iterator[Hook]:
 
 def test_notifications_through_the_notify_unit(node_host: SystemdHost, hook: Hook) -> None:
     d = DispatchHost(node_host)
-    d.setup(timer=True, settings={"DISPATCH_DISCORD_WEBHOOK": f"{hook.url}/discord",
-                                  "DISPATCH_WEBHOOK_URL": f"{hook.url}/json"})
+    d.setup(
+        timer=True,
+        settings={
+            "DISPATCH_DISCORD_WEBHOOK": f"{hook.url}/discord",
+            "DISPATCH_WEBHOOK_URL": f"{hook.url}/json",
+        },
+    )
     task_id = d.send("ship it", "--require-ack", "--callback", "discord")
     d.wait_until("the pending-ack posts", lambda: len(hook.bodies) == 2)
     [discord] = hook.on("/discord")
@@ -220,13 +241,16 @@ def test_notifications_through_the_notify_unit(node_host: SystemdHost, hook: Hoo
     assert "ended **ok**" in hook.on("/discord")[1]["content"]
     end = hook.on("/json")[1]
     assert (end["event"], end["task_id"], end["status"]) == ("task_ended", task_id, "ok")
+
     # Delivered by the unit, not by a process of promote's or the executor's.
     def finished_runs() -> int:
         story = node_host.journalctl("-u", "dispatch-notify.service", "-o", "cat")
         return story.count("Finished dispatch-notify.service")
 
-    d.wait_until("two runs of the unit", lambda: finished_runs() >= 2
-                 and d.unit_state("dispatch-notify.service")[0] == "inactive")
+    d.wait_until(
+        "two runs of the unit",
+        lambda: finished_runs() >= 2 and d.unit_state("dispatch-notify.service")[0] == "inactive",
+    )
     assert node_host.unit_property("dispatch-notify.service", "Result") == "success"
     assert d.shell("ls -A /var/lib/dispatch/notify").split() == [".lock"]  # all delivered
 
@@ -238,8 +262,7 @@ def test_heartbeat_unit_writes_the_metrics_textfile(node_host: SystemdHost) -> N
     d.setup(timer=True, settings={"DISPATCH_METRICS_FILE": textfile})
     ok, failed = d.send("fine"), d.send("broken exit=2")
     assert d.wait(ok)["status"] == "ok" and d.wait(failed)["status"] == "error"
-    d.shell(f"printf '{{not json' > {LANE}/tmp/junk && mv {LANE}/tmp/junk "
-            f"{LANE}/inbox/junk.json")
+    d.shell(f"printf '{{not json' > {LANE}/tmp/junk && mv {LANE}/tmp/junk {LANE}/inbox/junk.json")
     d.wait_until("junk refused", lambda: "junk.json.reason.json" in d.lane_files("rejected"))
     d.dispatch("killswitch", "on", "--reason", "metrics", sender=False)
     d.send("held")
@@ -257,8 +280,7 @@ def test_heartbeat_unit_writes_the_metrics_textfile(node_host: SystemdHost) -> N
     assert samples["dispatch_tasks_total", (("status", "ok"),)] == 1
     assert samples["dispatch_tasks_total", (("status", "error"),)] == 1
     assert samples["dispatch_rejections_total", (("reason", "malformed"),)] == 1
-    assert samples["dispatch_queue_depth", (("lane", "devbox-to-gpubox"),
-                                            ("stage", "queued"))] == 1
+    assert samples["dispatch_queue_depth", (("lane", "devbox-to-gpubox"), ("stage", "queued"))] == 1
     assert samples["dispatch_running", ()] == 0
     assert samples["dispatch_killswitch", ()] == 1
     beat = json.loads(d.shell(f"cat {ROOT}/heartbeats/gpubox.json"))

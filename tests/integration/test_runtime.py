@@ -114,8 +114,7 @@ def test_killswitch_soft_then_hard(node_host: SystemdHost) -> None:
     assert d.wait(held)["status"] == "ok"
 
     long_id = d.send("long job sleep=120", "--timeout", "600")
-    d.wait_until("long job running", lambda: any(r["task_id"] == long_id
-                                                 for r in d.agent_runs()))
+    d.wait_until("long job running", lambda: any(r["task_id"] == long_id for r in d.agent_runs()))
     d.dispatch("killswitch", "on", "--hard", "--reason", "incident 7", sender=False)
     result = d.wait(long_id, timeout=60)
     assert result["status"] == "killed"
@@ -127,18 +126,26 @@ def test_reboot_recovery(node_host: SystemdHost) -> None:
     d = DispatchHost(node_host)
     d.setup(timer=True, settings={"DISPATCH_MAX_PARALLEL": "1"})
     running = d.send("long job sleep=300", "--timeout", "600")
-    d.wait_until("long job running", lambda: any(r["task_id"] == running
-                                                 for r in d.agent_runs()))
+    d.wait_until("long job running", lambda: any(r["task_id"] == running for r in d.agent_runs()))
     queued = d.send("queued job")
     pending = d.send("needs an ack", "--require-ack")
-    d.wait_until("staged", lambda: f"{queued}.json" in d.lane_files("processing")
-                 and f"{pending}.json" in d.lane_files("pending-ack"))
+    d.wait_until(
+        "staged",
+        lambda: (
+            f"{queued}.json" in d.lane_files("processing")
+            and f"{pending}.json" in d.lane_files("pending-ack")
+        ),
+    )
     node_host.reboot()
     # /run is fresh after a reboot: units and the generator are installed again, as a
     # package would have them on disk.
     from tests.integration.dispatch_host import install_units
-    install_units(node_host, f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG="
-                  f"{ROOT.rsplit('/', 1)[0]}/agent-runs.jsonl\n")
+
+    install_units(
+        node_host,
+        f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG="
+        f"{ROOT.rsplit('/', 1)[0]}/agent-runs.jsonl\n",
+    )
     node_host.daemon_reload()
     node_host.systemctl("start", "dispatch-watch.path", "dispatch-watch.timer")
     interrupted = d.wait(running, timeout=60)
@@ -176,23 +183,27 @@ def test_path_unit_survives_junk_and_keeps_flowing(node_host: SystemdHost) -> No
         good = d.send("after the junk")
         assert d.wait(good, timeout=60)["status"] == "ok"
         rejected = d.lane_files("rejected")
-        for name in ("garbage.json", "pipe.json", "dir.json", "shadow.json",
-                     "stale.json.tmp"):
+        for name in ("garbage.json", "pipe.json", "dir.json", "shadow.json", "stale.json.tmp"):
             assert name in rejected and f"{name}.reason.json" in rejected, (name, rejected)
         assert d.lane_files("inbox") == ["locked.json"]  # cannot be moved: stays, logged
         # "running" while a pass it triggered runs; it must come back to waiting, not fail.
-        d.wait_until("path unit waiting",
-                     lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"))
-        d.wait_until("service idle",
-                     lambda: d.unit_state("dispatch-watch.service")[0] == "inactive")
+        d.wait_until(
+            "path unit waiting",
+            lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"),
+        )
+        d.wait_until(
+            "service idle", lambda: d.unit_state("dispatch-watch.service")[0] == "inactive"
+        )
         assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
         # Not spinning: with the timer off, a few seconds bring no further runs.
         before = node_host.unit_property("dispatch-watch.service", "InvocationID")
         time.sleep(3)
         assert node_host.unit_property("dispatch-watch.service", "InvocationID") == before
         assert d.wait(d.send("and another"), timeout=60)["status"] == "ok"
-        d.wait_until("path unit waiting again",
-                     lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"))
+        d.wait_until(
+            "path unit waiting again",
+            lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"),
+        )
         assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
         story = node_host.journalctl("-u", "dispatch-watch.service", "-o", "cat")
         assert "locked.json" in story  # the entry it could not move is in the journal

@@ -34,8 +34,11 @@ BUILD_TOOLS = {
 
 
 def _missing_tools() -> list[str]:
-    problems = [f"{tool} (apt package {pkg})" for tool, pkg in BUILD_TOOLS.items()
-                if shutil.which(tool, path=SYSTEM_PATH) is None]
+    problems = [
+        f"{tool} (apt package {pkg})"
+        for tool, pkg in BUILD_TOOLS.items()
+        if shutil.which(tool, path=SYSTEM_PATH) is None
+    ]
     if not Path("/usr/share/dh-python/dhpython/build/plugin_pyproject.py").exists():
         problems.append("pybuild's pyproject plugin (apt package pybuild-plugin-pyproject)")
     return problems
@@ -45,26 +48,39 @@ def _missing_tools() -> list[str]:
 def packaging_tools() -> None:
     problems = _missing_tools()
     if problems:
-        pytest.fail("package tests need: " + "; ".join(problems)
-                    + " (run scripts/setup-dev test as root)", pytrace=False)
+        pytest.fail(
+            "package tests need: " + "; ".join(problems) + " (run scripts/setup-dev test as root)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
 def systemd_host_prerequisites() -> None:
     problems = missing_prerequisites()
     if problems:
-        pytest.fail("the .deb install test boots systemd in a namespace and needs root,"
-                    " unshare, nsenter and systemd 252: " + "; ".join(problems), pytrace=False)
+        pytest.fail(
+            "the .deb install test boots systemd in a namespace and needs root,"
+            " unshare, nsenter and systemd 252: " + "; ".join(problems),
+            pytrace=False,
+        )
 
 
 def _build(kind: str) -> Path:
-    proc = subprocess.run([str(PACKAGING / "build"), kind], cwd=TOP, capture_output=True,
-                          text=True, timeout=900, check=False,
-                          env={**os.environ, "PATH": SYSTEM_PATH})
-    assert proc.returncode == 0, (f"packaging/build {kind} failed:\n{proc.stdout[-6000:]}\n"
-                                  f"{proc.stderr[-6000:]}")
-    pattern = (f"dispatch_{VERSION}-*_all.deb" if kind == "deb"
-               else f"dispatch-{VERSION}-*.noarch.rpm")
+    proc = subprocess.run(
+        [str(PACKAGING / "build"), kind],
+        cwd=TOP,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PATH": SYSTEM_PATH},
+    )
+    assert proc.returncode == 0, (
+        f"packaging/build {kind} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    )
+    pattern = (
+        f"dispatch_{VERSION}-*_all.deb" if kind == "deb" else f"dispatch-{VERSION}-*.noarch.rpm"
+    )
     found = sorted((TOP / "dist").glob(pattern))
     assert len(found) == 1, f"expected one {pattern} in dist/, found {found}"
     return found[0]

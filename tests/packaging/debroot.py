@@ -50,13 +50,21 @@ def cache_key(week: str | None = None) -> str:
 
 
 def _run(argv: list[str], timeout: float = _BUILD_TIMEOUT, **kw: object) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**DEFAULT_ENV, "DEBIAN_FRONTEND": "noninteractive"},
-                          **kw)  # type: ignore[call-overload]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**DEFAULT_ENV, "DEBIAN_FRONTEND": "noninteractive"},
+        **kw,
+    )  # type: ignore[call-overload]
     if proc.returncode != 0:
-        raise AssertionError(f"exit status {proc.returncode}: {shlex.join(argv)}\n"
-                             f"--- stdout ---\n{proc.stdout[-4000:]}"
-                             f"--- stderr ---\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"exit status {proc.returncode}: {shlex.join(argv)}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}"
+            f"--- stderr ---\n{proc.stderr[-4000:]}"
+        )
 
 
 @contextlib.contextmanager
@@ -83,12 +91,31 @@ def root_tarball() -> Path:
         work = CACHE_DIR / f"build-{os.getpid()}"
         root = work / "root"
         try:
-            _run(["debootstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}",
-                  SUITE, str(root), MIRROR])
+            _run(
+                [
+                    "debootstrap",
+                    f"--variant={VARIANT}",
+                    f"--include={','.join(INCLUDE)}",
+                    SUITE,
+                    str(root),
+                    MIRROR,
+                ]
+            )
             shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
             _run(["chroot", str(root), "apt-get", "update", "-qq"])
-            _run(["chroot", str(root), "apt-get", "install", "-y", "-qq", "--download-only",
-                  "--no-install-recommends", *PREFETCH])
+            _run(
+                [
+                    "chroot",
+                    str(root),
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--download-only",
+                    "--no-install-recommends",
+                    *PREFETCH,
+                ]
+            )
             partial = tarball.with_suffix(".tar.partial")
             _run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(partial), "."])
             partial.rename(tarball)
@@ -114,10 +141,15 @@ def unpack_root(dest: Path) -> Path:
 # Units of the Debian root that would act on the machine's network or devices, which this
 # namespace shares; none is installed or enabled in a minbase root, masked all the same.
 ROOT_MASKED_UNITS = (
-    "systemd-networkd.service", "systemd-networkd.socket",
-    "systemd-networkd-wait-online.service", "systemd-resolved.service",
-    "systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
-    "systemd-udev-trigger.service", "systemd-udev-settle.service",
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "systemd-networkd-wait-online.service",
+    "systemd-resolved.service",
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+    "systemd-udev-settle.service",
 )
 
 
@@ -132,12 +164,15 @@ class DebianRootHost(SystemdHost):
     def _write_boot_files(self) -> Path:
         boot = super()._write_boot_files()
         lines = boot.read_text().splitlines()
-        starts = [i for i, line in enumerate(lines)
-                  if line.startswith("exec env -i container=unshare")]
+        starts = [
+            i for i, line in enumerate(lines) if line.startswith("exec env -i container=unshare")
+        ]
         if len(starts) != 1:
-            raise AssertionError(f"{boot}: no single `exec env -i container=unshare` line to "
-                                 "insert the switch into the Debian root before; has "
-                                 "sdhost.py's boot script changed?")
+            raise AssertionError(
+                f"{boot}: no single `exec env -i container=unshare` line to "
+                "insert the switch into the Debian root before; has "
+                "sdhost.py's boot script changed?"
+            )
         at = starts[0]
         boot.write_text("\n".join([*lines[:at], *self._switch_root(), *lines[at:]]) + "\n")
         return boot

@@ -23,13 +23,16 @@ SENDER_CONF = f"{SENDER}/dispatch.conf"
 AGENT = "/usr/bin/python3 -m dispatch.ops.fake_agent"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Where a file of the package could be left behind; the share is the user's data.
-LEFTOVER_SCAN = ("find / -xdev -name '*dispatch*' -not -path '/srv/*' -not -path '/proc/*';"
-                 " find /run -xdev -name '*dispatch*'")
+LEFTOVER_SCAN = (
+    "find / -xdev -name '*dispatch*' -not -path '/srv/*' -not -path '/proc/*';"
+    " find /run -xdev -name '*dispatch*'"
+)
 
 
 @pytest.fixture
-def debian_host(tmp_path: Path, deb: Path, systemd_host_prerequisites: None
-                ) -> Iterator[DebianRootHost]:
+def debian_host(
+    tmp_path: Path, deb: Path, systemd_host_prerequisites: None
+) -> Iterator[DebianRootHost]:
     root = unpack_root(tmp_path / "root")
     shutil.copy(deb, root / "tmp" / deb.name)
     host = DebianRootHost("debian-pkgtest", tmp_path / "sdhost", root)
@@ -54,8 +57,9 @@ def _dispatch_units(host: DebianRootHost, *states: str) -> list[str]:
 
 
 def _failed(host: DebianRootHost) -> set[str]:
-    out = host.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend",
-                    "--full"]).stdout
+    out = host.run(
+        ["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--full"]
+    ).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
@@ -90,8 +94,9 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
 
     # -- install: with apt, dependencies resolved from the archive ----------------------------
     _apt(h, "install", f"/tmp/{deb.name}")
-    assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"]).stdout == \
-        "install ok installed"
+    assert (
+        h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"]).stdout == "install ok installed"
+    )
     for module in ("systemd.journal", "click", "pyinotify"):
         h.run(["/usr/bin/python3", "-c", f"import {module}"])
     # Byte-compiled at install: the units run under ProtectSystem=strict.
@@ -105,33 +110,82 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     assert not _dispatch_units(h, "active", "activating", "failed")
     assert _failed(h) == failed_before
     assert not _dispatch_processes(h)
-    for path, mode in (("/etc/dispatch/keys", "700 root root"),
-                       ("/var/lib/dispatch", "700 root root")):
+    for path, mode in (
+        ("/etc/dispatch/keys", "700 root root"),
+        ("/var/lib/dispatch", "700 root root"),
+    ):
         assert h.run(["stat", "-c", "%a %U %G", path]).stdout.strip() == mode, path
     # The conffile is the commented template until `dispatch init` fills it in.
-    assert h.run(["grep", "-c", "^DISPATCH_", "/etc/dispatch/dispatch.conf"],
-                 check=False).stdout.strip() == "0"
+    assert (
+        h.run(
+            ["grep", "-c", "^DISPATCH_", "/etc/dispatch/dispatch.conf"], check=False
+        ).stdout.strip()
+        == "0"
+    )
     conffiles = h.run(["cat", "/var/lib/dpkg/info/dispatch.conffiles"]).stdout
     assert "/etc/dispatch/dispatch.conf" in conffiles.split()
     h.run(["test", "-x", "/usr/lib/systemd/system-generators/dispatch-generator"])
     h.run(["test", "-s", "/usr/share/man/man1/dispatch.1.gz"])
 
     # -- dispatch init, the path unit, a task from a second node identity ---------------------
-    out = h.run(["dispatch", "init", "--root", SHARE, "--node", "gpubox", "--peers", "devbox",
-                 "--set", f"DISPATCH_AGENT_BIN={AGENT}", "--set", "DISPATCH_POLL_SEC=1"]).stdout
+    out = h.run(
+        [
+            "dispatch",
+            "init",
+            "--root",
+            SHARE,
+            "--node",
+            "gpubox",
+            "--peers",
+            "devbox",
+            "--set",
+            f"DISPATCH_AGENT_BIN={AGENT}",
+            "--set",
+            "DISPATCH_POLL_SEC=1",
+        ]
+    ).stdout
     kid = out.split("key ")[1].split()[0]
     # init reloaded systemd: the generator has rendered the node's lanes.
     lanes = h.run(["cat", "/run/systemd/generator/dispatch-watch.path.d/50-lanes.conf"]).stdout
     assert f"PathChanged={SHARE}/devbox-to-gpubox/inbox" in lanes
     h.systemctl("start", "dispatch-watch.path")
     assert h.unit_property("dispatch-watch.path", "ActiveState") == "active"
-    h.run(["dispatch", "init", "--root", SHARE, "--node", "devbox", "--peers", "gpubox",
-           "--config", SENDER_CONF, "--key-dir", f"{SENDER}/keys",
-           "--state-dir", "/var/lib/dispatch/devbox", "--key-file",
-           f"/etc/dispatch/keys/{kid}.key"])
-    sent = h.run(["dispatch", "send", "--to", "gpubox", "--request", "package smoke test",
-                  "--wait", "--wait-timeout", "90", "--json"],
-                 env={"DISPATCH_CONFIG": SENDER_CONF}, timeout=150)
+    h.run(
+        [
+            "dispatch",
+            "init",
+            "--root",
+            SHARE,
+            "--node",
+            "devbox",
+            "--peers",
+            "gpubox",
+            "--config",
+            SENDER_CONF,
+            "--key-dir",
+            f"{SENDER}/keys",
+            "--state-dir",
+            "/var/lib/dispatch/devbox",
+            "--key-file",
+            f"/etc/dispatch/keys/{kid}.key",
+        ]
+    )
+    sent = h.run(
+        [
+            "dispatch",
+            "send",
+            "--to",
+            "gpubox",
+            "--request",
+            "package smoke test",
+            "--wait",
+            "--wait-timeout",
+            "90",
+            "--json",
+        ],
+        env={"DISPATCH_CONFIG": SENDER_CONF},
+        timeout=150,
+    )
     reply = json.loads(sent.stdout)
     task_id, result = reply["id"], reply["result"]
     assert result["status"] == "ok", result
@@ -139,8 +193,11 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     assert result["unit"] == f"dispatch-exec@{task_id}.service", result
     assert "package smoke test" in result["final_text"], result
     # The sender's own check of the signed result file.
-    verified = json.loads(h.run(["dispatch", "result", task_id, "--json"],
-                                env={"DISPATCH_CONFIG": SENDER_CONF}).stdout)
+    verified = json.loads(
+        h.run(
+            ["dispatch", "result", task_id, "--json"], env={"DISPATCH_CONFIG": SENDER_CONF}
+        ).stdout
+    )
     assert verified["status"] == "ok"
     journal = h.journalctl("-u", "dispatch-exec@*", "-o", "verbose")
     assert f"DISPATCH_TASK_ID={task_id}" in journal, journal[-3000:]
@@ -148,12 +205,15 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
 
     # -- purge: no unit, file or process of the package left -----------------------------------
     _apt(h, "purge", "dispatch")
-    assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"],
-                 check=False).stdout in ("", "unknown ok not-installed")
+    assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"], check=False).stdout in (
+        "",
+        "unknown ok not-installed",
+    )
     assert not _dispatch_units(h), h.systemctl("list-units", "--all", "dispatch*").stdout
     # (exit status 1: no unit file matches)
-    assert not h.run(["systemctl", "list-unit-files", "--plain", "--no-legend", "dispatch*"],
-                     check=False).stdout.strip()
+    assert not h.run(
+        ["systemctl", "list-unit-files", "--plain", "--no-legend", "dispatch*"], check=False
+    ).stdout.strip()
     # Executions end, and their cgroups with them, just after their units stop.
     deadline = time.monotonic() + 10
     while _dispatch_processes(h) and time.monotonic() < deadline:

@@ -64,8 +64,15 @@ def _commands() -> list[tuple[str, click.Command]]:
 
 
 def _long_options(command: click.Command) -> list[str]:
-    return sorted({opt for param in command.params if isinstance(param, click.Option)
-                   for opt in [*param.opts, *param.secondary_opts] if opt.startswith("--")})
+    return sorted(
+        {
+            opt
+            for param in command.params
+            if isinstance(param, click.Option)
+            for opt in [*param.opts, *param.secondary_opts]
+            if opt.startswith("--")
+        }
+    )
 
 
 COMMANDS = _commands()
@@ -73,19 +80,24 @@ COMMANDS = _commands()
 
 def test_cli_has_the_commands_of_the_design() -> None:
     # The man page test below walks whatever the CLI has; make sure it sees the real thing.
-    assert {"init", "send", "ack", "status", "result", "wait", "promote", "exec",
-            "watch"} <= set(all_commands())
+    assert {"init", "send", "ack", "status", "result", "wait", "promote", "exec", "watch"} <= set(
+        all_commands()
+    )
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
 def test_every_command_and_option_is_in_the_man_page(path: str, command: click.Command) -> None:
     sections = _sections()
     assert path in sections, (
-        f"`{path}` exists in the CLI but has no `.SS \"{path} ...\"` section in "
-        f"packaging/man/dispatch.1")
+        f'`{path}` exists in the CLI but has no `.SS "{path} ..."` section in '
+        f"packaging/man/dispatch.1"
+    )
     text = sections[path]
-    missing = [opt for opt in _long_options(command)
-               if opt != "--help" and not re.search(rf"{re.escape(opt)}(?![a-z-])", text)]
+    missing = [
+        opt
+        for opt in _long_options(command)
+        if opt != "--help" and not re.search(rf"{re.escape(opt)}(?![a-z-])", text)
+    ]
     assert not missing, f"`{path}`: options missing from its man page section: {missing}"
 
 
@@ -96,20 +108,31 @@ def test_man_page_has_no_stale_commands() -> None:
 
 
 def test_man_page_renders_without_warnings() -> None:
-    proc = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", str(MAN)],
-                          capture_output=True, text=True, check=False,
-                          env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        ["groff", "-man", "-ww", "-z", "-Tutf8", str(MAN)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+    )
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     for alias in ("dispatch-send.1", "dispatch-ack.1"):
         assert (PACKAGING / "man" / alias).read_text() == ".so man1/dispatch.1\n"
 
 
 def test_completion_generation_works_with_this_click() -> None:
-    for shell, marker in (("bash", "complete -o nosort -F _dispatch_completion dispatch"),
-                          ("zsh", "#compdef dispatch")):
-        proc = subprocess.run([str(PACKAGING / "gen-completion"), shell], capture_output=True,
-                              text=True, check=False, timeout=60,
-                              env={**os.environ, "PYTHON": sys.executable})
+    for shell, marker in (
+        ("bash", "complete -o nosort -F _dispatch_completion dispatch"),
+        ("zsh", "#compdef dispatch"),
+    ):
+        proc = subprocess.run(
+            [str(PACKAGING / "gen-completion"), shell],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**os.environ, "PYTHON": sys.executable},
+        )
         assert proc.returncode == 0 and marker in proc.stdout, proc.stdout + proc.stderr
 
 

@@ -15,8 +15,14 @@ from tests.packaging.conftest import PACKAGING, SYSTEM_PATH, TOP, TRIGGERS, UNIT
 
 
 def _out(*argv: str) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=300,
-                          env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+    )
     assert proc.returncode == 0, f"{argv}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -42,26 +48,34 @@ def _rpm_files(rpm: Path) -> dict[str, str]:
 
 # -- contents -------------------------------------------------------------------------------
 
+
 def test_deb_contents(deb: Path) -> None:
     files = _deb_files(deb)
     for unit in UNITS:
         assert f"/lib/systemd/system/{unit}" in files, f"{unit} not in the .deb"
     generator = files.get("/usr/lib/systemd/system-generators/dispatch-generator", "")
     assert generator.startswith("-rwxr-xr-x"), f"generator missing or not executable: {generator}"
-    for path in ("/usr/bin/dispatch", "/usr/bin/dispatch-send", "/usr/bin/dispatch-ack",
-                 "/usr/share/man/man1/dispatch.1.gz", "/usr/share/man/man1/dispatch-send.1.gz",
-                 "/usr/share/man/man1/dispatch-ack.1.gz",
-                 "/usr/share/bash-completion/completions/dispatch",
-                 "/usr/share/zsh/vendor-completions/_dispatch",
-                 "/usr/lib/tmpfiles.d/dispatch.conf",
-                 "/usr/lib/python3/dist-packages/dispatch/cli.py",
-                 "/usr/share/doc/dispatch/copyright"):
+    for path in (
+        "/usr/bin/dispatch",
+        "/usr/bin/dispatch-send",
+        "/usr/bin/dispatch-ack",
+        "/usr/share/man/man1/dispatch.1.gz",
+        "/usr/share/man/man1/dispatch-send.1.gz",
+        "/usr/share/man/man1/dispatch-ack.1.gz",
+        "/usr/share/bash-completion/completions/dispatch",
+        "/usr/share/zsh/vendor-completions/_dispatch",
+        "/usr/lib/tmpfiles.d/dispatch.conf",
+        "/usr/lib/python3/dist-packages/dispatch/cli.py",
+        "/usr/share/doc/dispatch/copyright",
+    ):
         assert path in files, f"{path} not in the .deb"
     # The generator runs from systemd's generator directory only.
     assert "/usr/bin/dispatch-generator" not in files
     # In /etc only the config template, which sets nothing (the key wakes the units).
-    assert [p for p in files if p.startswith("/etc/")] == ["/etc/dispatch",
-                                                            "/etc/dispatch/dispatch.conf"]
+    assert [p for p in files if p.startswith("/etc/")] == [
+        "/etc/dispatch",
+        "/etc/dispatch/dispatch.conf",
+    ]
 
 
 def test_rpm_contents(rpm: Path) -> None:
@@ -70,35 +84,50 @@ def test_rpm_contents(rpm: Path) -> None:
         assert f"/usr/lib/systemd/system/{unit}" in files, f"{unit} not in the .rpm"
     generator = files.get("/usr/lib/systemd/system-generators/dispatch-generator", "")
     assert generator.startswith("-rwxr-xr-x"), f"generator missing or not executable: {generator}"
-    for path in ("/usr/bin/dispatch", "/usr/bin/dispatch-send", "/usr/bin/dispatch-ack",
-                 "/usr/share/man/man1/dispatch.1.gz", "/usr/share/man/man1/dispatch-send.1.gz",
-                 "/usr/share/man/man1/dispatch-ack.1.gz",
-                 "/usr/share/bash-completion/completions/dispatch",
-                 "/usr/share/zsh/site-functions/_dispatch",
-                 "/usr/lib/tmpfiles.d/dispatch.conf",
-                 "/usr/lib/systemd/system-preset/50-dispatch.preset",
-                 "/etc/dispatch/dispatch.conf"):
+    for path in (
+        "/usr/bin/dispatch",
+        "/usr/bin/dispatch-send",
+        "/usr/bin/dispatch-ack",
+        "/usr/share/man/man1/dispatch.1.gz",
+        "/usr/share/man/man1/dispatch-send.1.gz",
+        "/usr/share/man/man1/dispatch-ack.1.gz",
+        "/usr/share/bash-completion/completions/dispatch",
+        "/usr/share/zsh/site-functions/_dispatch",
+        "/usr/lib/tmpfiles.d/dispatch.conf",
+        "/usr/lib/systemd/system-preset/50-dispatch.preset",
+        "/etc/dispatch/dispatch.conf",
+    ):
         assert path in files, f"{path} not in the .rpm"
     assert "/usr/bin/dispatch-generator" not in files
-    assert any(re.fullmatch(r"/usr/lib/python3\.\d+/site-packages/dispatch/__pycache__/"
-                            r"cli\.cpython-3\d+\.pyc", p) for p in files), \
-        "the .rpm is not byte-compiled (the units run under ProtectSystem=strict)"
+    assert any(
+        re.fullmatch(
+            r"/usr/lib/python3\.\d+/site-packages/dispatch/__pycache__/"
+            r"cli\.cpython-3\d+\.pyc",
+            p,
+        )
+        for p in files
+    ), "the .rpm is not byte-compiled (the units run under ProtectSystem=strict)"
     # The config ships as a commented template, a %config(noreplace) file (flags c and n).
     config = _out("rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", str(rpm))
     flags = re.search(r"^/etc/dispatch/dispatch\.conf (\S+)", config, re.M)
-    assert flags and "c" in flags.group(1) and "n" in flags.group(1) \
-        and "g" not in flags.group(1), config
+    assert (
+        flags and "c" in flags.group(1) and "n" in flags.group(1) and "g" not in flags.group(1)
+    ), config
 
 
 def test_tmpfiles_make_the_secret_directories_root_only() -> None:
-    lines = [line.split() for line in (PACKAGING / "tmpfiles.d/dispatch.conf").read_text()
-             .splitlines() if line.strip() and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in (PACKAGING / "tmpfiles.d/dispatch.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     modes = {fields[1]: (fields[2], fields[3], fields[4]) for fields in lines}
     assert modes["/etc/dispatch/keys"] == ("0700", "root", "root")
     assert modes["/var/lib/dispatch"] == ("0700", "root", "root")
 
 
 # -- metadata and scripts -----------------------------------------------------------------
+
 
 def test_versions_agree() -> None:
     changelog = (PACKAGING / "debian/changelog").read_text().splitlines()[0]
@@ -133,8 +162,9 @@ def test_packages_follow_pyproject_dependencies() -> None:
     control = (PACKAGING / "debian/control").read_text()
     spec = (PACKAGING / "rpm/dispatch.spec").read_text()
     for name in names:
-        assert re.search(rf"\bpython3-{re.escape(name)}\b", control.split("Package:")[1]), \
+        assert re.search(rf"\bpython3-{re.escape(name)}\b", control.split("Package:")[1]), (
             f"{name} (pyproject.toml) is not in debian/control's Depends"
+        )
         assert f"python3dist({name})" in spec, f"{name} (pyproject.toml) is not in the spec"
 
 
@@ -175,32 +205,45 @@ def test_completion_scripts_are_clicks(deb: Path, tmp_path: Path) -> None:
 
 # -- linters ----------------------------------------------------------------------------------
 
+
 def _undocumented(tags: set[str]) -> list[str]:
     readme = (PACKAGING / "README.md").read_text()
     return sorted(t for t in tags if f"`{t}`" not in readme)
 
 
 def test_lintian_no_errors_and_warnings_documented(deb: Path) -> None:
-    proc = subprocess.run(["lintian", "--tag-display-limit", "0", str(deb)], capture_output=True,
-                          text=True, check=False, timeout=600,
-                          env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        ["lintian", "--tag-display-limit", "0", str(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+    )
     lines = proc.stdout.splitlines()
     errors = [line for line in lines if line.startswith("E: ")]
     assert not errors, "\n".join(lines)
     warnings = {line.split()[2] for line in lines if line.startswith("W: ")}
     assert not _undocumented(warnings), (
         f"lintian warnings not explained in packaging/README.md: {_undocumented(warnings)}\n"
-        + "\n".join(lines))
+        + "\n".join(lines)
+    )
 
 
 def test_rpmlint_no_errors_and_warnings_documented(rpm: Path) -> None:
-    proc = subprocess.run(["rpmlint", "-c", str(PACKAGING / "rpm/rpmlint.toml"), str(rpm)],
-                          capture_output=True, text=True, check=False, timeout=600,
-                          env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        ["rpmlint", "-c", str(PACKAGING / "rpm/rpmlint.toml"), str(rpm)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+    )
     lines = proc.stdout.splitlines()
     summary = [line for line in lines if "packages and" in line]
     assert summary and " 0 errors" in summary[0], "\n".join(lines) + proc.stderr
     warnings = {line.split()[2] for line in lines if re.match(r"\S+: W: ", line)}
     assert not _undocumented(warnings), (
         f"rpmlint warnings not explained in packaging/README.md: {_undocumented(warnings)}\n"
-        + "\n".join(lines))
+        + "\n".join(lines)
+    )

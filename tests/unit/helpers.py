@@ -38,14 +38,21 @@ def env_for(setup: NodeSetup, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], env: dict[str, str], *, timeout: float = 60,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          input=stdin, check=False)
+def run(
+    argv: list[str], env: dict[str, str], *, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
+    )
 
 
-def cli(setup: NodeSetup | None, *args: str, timeout: float = 60,
-        env: dict[str, str] | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    setup: NodeSetup | None,
+    *args: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    **extra: str,
+) -> subprocess.CompletedProcess[str]:
     """`python -m dispatch ARGS` as `setup`'s node (or with exactly `env`)."""
     if env is None:
         env = env_for(setup, **extra) if setup is not None else clean_env(**extra)
@@ -86,10 +93,20 @@ def envelope(pair: Pair, *, sign: bool = True, **overrides: Any) -> dict[str, An
     (so a test changes what it means, not whether the signature holds)."""
     kid, secret = shared_key(pair)
     obj: dict[str, Any] = {
-        "schema": 3, "id": new_id(), "from": "devbox", "to": "gpubox",
-        "created": rfc3339(now_utc()), "priority": "normal", "request": "hello there",
-        "require_ack": False, "require_dangerous": False, "timeout_s": 60,
-        "max_output_bytes": 100_000, "callback": "file", "parent": None, "hops": 0,
+        "schema": 3,
+        "id": new_id(),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": rfc3339(now_utc()),
+        "priority": "normal",
+        "request": "hello there",
+        "require_ack": False,
+        "require_dangerous": False,
+        "timeout_s": 60,
+        "max_output_bytes": 100_000,
+        "callback": "file",
+        "parent": None,
+        "hops": 0,
         "kid": kid,
     }
     obj.update(overrides)

@@ -15,11 +15,23 @@ from dispatch.receive.agent import FINAL_TEXT_MAX, MAX_LINE, TAIL_BYTES, OutputR
 
 
 def an_envelope(request: str = "fix the build", dangerous: bool = False) -> Envelope:
-    return Envelope(id=str(uuid.uuid4()), from_="devbox", to="gpubox",
-                    created="2025-01-01T00:00:00Z", priority=Priority.NORMAL, request=request,
-                    require_ack=False, require_dangerous=dangerous, timeout_s=60,
-                    max_output_bytes=1000, callback=Callback.FILE, parent=None, hops=0,
-                    kid="k", hmac="0" * 64)
+    return Envelope(
+        id=str(uuid.uuid4()),
+        from_="devbox",
+        to="gpubox",
+        created="2025-01-01T00:00:00Z",
+        priority=Priority.NORMAL,
+        request=request,
+        require_ack=False,
+        require_dangerous=dangerous,
+        timeout_s=60,
+        max_output_bytes=1000,
+        callback=Callback.FILE,
+        parent=None,
+        hops=0,
+        kid="k",
+        hmac="0" * 64,
+    )
 
 
 def a_cfg(**kw: object) -> Config:
@@ -44,8 +56,10 @@ def test_dangerous_task_gets_bypass_permissions() -> None:
 
 
 def test_generic_profile_passes_the_request_on_stdin() -> None:
-    inv = invocation(a_cfg(agent_bin="/usr/bin/env python3 -u worker.py",
-                           agent_profile=AgentProfile.GENERIC), an_envelope("-p --evil"))
+    inv = invocation(
+        a_cfg(agent_bin="/usr/bin/env python3 -u worker.py", agent_profile=AgentProfile.GENERIC),
+        an_envelope("-p --evil"),
+    )
     assert inv.argv == ["/usr/bin/env", "python3", "-u", "worker.py"]
     assert inv.stdin == b"-p --evil"
 
@@ -56,12 +70,15 @@ def line(obj: object) -> bytes:
 
 def test_reader_takes_the_last_result_line_across_chunks() -> None:
     reader = OutputReader(AgentProfile.CLAUDE)
-    stream = (line({"type": "system"}) + b"not json at all\n"
-              + line({"type": "result", "result": "first"})
-              + line({"type": "assistant", "result": "not a result line"})
-              + line({"type": "result", "result": "final answer"}))
+    stream = (
+        line({"type": "system"})
+        + b"not json at all\n"
+        + line({"type": "result", "result": "first"})
+        + line({"type": "assistant", "result": "not a result line"})
+        + line({"type": "result", "result": "final answer"})
+    )
     for i in range(0, len(stream), 7):  # arbitrary chunk boundaries
-        reader.feed(stream[i:i + 7])
+        reader.feed(stream[i : i + 7])
     assert reader.finish() == "final answer"
     assert reader.output_tail() == stream.decode()
 
@@ -92,16 +109,32 @@ def test_generic_reader_takes_the_end_of_stdout() -> None:
 
 def test_fake_agent_directives() -> None:
     assert directives("run sleep=2 then exit=3 spam=10 and hang") == {
-        "sleep": "2", "exit": "3", "spam": "10", "hang": ""}
+        "sleep": "2",
+        "exit": "3",
+        "spam": "10",
+        "hang": "",
+    }
     assert directives("plain words") == {}
 
 
 def test_fake_agent_speaks_stream_json(tmp_path: Path) -> None:
     log = tmp_path / "runs.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "dispatch.ops.fake_agent", "-p", "hi exit=2",
-                           "--permission-mode", "bypassPermissions"], capture_output=True,
-                          text=True, timeout=30, check=False,
-                          env={"DISPATCH_FAKE_AGENT_LOG": str(log), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatch.ops.fake_agent",
+            "-p",
+            "hi exit=2",
+            "--permission-mode",
+            "bypassPermissions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"DISPATCH_FAKE_AGENT_LOG": str(log), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     messages = [json.loads(x) for x in proc.stdout.splitlines()]
     assert messages[0]["type"] == "system" and messages[-1]["type"] == "result"

@@ -23,8 +23,13 @@ def run_audit(pair: Pair, *, settled: bool = True, verify: bool = True) -> Audit
     node = pair.receiver.node()
     pair.agent_log.touch()
     ring = Keyring.load(node.cfg) if verify else None
-    return audit(pair.root, state_dirs=[node.cfg.state_dir], agent_logs=[pair.agent_log],
-                 ring=ring, settled=settled)
+    return audit(
+        pair.root,
+        state_dirs=[node.cfg.state_dir],
+        agent_logs=[pair.agent_log],
+        ring=ring,
+        settled=settled,
+    )
 
 
 def kinds(report: AuditReport) -> list[str]:
@@ -48,8 +53,9 @@ def result_path(pair: Pair, task_id: str) -> Path:
 
 def ledger_write(pair: Pair, task_id: str, phase: str, lane: str = "devbox-to-gpubox") -> None:
     seen = pair.receiver.node().cfg.state_dir / "seen" / task_id
-    seen.write_text(json.dumps({"id": task_id, "sha256": "", "phase": phase, "lane": lane,
-                                "at": 0}))
+    seen.write_text(
+        json.dumps({"id": task_id, "sha256": "", "phase": phase, "lane": lane, "at": 0})
+    )
 
 
 def test_clean_after_real_traffic_and_refusals(pair: Pair) -> None:
@@ -72,8 +78,16 @@ def test_clean_after_real_traffic_and_refusals(pair: Pair) -> None:
 def test_cli_exit_codes_and_lines(pair: Pair) -> None:
     ids = finished_tasks(pair, 1)
     node = pair.receiver.node()
-    args = ["audit", "--root", str(pair.root), "--state-dir", str(node.cfg.state_dir),
-            "--agent-log", str(pair.agent_log), "--settled"]
+    args = [
+        "audit",
+        "--root",
+        str(pair.root),
+        "--state-dir",
+        str(node.cfg.state_dir),
+        "--agent-log",
+        str(pair.agent_log),
+        "--settled",
+    ]
     proc = cli(pair.receiver, *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("audit: ok: 1 lanes") or "audit: ok:" in proc.stdout
@@ -91,10 +105,18 @@ def test_cli_exit_codes_and_lines(pair: Pair) -> None:
     # Defaults come from the node's config: its root, state and keys.
     assert cli(pair.receiver, "audit").returncode == 1
     # Without any key, results cannot be verified: the summary says so.
-    proc = cli(None, "audit", "--root", str(pair.root),
-               env={"PATH": os.environ["PATH"], "DISPATCH_CONFIG": "/dev/null",
-                    "DISPATCH_KEY_DIR": str(pair.root / "no-keys"),
-                    "DISPATCH_STATE_DIR": str(pair.root / "no-state")})
+    proc = cli(
+        None,
+        "audit",
+        "--root",
+        str(pair.root),
+        env={
+            "PATH": os.environ["PATH"],
+            "DISPATCH_CONFIG": "/dev/null",
+            "DISPATCH_KEY_DIR": str(pair.root / "no-keys"),
+            "DISPATCH_STATE_DIR": str(pair.root / "no-state"),
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert "not checked" in proc.stdout
 
@@ -128,12 +150,14 @@ def test_terminal_conflict(pair: Pair) -> None:
     (task_id,) = finished_tasks(pair, 1)
     lane = lane_in(pair)
     (lane.rejected / f"{task_id}.json").write_text("{}")
-    (lane.rejected / f"{task_id}.json.reason.json").write_text(json.dumps(
-        {"name": f"{task_id}.json", "from_dir": "inbox", "reason": "bad_signature"}))
+    (lane.rejected / f"{task_id}.json.reason.json").write_text(
+        json.dumps({"name": f"{task_id}.json", "from_dir": "inbox", "reason": "bad_signature"})
+    )
     assert kinds(run_audit(pair)) == ["terminal_conflict"]
     # a refused replay of the same id is a trace of the copy, not a second outcome
-    (lane.rejected / f"{task_id}.json.reason.json").write_text(json.dumps(
-        {"name": f"{task_id}.json", "from_dir": "inbox", "reason": "replay"}))
+    (lane.rejected / f"{task_id}.json.reason.json").write_text(
+        json.dumps({"name": f"{task_id}.json", "from_dir": "inbox", "reason": "replay"})
+    )
     assert run_audit(pair).ok
     ledger_write(pair, task_id, "rejected")
     assert kinds(run_audit(pair)) == ["ran_unadmitted", "terminal_conflict"]
@@ -162,8 +186,9 @@ def test_ran_unadmitted(pair: Pair) -> None:
     assert kinds(report) == ["ran_unadmitted", "ran_unadmitted"]
     assert {v.task_id for v in report.violations} == {refused["id"], stranger}
     # Without node state, the signed result and the lanes still tell.
-    report = audit(pair.root, agent_logs=[pair.agent_log],
-                   ring=Keyring.load(pair.receiver.node().cfg))
+    report = audit(
+        pair.root, agent_logs=[pair.agent_log], ring=Keyring.load(pair.receiver.node().cfg)
+    )
     assert {v.task_id for v in report.violations} == {refused["id"], stranger}
     assert kinds(report) == ["ran_unadmitted", "ran_unadmitted"]
 
@@ -176,7 +201,8 @@ def test_no_result_and_lost(pair: Pair) -> None:
     ledger_write(pair, seen, "intake")
     report = run_audit(pair)
     assert sorted((v.kind, v.task_id) for v in report.violations) == sorted(
-        [("no_result", a), ("no_result", admitted), ("lost", seen)])
+        [("no_result", a), ("no_result", admitted), ("lost", seen)]
+    )
 
 
 def test_unpublished_and_unfinished(pair: Pair) -> None:

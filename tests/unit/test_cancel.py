@@ -37,8 +37,7 @@ from tests.unit.helpers import (
 
 def send(pair: Pair, request: str, **kwargs: Any) -> str:
     tx = pair.sender.node()
-    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request,
-                                           **kwargs)).envelope.id
+    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request, **kwargs)).envelope.id
 
 
 def cancel_json(pair: Pair, task_id: str, *args: str) -> tuple[int, dict[str, Any]]:
@@ -57,8 +56,13 @@ def test_cancel_a_queued_task_it_never_runs(pair: Pair) -> None:
 
     code, out = cancel_json(pair, task_id)
     assert code == 0
-    assert out == {"id": task_id, "requested": True, "lane": "devbox-to-gpubox",
-                   "path": str(lane.cancel / f"{task_id}.json"), "finished": None}
+    assert out == {
+        "id": task_id,
+        "requested": True,
+        "lane": "devbox-to-gpubox",
+        "path": str(lane.cancel / f"{task_id}.json"),
+        "finished": None,
+    }
     # The request is signed by the sender, over every field.
     request = json.loads((lane.cancel / f"{task_id}.json").read_text())
     kid, secret = shared_key(pair)
@@ -96,9 +100,13 @@ def test_cancel_a_task_waiting_for_its_ack(pair: Pair) -> None:
 
 
 def test_cancel_a_running_task_under_dispatch_watch(pair: Pair) -> None:
-    watcher = subprocess.Popen([sys.executable, "-m", "dispatch", "watch", "--quiet"],
-                               env=env_for(pair.receiver), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "watch", "--quiet"],
+        env=env_for(pair.receiver),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         task_id = send(pair, "long job sleep=120", timeout_s=600)
         wait_for(lambda: bool(runs_of(pair, task_id)), timeout=30, what="the agent to start")
@@ -131,8 +139,13 @@ def test_cancel_a_finished_task_leaves_it_alone(pair: Pair) -> None:
     assert proc.stdout.strip() == f"task {task_id} already finished (ok); left alone"
     code, out = cancel_json(pair, task_id)
     assert code == 0
-    assert out == {"id": task_id, "requested": False, "lane": "devbox-to-gpubox",
-                   "path": None, "finished": "ok"}
+    assert out == {
+        "id": task_id,
+        "requested": False,
+        "lane": "devbox-to-gpubox",
+        "path": None,
+        "finished": "ok",
+    }
     assert os.listdir(lane.cancel) == []
     promote_once(pair.receiver.node())
     assert lane.result_path(task_id).read_bytes() == before
@@ -157,8 +170,15 @@ def test_forged_or_unsigned_cancel_is_refused_with_a_reason(pair: Pair) -> None:
     forged_id, unsigned_id = send(pair, "keep me"), send(pair, "keep me too")
     promote_once(pair.receiver.node())
     kid, _ = shared_key(pair)
-    body = {"schema": 3, "kind": "cancel", "id": forged_id, "from": "devbox", "to": "gpubox",
-            "created": rfc3339(now_utc()), "kid": kid}
+    body = {
+        "schema": 3,
+        "kind": "cancel",
+        "id": forged_id,
+        "from": "devbox",
+        "to": "gpubox",
+        "created": rfc3339(now_utc()),
+        "kid": kid,
+    }
     forged = signed(b"not the shared key at all, 32 bytes+", body)
     _plant_cancel(pair, forged_id, forged)
     _plant_cancel(pair, unsigned_id, {**body, "id": unsigned_id})  # no hmac at all
@@ -187,9 +207,22 @@ def test_a_cancel_request_for_another_lane_is_refused(pair: Pair) -> None:
     promote_once(pair.receiver.node())
     kid, secret = shared_key(pair)
     # Validly signed, but it claims another lane than the one it sits in.
-    _plant_cancel(pair, task_id, signed(secret, {
-        "schema": 3, "kind": "cancel", "id": task_id, "from": "gpubox", "to": "devbox",
-        "created": rfc3339(now_utc()), "kid": kid}))
+    _plant_cancel(
+        pair,
+        task_id,
+        signed(
+            secret,
+            {
+                "schema": 3,
+                "kind": "cancel",
+                "id": task_id,
+                "from": "gpubox",
+                "to": "devbox",
+                "created": rfc3339(now_utc()),
+                "kid": kid,
+            },
+        ),
+    )
     promote_once(pair.receiver.node())
     lane = lane_in(pair)
     assert reason_of(lane, f"{task_id}.cancel.json")["reason"] == "wrong_lane"
@@ -228,9 +261,22 @@ def test_a_stale_cancel_request_is_refused(pair: Pair) -> None:
     task_id = send(pair, "keep me")
     promote_once(pair.receiver.node())
     kid, secret = shared_key(pair)
-    _plant_cancel(pair, task_id, signed(secret, {
-        "schema": 3, "kind": "cancel", "id": task_id, "from": "devbox", "to": "gpubox",
-        "created": "2020-01-01T00:00:00Z", "kid": kid}))
+    _plant_cancel(
+        pair,
+        task_id,
+        signed(
+            secret,
+            {
+                "schema": 3,
+                "kind": "cancel",
+                "id": task_id,
+                "from": "devbox",
+                "to": "gpubox",
+                "created": "2020-01-01T00:00:00Z",
+                "kid": kid,
+            },
+        ),
+    )
     promote_once(pair.receiver.node())
     lane = lane_in(pair)
     assert reason_of(lane, f"{task_id}.cancel.json")["reason"] == "stale"

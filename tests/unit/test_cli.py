@@ -60,8 +60,19 @@ def test_console_script_and_version() -> None:
 
 
 def test_send_json_shape(pair: Pair) -> None:
-    proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "hi", "--json",
-               "--priority", "high", "--timeout", "30")
+    proc = cli(
+        pair.sender,
+        "send",
+        "--to",
+        "gpubox",
+        "--request",
+        "hi",
+        "--json",
+        "--priority",
+        "high",
+        "--timeout",
+        "30",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out) == {"id", "path"}
@@ -76,18 +87,29 @@ def test_send_json_shape(pair: Pair) -> None:
 
 def test_send_wait_times_out_with_exit_4(pair: Pair) -> None:
     began = time.monotonic()
-    proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "nobody listens",
-               "--wait", "--wait-timeout", "0.5")
+    proc = cli(
+        pair.sender,
+        "send",
+        "--to",
+        "gpubox",
+        "--request",
+        "nobody listens",
+        "--wait",
+        "--wait-timeout",
+        "0.5",
+    )
     assert proc.returncode == 4, proc.stderr
     assert time.monotonic() - began < 10
     assert "no result" in proc.stderr
 
 
 def test_exit_codes_of_result_and_wait(pair: Pair) -> None:
-    ok = json.loads(cli(pair.sender, "send", "--to", "gpubox", "--request", "fine",
-                        "--json").stdout)["id"]
-    bad = json.loads(cli(pair.sender, "send", "--to", "gpubox", "--request", "boom exit=3",
-                         "--json").stdout)["id"]
+    ok = json.loads(
+        cli(pair.sender, "send", "--to", "gpubox", "--request", "fine", "--json").stdout
+    )["id"]
+    bad = json.loads(
+        cli(pair.sender, "send", "--to", "gpubox", "--request", "boom exit=3", "--json").stdout
+    )["id"]
     drain(pair.receiver.node())
     # 0: done and ok; the verified object on stdout.
     proc = cli(pair.sender, "result", ok, "--json")
@@ -104,8 +126,9 @@ def test_exit_codes_of_result_and_wait(pair: Pair) -> None:
     assert cli(pair.sender, "result", "NOT-AN-ID").returncode == 2
     assert cli(pair.sender, "result", new_id()).returncode == 2
     # 4: waiting timed out on a task that never runs.
-    never = json.loads(cli(pair.sender, "send", "--to", "gpubox", "--request", "later",
-                           "--json").stdout)["id"]
+    never = json.loads(
+        cli(pair.sender, "send", "--to", "gpubox", "--request", "later", "--json").stdout
+    )["id"]
     began = time.monotonic()
     proc = cli(pair.sender, "wait", never, "--timeout", "0.5")
     assert proc.returncode == 4 and time.monotonic() - began < 10
@@ -131,16 +154,23 @@ def test_status_json_schema(pair: Pair) -> None:
     proc = cli(pair.receiver, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions",
-                         "peers"}
+    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions", "peers"}
     assert data["executions"] == []
     assert data["node"] == "gpubox" and data["root"] == str(pair.root)
     assert set(data["killswitch"]) == {"on", "hard", "reason"}
     lanes = {lane["lane"]: lane for lane in data["lanes"]}
     assert set(lanes) == {"devbox-to-gpubox", "gpubox-to-devbox"}
     assert lanes["devbox-to-gpubox"]["direction"] == "in"
-    assert set(lanes["devbox-to-gpubox"]) == {"lane", "direction", "inbox", "pending_ack",
-                                              "queued", "running", "done", "rejected"}
+    assert set(lanes["devbox-to-gpubox"]) == {
+        "lane",
+        "direction",
+        "inbox",
+        "pending_ack",
+        "queued",
+        "running",
+        "done",
+        "rejected",
+    }
     (peer,) = data["peers"]
     assert peer["node"] == "devbox" and peer["stale"] is False
     assert isinstance(peer["heartbeat_age_s"], float)
@@ -202,9 +232,21 @@ def test_keys_new_list_import(tmp_path: Path) -> None:
 
 def test_init_command(tmp_path: Path) -> None:
     conf = tmp_path / "n1.conf"
-    args = ["init", "--root", str(tmp_path / "share"), "--node", "n1", "--peers", "n2,n3",
-            "--config", str(conf), "--key-dir", str(tmp_path / "keys"),
-            "--state-dir", str(tmp_path / "state")]
+    args = [
+        "init",
+        "--root",
+        str(tmp_path / "share"),
+        "--node",
+        "n1",
+        "--peers",
+        "n2,n3",
+        "--config",
+        str(conf),
+        "--key-dir",
+        str(tmp_path / "keys"),
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
     proc = cli(None, *args)
     assert proc.returncode == 0, proc.stderr
     kid = re.search(r"key (\S+) \(created\)", proc.stdout)
@@ -219,8 +261,9 @@ def test_init_command(tmp_path: Path) -> None:
 
 
 def test_logs_falls_back_to_the_log_file(pair: Pair) -> None:
-    task_id = json.loads(cli(pair.sender, "send", "--to", "gpubox", "--request", "talk",
-                             "--json").stdout)["id"]
+    task_id = json.loads(
+        cli(pair.sender, "send", "--to", "gpubox", "--request", "talk", "--json").stdout
+    )["id"]
     drain(pair.receiver.node())
     assert result_json(lane_in(pair), task_id)["status"] == "ok"
     proc = cli(pair.sender, "logs", task_id)
@@ -271,10 +314,13 @@ def test_lazy_command_table_matches_the_command_modules() -> None:
 
 
 def test_promote_and_exec_do_not_import_unrelated_commands() -> None:
-    code = ("import sys; from dispatch.cli import root; import click; "
-            "ctx = click.Context(root); root.get_command(ctx, 'exec'); "
-            "print(sorted(m for m in sys.modules if m.startswith('dispatch.commands.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys; from dispatch.cli import root; import click; "
+        "ctx = click.Context(root); root.get_command(ctx, 'exec'); "
+        "print(sorted(m for m in sys.modules if m.startswith('dispatch.commands.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "dispatch.commands.mcp" not in out and "dispatch.commands.demo" not in out
     assert "dispatch.commands.runtime" in out

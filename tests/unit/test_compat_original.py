@@ -30,9 +30,17 @@ from tests.unit.helpers import (
 
 # Beside the checkout in the workplace layout (../shared/seed), where every machine of this
 # project has it; the original's code is deliberately not copied into this repository.
-ORIGINAL = next((p for p in (Path(__file__).resolve().parents[3] / "shared/seed/runnable/bin",
-                             Path("/work/shared/seed/runnable/bin"))
-                 if (p / "dispatch-send").exists()), Path("/work/shared/seed/runnable/bin"))
+ORIGINAL = next(
+    (
+        p
+        for p in (
+            Path(__file__).resolve().parents[3] / "shared/seed/runnable/bin",
+            Path("/work/shared/seed/runnable/bin"),
+        )
+        if (p / "dispatch-send").exists()
+    ),
+    Path("/work/shared/seed/runnable/bin"),
+)
 PYTHON3 = shutil.which("python3") or sys.executable
 
 # Only where the original's scripts are absent (a checkout outside the workplace layout) are
@@ -40,12 +48,18 @@ PYTHON3 = shutil.which("python3") or sys.executable
 # envelopes signed the original's way, and the entry-point tests here always run.
 needs_original = pytest.mark.skipif(
     not (ORIGINAL / "dispatch-send").exists(),
-    reason=f"the original project (kept outside this repository) is not at {ORIGINAL}")
+    reason=f"the original project (kept outside this repository) is not at {ORIGINAL}",
+)
 
 
 def original_env(pair: Pair, **extra: str) -> dict[str, str]:
-    return clean_env(DISPATCH_ROOT=str(pair.root), DISPATCH_NODE_A="devbox",
-                     DISPATCH_NODE_B="gpubox", DISPATCH_FROM="devbox", **extra)
+    return clean_env(
+        DISPATCH_ROOT=str(pair.root),
+        DISPATCH_NODE_A="devbox",
+        DISPATCH_NODE_B="gpubox",
+        DISPATCH_FROM="devbox",
+        **extra,
+    )
 
 
 def share_key(pair: Pair) -> None:
@@ -59,8 +73,10 @@ def share_key(pair: Pair) -> None:
 
 
 def original_send(pair: Pair, request: str, *flags: str) -> tuple[str, Path]:
-    proc = run([PYTHON3, str(ORIGINAL / "dispatch-send"), "--to", "gpubox",
-                "--request", request, *flags], original_env(pair))
+    proc = run(
+        [PYTHON3, str(ORIGINAL / "dispatch-send"), "--to", "gpubox", "--request", request, *flags],
+        original_env(pair),
+    )
     assert proc.returncode == 0, proc.stderr
     task_id, path = proc.stdout.strip().split("\t")
     return task_id, Path(path)
@@ -75,13 +91,16 @@ def rewrite(path: Path, **changes: Any) -> None:
 
 
 @needs_original
-def test_original_envelope_runs_with_the_nodes_policy_not_its_unsigned_fields(
-        pair: Pair) -> None:
+def test_original_envelope_runs_with_the_nodes_policy_not_its_unsigned_fields(pair: Pair) -> None:
     share_key(pair)
     # If the unsigned fields counted, require_dangerous would run with bypassPermissions
     # (policy allow), timeout_s=3000 would be the agent's timeout and require_ack would hold.
-    configure(pair.receiver, DISPATCH_ACCEPT_V2=1, DISPATCH_DEFAULT_TIMEOUT_S=77,
-              DISPATCH_DANGEROUS="allow")
+    configure(
+        pair.receiver,
+        DISPATCH_ACCEPT_V2=1,
+        DISPATCH_DEFAULT_TIMEOUT_S=77,
+        DISPATCH_DANGEROUS="allow",
+    )
     task_id, path = original_send(pair, "legacy task", "--priority", "high")
     lane = lane_in(pair)
     assert path == lane.inbox / f"{task_id}.json"
@@ -96,8 +115,7 @@ def test_original_envelope_runs_with_the_nodes_policy_not_its_unsigned_fields(
     assert staged.exists()
     os.rename(staged, path)
 
-    rewrite(path, require_dangerous=True, timeout_s=3000, max_output_bytes=1024,
-            require_ack=True)
+    rewrite(path, require_dangerous=True, timeout_s=3000, max_output_bytes=1024, require_ack=True)
     drain(pair.receiver.node())
     res = result_json(lane, task_id)
     assert res["status"] == "ok", res
@@ -154,17 +172,22 @@ def test_original_envelope_replayed(pair: Pair) -> None:
 def test_original_ack_tool_cannot_release_a_task(pair: Pair) -> None:
     """The original's dispatch-ack writes `ack` into <id>.ack on the share: a forged ack."""
     lane = lane_in(pair)
-    proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "gated", "--require-ack",
-               "--json")
+    proc = cli(
+        pair.sender, "send", "--to", "gpubox", "--request", "gated", "--require-ack", "--json"
+    )
     task_id = json.loads(proc.stdout)["id"]
     promote_once(pair.receiver.node())
-    proc = run([PYTHON3, str(ORIGINAL / "dispatch-ack"), task_id[:8], "--side", "gpubox"],
-               original_env(pair))
+    proc = run(
+        [PYTHON3, str(ORIGINAL / "dispatch-ack"), task_id[:8], "--side", "gpubox"],
+        original_env(pair),
+    )
     assert proc.returncode == 0, proc.stderr
     promote_once(pair.receiver.node())
     assert (lane.pending_ack / f"{task_id}.json").exists()
-    assert json.loads((lane.rejected / f"{task_id}.ack.reason.json").read_text())[
-        "reason"] == "forged_ack"
+    assert (
+        json.loads((lane.rejected / f"{task_id}.ack.reason.json").read_text())["reason"]
+        == "forged_ack"
+    )
     assert pair.agent_runs() == []
 
 
@@ -172,30 +195,52 @@ def entry_env(pair: Pair, home: Path, **extra: str) -> dict[str, str]:
     """The original's environment-only setup, pointed at one node's key ring and state."""
     empty = home / "empty.conf"
     empty.write_text("")
-    return original_env(pair, DISPATCH_CONFIG=str(empty), DISPATCH_KEY_DIR=str(home / "keys"),
-                        DISPATCH_STATE_DIR=str(home / "state"), **extra)
+    return original_env(
+        pair,
+        DISPATCH_CONFIG=str(empty),
+        DISPATCH_KEY_DIR=str(home / "keys"),
+        DISPATCH_STATE_DIR=str(home / "state"),
+        **extra,
+    )
 
 
 def test_dispatch_send_entry_point_takes_the_original_flags(pair: Pair) -> None:
     env = entry_env(pair, pair.sender.home)
-    proc = run([str(BIN / "dispatch-send"), "--to", "gpubox", "--request", "via compat",
-                "--priority", "high", "--callback", "none"], env)
+    proc = run(
+        [
+            str(BIN / "dispatch-send"),
+            "--to",
+            "gpubox",
+            "--request",
+            "via compat",
+            "--priority",
+            "high",
+            "--callback",
+            "none",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr
     task_id, path = proc.stdout.strip().split("\t")
     sent = json.loads(Path(path).read_text())
     assert sent["schema"] == 3 and sent["from"] == "devbox" and sent["priority"] == "high"
     assert sent["callback"] == "none" and sent["id"] == task_id
-    explicit = run([str(BIN / "dispatch-send"), "--from", "devbox", "--to", "gpubox",
-                    "--request", "explicit"], {**env, "DISPATCH_FROM": ""})
+    explicit = run(
+        [str(BIN / "dispatch-send"), "--from", "devbox", "--to", "gpubox", "--request", "explicit"],
+        {**env, "DISPATCH_FROM": ""},
+    )
     assert explicit.returncode == 0, explicit.stderr
     drain(pair.receiver.node())
     assert result_json(lane_in(pair), task_id)["status"] == "ok"
     # The original's errors, as one line and exit 2.
-    same = run([str(BIN / "dispatch-send"), "--from", "gpubox", "--to", "gpubox",
-                "--request", "x"], env)
+    same = run(
+        [str(BIN / "dispatch-send"), "--from", "gpubox", "--to", "gpubox", "--request", "x"], env
+    )
     assert same.returncode == 2 and "must differ" in same.stderr
-    nobody = run([str(BIN / "dispatch-send"), "--to", "gpubox", "--request", "x"],
-                 {**env, "DISPATCH_FROM": ""})
+    nobody = run(
+        [str(BIN / "dispatch-send"), "--to", "gpubox", "--request", "x"],
+        {**env, "DISPATCH_FROM": ""},
+    )
     assert nobody.returncode == 2 and "--from" in nobody.stderr
     assert "Traceback" not in nobody.stderr + same.stderr
 
@@ -204,8 +249,9 @@ def test_dispatch_ack_entry_point_takes_the_original_flags(pair: Pair) -> None:
     lane = lane_in(pair)
     ids = []
     for _ in range(2):
-        proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "gated",
-                   "--require-ack", "--json")
+        proc = cli(
+            pair.sender, "send", "--to", "gpubox", "--request", "gated", "--require-ack", "--json"
+        )
         ids.append(json.loads(proc.stdout)["id"])
     promote_once(pair.receiver.node())
     env = entry_env(pair, pair.receiver.home)

@@ -49,10 +49,13 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
-    path = conf(tmp_path, "# comment\n; also a comment\n\nDISPATCH_ROOT=/srv/a\n"
-                "DISPATCH_MAX_PARALLEL=4\nDISPATCH_POLL_SEC='1.5'\n"
-                'DISPATCH_AGENT_BIN="python3 -m dispatch.ops.fake_agent"\n'
-                "DISPATCH_ACCEPT_V2=yes\nDISPATCH_LAUNCHER=systemd\n")
+    path = conf(
+        tmp_path,
+        "# comment\n; also a comment\n\nDISPATCH_ROOT=/srv/a\n"
+        "DISPATCH_MAX_PARALLEL=4\nDISPATCH_POLL_SEC='1.5'\n"
+        'DISPATCH_AGENT_BIN="python3 -m dispatch.ops.fake_agent"\n'
+        "DISPATCH_ACCEPT_V2=yes\nDISPATCH_LAUNCHER=systemd\n",
+    )
     cfg = load(path, DISPATCH_MAX_PARALLEL="5", DISPATCH_ROOT="/srv/b")
     assert cfg.max_parallel == 5  # environment wins
     assert cfg.root == Path("/srv/b")
@@ -64,8 +67,11 @@ def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once_with_key_and_place(tmp_path: Path) -> None:
-    path = conf(tmp_path, "DISPATCH_MAX_PARALLEL=0\nDISPATCH_BOGUS=1\n"
-                "DISPATCH_MEMORY_MAX=lots\nDISPATCH_KEY_DIR=relative/keys\n")
+    path = conf(
+        tmp_path,
+        "DISPATCH_MAX_PARALLEL=0\nDISPATCH_BOGUS=1\n"
+        "DISPATCH_MEMORY_MAX=lots\nDISPATCH_KEY_DIR=relative/keys\n",
+    )
     text = problems(path, DISPATCH_POLL_SEC="abc", DISPATCH_DANGEROUS="maybe")
     assert f"DISPATCH_MAX_PARALLEL: must be at least 1, got 0 ({path})" in text
     assert f"DISPATCH_BOGUS: unknown setting ({path})" in text
@@ -87,8 +93,9 @@ def test_unknown_key_in_file_is_an_error_but_not_in_environment(tmp_path: Path) 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "x"])
 def test_poll_sec_must_be_a_positive_finite_number(tmp_path: Path, value: str) -> None:
-    assert "DISPATCH_POLL_SEC" in problems(conf(tmp_path), DISPATCH_ROOT="/r",
-                                           DISPATCH_POLL_SEC=value)
+    assert "DISPATCH_POLL_SEC" in problems(
+        conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_POLL_SEC=value
+    )
 
 
 def test_bad_lines_and_missing_config(tmp_path: Path) -> None:
@@ -111,13 +118,11 @@ def test_root_is_required_unless_not_needed(tmp_path: Path) -> None:
         ({"DISPATCH_SIDE": "gpubox"}, "gpubox"),
         ({"DISPATCH_FROM": "devbox"}, "devbox"),
         ({"DISPATCH_SIDE": "gpubox", "DISPATCH_FROM": "devbox"}, "gpubox"),
-        ({"DISPATCH_NODE": "third", "DISPATCH_SIDE": "gpubox", "DISPATCH_FROM": "devbox"},
-         "third"),
+        ({"DISPATCH_NODE": "third", "DISPATCH_SIDE": "gpubox", "DISPATCH_FROM": "devbox"}, "third"),
         ({"DISPATCH_NODE": "", "DISPATCH_SIDE": "", "DISPATCH_FROM": "devbox"}, "devbox"),
     ],
 )
-def test_node_falls_back_to_side_then_from(tmp_path: Path, env: dict[str, str],
-                                           node: str) -> None:
+def test_node_falls_back_to_side_then_from(tmp_path: Path, env: dict[str, str], node: str) -> None:
     cfg = load(conf(tmp_path), DISPATCH_ROOT="/r", **env)
     assert cfg.node == node
 
@@ -136,41 +141,62 @@ def test_peers_from_node_a_b(tmp_path: Path) -> None:
 
 
 def test_peers_list_wins_over_node_a_b(tmp_path: Path) -> None:
-    cfg = load(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_NODE="hub",
-               DISPATCH_NODE_A="hub", DISPATCH_NODE_B="gpubox",
-               DISPATCH_PEERS="w1, w2,w3")
+    cfg = load(
+        conf(tmp_path),
+        DISPATCH_ROOT="/r",
+        DISPATCH_NODE="hub",
+        DISPATCH_NODE_A="hub",
+        DISPATCH_NODE_B="gpubox",
+        DISPATCH_PEERS="w1, w2,w3",
+    )
     assert cfg.peers == ("w1", "w2", "w3")
     assert cfg.lanes_in() == [("w1", "hub"), ("w2", "hub"), ("w3", "hub")]
 
 
 def test_peer_list_problems(tmp_path: Path) -> None:
-    text = problems(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_NODE="hub",
-                    DISPATCH_PEERS="hub,Bad Name,w1,w1")
+    text = problems(
+        conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_NODE="hub", DISPATCH_PEERS="hub,Bad Name,w1,w1"
+    )
     assert "lists this node 'hub' itself" in text
     assert "not a valid node name: 'Bad Name'" in text
     assert "a peer is listed twice" in text
 
 
 def test_invalid_node_names(tmp_path: Path) -> None:
-    text = problems(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_NODE="GPU box",
-                    DISPATCH_NODE_A="-x")
+    text = problems(
+        conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_NODE="GPU box", DISPATCH_NODE_A="-x"
+    )
     assert "DISPATCH_NODE: not a valid node name" in text
     assert "DISPATCH_NODE_A: not a valid node name" in text
 
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("a", True), ("gpu-box_1.lan", True), ("0", True), ("a" * 63, True), ("a" * 64, False),
-     ("", False), ("A", False), ("-a", False), (".a", False), ("a/b", False),
-     ("a b", False), ("ä", False)],
+    [
+        ("a", True),
+        ("gpu-box_1.lan", True),
+        ("0", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("", False),
+        ("A", False),
+        ("-a", False),
+        (".a", False),
+        ("a/b", False),
+        ("a b", False),
+        ("ä", False),
+    ],
 )
 def test_valid_node(name: str, ok: bool) -> None:
     assert valid_node(name) is ok
 
 
 def test_render_round_trips_and_refuses_newlines(tmp_path: Path) -> None:
-    values = {"DISPATCH_ROOT": "/srv/share dir", "DISPATCH_NODE": "devbox",
-              "DISPATCH_AGENT_BIN": "python3 -m x"}
+    values = {
+        "DISPATCH_ROOT": "/srv/share dir",
+        "DISPATCH_NODE": "devbox",
+        "DISPATCH_AGENT_BIN": "python3 -m x",
+    }
     path = tmp_path / "c.conf"
     path.write_text(config_mod.render(values))
     assert config_mod.parse_env_file(path) == values

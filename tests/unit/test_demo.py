@@ -24,12 +24,14 @@ def test_demo_json_and_keep() -> None:
     result = json.loads(proc.stdout)
     assert result["status"] == "ok" and result["answered_by"] == "gpubox"
     assert len(result["hmac"]) == 64
-    kept = re.search(r"send  devbox -> gpubox: task \S+ signed with \S+, dropped in (\S+)",
-                     proc.stderr)
+    kept = re.search(
+        r"send  devbox -> gpubox: task \S+ signed with \S+, dropped in (\S+)", proc.stderr
+    )
     assert kept is not None
     base = Path(proc.stderr.split("config ")[1].split("/devbox/")[0])
     try:
-        assert (base / "share" / "devbox-to-gpubox" / "done" /
-                f"{result['id']}.result.json").exists()
+        assert (
+            base / "share" / "devbox-to-gpubox" / "done" / f"{result['id']}.result.json"
+        ).exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -32,8 +32,17 @@ def healthy(pair: Pair) -> None:
 def write_beat(pair: Pair, *, unix: float, mtime: float | None = None, **fields: Any) -> Path:
     """A heartbeat of devbox's, forged: its own clock says `unix`, the share's `mtime`."""
     path = pair.root / "heartbeats" / "devbox.json"
-    beat = {"node": "devbox", "ts": "-", "unix": unix, "version": "0.1.0", "running": 0,
-            "queued": 0, "pending_ack": 0, "killswitch": False, **fields}
+    beat = {
+        "node": "devbox",
+        "ts": "-",
+        "unix": unix,
+        "version": "0.1.0",
+        "running": 0,
+        "queued": 0,
+        "pending_ack": 0,
+        "killswitch": False,
+        **fields,
+    }
     path.write_text(json.dumps(beat))
     if mtime is not None:
         os.utime(path, (mtime, mtime))
@@ -165,19 +174,35 @@ def fake_mount(monkeypatch: pytest.MonkeyPatch, pair: Pair, fstype: str, options
     monkeypatch.setattr(doctor, "mount_of", lambda path: mounts.mount_of(path, info))
 
 
-@pytest.mark.parametrize(("options", "ok", "detail"), [
-    ("rw,vers=4.2,hard,proto=tcp", False,
-     "directory attributes cached up to 60s (the default acdirmax), lookupcache=all"),
-    ("rw,vers=4.2,acregmin=1,acregmax=1,acdirmin=1,acdirmax=1,lookupcache=pos", True,
-     "directory attributes cached up to 1s (acdirmax=1), lookupcache=pos"),
-    ("rw,vers=4.2,acregmin=1,acregmax=1,acdirmin=1,acdirmax=1", False,
-     "cached up to 1s (acdirmax=1), lookupcache=all"),
-    ("rw,vers=4.2,acdirmin=30,acdirmax=30,lookupcache=none", False,
-     "cached up to 30s (acdirmax=30), lookupcache=none"),
-    ("rw,vers=3,noac,lookupcache=none", True, "cached up to 0s (noac), lookupcache=none"),
-])
-def test_nfs_attribute_cache_options(pair: Pair, monkeypatch: pytest.MonkeyPatch,
-                                     options: str, ok: bool, detail: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "ok", "detail"),
+    [
+        (
+            "rw,vers=4.2,hard,proto=tcp",
+            False,
+            "directory attributes cached up to 60s (the default acdirmax), lookupcache=all",
+        ),
+        (
+            "rw,vers=4.2,acregmin=1,acregmax=1,acdirmin=1,acdirmax=1,lookupcache=pos",
+            True,
+            "directory attributes cached up to 1s (acdirmax=1), lookupcache=pos",
+        ),
+        (
+            "rw,vers=4.2,acregmin=1,acregmax=1,acdirmin=1,acdirmax=1",
+            False,
+            "cached up to 1s (acdirmax=1), lookupcache=all",
+        ),
+        (
+            "rw,vers=4.2,acdirmin=30,acdirmax=30,lookupcache=none",
+            False,
+            "cached up to 30s (acdirmax=30), lookupcache=none",
+        ),
+        ("rw,vers=3,noac,lookupcache=none", True, "cached up to 0s (noac), lookupcache=none"),
+    ],
+)
+def test_nfs_attribute_cache_options(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, options: str, ok: bool, detail: str
+) -> None:
     healthy(pair)
     fake_mount(monkeypatch, pair, "nfs4", options)
     found = checks(pair)
@@ -188,8 +213,9 @@ def test_nfs_attribute_cache_options(pair: Pair, monkeypatch: pytest.MonkeyPatch
     assert cache.hint == ("" if ok else "mount with actimeo=1,lookupcache=positive")
 
 
-def test_sshfs_root_is_remote_and_has_no_nfs_check(pair: Pair,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sshfs_root_is_remote_and_has_no_nfs_check(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     healthy(pair)
     fake_mount(monkeypatch, pair, "fuse.sshfs", "rw,user_id=0,group_id=0")
     found = checks(pair)
@@ -204,8 +230,9 @@ def test_a_local_root(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fs.ok and fs.detail.endswith("local, inotify sees every write")
 
 
-def test_remote_root_under_systemd_needs_the_timer(pair: Pair,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_root_under_systemd_needs_the_timer(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     healthy(pair)
     fake_mount(monkeypatch, pair, "nfs4", "rw,acdirmax=1,lookupcache=pos")
     monkeypatch.setattr(doctor, "_unit_active", lambda unit: False)

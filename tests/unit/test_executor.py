@@ -55,9 +55,13 @@ def gone(pid: int) -> bool:
 
 
 def exec_proc(pair: Pair, task_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "dispatch", "exec", task_id],
-                            env=env_for(pair.receiver), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "exec", task_id],
+        env=env_for(pair.receiver),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_ok_run_records_everything(pair: Pair) -> None:
@@ -71,8 +75,9 @@ def test_ok_run_records_everything(pair: Pair) -> None:
     assert '"type": "result"' in log and "status=ok" in log
     assert res.output_bytes == len(res.output_tail.encode())
     published = result_json(lane, obj["id"])
-    assert {k: v for k, v in published.items() if k not in ("kid", "hmac")} == \
-        {k: v for k, v in res.to_json().items() if k not in ("kid", "hmac")}
+    assert {k: v for k, v in published.items() if k not in ("kid", "hmac")} == {
+        k: v for k, v in res.to_json().items() if k not in ("kid", "hmac")
+    }
     assert results.get(pair.sender.node(), obj["id"]).status is Status.OK  # verifies
     assert not (lane.processing / f"{obj['id']}.json").exists()
     entry = pair.receiver.node().state.entry(obj["id"])
@@ -105,8 +110,11 @@ def test_silent_agent_is_stopped_at_its_timeout(pair: Pair) -> None:
 
 def test_timeout_kills_the_agents_whole_process_group(pair: Pair, tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
-    configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic",
-              DISPATCH_AGENT_BIN=f"/bin/sh -c 'sleep 60 & echo $! > {pidfile}; sleep 60'")
+    configure(
+        pair.receiver,
+        DISPATCH_AGENT_PROFILE="generic",
+        DISPATCH_AGENT_BIN=f"/bin/sh -c 'sleep 60 & echo $! > {pidfile}; sleep 60'",
+    )
     obj, _ = queued(pair, timeout_s=2)
     res = execute(pair.receiver.node(), obj["id"])
     assert res is not None and res.status is Status.TIMEOUT
@@ -154,9 +162,12 @@ def test_missing_agent_binary(pair: Pair) -> None:
 
 
 def test_agent_environment_and_generic_profile(pair: Pair) -> None:
-    configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic",
-              DISPATCH_AGENT_BIN="/bin/sh -c 'read line; "
-                                 "echo \"$DISPATCH_TASK_ID $DISPATCH_HOPS $DISPATCH_NODE $line\"'")
+    configure(
+        pair.receiver,
+        DISPATCH_AGENT_PROFILE="generic",
+        DISPATCH_AGENT_BIN="/bin/sh -c 'read line; "
+        'echo "$DISPATCH_TASK_ID $DISPATCH_HOPS $DISPATCH_NODE $line"\'',
+    )
     parent = new_id()
     obj, _ = queued(pair, request="from stdin", hops=2, parent=parent)
     res = execute(pair.receiver.node(), obj["id"])
@@ -238,8 +249,9 @@ def test_task_file_swapped_after_admission_is_rejected_at_exec(pair: Pair, swap:
 def test_second_exec_of_a_started_task_refuses(pair: Pair) -> None:
     obj, lane = queued(pair)
     rx = pair.receiver.node()
-    assert rx.state.mark_started(obj["id"], {"started_at": "2025-01-01T00:00:00Z",
-                                             "pid": 999999999})
+    assert rx.state.mark_started(
+        obj["id"], {"started_at": "2025-01-01T00:00:00Z", "pid": 999999999}
+    )
     proc = cli(pair.receiver, "exec", obj["id"])
     assert proc.returncode == 0, proc.stderr
     res = result_json(lane, obj["id"])
@@ -299,8 +311,11 @@ def test_planted_symlink_at_the_log_path_is_not_followed(pair: Pair) -> None:
 
 
 def test_agent_that_ignores_sigterm_is_killed_after_the_grace(pair: Pair) -> None:
-    configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic",
-              DISPATCH_AGENT_BIN="/bin/sh -c \"trap '' TERM; while :; do sleep 1; done\"")
+    configure(
+        pair.receiver,
+        DISPATCH_AGENT_PROFILE="generic",
+        DISPATCH_AGENT_BIN="/bin/sh -c \"trap '' TERM; while :; do sleep 1; done\"",
+    )
     obj, _ = queued(pair, timeout_s=1)
     began = time.monotonic()
     res = execute(pair.receiver.node(), obj["id"])

@@ -77,10 +77,12 @@ ANSWERED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "tamper", "code"),
-                         [c[1:] for c in ANSWERED], ids=[c[0] for c in ANSWERED])
+@pytest.mark.parametrize(
+    ("overrides", "tamper", "code"), [c[1:] for c in ANSWERED], ids=[c[0] for c in ANSWERED]
+)
 def test_refused_envelope_with_a_valid_id_gets_a_rejected_result(
-        pair: Pair, overrides: dict[str, Any], tamper: dict[str, Any], code: str) -> None:
+    pair: Pair, overrides: dict[str, Any], tamper: dict[str, Any], code: str
+) -> None:
     obj = envelope(pair, **overrides)
     obj.update(tamper)
     lane = lane_in(pair)
@@ -158,8 +160,9 @@ def test_name_mismatch(pair: Pair) -> None:
     assert pair.agent_runs() == []
 
 
-@pytest.mark.parametrize(("from_", "to"), [("gpubox", "devbox"), ("third", "gpubox"),
-                                           ("devbox", "third")])
+@pytest.mark.parametrize(
+    ("from_", "to"), [("gpubox", "devbox"), ("third", "gpubox"), ("devbox", "third")]
+)
 def test_wrong_lane(pair: Pair, from_: str, to: str) -> None:
     sides: dict[str, Any] = {"from": from_, "to": to}
     obj = envelope(pair, **sides)
@@ -234,8 +237,15 @@ def test_bad_names(pair: Pair) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b'{"id": 1, "id": 2}', b'{"schema": NaN}', b"[" * 200_000, b'{"request": "\xff"}',
-     b"\x00", b"", b"null"],
+    [
+        b'{"id": 1, "id": 2}',
+        b'{"schema": NaN}',
+        b"[" * 200_000,
+        b'{"request": "\xff"}',
+        b"\x00",
+        b"",
+        b"null",
+    ],
     ids=["duplicate_keys", "nan", "deep", "bad_utf8", "nul", "empty", "null"],
 )
 def test_garbage_is_quarantined_without_crashing(pair: Pair, data: bytes) -> None:
@@ -259,11 +269,24 @@ def test_nul_in_a_signed_request_is_refused_before_it_reaches_argv(pair: Pair) -
 
 def test_schema2_disabled(pair: Pair) -> None:
     _, secret = shared_key(pair)
-    fields = {"id": new_id(), "from": "devbox", "to": "gpubox",
-              "created": now_utc().isoformat(), "priority": "normal", "request": "old"}
-    obj: dict[str, Any] = {"schema": 2, **fields, "callback": "file", "require_ack": False,
-           "require_dangerous": False, "timeout_s": 600, "max_output_bytes": 2_000_000,
-           "hmac": sign_v2(secret, fields)}
+    fields = {
+        "id": new_id(),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": now_utc().isoformat(),
+        "priority": "normal",
+        "request": "old",
+    }
+    obj: dict[str, Any] = {
+        "schema": 2,
+        **fields,
+        "callback": "file",
+        "require_ack": False,
+        "require_dangerous": False,
+        "timeout_s": 600,
+        "max_output_bytes": 2_000_000,
+        "hmac": sign_v2(secret, fields),
+    }
     lane = lane_in(pair)
     drop(lane, obj)
     promote_once(pair.receiver.node())
@@ -335,7 +358,11 @@ def test_wait_ends_at_once_on_a_rejected_result(pair: Pair) -> None:
     drop(lane, obj)
     waiter = subprocess.Popen(
         [sys.executable, "-m", "dispatch", "wait", obj["id"], "--timeout", "30"],
-        env=env_for(pair.sender), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env_for(pair.sender),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(0.5)  # let it start waiting
         began = time.monotonic()

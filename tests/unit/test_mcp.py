@@ -38,8 +38,7 @@ from tests.unit.helpers import (
     wait_for,
 )
 
-TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status",
-         "dispatch_cancel"}
+TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status", "dispatch_cancel"}
 
 
 def server_command() -> tuple[str, list[str]]:
@@ -51,14 +50,17 @@ def server_command() -> tuple[str, list[str]]:
 
 
 @asynccontextmanager
-async def connect(setup: NodeSetup, stderr: Path,
-                  **extra: str) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
+async def connect(
+    setup: NodeSetup, stderr: Path, **extra: str
+) -> AsyncIterator[tuple[ClientSession, InitializeResult]]:
     """Start `dispatch mcp` as `setup`'s node and open an initialized session to it."""
     command, args = server_command()
     params = StdioServerParameters(command=command, args=args, env=env_for(setup, **extra))
     with stderr.open("a") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), \
-                ClientSession(read, write) as client:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as client,
+        ):
             yield client, await client.initialize()
 
 
@@ -93,15 +95,19 @@ class Nodes:
         self.setups = setups
         self.stop = threading.Event()
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self.loop, args=(s,), daemon=True)
-                        for s in setups]
+        self.threads = [threading.Thread(target=self.loop, args=(s,), daemon=True) for s in setups]
 
     def loop(self, setup: NodeSetup) -> None:
         env = env_for(setup)
         while not self.stop.is_set():
-            proc = subprocess.run([sys.executable, "-m", "dispatch", "watch", "--once"],
-                                  env=env, capture_output=True, text=True, timeout=120,
-                                  check=False)
+            proc = subprocess.run(
+                [sys.executable, "-m", "dispatch", "watch", "--once"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             if proc.returncode != 0:
                 self.failures.append(f"{setup.name}: exit {proc.returncode}: {proc.stderr}")
             self.stop.wait(0.1)
@@ -111,8 +117,9 @@ class Nodes:
             thread.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop.set()
         for thread in self.threads:
             thread.join(150)
@@ -132,8 +139,11 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
             assert props["to"]["enum"] == ["gpubox"] and props["to"]["type"] == "string"
             assert props["priority"]["enum"] == ["low", "normal", "high"]
             assert props["priority"]["default"] == "normal"
-            assert props["require_ack"] == {**props["require_ack"], "type": "boolean",
-                                            "default": False}
+            assert props["require_ack"] == {
+                **props["require_ack"],
+                "type": "boolean",
+                "default": False,
+            }
             assert props["wait"]["type"] == "boolean" and props["wait"]["default"] is False
             assert {"minimum": 1, "type": "integer"} in props["timeout_s"]["anyOf"]
             assert props["request"]["minLength"] == 1
@@ -151,8 +161,17 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
                 assert tool.description and "\n    " not in tool.description
             out = tools["dispatch_send"].output_schema
             assert out is not None
-            assert {"id", "from", "to", "parent", "hops", "done", "stage", "signature_verified",
-                    "result"} <= set(out["required"])
+            assert {
+                "id",
+                "from",
+                "to",
+                "parent",
+                "hops",
+                "done",
+                "stage",
+                "signature_verified",
+                "result",
+            } <= set(out["required"])
             status = out["$defs"]["ResultOut"]["properties"]["status"]["enum"]
             assert "ok" in status and "rejected" in status
             assert tools["dispatch_status"].annotations is not None
@@ -163,17 +182,25 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
             assert cancel.annotations.read_only_hint is False
             assert cancel.annotations.destructive_hint is True
             assert cancel.output_schema is not None
-            assert set(cancel.output_schema["required"]) == {"id", "requested", "lane",
-                                                             "path", "finished"}
+            assert set(cancel.output_schema["required"]) == {
+                "id",
+                "requested",
+                "lane",
+                "path",
+                "finished",
+            }
             status_out = tools["dispatch_status"].output_schema
             assert status_out is not None and "executions" in status_out["required"]
 
         # The peers come from the node's config when the server starts.
-        async with session(pair.sender, tmp_path / "mcp.err",
-                           DISPATCH_PEERS="gpubox,tpubox") as client:
+        async with session(
+            pair.sender, tmp_path / "mcp.err", DISPATCH_PEERS="gpubox,tpubox"
+        ) as client:
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
             assert tools["dispatch_send"].input_schema["properties"]["to"]["enum"] == [
-                "gpubox", "tpubox"]
+                "gpubox",
+                "tpubox",
+            ]
 
     run(main)
 
@@ -197,30 +224,50 @@ def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) 
         async with session(pair.sender, tmp_path / "mcp.err") as client:
             with Nodes(pair.receiver):
                 began = time.monotonic()
-                out = await call(client, "dispatch_send", {
-                    "to": "gpubox", "request": "run the test suite on branch fix-42 and report",
-                    "wait": True, "timeout_s": 120})
+                out = await call(
+                    client,
+                    "dispatch_send",
+                    {
+                        "to": "gpubox",
+                        "request": "run the test suite on branch fix-42 and report",
+                        "wait": True,
+                        "timeout_s": 120,
+                    },
+                )
                 took = time.monotonic() - began
             assert took < 60
             # While it waited, the server said where the task was (what keeps a client's
             # idle timeout from ending a long wait).
-            assert reports and all(total == 180 and message and message.startswith(out["id"])
-                                   for _, total, message in reports), reports
+            assert reports and all(
+                total == 180 and message and message.startswith(out["id"])
+                for _, total, message in reports
+            ), reports
             assert (out["from"], out["to"], out["parent"], out["hops"]) == (
-                "devbox", "gpubox", None, 0)
+                "devbox",
+                "gpubox",
+                None,
+                0,
+            )
             assert out["waited"] and out["done"] and out["stage"] == "done"
             assert out["signature_verified"] is True and out["kid"] == kid
             result = out["result"]
             assert result["id"] == out["id"] and result["status"] == "ok"
             assert result["answered_by"] == "gpubox" and result["exit_code"] == 0
-            assert "fake agent (acceptEdits) did: run the test suite on branch fix-42" in (
-                result["final_text"])
+            assert (
+                "fake agent (acceptEdits) did: run the test suite on branch fix-42"
+                in (result["final_text"])
+            )
             # The signature is the receiver's, over every field: checked here independently.
             assert result["kid"] == kid and result["hmac"] == mac(secret, result)
 
             again = await call(client, "dispatch_result", {"id": out["id"]})
-            assert again == {"id": out["id"], "done": True, "stage": "done",
-                             "signature_verified": True, "result": result}
+            assert again == {
+                "id": out["id"],
+                "done": True,
+                "stage": "done",
+                "signature_verified": True,
+                "result": result,
+            }
             waited = await call(client, "dispatch_wait", {"id": out["id"], "timeout": 5})
             assert waited == again
             status = await call(client, "dispatch_status", {})
@@ -232,10 +279,13 @@ def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) 
             # Without wait: the id now, the result later; a task still queued is an answer.
             later = await call(client, "dispatch_send", {"to": "gpubox", "request": "later"})
             assert (later["waited"], later["done"], later["stage"], later["result"]) == (
-                False, False, "inbox", None)
+                False,
+                False,
+                "inbox",
+                None,
+            )
             pending = await call(client, "dispatch_wait", {"id": later["id"], "timeout": 0.3})
-            assert (pending["done"], pending["stage"], pending["result"]) == (
-                False, "inbox", None)
+            assert (pending["done"], pending["stage"], pending["result"]) == (False, "inbox", None)
             assert (await call(client, "dispatch_result", {"id": later["id"]}))["done"] is False
         print("\n\n".join(transcript))
 
@@ -244,7 +294,8 @@ def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) 
 
 
 def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
-        pair: Pair, tmp_path: Path) -> None:
+    pair: Pair, tmp_path: Path
+) -> None:
     # A result whose signature no longer holds: tampered on the share after it was written.
     proc = cli(pair.sender, "send", "--to", "gpubox", "--request", "hello", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -298,19 +349,28 @@ def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
 def test_without_the_sdk_dispatch_mcp_says_how_to_install_it(pair: Pair, tmp_path: Path) -> None:
     stub = tmp_path / "no-sdk" / "mcp"
     stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mcp'\", "
-                                      "name='mcp')\n")
+    (stub / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mcp'\", name='mcp')\n"
+    )
     proc = cli(pair.sender, "mcp", PYTHONPATH=str(stub.parent))
     assert proc.returncode == 2, proc
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "pip install 'dispatch[mcp]'" in lines[0], proc.stderr
     # The rest of dispatch never imports the SDK.
-    probe = subprocess.run([sys.executable, "-c", "import sys, dispatch.cli; "
-                            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                            "('mcp', 'pydantic') or m == 'dispatch.mcp.server'))"],
-                           capture_output=True, text=True, check=True,
-                           env=env_for(pair.sender))
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, dispatch.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('mcp', 'pydantic') or m == 'dispatch.mcp.server'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env_for(pair.sender),
+    )
     assert probe.stdout.strip() == "[]"
 
 
@@ -331,15 +391,28 @@ def test_a_chain_of_agents_stops_at_max_hops(pair: Pair, tmp_path: Path) -> None
 
     def chain_ended() -> bool:
         runs = pair.agent_runs()
-        return bool(refused()) and len(runs) > max_hops and all(
-            list(pair.root.glob(f"*-to-*/done/{run['task_id']}.result.json")) for run in runs)
+        return (
+            bool(refused())
+            and len(runs) > max_hops
+            and all(
+                list(pair.root.glob(f"*-to-*/done/{run['task_id']}.result.json")) for run in runs
+            )
+        )
 
     async def main() -> dict[str, Any]:
         async with session(pair.sender, tmp_path / "mcp.err") as client:
             with Nodes(pair.sender, pair.receiver):
-                first = structured(await client.call_tool("dispatch_send", {
-                    "to": "gpubox", "request": "bounce send=devbox", "wait": True,
-                    "timeout_s": 60}))
+                first = structured(
+                    await client.call_tool(
+                        "dispatch_send",
+                        {
+                            "to": "gpubox",
+                            "request": "bounce send=devbox",
+                            "wait": True,
+                            "timeout_s": 60,
+                        },
+                    )
+                )
                 await anyio.to_thread.run_sync(lambda: wait_for(chain_ended, 90, "the chain"))
             return first
 
@@ -369,8 +442,9 @@ def test_a_chain_of_agents_stops_at_max_hops(pair: Pair, tmp_path: Path) -> None
     rx_lane = lane_in(pair)
     assert_rejected(rx_lane, f"{refused_id}.json", "too_many_hops")
     # The refused envelope is intact and signed: parent and hops are the sender's, not forged.
-    envelope = verify_envelope(pair.receiver.node().keys,
-                               json.loads((rx_lane.rejected / f"{refused_id}.json").read_text()))
+    envelope = verify_envelope(
+        pair.receiver.node().keys, json.loads((rx_lane.rejected / f"{refused_id}.json").read_text())
+    )
     assert (envelope.parent, envelope.hops) == (runs[-1]["task_id"], max_hops + 1)
     assert (envelope.from_, envelope.to) == ("devbox", "gpubox")
 
@@ -387,25 +461,39 @@ def test_a_chain_of_agents_stops_at_max_hops(pair: Pair, tmp_path: Path) -> None
 
 
 def test_a_task_sent_through_mcp_from_inside_an_execution_is_its_child(
-        pair: Pair, tmp_path: Path) -> None:
+    pair: Pair, tmp_path: Path
+) -> None:
     """An agent running inside an execution starts `dispatch mcp` with the environment the
     executor gave it: what it sends is that task's child, and past the limit it is refused."""
     parent = str(uuid.uuid4())
     max_hops = pair.receiver.node().cfg.max_hops
 
     async def main() -> None:
-        async with session(pair.sender, tmp_path / "mcp.err", DISPATCH_TASK_ID=parent,
-                           DISPATCH_HOPS=str(max_hops - 1)) as client:
+        async with session(
+            pair.sender,
+            tmp_path / "mcp.err",
+            DISPATCH_TASK_ID=parent,
+            DISPATCH_HOPS=str(max_hops - 1),
+        ) as client:
             with Nodes(pair.receiver):
-                child = structured(await client.call_tool("dispatch_send", {
-                    "to": "gpubox", "request": "one level deeper", "wait": True}))
+                child = structured(
+                    await client.call_tool(
+                        "dispatch_send",
+                        {"to": "gpubox", "request": "one level deeper", "wait": True},
+                    )
+                )
         assert (child["parent"], child["hops"]) == (parent, max_hops)
         assert child["result"]["status"] == "ok"
-        async with session(pair.sender, tmp_path / "mcp.err", DISPATCH_TASK_ID=parent,
-                           DISPATCH_HOPS=str(max_hops)) as client:
+        async with session(
+            pair.sender, tmp_path / "mcp.err", DISPATCH_TASK_ID=parent, DISPATCH_HOPS=str(max_hops)
+        ) as client:
             with Nodes(pair.receiver):
-                deep = structured(await client.call_tool("dispatch_send", {
-                    "to": "gpubox", "request": "one level too deep", "wait": True}))
+                deep = structured(
+                    await client.call_tool(
+                        "dispatch_send",
+                        {"to": "gpubox", "request": "one level too deep", "wait": True},
+                    )
+                )
         assert (deep["parent"], deep["hops"]) == (parent, max_hops + 1)
         assert deep["done"] and deep["signature_verified"]
         assert deep["result"]["status"] == "rejected"
@@ -428,24 +516,33 @@ def test_cancel_a_queued_task_through_mcp(pair: Pair, tmp_path: Path) -> None:
 
     async def main() -> None:
         async with session(pair.sender, tmp_path / "mcp.err") as client:
-            sent = structured(await client.call_tool("dispatch_send", {
-                "to": "gpubox", "request": "never mind"}))
+            sent = structured(
+                await client.call_tool("dispatch_send", {"to": "gpubox", "request": "never mind"})
+            )
             await anyio.to_thread.run_sync(receive)
             stage = structured(await client.call_tool("dispatch_result", {"id": sent["id"]}))
             assert stage["stage"] == "queued"
             out = structured(await client.call_tool("dispatch_cancel", {"id": sent["id"]}))
-            assert out == {"id": sent["id"], "requested": True, "lane": "devbox-to-gpubox",
-                           "path": str(lane_in(pair).cancel / f"{sent['id']}.json"),
-                           "finished": None}
+            assert out == {
+                "id": sent["id"],
+                "requested": True,
+                "lane": "devbox-to-gpubox",
+                "path": str(lane_in(pair).cancel / f"{sent['id']}.json"),
+                "finished": None,
+            }
             await anyio.to_thread.run_sync(receive)
-            done = structured(await client.call_tool("dispatch_wait", {"id": sent["id"],
-                                                                       "timeout": 10}))
+            done = structured(
+                await client.call_tool("dispatch_wait", {"id": sent["id"], "timeout": 10})
+            )
             assert done["done"] and done["signature_verified"]
             assert done["result"]["status"] == "cancelled"
             assert done["result"]["reason"].startswith("cancelled by devbox")
             again = structured(await client.call_tool("dispatch_cancel", {"id": sent["id"]}))
             assert (again["requested"], again["finished"], again["path"]) == (
-                False, "cancelled", None)
+                False,
+                "cancelled",
+                None,
+            )
 
     run(main)
     assert pair.agent_runs() == []

@@ -47,8 +47,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def send(pair: Pair, request: str, **kwargs: Any) -> str:
     tx = pair.sender.node()
-    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request,
-                                           **kwargs)).envelope.id
+    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request, **kwargs)).envelope.id
 
 
 def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
@@ -88,21 +87,37 @@ def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
         launcher.wait_all(30)
 
     types, samples = parse(text)
-    assert types == {"dispatch_tasks": "counter", "dispatch_rejections": "counter",
-                     "dispatch_queue_depth": "gauge", "dispatch_running": "gauge",
-                     "dispatch_killswitch": "gauge",
-                     "dispatch_last_heartbeat_timestamp_seconds": "gauge"}
-    tasks = {dict(labels)["status"]: v for (name, labels), v in samples.items()
-             if name == "dispatch_tasks_total"}
+    assert types == {
+        "dispatch_tasks": "counter",
+        "dispatch_rejections": "counter",
+        "dispatch_queue_depth": "gauge",
+        "dispatch_running": "gauge",
+        "dispatch_killswitch": "gauge",
+        "dispatch_last_heartbeat_timestamp_seconds": "gauge",
+    }
+    tasks = {
+        dict(labels)["status"]: v
+        for (name, labels), v in samples.items()
+        if name == "dispatch_tasks_total"
+    }
     # Every status has its series from the start (rate() sees the first one), most at 0.
-    assert tasks == {"ok": 2, "error": 1, "rejected": 1, "timeout": 0, "killed": 0,
-                     "interrupted": 0, "cancelled": 0}
-    reasons = {dict(labels)["reason"]: v for (name, labels), v in samples.items()
-               if name == "dispatch_rejections_total"}
+    assert tasks == {
+        "ok": 2,
+        "error": 1,
+        "rejected": 1,
+        "timeout": 0,
+        "killed": 0,
+        "interrupted": 0,
+        "cancelled": 0,
+    }
+    reasons = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in samples.items()
+        if name == "dispatch_rejections_total"
+    }
     assert reasons == {"malformed": 1, "bad_signature": 1}
     for stage, depth in (("inbox", 1), ("pending_ack", 1), ("queued", 2)):
-        assert value(samples, "dispatch_queue_depth", lane="devbox-to-gpubox",
-                     stage=stage) == depth
+        assert value(samples, "dispatch_queue_depth", lane="devbox-to-gpubox", stage=stage) == depth
     assert value(samples, "dispatch_running") == 1 == beat["running"]
     assert value(samples, "dispatch_killswitch") == 1
     assert value(samples, "dispatch_last_heartbeat_timestamp_seconds") == round(beat["unix"], 3)
@@ -138,8 +153,9 @@ def test_no_textfile_directory_no_file_and_no_error(pair: Pair, tmp_path: Path) 
     assert not textfile.parent.exists()
 
 
-def test_an_unwritable_textfile_is_a_warning_not_a_failed_heartbeat(pair: Pair,
-                                                                     tmp_path: Path) -> None:
+def test_an_unwritable_textfile_is_a_warning_not_a_failed_heartbeat(
+    pair: Pair, tmp_path: Path
+) -> None:
     textfile = tmp_path / "dispatch.prom"
     textfile.mkdir()  # a directory where the file should be: the rename fails
     configure(pair.receiver, DISPATCH_METRICS_FILE=str(textfile))

@@ -25,11 +25,22 @@ from dispatch.core.model import (
 
 def envelope_obj(**overrides: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "schema": 3, "id": str(uuid.uuid4()), "from": "devbox", "to": "gpubox",
-        "created": "2025-01-02T03:04:05.123456Z", "priority": "normal", "request": "do it",
-        "require_ack": False, "require_dangerous": False, "timeout_s": 60,
-        "max_output_bytes": 1000, "callback": "file", "parent": None, "hops": 0,
-        "kid": "k1", "hmac": "0" * 64,
+        "schema": 3,
+        "id": str(uuid.uuid4()),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": "2025-01-02T03:04:05.123456Z",
+        "priority": "normal",
+        "request": "do it",
+        "require_ack": False,
+        "require_dangerous": False,
+        "timeout_s": 60,
+        "max_output_bytes": 1000,
+        "callback": "file",
+        "parent": None,
+        "hops": 0,
+        "kid": "k1",
+        "hmac": "0" * 64,
     }
     obj.update(overrides)
     return obj
@@ -37,12 +48,25 @@ def envelope_obj(**overrides: Any) -> dict[str, Any]:
 
 def result_obj(**overrides: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "schema": 3, "id": str(uuid.uuid4()), "answered_by": "gpubox",
-        "answered_at": "2025-01-02T03:04:05.123456Z", "request": "do it", "status": "ok",
-        "exit_code": 0, "elapsed_s": 1.5, "log_path": "devbox-to-gpubox/done/x.log",
-        "final_text": "done", "output_tail": "done", "output_bytes": 10,
-        "perm_mode": "acceptEdits", "started_at": None, "truncated": False, "unit": "",
-        "reason": "", "kid": "k1", "hmac": "0" * 64,
+        "schema": 3,
+        "id": str(uuid.uuid4()),
+        "answered_by": "gpubox",
+        "answered_at": "2025-01-02T03:04:05.123456Z",
+        "request": "do it",
+        "status": "ok",
+        "exit_code": 0,
+        "elapsed_s": 1.5,
+        "log_path": "devbox-to-gpubox/done/x.log",
+        "final_text": "done",
+        "output_tail": "done",
+        "output_bytes": 10,
+        "perm_mode": "acceptEdits",
+        "started_at": None,
+        "truncated": False,
+        "unit": "",
+        "reason": "",
+        "kid": "k1",
+        "hmac": "0" * 64,
     }
     obj.update(overrides)
     return obj
@@ -57,8 +81,9 @@ def reason(call: Any, *args: Any) -> str:
 def test_canonical_json_is_the_documented_form() -> None:
     obj = {"b": 1, "a": "é", "c": [True, None]}
     assert canonical(obj) == '{"a":"é","b":1,"c":[true,null]}'.encode()
-    assert canonical(obj) == json.dumps(obj, sort_keys=True, separators=(",", ":"),
-                                        ensure_ascii=False).encode("utf-8")
+    assert canonical(obj) == json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
 
 
 def test_valid_id_accepts_only_canonical_lowercase_uuid4() -> None:
@@ -77,8 +102,13 @@ def test_valid_id_accepts_only_canonical_lowercase_uuid4() -> None:
 def test_parse_time_accepts_z_and_plus_zero_only() -> None:
     assert parse_time("2025-01-02T03:04:05Z").year == 2025
     assert parse_time("2025-01-02T03:04:05.5+00:00").microsecond == 500000
-    for bad in ("2025-01-02T03:04:05", "2025-01-02T03:04:05+01:00", "2025-01-02 03:04:05Z",
-                "yesterday", "2025-01-02T03:04:05.1234567Z"):
+    for bad in (
+        "2025-01-02T03:04:05",
+        "2025-01-02T03:04:05+01:00",
+        "2025-01-02 03:04:05Z",
+        "yesterday",
+        "2025-01-02T03:04:05.1234567Z",
+    ):
         with pytest.raises(ValueError):
             parse_time(bad)
 
@@ -117,7 +147,9 @@ def test_loads_strict_deep_object_nesting() -> None:
 
 def test_loads_strict_accepts_a_plain_object() -> None:
     assert loads_strict('{"a": "é", "b": [1, 2.5, null]}'.encode()) == {
-        "a": "é", "b": [1, 2.5, None]}
+        "a": "é",
+        "b": [1, 2.5, None],
+    }
 
 
 def test_parse_envelope_accepts_a_well_formed_one() -> None:
@@ -167,8 +199,9 @@ def test_parse_envelope_is_strict(changes: dict[str, Any]) -> None:
     assert reason(parse_envelope, envelope_obj(**changes)) == "malformed"
 
 
-@pytest.mark.parametrize("field", ["id", "from", "request", "require_ack", "parent", "hops",
-                                   "kid", "hmac", "timeout_s"])
+@pytest.mark.parametrize(
+    "field", ["id", "from", "request", "require_ack", "parent", "hops", "kid", "hmac", "timeout_s"]
+)
 def test_parse_envelope_requires_every_field(field: str) -> None:
     obj = envelope_obj()
     del obj[field]
@@ -176,13 +209,26 @@ def test_parse_envelope_requires_every_field(field: str) -> None:
 
 
 def test_parse_v2_types_its_unsigned_fields_then_drops_them() -> None:
-    obj: dict[str, Any] = {"schema": 2, "id": str(uuid.uuid4()), "from": "devbox", "to": "gpubox",
-           "created": "2025-01-02T03:04:05.123456+00:00", "priority": "low", "request": "x",
-           "callback": "file", "require_ack": False, "require_dangerous": True,
-           "timeout_s": 999999, "max_output_bytes": 5, "hmac": "a" * 64}
+    obj: dict[str, Any] = {
+        "schema": 2,
+        "id": str(uuid.uuid4()),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": "2025-01-02T03:04:05.123456+00:00",
+        "priority": "low",
+        "request": "x",
+        "callback": "file",
+        "require_ack": False,
+        "require_dangerous": True,
+        "timeout_s": 999999,
+        "max_output_bytes": 5,
+        "hmac": "a" * 64,
+    }
     env = parse_v2(obj)
-    assert env.signed_text() == "|".join(
-        [obj["id"], "devbox", "gpubox", obj["created"], "low", "x"]).encode()
+    assert (
+        env.signed_text()
+        == "|".join([obj["id"], "devbox", "gpubox", obj["created"], "low", "x"]).encode()
+    )
     assert not hasattr(env, "require_dangerous")
     assert reason(parse_v2, {**obj, "require_dangerous": 1}) == "malformed"
     assert reason(parse_v2, {**obj, "timeout_s": True}) == "malformed"
@@ -196,8 +242,17 @@ def test_parse_result_is_strict() -> None:
     assert res.status is Status.TIMEOUT and res.failed
     assert res.to_json() == {**obj, "elapsed_s": 1.5}
     assert not parse_result(result_obj()).failed
-    for changes in ({"truncated": 1}, {"exit_code": True}, {"elapsed_s": -1},
-                    {"elapsed_s": True}, {"status": "fine"}, {"output_bytes": -1},
-                    {"answered_by": "GPU"}, {"started_at": "now"}, {"bonus": 1},
-                    {"schema": 2}, {"id": str(uuid.uuid1())}):
+    for changes in (
+        {"truncated": 1},
+        {"exit_code": True},
+        {"elapsed_s": -1},
+        {"elapsed_s": True},
+        {"status": "fine"},
+        {"output_bytes": -1},
+        {"answered_by": "GPU"},
+        {"started_at": "now"},
+        {"bonus": 1},
+        {"schema": 2},
+        {"id": str(uuid.uuid1())},
+    ):
         assert reason(parse_result, result_obj(**changes)) == "malformed", changes

@@ -33,7 +33,10 @@ def test_nfs_root_with_its_cache_options() -> None:
     mount = mount_of(Path("/mnt/share/dispatch/devbox-to-gpubox"), MOUNTINFO)
     assert mount is not None
     assert (mount.mount_point, mount.fstype, mount.source) == (
-        "/mnt/share", "nfs4", "files:/export/dispatch")
+        "/mnt/share",
+        "nfs4",
+        "files:/export/dispatch",
+    )
     assert mount.remote
     # The kernel shows actimeo=1 as the four ac* values, and lookupcache=positive as pos.
     assert mount.option("acdirmax") == "1" and mount.option("lookupcache") == "pos"
@@ -52,10 +55,12 @@ def test_nfs_defaults_are_not_listed() -> None:
 
 
 def test_fuse_and_smb_are_remote_fuseblk_and_local_disks_are_not() -> None:
-    for path, fstype, remote in (("/mnt/ssh/dispatch", "fuse.sshfs", True),
-                                 ("/mnt/win/x", "cifs", True),
-                                 ("/mnt/usb/x", "fuseblk", False),
-                                 ("/srv/dispatch", "ext4", False)):
+    for path, fstype, remote in (
+        ("/mnt/ssh/dispatch", "fuse.sshfs", True),
+        ("/mnt/win/x", "cifs", True),
+        ("/mnt/usb/x", "fuseblk", False),
+        ("/srv/dispatch", "ext4", False),
+    ):
         mount = mount_of(Path(path), MOUNTINFO)
         assert mount is not None and mount.fstype == fstype, (path, mount)
         assert mount.remote is remote, path

@@ -95,13 +95,15 @@ def hook() -> Iterator[Hook]:
 
 def send(pair: Pair, request: str, **kwargs: Any) -> str:
     tx = pair.sender.node()
-    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request,
-                                           **kwargs)).envelope.id
+    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request, **kwargs)).envelope.id
 
 
 def test_discord_and_json_webhooks_for_pending_ack_and_end(pair: Pair, hook: Hook) -> None:
-    configure(pair.receiver, DISPATCH_DISCORD_WEBHOOK=f"{hook.url}/discord",
-              DISPATCH_WEBHOOK_URL=f"{hook.url}/json")
+    configure(
+        pair.receiver,
+        DISPATCH_DISCORD_WEBHOOK=f"{hook.url}/discord",
+        DISPATCH_WEBHOOK_URL=f"{hook.url}/json",
+    )
     task_id = send(pair, "deploy the docs", require_ack=True, callback=Callback.DISCORD)
     promote_once(pair.receiver.node())  # pending-ack: queues both, starts a deliverer
     wait_for(lambda: len(hook.bodies) == 2, timeout=20, what="the pending-ack posts")
@@ -111,13 +113,30 @@ def test_discord_and_json_webhooks_for_pending_ack_and_end(pair: Pair, hook: Hoo
     assert discord["allowed_mentions"] == {"parse": []}  # no @everyone from a request text
     assert discord["content"] == (
         f"dispatch: task `{task_id}` from devbox waits for an ack on gpubox: "
-        f"`dispatch ack {task_id[:8]}`\n> deploy the docs")
+        f"`dispatch ack {task_id[:8]}`\n> deploy the docs"
+    )
     [pending] = hook.on("/json")
-    assert set(pending) == {"event", "task_id", "from", "to", "node", "at", "request",
-                            "status", "reason", "final_text"}
-    assert (pending["event"], pending["task_id"], pending["from"], pending["to"],
-            pending["node"], pending["request"], pending["status"]) == (
-        "task_pending_ack", task_id, "devbox", "gpubox", "gpubox", "deploy the docs", "")
+    assert set(pending) == {
+        "event",
+        "task_id",
+        "from",
+        "to",
+        "node",
+        "at",
+        "request",
+        "status",
+        "reason",
+        "final_text",
+    }
+    assert (
+        pending["event"],
+        pending["task_id"],
+        pending["from"],
+        pending["to"],
+        pending["node"],
+        pending["request"],
+        pending["status"],
+    ) == ("task_pending_ack", task_id, "devbox", "gpubox", "gpubox", "deploy the docs", "")
     assert all(h["Content-Type"] == "application/json" for h in hook.headers)
 
     assert cli(pair.receiver, "ack", task_id).returncode == 0
@@ -140,9 +159,16 @@ def test_discord_and_json_webhooks_for_pending_ack_and_end(pair: Pair, hook: Hoo
 
 def test_discord_content_is_cut_to_discords_limit(pair: Pair) -> None:
     node = pair.receiver.node()
-    payload = notify.task_payload(node, "task_ended", task_id="0" * 36, from_="devbox",
-                                  to="gpubox", status="error", reason="x" * 3000,
-                                  final_text="y" * 4000)
+    payload = notify.task_payload(
+        node,
+        "task_ended",
+        task_id="0" * 36,
+        from_="devbox",
+        to="gpubox",
+        status="error",
+        reason="x" * 3000,
+        final_text="y" * 4000,
+    )
     body = notify._discord_body(payload)
     assert len(body["content"]) == notify.DISCORD_LIMIT
 
@@ -153,14 +179,21 @@ def _enqueue_only(pair: Pair, monkeypatch: pytest.MonkeyPatch, url: str) -> Any:
     configure(pair.receiver, DISPATCH_WEBHOOK_URL=url)
     monkeypatch.setattr(notify, "kick", lambda node: None)
     node = pair.receiver.node()
-    payload = notify.task_payload(node, "task_ended", task_id="6b856e1c-73be-459f-bb14-"
-                                  "8ab0d77a4486", from_="devbox", to="gpubox", status="ok")
+    payload = notify.task_payload(
+        node,
+        "task_ended",
+        task_id="6b856e1c-73be-459f-bb14-8ab0d77a4486",
+        from_="devbox",
+        to="gpubox",
+        status="ok",
+    )
     assert notify.enqueue(node, payload, Callback.FILE) == 1
     return node
 
 
-def test_retries_with_backoff_until_delivered(pair: Pair, hook: Hook,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retries_with_backoff_until_delivered(
+    pair: Pair, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hook.fail_first = 2
     node = _enqueue_only(pair, monkeypatch, f"{hook.url}/json")
     assert notify.drain(node, max_seconds=30) == 1
@@ -185,17 +218,21 @@ def test_gives_up_after_max_attempts(pair: Pair, monkeypatch: pytest.MonkeyPatch
     assert notify.drain(node, max_seconds=30) == 0
     assert time.monotonic() - began < 10
     assert notify.queued(node) == 0  # dropped, with a trace:
-    events = [json.loads(line) for line in
-              (pair.root / "logs" / "gpubox.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (pair.root / "logs" / "gpubox.jsonl").read_text().splitlines()
+    ]
     retries = [e for e in events if e["event"] == "notify_retry"]
     failed = [e for e in events if e["event"] == "notify_failed"]
     assert len(retries) == notify.MAX_ATTEMPTS - 1
-    assert len(failed) == 1 and f"gave up after {notify.MAX_ATTEMPTS} attempts" in (
-        failed[0]["summary"])
+    assert (
+        len(failed) == 1
+        and f"gave up after {notify.MAX_ATTEMPTS} attempts" in (failed[0]["summary"])
+    )
 
 
-def test_give_up_counts_real_attempts(pair: Pair, hook: Hook,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_give_up_counts_real_attempts(
+    pair: Pair, hook: Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hook.fail_first = 100
     monkeypatch.setattr(notify, "BACKOFF_CAP_S", 0.05)
     node = _enqueue_only(pair, monkeypatch, f"{hook.url}/json")
@@ -205,8 +242,11 @@ def test_give_up_counts_real_attempts(pair: Pair, hook: Hook,
 
 def test_a_hanging_webhook_never_delays_or_fails_the_task(pair: Pair, hook: Hook) -> None:
     hook.hold.set()  # every POST hangs until released (the client gives up after 5 s)
-    configure(pair.receiver, DISPATCH_WEBHOOK_URL=f"{hook.url}/json",
-              DISPATCH_DISCORD_WEBHOOK=f"{hook.url}/discord")
+    configure(
+        pair.receiver,
+        DISPATCH_WEBHOOK_URL=f"{hook.url}/json",
+        DISPATCH_DISCORD_WEBHOOK=f"{hook.url}/discord",
+    )
     task_id = send(pair, "important work", callback=Callback.DISCORD)
     began = time.monotonic()
     drain(pair.receiver.node())

@@ -23,15 +23,13 @@ from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import cli, drain, env_for, promote_once, runs_of, wait_for
 
-LANE_KEYS = {"lane", "direction", "inbox", "pending_ack", "queued", "running", "done",
-             "rejected"}
+LANE_KEYS = {"lane", "direction", "inbox", "pending_ack", "queued", "running", "done", "rejected"}
 EXEC_KEYS = {"id", "lane", "unit", "state", "started_at", "elapsed_s", "memory_bytes"}
 
 
 def send(pair: Pair, request: str, **kwargs: Any) -> str:
     tx = pair.sender.node()
-    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request,
-                                           **kwargs)).envelope.id
+    return sender.deliver(tx, sender.build(tx, to="gpubox", request=request, **kwargs)).envelope.id
 
 
 def test_status_json_schema_and_counts(pair: Pair) -> None:
@@ -47,16 +45,22 @@ def test_status_json_schema_and_counts(pair: Pair) -> None:
     proc = cli(pair.receiver, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions",
-                         "peers"}
+    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions", "peers"}
     assert (data["node"], data["root"]) == ("gpubox", str(pair.root))
     assert data["killswitch"] == {"on": True, "hard": False, "reason": "upgrade"}
     assert data["executions"] == []
     lanes = {(lane["lane"], lane["direction"]): lane for lane in data["lanes"]}
     assert all(set(lane) == LANE_KEYS for lane in data["lanes"])
     assert lanes["devbox-to-gpubox", "in"] == {
-        "lane": "devbox-to-gpubox", "direction": "in", "inbox": 1, "pending_ack": 1,
-        "queued": 1, "running": 0, "done": 1, "rejected": 0}
+        "lane": "devbox-to-gpubox",
+        "direction": "in",
+        "inbox": 1,
+        "pending_ack": 1,
+        "queued": 1,
+        "running": 0,
+        "done": 1,
+        "rejected": 0,
+    }
     assert lanes["gpubox-to-devbox", "out"]["done"] == 0
     [peer] = data["peers"]
     assert peer["node"] == "devbox" and peer["stale"] is False
@@ -66,8 +70,15 @@ def test_status_json_schema_and_counts(pair: Pair) -> None:
     assert "\x1b[" not in text  # colour only on a terminal
     lines = text.splitlines()
     assert lines[0] == f"node gpubox  root {pair.root}  killswitch on: upgrade"
-    assert lines[1].split() == ["lane", "inbox", "pending_ack", "queued", "running", "done",
-                                "rejected"]
+    assert lines[1].split() == [
+        "lane",
+        "inbox",
+        "pending_ack",
+        "queued",
+        "running",
+        "done",
+        "rejected",
+    ]
     assert lines[2].split() == ["devbox-to-gpubox", "(in)", "1", "1", "1", "0", "1", "0"]
     assert "running: none" in lines
     assert any(line.startswith("peer devbox: heartbeat ") for line in lines)
@@ -98,7 +109,12 @@ def test_running_execution_under_the_process_launcher(pair: Pair) -> None:
     [run] = data["executions"]
     assert set(run) == EXEC_KEYS
     assert (run["id"], run["lane"], run["unit"], run["state"], run["memory_bytes"]) == (
-        task_id, "devbox-to-gpubox", None, "running", None)
+        task_id,
+        "devbox-to-gpubox",
+        None,
+        "running",
+        None,
+    )
     assert run["started_at"] == rx.state.started(task_id)["started_at"]  # type: ignore[index]
     assert 1 <= run["elapsed_s"] < 30
     assert "running: 1" in text
@@ -131,7 +147,8 @@ InactiveExitTimestampMonotonic={since}
 
 
 def test_running_executions_under_systemd_come_from_one_systemctl_show(
-        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_killswitch(pair.receiver.node().spool, hard=False, reason="hold")
     a, b, c = send(pair, "a"), send(pair, "b"), send(pair, "c")
     promote_once(pair.receiver.node())
@@ -161,7 +178,8 @@ def test_running_executions_under_systemd_come_from_one_systemctl_show(
 
 
 def test_without_systemctl_the_markers_still_say_what_runs(
-        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_killswitch(pair.receiver.node().spool, hard=False, reason="hold")
     task_id = send(pair, "a")
     promote_once(pair.receiver.node())
@@ -172,12 +190,12 @@ def test_without_systemctl_the_markers_still_say_what_runs(
     assert (run["id"], run["unit"], run["memory_bytes"]) == (task_id, "u", None)
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str],
-                   timeout: float = 30) -> tuple[int, str]:
+def _on_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
     """Run with stdout and stderr on a pseudo-terminal; return (exit code, what it showed)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                            env=env, close_fds=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, close_fds=True
+    )
     os.close(slave)
     chunks = []
     end = time.monotonic() + timeout
@@ -203,8 +221,10 @@ def test_on_a_terminal_status_has_colour_and_wait_a_live_line(pair: Pair) -> Non
     assert code == 0 and "killswitch \x1b[32m" in shown and "off\x1b[0m" in shown
 
     task_id = send(pair, "watched")
-    code, shown = _on_a_terminal([sys.executable, "-m", "dispatch", "wait", task_id,
-                                  "--timeout", "1.5"], env_for(pair.sender))
+    code, shown = _on_a_terminal(
+        [sys.executable, "-m", "dispatch", "wait", task_id, "--timeout", "1.5"],
+        env_for(pair.sender),
+    )
     assert code == 4
     assert f"\r\x1b[2K{task_id[:8]} inbox " in shown  # the stage and the elapsed time
     assert "s" in shown.split("inbox", 1)[1]

@@ -47,8 +47,7 @@ def test_require_ack_waits_and_forged_acks_are_refused(pair: Pair) -> None:
     # Whatever a share writer drops as <id>.ack releases nothing.
     forged_contents = [
         b"ack\n",  # what the original's dispatch-ack writes
-        json.dumps({"id": task_id, "node": "gpubox", "acked_at": "now",
-                    "mac": "0" * 64}).encode(),
+        json.dumps({"id": task_id, "node": "gpubox", "acked_at": "now", "mac": "0" * 64}).encode(),
         b"",
     ]
     for content in forged_contents:
@@ -65,8 +64,12 @@ def test_require_ack_waits_and_forged_acks_are_refused(pair: Pair) -> None:
     entry = pair.receiver.node().state.entry(task_id)
     assert entry is not None
     tx = pair.sender.node()
-    fake = {"id": task_id, "node": "gpubox", "acked_at": "2025-01-01T00:00:00Z",
-            "mac": ack_mac(tx, lane, task_id, entry.sha256)}
+    fake = {
+        "id": task_id,
+        "node": "gpubox",
+        "acked_at": "2025-01-01T00:00:00Z",
+        "mac": ack_mac(tx, lane, task_id, entry.sha256),
+    }
     for plant in ("file", "symlink"):
         if plant == "file":
             (lane.pending_ack / f"{task_id}.ack").write_text(json.dumps(fake))
@@ -161,10 +164,15 @@ def test_priority_order_high_normal_low_oldest_first(pair: Pair) -> None:
     tx = pair.sender.node()
     set_killswitch(tx.spool, hard=False, reason="filling the queue")
     sent: dict[str, str] = {}
-    for label, priority in (("low1", "low"), ("normal1", "normal"), ("high1", "high"),
-                            ("low2", "low"), ("high2", "high"), ("normal2", "normal")):
-        env = sender.build(tx, to="gpubox", request=f"task {label}",
-                           priority=Priority(priority))
+    for label, priority in (
+        ("low1", "low"),
+        ("normal1", "normal"),
+        ("high1", "high"),
+        ("low2", "low"),
+        ("high2", "high"),
+        ("normal2", "normal"),
+    ):
+        env = sender.build(tx, to="gpubox", request=f"task {label}", priority=Priority(priority))
         sender.deliver(tx, env)
         sent[env.id] = label
         time.sleep(0.002)
@@ -194,8 +202,9 @@ def test_never_more_than_max_parallel(pair: Pair) -> None:
         spans.append((parse_time(res["started_at"]), parse_time(res["answered_at"])))
     assert len(pair.agent_runs()) == 6
     # The most executions alive at any one moment, from the results' own intervals.
-    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans],
-                    key=lambda p: (p[0], p[1]))
+    points = sorted(
+        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda p: (p[0], p[1])
+    )
     alive = peak = 0
     for _, delta in points:
         alive += delta
@@ -216,8 +225,9 @@ def test_started_task_without_execution_ends_interrupted(pair: Pair) -> None:
     promote_once(rx)
     assert (lane.processing / f"{obj['id']}.json").exists()
     # A crash after the started marker: the marker is there, no execution is alive.
-    assert rx.state.mark_started(obj["id"], {"started_at": "2025-01-01T00:00:00Z",
-                                             "pid": 999999999, "unit": ""})
+    assert rx.state.mark_started(
+        obj["id"], {"started_at": "2025-01-01T00:00:00Z", "pid": 999999999, "unit": ""}
+    )
     os.unlink(pair.root / "KILLSWITCH")
     report = promote_once(pair.receiver.node())
     assert report.recovered == 1 and report.started == []
@@ -295,8 +305,17 @@ def test_a_rejected_entry_is_reported_in_the_pass_summary(pair: Pair) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["rejected"] == 1 and summary["admitted"] == 0
-    assert set(summary) == {"admitted", "rejected", "released", "recovered", "pending_ack",
-                            "queued", "running", "started", "errors"}
+    assert set(summary) == {
+        "admitted",
+        "rejected",
+        "released",
+        "recovered",
+        "pending_ack",
+        "queued",
+        "running",
+        "started",
+        "errors",
+    }
     name = next(n for n in os.listdir(lane.rejected) if not n.endswith(".reason.json"))
     assert_rejected(lane, name, "malformed")
 
@@ -310,9 +329,13 @@ def test_promote_leaves_a_manually_started_execution_alone(pair: Pair) -> None:
     drop(lane, obj)
     promote_once(pair.receiver.node())
     os.unlink(pair.root / "KILLSWITCH")
-    manual = subprocess.Popen([sys.executable, "-m", "dispatch", "exec", obj["id"]],
-                              env=env_for(pair.receiver), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    manual = subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "exec", obj["id"]],
+        env=env_for(pair.receiver),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: bool(runs_of(pair, obj["id"])), what="the agent to start")
         report = promote_once(pair.receiver.node())

@@ -32,22 +32,37 @@ def test_build_uses_node_defaults_and_signs(pair: Pair) -> None:
 
 
 def test_build_options(pair: Pair) -> None:
-    env = sender.build(pair.sender.node(), to="gpubox", request="r", priority=Priority.HIGH,
-                       require_ack=True, dangerous=True, timeout_s=5, max_output_bytes=4096,
-                       callback=Callback.NONE)
-    assert (env.priority, env.require_ack, env.require_dangerous, env.timeout_s,
-            env.max_output_bytes, env.callback) == (Priority.HIGH, True, True, 5, 4096,
-                                                    Callback.NONE)
+    env = sender.build(
+        pair.sender.node(),
+        to="gpubox",
+        request="r",
+        priority=Priority.HIGH,
+        require_ack=True,
+        dangerous=True,
+        timeout_s=5,
+        max_output_bytes=4096,
+        callback=Callback.NONE,
+    )
+    assert (
+        env.priority,
+        env.require_ack,
+        env.require_dangerous,
+        env.timeout_s,
+        env.max_output_bytes,
+        env.callback,
+    ) == (Priority.HIGH, True, True, 5, 4096, Callback.NONE)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"to": "devbox"}, "must differ"),
-     ({"to": "elsewhere"}, "unknown peer"),
-     ({"to": "Not Valid"}, "not a valid node name"),
-     ({"to": "gpubox", "request": "  "}, "empty"),
-     ({"to": "gpubox", "timeout_s": 0}, "at least 1"),
-     ({"to": "gpubox", "max_output_bytes": 0}, "positive")],
+    [
+        ({"to": "devbox"}, "must differ"),
+        ({"to": "elsewhere"}, "unknown peer"),
+        ({"to": "Not Valid"}, "not a valid node name"),
+        ({"to": "gpubox", "request": "  "}, "empty"),
+        ({"to": "gpubox", "timeout_s": 0}, "at least 1"),
+        ({"to": "gpubox", "max_output_bytes": 0}, "positive"),
+    ],
 )
 def test_build_refuses(pair: Pair, kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"request": "r", **kwargs}
@@ -87,9 +102,12 @@ def test_chain_position(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_task_sent_from_inside_an_execution_carries_parent_and_hops(pair: Pair) -> None:
-    configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic",
-              DISPATCH_AGENT_BIN=f"{sys.executable} -m dispatch send --to devbox "
-                                 "--request follow-up --json")
+    configure(
+        pair.receiver,
+        DISPATCH_AGENT_PROFILE="generic",
+        DISPATCH_AGENT_BIN=f"{sys.executable} -m dispatch send --to devbox "
+        "--request follow-up --json",
+    )
     lane = lane_in(pair)
     (pair.root / "KILLSWITCH").write_text("hold\n")
     obj = envelope(pair, hops=1, parent=new_id())

@@ -41,8 +41,9 @@ from tests.unit.helpers import mac
 
 
 def make_cfg(tmp_path: Path, **kw: Any) -> Config:
-    return Config(root=tmp_path / "share", node="gpubox", peers=("devbox",),
-                  key_dir=tmp_path / "keys", **kw)
+    return Config(
+        root=tmp_path / "share", node="gpubox", peers=("devbox",), key_dir=tmp_path / "keys", **kw
+    )
 
 
 @pytest.fixture
@@ -53,21 +54,47 @@ def ring(tmp_path: Path) -> Keyring:
 
 def an_envelope(**kw: Any) -> Envelope:
     values: dict[str, Any] = dict(
-        id=str(uuid.uuid4()), from_="devbox", to="gpubox", created=rfc3339(now_utc()),
-        priority=Priority.NORMAL, request="build it", require_ack=False,
-        require_dangerous=False, timeout_s=600, max_output_bytes=2_000_000,
-        callback=Callback.FILE, parent=None, hops=0, kid="", hmac="")
+        id=str(uuid.uuid4()),
+        from_="devbox",
+        to="gpubox",
+        created=rfc3339(now_utc()),
+        priority=Priority.NORMAL,
+        request="build it",
+        require_ack=False,
+        require_dangerous=False,
+        timeout_s=600,
+        max_output_bytes=2_000_000,
+        callback=Callback.FILE,
+        parent=None,
+        hops=0,
+        kid="",
+        hmac="",
+    )
     values.update(kw)
     return Envelope(**values)
 
 
 def a_result(**kw: Any) -> Result:
     values: dict[str, Any] = dict(
-        id=str(uuid.uuid4()), answered_by="gpubox", answered_at=rfc3339(now_utc()),
-        request="build it", status=Status.OK, exit_code=0, elapsed_s=1.25,
-        log_path="devbox-to-gpubox/done/x.log", final_text="built", output_tail="...",
-        output_bytes=123, perm_mode="acceptEdits", started_at=rfc3339(now_utc()),
-        truncated=False, unit="", reason="", kid="", hmac="")
+        id=str(uuid.uuid4()),
+        answered_by="gpubox",
+        answered_at=rfc3339(now_utc()),
+        request="build it",
+        status=Status.OK,
+        exit_code=0,
+        elapsed_s=1.25,
+        log_path="devbox-to-gpubox/done/x.log",
+        final_text="built",
+        output_tail="...",
+        output_bytes=123,
+        perm_mode="acceptEdits",
+        started_at=rfc3339(now_utc()),
+        truncated=False,
+        unit="",
+        reason="",
+        kid="",
+        hmac="",
+    )
     values.update(kw)
     return Result(**values)
 
@@ -109,10 +136,12 @@ ENVELOPE_CHANGES: list[tuple[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("field", "value"), ENVELOPE_CHANGES,
-                         ids=[f"{f}={v!r}"[:40] for f, v in ENVELOPE_CHANGES])
-def test_changing_any_envelope_field_breaks_the_signature(ring: Keyring, field: str,
-                                                          value: Any) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"), ENVELOPE_CHANGES, ids=[f"{f}={v!r}"[:40] for f, v in ENVELOPE_CHANGES]
+)
+def test_changing_any_envelope_field_breaks_the_signature(
+    ring: Keyring, field: str, value: Any
+) -> None:
     wire = sign_envelope(ring, an_envelope()).to_json()
     assert wire[field] != value
     wire[field] = value
@@ -139,12 +168,22 @@ def test_changing_the_mac_or_the_kid(tmp_path: Path, ring: Keyring) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("require_ack", 0), ("require_dangerous", 1), ("timeout_s", True), ("hops", False),
-     ("timeout_s", 600.0), ("max_output_bytes", "2000000"),
-     ("id", "UPPER"), ("id", "uuid1"), ("parent", "UPPER"), ("extra_field", "x")],
+    [
+        ("require_ack", 0),
+        ("require_dangerous", 1),
+        ("timeout_s", True),
+        ("hops", False),
+        ("timeout_s", 600.0),
+        ("max_output_bytes", "2000000"),
+        ("id", "UPPER"),
+        ("id", "uuid1"),
+        ("parent", "UPPER"),
+        ("extra_field", "x"),
+    ],
 )
-def test_correctly_signed_but_ill_typed_envelopes_are_refused(ring: Keyring, field: str,
-                                                              value: Any) -> None:
+def test_correctly_signed_but_ill_typed_envelopes_are_refused(
+    ring: Keyring, field: str, value: Any
+) -> None:
     """The signer's key does not make a wrong type right: `1` is not `true`."""
     wire = sign_envelope(ring, an_envelope()).to_json()
     if value == "UPPER":
@@ -166,32 +205,48 @@ def test_result_round_trip_and_every_field(ring: Keyring) -> None:
     wire = json.loads(json.dumps(signed.to_json()))
     assert verify_result(ring, wire) == signed
     changes: dict[str, Any] = {
-        "id": str(uuid.uuid4()), "answered_by": "devbox",
-        "answered_at": "2020-01-01T00:00:00Z", "request": "x", "status": "error",
-        "exit_code": 1, "elapsed_s": 9.5, "log_path": "elsewhere", "final_text": "built!",
-        "output_tail": "..!", "output_bytes": 124, "perm_mode": "bypassPermissions",
-        "started_at": None, "truncated": True, "unit": "dispatch-exec@x.service",
+        "id": str(uuid.uuid4()),
+        "answered_by": "devbox",
+        "answered_at": "2020-01-01T00:00:00Z",
+        "request": "x",
+        "status": "error",
+        "exit_code": 1,
+        "elapsed_s": 9.5,
+        "log_path": "elsewhere",
+        "final_text": "built!",
+        "output_tail": "..!",
+        "output_bytes": 124,
+        "perm_mode": "bypassPermissions",
+        "started_at": None,
+        "truncated": True,
+        "unit": "dispatch-exec@x.service",
         "reason": "because",
     }
     assert set(changes) | {"schema", "kid", "hmac"} == set(wire)
     for field, value in changes.items():
         assert wire[field] != value
-        assert rejection(verify_result, ring, dict(wire, **{field: value})) == \
-            "bad_signature", field
+        assert rejection(verify_result, ring, dict(wire, **{field: value})) == "bad_signature", (
+            field
+        )
 
 
 def test_v2_signature(ring: Keyring) -> None:
     secret = ring.get("k1").secret
-    fields = {"id": str(uuid.uuid4()), "from": "devbox", "to": "gpubox",
-              "created": "2025-01-02T03:04:05.123456+00:00", "priority": "normal",
-              "request": "old style"}
+    fields = {
+        "id": str(uuid.uuid4()),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": "2025-01-02T03:04:05.123456+00:00",
+        "priority": "normal",
+        "request": "old style",
+    }
     obj = {"schema": 2, **fields, "hmac": sign_v2(secret, fields)}
     verify_v2(ring, parse_v2(obj))
-    assert rejection(verify_v2, ring, parse_v2(dict(obj, request="new style"))) == \
-        "bad_signature"
+    assert rejection(verify_v2, ring, parse_v2(dict(obj, request="new style"))) == "bad_signature"
 
 
 # -- the key ring --------------------------------------------------------------------------
+
 
 def test_key_files_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
     key = write_key(tmp_path / "keys", new_secret())
@@ -249,8 +304,9 @@ def test_newest_key_signs_and_older_keys_still_verify(tmp_path: Path) -> None:
         Keyring.load(make_cfg(tmp_path, key_id="gone"))
 
 
-def test_share_key_is_a_fallback_with_a_warning(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_share_key_is_a_fallback_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = make_cfg(tmp_path)
     (tmp_path / "keys").mkdir()  # empty ring
     (cfg.root / "logs").mkdir(parents=True)

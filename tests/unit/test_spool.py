@@ -95,8 +95,13 @@ def test_reject_names_that_do_not_fit(tmp_path: Path) -> None:
 def test_stale_tmp_files(tmp_path: Path) -> None:
     lane = a_lane(tmp_path)
     old = time.time() - 7200
-    for path in (lane.tmp / "dead", lane.inbox / "x.json.tmp", lane.tmp / "fresh",
-                 lane.inbox / "y.json.tmp", lane.inbox / "old.json"):
+    for path in (
+        lane.tmp / "dead",
+        lane.inbox / "x.json.tmp",
+        lane.tmp / "fresh",
+        lane.inbox / "y.json.tmp",
+        lane.inbox / "old.json",
+    ):
         path.write_text("x")
     for path in (lane.tmp / "dead", lane.inbox / "x.json.tmp", lane.inbox / "old.json"):
         os.utime(path, (old, old))

@@ -82,8 +82,7 @@ def test_queue_index_orders_by_rank_then_age(tmp_path: Path) -> None:
     state.index_add(ids[2], 0, "2025-01-01T00:00:01.5+00:00", "c-to-b")
     state.index_add(ids[3], 1, "2024-12-31T23:59:59Z", "a-to-b")
     order = [parse_index(n) for n in state.index_names()]
-    assert order == [(ids[2], "c-to-b"), (ids[1], "a-to-b"), (ids[3], "a-to-b"),
-                     (ids[0], "a-to-b")]
+    assert order == [(ids[2], "c-to-b"), (ids[1], "a-to-b"), (ids[3], "a-to-b"), (ids[0], "a-to-b")]
     state.index_remove(state.index_names()[0])
     assert len(state.index_names()) == 3
     assert parse_index("garbage") is None
@@ -100,14 +99,18 @@ def test_ack_secret_is_stable_and_private(tmp_path: Path) -> None:
 
 def test_lock_excludes_another_process(tmp_path: Path) -> None:
     state = a_state(tmp_path)
-    probe = ("import fcntl, os, sys\n"
-             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
-             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-             "except BlockingIOError:\n    print('busy')\nelse:\n    print('free')\n")
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    print('busy')\nelse:\n    print('free')\n"
+    )
     lock_file = str(state.path / "promote.lock")
     with state.lock("promote"):
-        held = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    after = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True,
-                           text=True, check=True).stdout.strip()
+        held = subprocess.run(
+            [sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    after = subprocess.run(
+        [sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert (held, after) == ("busy", "free")

@@ -26,10 +26,13 @@ from tests.unit.helpers import (
 def test_watch_once_drains_everything_and_returns(pair: Pair) -> None:
     configure(pair.receiver, DISPATCH_MAX_PARALLEL=2)
     tx = pair.sender.node()
-    ids = [sender.deliver(tx, sender.build(tx, to="gpubox", request=f"job {i}")).envelope.id
-           for i in range(5)]
-    held = sender.deliver(tx, sender.build(tx, to="gpubox", request="held",
-                                           require_ack=True)).envelope.id
+    ids = [
+        sender.deliver(tx, sender.build(tx, to="gpubox", request=f"job {i}")).envelope.id
+        for i in range(5)
+    ]
+    held = sender.deliver(
+        tx, sender.build(tx, to="gpubox", request="held", require_ack=True)
+    ).envelope.id
     proc = cli(pair.receiver, "watch", "--once", "--quiet", timeout=60)
     assert proc.returncode == 0, proc.stderr
     lane = lane_in(pair)
@@ -55,20 +58,26 @@ def test_watch_once_with_the_killswitch_on_returns_without_running(pair: Pair) -
 
 
 def test_watch_picks_up_tasks_as_they_arrive(pair: Pair) -> None:
-    watcher = subprocess.Popen([sys.executable, "-m", "dispatch", "watch", "--quiet"],
-                               env=env_for(pair.receiver), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "watch", "--quiet"],
+        env=env_for(pair.receiver),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         time.sleep(0.5)
         lane = lane_in(pair)
         first = envelope(pair, request="first")
         drop(lane, first)
-        wait_for(lambda: lane.result_path(first["id"]).exists(), timeout=30,
-                 what="the first result")
+        wait_for(
+            lambda: lane.result_path(first["id"]).exists(), timeout=30, what="the first result"
+        )
         second = envelope(pair, request="second")
         drop(lane, second)
-        wait_for(lambda: lane.result_path(second["id"]).exists(), timeout=30,
-                 what="the second result")
+        wait_for(
+            lambda: lane.result_path(second["id"]).exists(), timeout=30, what="the second result"
+        )
         assert watcher.poll() is None  # still watching
     finally:
         os.killpg(watcher.pid, signal.SIGTERM)

@@ -36,7 +36,7 @@ def process_start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return None
     return fields[19]
@@ -47,8 +47,12 @@ def execution_alive(marker: Mapping[str, object]) -> bool:
     kernel start time it recorded (a recycled pid has another). A specific pid is checked;
     /proc is never scanned."""
     pid, started = marker.get("pid"), marker.get("pid_start")
-    return (isinstance(pid, int) and pid > 0 and isinstance(started, str)
-            and process_start_time(pid) == started)
+    return (
+        isinstance(pid, int)
+        and pid > 0
+        and isinstance(started, str)
+        and process_start_time(pid) == started
+    )
 
 
 class ProcessLauncher:

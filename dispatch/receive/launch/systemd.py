@@ -20,21 +20,32 @@ def unit_name(task_id: str) -> str:
 def instance_of(unit: str) -> str | None:
     prefix, suffix = "dispatch-exec@", ".service"
     if unit.startswith(prefix) and unit.endswith(suffix):
-        return unit[len(prefix): -len(suffix)]
+        return unit[len(prefix) : -len(suffix)]
     return None
 
 
 # What `dispatch status` shows of each execution, read with one `systemctl show` call.
-SHOW_PROPERTIES = ("Id", "ActiveState", "SubState", "MemoryCurrent",
-                   "ActiveEnterTimestampMonotonic", "InactiveExitTimestampMonotonic")
+SHOW_PROPERTIES = (
+    "Id",
+    "ActiveState",
+    "SubState",
+    "MemoryCurrent",
+    "ActiveEnterTimestampMonotonic",
+    "InactiveExitTimestampMonotonic",
+)
 UINT64_MAX = 2**64 - 1
 
 
 def exec_units() -> dict[str, dict[str, str]]:
     """Busy `dispatch-exec@` instances (task id -> properties), from one `systemctl show` of
     the template's pattern: every loaded instance, the inactive ones left out."""
-    out = systemctl("show", "--property=" + ",".join(SHOW_PROPERTIES), "--no-pager",
-                    "dispatch-exec@*.service", check=False).stdout
+    out = systemctl(
+        "show",
+        "--property=" + ",".join(SHOW_PROPERTIES),
+        "--no-pager",
+        "dispatch-exec@*.service",
+        check=False,
+    ).stdout
     units: dict[str, dict[str, str]] = {}
     for block in out.split("\n\n"):
         props: dict[str, str] = {}
@@ -71,8 +82,15 @@ class SystemdLauncher:
     def running(self) -> set[str]:
         """Busy instances: any not inactive or failed, plus any with a start job queued
         (after `start --no-block` a unit stays inactive until systemd runs its job)."""
-        out = systemctl("list-units", "--all", "--plain", "--no-legend", "--no-pager",
-                        "dispatch-exec@*.service", PATH_UNIT).stdout
+        out = systemctl(
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+            "dispatch-exec@*.service",
+            PATH_UNIT,
+        ).stdout
         ids = set()
         path_failed = False
         for line in out.splitlines():
@@ -85,8 +103,14 @@ class SystemdLauncher:
             task_id = instance_of(parts[0])
             if task_id and parts[2] not in IDLE_STATES:
                 ids.add(task_id)
-        jobs = systemctl("list-jobs", "--plain", "--no-legend", "--no-pager",
-                         "dispatch-exec@*.service", check=False).stdout
+        jobs = systemctl(
+            "list-jobs",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+            "dispatch-exec@*.service",
+            check=False,
+        ).stdout
         for line in jobs.splitlines():
             parts = line.split()
             if len(parts) >= 2 and (task_id := instance_of(parts[1])):
@@ -98,8 +122,9 @@ class SystemdLauncher:
     def _revive_path_unit(self) -> None:
         """Invariant 6 belt and braces: should the path unit ever fail, the next pass (from
         the timer) starts it again; starting a failed unit restarts it."""
-        self.node.emit("path_unit_failed", f"{PATH_UNIT} had failed; starting it again",
-                       level=events.WARNING)
+        self.node.emit(
+            "path_unit_failed", f"{PATH_UNIT} had failed; starting it again", level=events.WARNING
+        )
         systemctl("reset-failed", PATH_UNIT, check=False)
         systemctl("start", "--no-block", PATH_UNIT, check=False)
 

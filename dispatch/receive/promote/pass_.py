@@ -61,8 +61,12 @@ def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
     if entry is None:
         raise Rejection("not_admitted", f"task {task_id} was never admitted on this node")
     path = lane.pending_ack / f"{task_id}.ack"
-    record = {"id": task_id, "node": node.name, "acked_at": rfc3339(now_utc()),
-              "mac": ack_mac(node, lane, task_id, entry.sha256)}
+    record = {
+        "id": task_id,
+        "node": node.name,
+        "acked_at": rfc3339(now_utc()),
+        "mac": ack_mac(node, lane, task_id, entry.sha256),
+    }
     atomic_write(path, dump_json(record))
     return path
 
@@ -104,8 +108,9 @@ def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassRepor
     from dispatch.core.inotify import DirWatcher
 
     lanes = node.spool.lanes_in(node.cfg)
-    dirs = [d for lane in lanes for d in (lane.inbox, lane.pending_ack, lane.processing,
-                                          lane.cancel)] + [node.cfg.root]
+    dirs = [
+        d for lane in lanes for d in (lane.inbox, lane.pending_ack, lane.processing, lane.cancel)
+    ] + [node.cfg.root]
     deadline = time.monotonic() + LINGER_MAX_S
     last_full = time.monotonic()
 
@@ -126,8 +131,7 @@ def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassRepor
             # An execution ended (its task file went) but its unit may still be stopping:
             # look again shortly, for a moment, rather than at the next event.
             retry_until = time.monotonic() + SLOT_RETRY_WINDOW_S if changed else 0.0
-            while (_backlog(node, report) and not report.started
-                   and time.monotonic() < retry_until):
+            while _backlog(node, report) and not report.started and time.monotonic() < retry_until:
                 watcher.wait(SLOT_RETRY_S)
                 report = refill(node, launcher)
     return report
@@ -136,11 +140,11 @@ def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassRepor
 def _arrivals(node: Node) -> bool:
     """Anything a refill would not handle: a new inbox entry, a cancel, an ack."""
     for lane in node.spool.lanes_in(node.cfg):
-        for directory, suffix in ((lane.inbox, ""), (lane.cancel, ""), (lane.pending_ack,
-                                                                         ".ack")):
+        for directory, suffix in ((lane.inbox, ""), (lane.cancel, ""), (lane.pending_ack, ".ack")):
             try:
-                if any(n.endswith(suffix) and not n.endswith(".tmp")
-                       for n in os.listdir(directory)):
+                if any(
+                    n.endswith(suffix) and not n.endswith(".tmp") for n in os.listdir(directory)
+                ):
                     return True
             except OSError:
                 continue
@@ -167,20 +171,31 @@ def refill(node: Node, launcher: Launcher) -> PassReport:
             report.queued.append(task_id)
             if slots <= 0:
                 continue
-            if (not (lane.processing / f"{task_id}.json").exists() or task_id in cancels
-                    or node.state.started(task_id) is not None):
+            if (
+                not (lane.processing / f"{task_id}.json").exists()
+                or task_id in cancels
+                or node.state.started(task_id) is not None
+            ):
                 continue  # not plainly queued: the next full pass decides
             try:
                 launcher.start(task_id)
             except Exception as exc:  # left queued for the next pass
-                node.emit("start_failed", f"cannot start execution: {exc}", task_id=task_id,
-                          level=events.ERR)
+                node.emit(
+                    "start_failed",
+                    f"cannot start execution: {exc}",
+                    task_id=task_id,
+                    level=events.ERR,
+                )
                 continue
             node.state.index_remove(name)
             report.started.append(task_id)
             slots -= 1
-            node.emit("exec_launched", "execution started", task_id=task_id,
-                      unit=launcher.unit(task_id) or "process")
+            node.emit(
+                "exec_launched",
+                "execution started",
+                task_id=task_id,
+                unit=launcher.unit(task_id) or "process",
+            )
         return report
 
 
@@ -222,8 +237,12 @@ class Promoter:
             if not lane.inbox.is_dir():
                 # Never create it here: an unmounted share would look like an empty one and
                 # tasks would pile up on the local disk under the mount point.
-                self.node.emit("lane_missing", f"{lane.inbox} does not exist: is the share "
-                               "mounted? (`dispatch init` creates lanes)", level=events.ERR)
+                self.node.emit(
+                    "lane_missing",
+                    f"{lane.inbox} does not exist: is the share "
+                    "mounted? (`dispatch init` creates lanes)",
+                    level=events.ERR,
+                )
                 self.report.errors += 1
                 continue
             self.intake(lane)
@@ -238,15 +257,22 @@ class Promoter:
         self.report.running = running
         if killswitch.hard:
             for task_id in sorted(running):
-                self.node.emit("killswitch_stop", f"stopping execution: {killswitch.reason}",
-                               task_id=task_id, level=events.WARNING)
+                self.node.emit(
+                    "killswitch_stop",
+                    f"stopping execution: {killswitch.reason}",
+                    task_id=task_id,
+                    level=events.WARNING,
+                )
                 self.launcher.stop(task_id)
         ordered = self.order(queued)
         self.report.queued = [task_id for task_id, _ in ordered]
         if killswitch.on:
             if ordered:
-                self.node.emit("killswitch_hold", f"{len(ordered)} queued, none started: "
-                               f"{killswitch.reason}", level=events.NOTICE)
+                self.node.emit(
+                    "killswitch_hold",
+                    f"{len(ordered)} queued, none started: {killswitch.reason}",
+                    level=events.NOTICE,
+                )
             return self.report
         slots = self.cfg.max_parallel - len(running)
         for task_id, index_name in ordered:
@@ -255,15 +281,23 @@ class Promoter:
             try:
                 self.launcher.start(task_id)
             except Exception as exc:  # a failed start leaves the task queued for the next pass
-                self.node.emit("start_failed", f"cannot start execution: {exc}",
-                               task_id=task_id, level=events.ERR)
+                self.node.emit(
+                    "start_failed",
+                    f"cannot start execution: {exc}",
+                    task_id=task_id,
+                    level=events.ERR,
+                )
                 self.report.errors += 1
                 continue
             self.state.index_remove(index_name)
             self.report.started.append(task_id)
             slots -= 1
-            self.node.emit("exec_launched", "execution started", task_id=task_id,
-                           unit=self.launcher.unit(task_id) or "process")
+            self.node.emit(
+                "exec_launched",
+                "execution started",
+                task_id=task_id,
+                unit=self.launcher.unit(task_id) or "process",
+            )
         return self.report
 
     # -- inbox -------------------------------------------------------------------------
@@ -284,8 +318,9 @@ class Promoter:
                 continue  # gone meanwhile (another pass, or the sender took it back)
             except OSError as exc:
                 # Invariant 6: one entry that cannot be handled must not stop the others.
-                self.node.emit("intake_error", f"{lane.name}/inbox/{name[:80]}: {exc}",
-                               level=events.ERR)
+                self.node.emit(
+                    "intake_error", f"{lane.name}/inbox/{name[:80]}: {exc}", level=events.ERR
+                )
                 self.report.errors += 1
 
     def intake_one(self, lane: Lane, name: str) -> None:
@@ -298,11 +333,18 @@ class Promoter:
         envelope = admitted.envelope
         previous = self.state.claim(envelope.id, admitted.sha256, lane.name)
         if previous is not None and not (
-            previous.phase is Phase.INTAKE and previous.sha256 == admitted.sha256
+            previous.phase is Phase.INTAKE
+            and previous.sha256 == admitted.sha256
             and previous.lane == lane.name
         ):
-            self.refuse(lane, name, Rejection("replay", f"task id {envelope.id} was already "
-                        f"seen by this node ({previous.phase.value})"))
+            self.refuse(
+                lane,
+                name,
+                Rejection(
+                    "replay",
+                    f"task id {envelope.id} was already seen by this node ({previous.phase.value})",
+                ),
+            )
             return
         if admitted.needs_ack:
             os.rename(lane.inbox / name, lane.pending_ack / name)
@@ -314,38 +356,73 @@ class Promoter:
         self.state.mark(envelope.id, Phase.ACCEPTED)
         self.report.admitted += 1
         if admitted.needs_ack:
-            notify.enqueue(self.node, notify.task_payload(
-                self.node, "task_pending_ack", task_id=envelope.id, from_=envelope.from_,
-                to=envelope.to, request=envelope.request), envelope.callback)
-        self.node.emit(event, f"{envelope.priority} task admitted ({stage}): "
-                       f"{envelope.request[:80]}", task_id=envelope.id, from_=envelope.from_,
-                       to=envelope.to, schema=envelope.schema, kid=envelope.kid or "-")
+            notify.enqueue(
+                self.node,
+                notify.task_payload(
+                    self.node,
+                    "task_pending_ack",
+                    task_id=envelope.id,
+                    from_=envelope.from_,
+                    to=envelope.to,
+                    request=envelope.request,
+                ),
+                envelope.callback,
+            )
+        self.node.emit(
+            event,
+            f"{envelope.priority} task admitted ({stage}): {envelope.request[:80]}",
+            task_id=envelope.id,
+            from_=envelope.from_,
+            to=envelope.to,
+            schema=envelope.schema,
+            kid=envelope.kid or "-",
+        )
 
-    def refuse(self, lane: Lane, name: str, exc: Rejection, *, answer: bool = False,
-               source: Path | None = None) -> None:
+    def refuse(
+        self,
+        lane: Lane,
+        name: str,
+        exc: Rejection,
+        *,
+        answer: bool = False,
+        source: Path | None = None,
+    ) -> None:
         """Quarantine an entry with its reason; answer the sender when it named its id."""
-        record = {"reason": exc.reason, "message": str(exc), "at": rfc3339(now_utc()),
-                  "node": self.node.name, "task_id": exc.task_id}
+        record = {
+            "reason": exc.reason,
+            "message": str(exc),
+            "at": rfc3339(now_utc()),
+            "node": self.node.name,
+            "task_id": exc.task_id,
+        }
         # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
         # earlier task, whose one result must stand alone. The result is written before the
         # file moves: a sender's `wait` that sees it in rejected/ must find the result too.
-        if (answer and exc.task_id
-                and self.state.claim(exc.task_id, "", lane.name) is None):
+        if answer and exc.task_id and self.state.claim(exc.task_id, "", lane.name) is None:
             self.state.mark(exc.task_id, Phase.REJECTED)
-            results.verdict(self.node, lane, exc.task_id, "", Status.REJECTED,
-                            f"{exc.reason}: {exc}")
+            results.verdict(
+                self.node, lane, exc.task_id, "", Status.REJECTED, f"{exc.reason}: {exc}"
+            )
         try:
             lane.reject(name, record, source)
         except FileNotFoundError:
             return
         self.report.rejected += 1
-        self.node.emit("task_rejected", f"{name[:80]}: {exc.reason}: {exc}", task_id=exc.task_id,
-                       from_=lane.from_, to=lane.to, reason=exc.reason, level=events.WARNING)
+        self.node.emit(
+            "task_rejected",
+            f"{name[:80]}: {exc.reason}: {exc}",
+            task_id=exc.task_id,
+            from_=lane.from_,
+            to=lane.to,
+            reason=exc.reason,
+            level=events.WARNING,
+        )
 
     def sweep(self, lane: Lane, now: float) -> None:
         for path in lane.stale_tmp(now):
-            exc = Rejection("stale_tmp", "temporary file older than an hour: its sender died "
-                            "mid-write")
+            exc = Rejection(
+                "stale_tmp", "temporary file older than an hour: its sender died mid-write"
+            )
             try:
                 self.refuse(lane, path.name, exc, source=path.parent)
             except OSError as err:
@@ -362,16 +439,26 @@ class Promoter:
             if name.endswith(".tmp") or name.endswith(".ack"):
                 continue
             if not self.admitted_file(lane, name):
-                self.refuse(lane, name, Rejection("not_admitted", "file in pending-ack/ that "
-                            "did not come through intake"),
-                            source=lane.pending_ack)
+                self.refuse(
+                    lane,
+                    name,
+                    Rejection(
+                        "not_admitted", "file in pending-ack/ that did not come through intake"
+                    ),
+                    source=lane.pending_ack,
+                )
                 continue
             task_id = name[: -len(".json")]
             entry = self.state.entry(task_id)
             # Fail closed: an ack that never comes cancels the task, it never runs it.
             if entry is not None and time.time() - entry.at > self.cfg.ack_ttl_s:
-                self.end_unstarted(lane, lane.pending_ack, task_id, Status.CANCELLED,
-                                   f"no ack within DISPATCH_ACK_TTL={self.cfg.ack_ttl_s}s")
+                self.end_unstarted(
+                    lane,
+                    lane.pending_ack,
+                    task_id,
+                    Status.CANCELLED,
+                    f"no ack within DISPATCH_ACK_TTL={self.cfg.ack_ttl_s}s",
+                )
                 continue
             self.report.pending_ack += 1
         for name in names:
@@ -386,18 +473,27 @@ class Promoter:
         if not valid_id(task_id):
             return False
         entry = self.state.entry(task_id)
-        return entry is not None and entry.lane == lane.name and entry.phase in (
-            Phase.ACCEPTED, Phase.INTAKE
+        return (
+            entry is not None
+            and entry.lane == lane.name
+            and entry.phase in (Phase.ACCEPTED, Phase.INTAKE)
         )
 
     def release(self, lane: Lane, name: str, present: set[str]) -> None:
         task_id = name[: -len(".ack")]
         entry = self.state.entry(task_id) if valid_id(task_id) else None
-        forged = Rejection("forged_ack", "ack not signed by this host's ack secret: only "
-                           "`dispatch ack` on the receiving host releases a task")
+        forged = Rejection(
+            "forged_ack",
+            "ack not signed by this host's ack secret: only "
+            "`dispatch ack` on the receiving host releases a task",
+        )
         if entry is None or f"{task_id}.json" not in present:
-            self.refuse(lane, name, Rejection("orphan_ack", "ack for no pending task"),
-                        source=lane.pending_ack)
+            self.refuse(
+                lane,
+                name,
+                Rejection("orphan_ack", "ack for no pending task"),
+                source=lane.pending_ack,
+            )
             return
         try:
             record = loads_strict(read_regular(lane.pending_ack / name))
@@ -412,8 +508,13 @@ class Promoter:
         os.unlink(lane.pending_ack / name)
         self.report.released += 1
         self.report.pending_ack -= 1
-        self.node.emit("task_acked", f"released by local ack of {record.get('acked_at')}",
-                       task_id=task_id, from_=lane.from_, to=lane.to)
+        self.node.emit(
+            "task_acked",
+            f"released by local ack of {record.get('acked_at')}",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+        )
 
     # -- results an execution could not write: the share was down when it ended --------
     def publish_deferred(self, lanes: list[Lane], running: set[str]) -> None:
@@ -430,23 +531,31 @@ class Promoter:
                     # refused too, and the output must not be lost meanwhile.
                     self.state.keep_log_rest(task_id, rest)
                 if not results.write_signed(self.node, lane, task_id, signed):
-                    self.node.emit("result_exists", "a result was already published; the "
-                                   "deferred one is dropped", task_id=task_id,
-                                   level=events.WARNING)
+                    self.node.emit(
+                        "result_exists",
+                        "a result was already published; the deferred one is dropped",
+                        task_id=task_id,
+                        level=events.WARNING,
+                    )
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lane.processing / f"{task_id}.json")
             except OSError as exc:
-                self.node.emit("publish_error", f"deferred result: {exc}", task_id=task_id,
-                               level=events.ERR)
+                self.node.emit(
+                    "publish_error", f"deferred result: {exc}", task_id=task_id, level=events.ERR
+                )
                 self.report.errors += 1
                 continue
             self.state.mark(task_id, Phase.DONE)
             self.state.forget_result(task_id)
             self.deferred.discard(task_id)
-            self.node.emit("result_published", f"deferred {signed.get('status')} result "
-                           "published" + (f"; {len(rest)} bytes of its log lost" if rest
-                                          else ""),
-                           task_id=task_id, from_=lane.from_, to=lane.to)
+            self.node.emit(
+                "result_published",
+                f"deferred {signed.get('status')} result "
+                "published" + (f"; {len(rest)} bytes of its log lost" if rest else ""),
+                task_id=task_id,
+                from_=lane.from_,
+                to=lane.to,
+            )
 
     # -- processing --------------------------------------------------------------------
     def audit_processing(self, lanes: list[Lane], running: set[str]) -> list[str]:
@@ -455,8 +564,9 @@ class Promoter:
         index (node-local, written only at admission) stands in for a ledger read, and the
         cancel markers are listed once."""
         queued = []
-        indexed = {parsed for name in self.state.index_names()
-                   if (parsed := parse_index(name)) is not None}
+        indexed = {
+            parsed for name in self.state.index_names() if (parsed := parse_index(name)) is not None
+        }
         cancels = self.state.cancel_ids()
         for lane in lanes:
             try:
@@ -468,9 +578,14 @@ class Promoter:
                     continue
                 task_id = name[: -len(".json")] if name.endswith(".json") else ""
                 if (task_id, lane.name) not in indexed and not self.admitted_file(lane, name):
-                    self.refuse(lane, name, Rejection("not_admitted", "file in processing/ "
-                                "that did not come through intake"),
-                                source=lane.processing)
+                    self.refuse(
+                        lane,
+                        name,
+                        Rejection(
+                            "not_admitted", "file in processing/ that did not come through intake"
+                        ),
+                        source=lane.processing,
+                    )
                     continue
                 if task_id in running or task_id in self.deferred:
                     continue
@@ -488,8 +603,7 @@ class Promoter:
                     continue
                 cancelled = self.state.cancel_reason(task_id) if task_id in cancels else None
                 if cancelled is not None:
-                    self.end_unstarted(lane, lane.processing, task_id, Status.CANCELLED,
-                                       cancelled)
+                    self.end_unstarted(lane, lane.processing, task_id, Status.CANCELLED, cancelled)
                     continue
                 queued.append(task_id)
                 self.lane_of[task_id] = lane
@@ -499,23 +613,36 @@ class Promoter:
         # The execution wrote its result but died before removing its task file.
         os.unlink(lane.processing / f"{task_id}.json")
         self.state.mark(task_id, Phase.DONE)
-        self.node.emit("task_cleanup", "result present; removed the leftover task file",
-                       task_id=task_id, from_=lane.from_, to=lane.to)
+        self.node.emit(
+            "task_cleanup",
+            "result present; removed the leftover task file",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+        )
 
-    def end_unstarted(self, lane: Lane, directory: Path, task_id: str, status: Status,
-                      reason: str) -> None:
+    def end_unstarted(
+        self, lane: Lane, directory: Path, task_id: str, status: Status, reason: str
+    ) -> None:
         """Answer a task that never started (cancelled, or its ack never came) and remove
         its file: the result is its trace."""
         request = ""
         with contextlib.suppress(Rejection, OSError):
-            request = parse_envelope(loads_strict(read_regular(
-                directory / f"{task_id}.json"))).request
+            request = parse_envelope(
+                loads_strict(read_regular(directory / f"{task_id}.json"))
+            ).request
         results.verdict(self.node, lane, task_id, request, status, reason)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(directory / f"{task_id}.json")
         self.state.mark(task_id, Phase.DONE)
-        self.node.emit("task_cancelled", reason, task_id=task_id, from_=lane.from_,
-                       to=lane.to, level=events.NOTICE)
+        self.node.emit(
+            "task_cancelled",
+            reason,
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+            level=events.NOTICE,
+        )
 
     # -- cancel requests ---------------------------------------------------------------
     def cancels(self, lane: Lane, running: set[str]) -> None:
@@ -534,8 +661,9 @@ class Promoter:
             except OSError as exc:
                 self.node.emit("cancel_error", f"{name[:80]}: {exc}", level=events.ERR)
 
-    def cancel_one(self, lane: Lane, name: str, request: cancel.CancelRequest,
-                   running: set[str]) -> None:
+    def cancel_one(
+        self, lane: Lane, name: str, request: cancel.CancelRequest, running: set[str]
+    ) -> None:
         task_id = request.task_id
         if results.genuine(self.node, lane, task_id):
             raise Rejection("already_finished", "the task had already finished; left alone")
@@ -547,8 +675,14 @@ class Promoter:
         os.unlink(lane.cancel / name)
         marker = self.state.started(task_id)
         if task_id in running or (marker is not None and execution_alive(marker)):
-            self.node.emit("cancel_stop", "stopping the running execution", task_id=task_id,
-                           from_=lane.from_, to=lane.to, level=events.NOTICE)
+            self.node.emit(
+                "cancel_stop",
+                "stopping the running execution",
+                task_id=task_id,
+                from_=lane.from_,
+                to=lane.to,
+                level=events.NOTICE,
+            )
             self.launcher.stop(task_id)
             return
         for directory in (lane.pending_ack, lane.processing):
@@ -561,22 +695,39 @@ class Promoter:
         (invariant 1); answer `interrupted` (invariant 2)."""
         request = ""
         with contextlib.suppress(Rejection, OSError):
-            request = parse_envelope(loads_strict(read_regular(
-                lane.processing / f"{task_id}.json"))).request
+            request = parse_envelope(
+                loads_strict(read_regular(lane.processing / f"{task_id}.json"))
+            ).request
         started_at = marker.get("started_at")
-        results.verdict(self.node, lane, task_id, request, Status.INTERRUPTED,
-                        "execution ended without a result (host, executor or unit died); "
-                        "not run again", started_at=started_at if isinstance(started_at, str)
-                        else None, unit=self.launcher.unit(task_id))
+        results.verdict(
+            self.node,
+            lane,
+            task_id,
+            request,
+            Status.INTERRUPTED,
+            "execution ended without a result (host, executor or unit died); not run again",
+            started_at=started_at if isinstance(started_at, str) else None,
+            unit=self.launcher.unit(task_id),
+        )
         self.finish(lane, task_id)
         self.report.recovered += 1
-        self.node.emit("task_interrupted", "execution died without a result; not rerun",
-                       task_id=task_id, from_=lane.from_, to=lane.to, level=events.WARNING)
+        self.node.emit(
+            "task_interrupted",
+            "execution died without a result; not rerun",
+            task_id=task_id,
+            from_=lane.from_,
+            to=lane.to,
+            level=events.WARNING,
+        )
 
     # -- order -------------------------------------------------------------------------
     def index(self, envelope: Envelope) -> None:
-        self.state.index_add(envelope.id, RANK[envelope.priority.value], envelope.created,
-                             f"{envelope.from_}-to-{envelope.to}")
+        self.state.index_add(
+            envelope.id,
+            RANK[envelope.priority.value],
+            envelope.created,
+            f"{envelope.from_}-to-{envelope.to}",
+        )
 
     def order(self, queued: list[str]) -> list[tuple[str, str]]:
         """High before normal before low, oldest first, from the index in node-local state;
@@ -607,13 +758,24 @@ class Promoter:
         if any(not name for name in indexed.values()):
             names = self.state.index_names()
         # (task id, index entry), in start order
-        return [(parsed[0], name) for name in names
-                if (parsed := parse_index(name)) is not None and parsed[0] in wanted]
+        return [
+            (parsed[0], name)
+            for name in names
+            if (parsed := parse_index(name)) is not None and parsed[0] in wanted
+        ]
 
 
 def summary(report: PassReport) -> str:
-    return json.dumps({"admitted": report.admitted, "rejected": report.rejected,
-                       "released": report.released, "recovered": report.recovered,
-                       "pending_ack": report.pending_ack, "queued": len(report.queued),
-                       "running": len(report.running), "started": report.started,
-                       "errors": report.errors})
+    return json.dumps(
+        {
+            "admitted": report.admitted,
+            "rejected": report.rejected,
+            "released": report.released,
+            "recovered": report.recovered,
+            "pending_ack": report.pending_ack,
+            "queued": len(report.queued),
+            "running": len(report.running),
+            "started": report.started,
+            "errors": report.errors,
+        }
+    )
