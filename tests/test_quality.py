@@ -1,5 +1,6 @@
-"""Static checks are tests too: ruff (lint and format) and mypy --strict on the package and the tests, and
-systemd-analyze verify on every unit (tests/integration has the behavioural unit tests)."""
+"""Static checks are tests too: ruff (lint and format) and mypy --strict on the package, the
+tests and bench/, and systemd-analyze verify on every unit (tests/integration has the
+behavioural unit tests)."""
 
 from __future__ import annotations
 
