@@ -6,7 +6,7 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.receive import acks
+from dispatch.receive.promote import acks
 
 
 @click.command()
@@ -16,7 +16,7 @@ from dispatch.receive import acks
 def ack(app: App, task_id: str, as_json: bool) -> int:
     """Approve a pending task by its id or a unique prefix of it."""
     node = app.node()
-    acked = acks.ack(node, task_id)
+    acked = acks.give_ack(node, task_id)
     if as_json:
         print_json({"id": acked.task_id, "lane": acked.lane, "ack": str(acked.path)})
     else:

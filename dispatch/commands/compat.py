@@ -11,7 +11,7 @@ from dispatch.cli import run_command
 from dispatch.core import config
 from dispatch.core.model import Callback, Priority
 from dispatch.core.node import Node
-from dispatch.receive import acks
+from dispatch.receive.promote import acks
 from dispatch.send import task as sender
 
 
@@ -59,7 +59,7 @@ def ack_cmd(task_id: str, side: str | None) -> int:
     node = Node(config.load(env))
     if not node.cfg.node:
         raise click.UsageError("--side required (or set DISPATCH_SIDE)")
-    acked = acks.ack(node, task_id)
+    acked = acks.give_ack(node, task_id)
     click.echo(f"acked: {acked.task_id}.json")
     return 0
 

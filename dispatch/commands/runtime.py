@@ -18,7 +18,7 @@ def promote(app: App, as_json: bool) -> int:
     anything changed meanwhile."""
     from dispatch.core.config import Launcher
     from dispatch.receive.launch import make_launcher
-    from dispatch.receive.promote.pass_ import settle, summary
+    from dispatch.receive.promote import settle, summary
 
     node = app.node()
     report = settle(node, make_launcher(node), linger=node.cfg.launcher is Launcher.SYSTEMD)

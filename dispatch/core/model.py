@@ -50,12 +50,25 @@ class Status(StrEnum):
 
 
 class Stage(StrEnum):
+    """A task's stage as this node knows it: the one lifecycle vocabulary (its end is a
+    `Status`). On a receiver the ledger records it; senders read it off the share."""
+
+    SENDING = "sending"  # the sender's tmp/, not yet delivered
     INBOX = "inbox"
     PENDING_ACK = "pending-ack"
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     REJECTED = "rejected"
+    UNKNOWN = "unknown"  # no trace of the task
+
+    @classmethod
+    def of_record(cls, value: object) -> Stage:
+        """A ledger record's stage; releases before 0.2 wrote `intake` and `accepted`."""
+        legacy = {"intake": cls.INBOX, "accepted": cls.QUEUED}
+        if not isinstance(value, str):
+            raise ValueError(f"not a stage: {value!r}")
+        return legacy.get(value) or cls(value)
 
 
 def canonical(obj: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, NotFound, Rejection
+from dispatch.core.fsio import write_new
 from dispatch.core.model import (
     KID_RE,
     Envelope,
@@ -204,11 +205,6 @@ def write_key(key_dir: Path, secret: bytes, kid: str = "") -> Key:
     if path.exists():
         raise ConfigError(f"key {path} already exists")
     tmp = key_dir / f".{kid}.key.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, secret + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new(tmp, secret + b"\n", 0o600)
     os.rename(tmp, path)
     return Key(kid, secret, path, path.stat().st_mtime)

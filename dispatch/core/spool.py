@@ -1,70 +1,39 @@
-"""The one place that knows the shared root's layout.
+"""The one place that knows the shared root's layout: where each stage of a lane lives,
+the file-name suffixes, which directories a receiver watches, and how a refused entry is
+quarantined with its reason.
 
 <root>/KILLSWITCH, heartbeats/<node>.json, logs/<node>.jsonl,
-<from>-to-<to>/{tmp,inbox,pending-ack,processing,done,rejected}/
+<from>-to-<to>/{tmp,inbox,pending-ack,processing,done,rejected,cancel}/
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dispatch.core.config import Config
+from dispatch.core.errors import Rejection
+from dispatch.core.fsio import atomic_write, dump_json, write_new
+from dispatch.core.model import Stage, now_utc, rfc3339, valid_id
 
 LANE_DIRS = ("tmp", "inbox", "pending-ack", "processing", "done", "rejected", "cancel")
+# What a receiver watches for news: arrivals, acks, executions ending, cancel requests.
+WATCHED_DIRS = ("inbox", "pending-ack", "processing", "cancel")
+TASK_SUFFIX = ".json"
+ACK_SUFFIX = ".ack"
+RESULT_SUFFIX = ".result.json"
+LOG_SUFFIX = ".log"
+REASON_SUFFIX = ".reason.json"
+# Senders write under a name ending so, then rename; every reader skips such names.
+PARTIAL_SUFFIX = ".tmp"
 TMP_MAX_AGE_S = 3600
 NAME_MAX = 255
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> bool:
-    """Write then rename, so readers see the old file or the whole new one. The temp name ends
-    in `.tmp`, which every reader of the share ignores. With `overwrite=False` an existing
-    target is left alone and False returned (link(2) is not available on every share, so this
-    check-then-rename relies on one writer per target, which the layout guarantees)."""
-    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
-    write_new(tmp, data, mode)
-    if not overwrite and os.path.lexists(path):
-        os.unlink(tmp)
-        return False
-    os.rename(tmp, path)
-    return True
-
-
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create `path` (it must not exist) with all of `data`, synced. A full share refuses
-    the data after it let the name in: then nothing is left behind (every retry would add
-    another empty file)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-
-
-def dump_json(obj: Any) -> bytes:
-    try:
-        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        # A file name from the share that is not UTF-8 (os.listdir hands its bytes over as
-        # lone surrogates): escaped, so the record is still written, and reads back the same.
-        return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -121,14 +90,73 @@ class Lane:
         for sub in LANE_DIRS:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
+    def watched_dirs(self) -> list[Path]:
+        return [self.path / sub for sub in WATCHED_DIRS]
+
+    def stage_dir(self, stage: Stage) -> Path:
+        """Where a task file of this stage sits (queued and running share processing/)."""
+        dirs = {
+            Stage.INBOX: self.inbox,
+            Stage.PENDING_ACK: self.pending_ack,
+            Stage.QUEUED: self.processing,
+            Stage.RUNNING: self.processing,
+            Stage.DONE: self.done,
+            Stage.REJECTED: self.rejected,
+            Stage.SENDING: self.tmp,
+        }
+        return dirs[stage]
+
+    def stage_of(self, task_id: str) -> Stage:
+        """A task's stage as the share shows it (what a sender can see)."""
+        name = self.task_name(task_id)
+        if self.result_path(task_id).exists():
+            return Stage.DONE
+        if (self.processing / name).exists():
+            # The execution opens done/<id>.log as it starts: what the sender can see of it.
+            return Stage.RUNNING if os.path.lexists(self.log_path(task_id)) else Stage.QUEUED
+        for stage in (Stage.PENDING_ACK, Stage.INBOX, Stage.REJECTED, Stage.SENDING):
+            if (self.stage_dir(stage) / name).exists():
+                return stage
+        return Stage.UNKNOWN
+
+    @staticmethod
+    def in_progress(name: str) -> bool:
+        """A name a writer has not finished (the original writes inbox/<id>.json.tmp)."""
+        return name.endswith(PARTIAL_SUFFIX)
+
+    @staticmethod
+    def valid_task_id(task_id: str) -> bool:
+        return valid_id(task_id)
+
     def task_name(self, task_id: str) -> str:
-        return f"{task_id}.json"
+        return f"{task_id}{TASK_SUFFIX}"
+
+    @staticmethod
+    def task_id_of(name: str) -> str:
+        """The task id a task file's name gives, or "" when it is not `<id>.json`."""
+        task_id = name[: -len(TASK_SUFFIX)] if name.endswith(TASK_SUFFIX) else ""
+        return task_id if valid_id(task_id) else ""
+
+    def task_ids(self, directory: Path) -> list[str]:
+        """Ids of the task files in one of this lane's directories ([] if unreadable)."""
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        return [task_id for name in names if (task_id := self.task_id_of(name))]
+
+    def ack_path(self, task_id: str) -> Path:
+        return self.pending_ack / f"{task_id}{ACK_SUFFIX}"
 
     def result_path(self, task_id: str) -> Path:
-        return self.done / f"{task_id}.result.json"
+        return self.done / f"{task_id}{RESULT_SUFFIX}"
 
     def log_path(self, task_id: str) -> Path:
-        return self.done / f"{task_id}.log"
+        return self.done / f"{task_id}{LOG_SUFFIX}"
+
+    def reason_path(self, task_id: str) -> Path:
+        """The reason record of a task file quarantined under its own name."""
+        return self.rejected / f"{self.task_name(task_id)}{REASON_SUFFIX}"
 
     def relative(self, path: Path) -> str:
         """Paths recorded in results are relative to the root: each host mounts it elsewhere."""
@@ -143,9 +171,25 @@ class Lane:
         os.rename(staged, target)
         return target
 
-    def reject(self, name: str, reason: dict[str, Any], source: Path | None = None) -> Path:
+    def reject(
+        self,
+        name: str,
+        exc: Rejection,
+        *,
+        node: str,
+        source: Path | None = None,
+        task_id: str | None = None,
+    ) -> Path:
         """Move `<source>/<name>` (default inbox/; a file, symlink, FIFO or directory) to
-        `rejected/` and write `<name>.reason.json` beside it. Never follows a symlink."""
+        `rejected/` and write `<name>.reason.json` beside it: the one place that builds the
+        reason record. Never follows a symlink."""
+        reason = {
+            "reason": exc.reason,
+            "message": str(exc),
+            "at": rfc3339(now_utc()),
+            "node": node,
+            "task_id": task_id or exc.task_id,
+        }
         source = self.inbox if source is None else source
         kept = name
         if source == self.cancel and name.endswith(".json"):
@@ -186,7 +230,7 @@ class Lane:
 
 
 def _reason_path(target: Path) -> Path:
-    return target.with_name(target.name + ".reason.json")
+    return target.with_name(target.name + REASON_SUFFIX)
 
 
 def _safe_name(name: str) -> str:

@@ -12,25 +12,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dispatch.core.spool import atomic_write
-
-
-class Phase(StrEnum):
-    INTAKE = "intake"  # claimed, not yet moved out of inbox/
-    ACCEPTED = "accepted"  # in pending-ack/ or processing/
-    DONE = "done"  # a result exists
-    REJECTED = "rejected"
+from dispatch.core.fsio import atomic_write, link_new, write_new
+from dispatch.core.model import Stage
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
     task_id: str
     sha256: str
-    phase: Phase
+    stage: Stage
     lane: str
     at: float
 
@@ -50,26 +43,14 @@ class NodeState:
     def claim(self, task_id: str, sha256: str, lane: str) -> LedgerEntry | None:
         """Record a first sighting; return None when this call made the claim, else the
         entry that was already there (a replay, or an intake a crash interrupted)."""
-        entry = LedgerEntry(task_id, sha256, Phase.INTAKE, lane, time.time())
+        entry = LedgerEntry(task_id, sha256, Stage.INBOX, lane, time.time())
         path = self._seen(task_id)
         if os.path.lexists(path):
             return self.entry(task_id)
-        # Written whole aside, then linked into place (link(2) fails if the name exists): a
-        # crash at any point leaves no entry or a whole one, never an empty one that the
-        # next pass would take for a replay of a task that never ran.
-        tmp = path.with_name(f".{task_id}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.write(fd, _entry_bytes(entry))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.link(tmp, path)
-        except FileExistsError:
+        # Whole or not at all (fsio.link_new): a torn entry would read as a replay of a task
+        # that never ran.
+        if not link_new(path, _entry_bytes(entry)):
             return self.entry(task_id)
-        finally:
-            os.unlink(tmp)
         return None
 
     def entry(self, task_id: str) -> LedgerEntry | None:
@@ -79,19 +60,19 @@ class NodeState:
             return None
         except (OSError, ValueError):
             # A torn entry still proves the id was seen: treat it as a replay.
-            return LedgerEntry(task_id, "", Phase.ACCEPTED, "", 0.0)
+            return LedgerEntry(task_id, "", Stage.QUEUED, "", 0.0)
         return LedgerEntry(
             task_id,
             data.get("sha256", ""),
-            Phase(data.get("phase", "accepted")),
+            Stage.of_record(data.get("stage", data.get("phase", "accepted"))),
             data.get("lane", ""),
             float(data.get("at", 0)),
         )
 
-    def mark(self, task_id: str, phase: Phase) -> None:
+    def mark(self, task_id: str, stage: Stage) -> None:
         old = self.entry(task_id)
         entry = LedgerEntry(
-            task_id, old.sha256 if old else "", phase, old.lane if old else "", time.time()
+            task_id, old.sha256 if old else "", stage, old.lane if old else "", time.time()
         )
         atomic_write(self._seen(task_id), _entry_bytes(entry), mode=0o600)
 
@@ -111,8 +92,8 @@ class NodeState:
                     continue
                 if entry.stat().st_mtime >= cutoff:
                     continue
-                phase = self.entry(entry.name)
-                if phase is None or phase.phase not in (Phase.DONE, Phase.REJECTED):
+                seen = self.entry(entry.name)
+                if seen is None or seen.stage not in (Stage.DONE, Stage.REJECTED):
                     continue
                 os.unlink(entry.path)
                 self._started(entry.name).unlink(missing_ok=True)
@@ -130,16 +111,9 @@ class NodeState:
         """Claim the single execution of a task. False when it was started before: whatever
         happened since, it must not run again (invariant 1)."""
         try:
-            fd = os.open(
-                self._started(task_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
+            write_new(self._started(task_id), json.dumps(info).encode(), 0o600)
         except FileExistsError:
             return False
-        try:
-            os.write(fd, json.dumps(info).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         return True
 
     def started(self, task_id: str) -> dict[str, Any] | None:
@@ -250,13 +224,11 @@ class NodeState:
             return path.read_bytes().strip()
         except FileNotFoundError:
             pass
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         secret = secrets.token_hex(32).encode()
         try:
-            os.write(fd, secret)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            write_new(path, secret, 0o600)
+        except FileExistsError:  # another pass made it first
+            return path.read_bytes().strip()
         return secret
 
     @contextmanager
@@ -284,7 +256,7 @@ def _entry_bytes(entry: LedgerEntry) -> bytes:
         {
             "id": entry.task_id,
             "sha256": entry.sha256,
-            "phase": entry.phase.value,
+            "stage": entry.stage.value,
             "lane": entry.lane,
             "at": entry.at,
         }

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core.errors import Rejection
-from dispatch.core.model import Status, loads_strict, valid_id
+from dispatch.core.fsio import read_regular
+from dispatch.core.model import Stage, Status, loads_strict, valid_id
 from dispatch.core.signing import Keyring, verify_result
-from dispatch.core.state import NodeState, Phase
-from dispatch.receive.intake import read_regular
+from dispatch.core.state import NodeState
 
 LIVE_STAGES = ("inbox", "pending-ack", "processing")
 # Refusals of a second copy of a task that was placed already: they are traces of the
@@ -226,7 +226,7 @@ def _read_agent_logs(paths: list[Path], report: AuditReport) -> Counter[str]:
 
 @dataclass(frozen=True)
 class _Ledger:
-    phase: Phase | None  # None: the entry is torn
+    stage: Stage | None  # None: the entry is torn
     lane: str
 
 
@@ -241,7 +241,12 @@ def _read_state(state_dirs: list[Path]) -> tuple[dict[str, list[_Ledger]], dict[
                 continue
             try:
                 data = json.loads((directory / "seen" / name).read_bytes())
-                ledger[name].append(_Ledger(Phase(data["phase"]), str(data.get("lane", ""))))
+                ledger[name].append(
+                    _Ledger(
+                        Stage.of_record(data.get("stage", data.get("phase"))),
+                        str(data.get("lane", "")),
+                    )
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 ledger[name].append(_Ledger(None, ""))
         for task_id, lane, _result, _log in state.deferred_results():
@@ -249,7 +254,7 @@ def _read_state(state_dirs: list[Path]) -> tuple[dict[str, list[_Ledger]], dict[
     return ledger, deferred
 
 
-ADMITTED = (Phase.ACCEPTED, Phase.DONE)
+ADMITTED = (Stage.PENDING_ACK, Stage.QUEUED, Stage.RUNNING, Stage.DONE)
 
 
 def audit(
@@ -338,8 +343,8 @@ def _check_id(
             f"ended {'/'.join(sorted(ended))} and was also refused "
             f"({', '.join(r for _, r in task_refusals)})",
         )
-    phases = {entry.phase for entry in entries}
-    if Phase.REJECTED in phases and ended:
+    stages = {entry.stage for entry in entries}
+    if Stage.REJECTED in stages and ended:
         report.add(
             "terminal_conflict",
             task_id,
@@ -355,8 +360,8 @@ def _check_id(
             report.add(
                 "ran_unadmitted", task_id, "", "the agent ran a task whose result says rejected"
             )
-        elif have_state and None not in phases and not phases & set(ADMITTED):
-            seen = ", ".join(sorted(str(p) for p in phases if p)) or "none"
+        elif have_state and None not in stages and not stages & set(ADMITTED):
+            seen = ", ".join(sorted(str(p) for p in stages if p)) or "none"
             report.add(
                 "ran_unadmitted",
                 task_id,
@@ -365,7 +370,7 @@ def _check_id(
             )
 
     # Every admitted task ends with a result, or is still on its way to one.
-    admitted = [entry for entry in entries if entry.phase in ADMITTED]
+    admitted = [entry for entry in entries if entry.stage in ADMITTED]
     lane_names = (
         {entry.lane for entry in entries}
         | {n for n, _ in live}
@@ -377,7 +382,7 @@ def _check_id(
             "no_result",
             task_id,
             admitted[0].lane,
-            f"admitted ({admitted[0].phase}), not in any stage, and no result",
+            f"admitted ({admitted[0].stage}), not in any stage, and no result",
         )
     elif entries and not (live or results or refusals or deferred is not None):
         report.add(
@@ -394,7 +399,7 @@ def _check_id(
                 report.add("unfinished", task_id, name, f"still in {stage}/")
     if ran and not have_state and not (live or results or refusals or deferred is not None):
         report.add("ran_unadmitted", task_id, "", "the agent ran it, and no lane knows it")
-    if None in phases:
+    if None in stages:
         report.add("torn_ledger", task_id, "", "a ledger entry for it is unreadable")
 
 

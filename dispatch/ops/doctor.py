@@ -12,11 +12,11 @@ from pathlib import Path
 from dispatch.core import config as config_mod
 from dispatch.core.config import Launcher
 from dispatch.core.errors import DispatchError, Rejection
+from dispatch.core.fsio import read_regular
 from dispatch.core.mounts import Mount, mount_of
 from dispatch.core.node import Node
 from dispatch.core.signing import Keyring
 from dispatch.ops.overview import heartbeat_stale_after
-from dispatch.receive.intake import read_regular
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core import events
+from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Status
 from dispatch.core.node import Node
-from dispatch.core.spool import atomic_write
 
 CACHE = "metrics-cache.json"
 

@@ -11,10 +11,10 @@ from typing import Any
 from dispatch import __version__
 from dispatch.core.config import Launcher
 from dispatch.core.errors import ConfigError, DispatchError, Rejection
+from dispatch.core.fsio import atomic_write, dump_json, read_regular
 from dispatch.core.model import loads_strict, now_utc, parse_time, rfc3339, valid_id
 from dispatch.core.node import Node
-from dispatch.core.spool import Lane, atomic_write, dump_json
-from dispatch.receive.intake import read_regular
+from dispatch.core.spool import Lane
 from dispatch.receive.launch.systemd import active_since_us, exec_units, memory_bytes
 
 STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale

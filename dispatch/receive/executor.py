@@ -17,16 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from dispatch.core import events
+from dispatch.core import events, fsio
 from dispatch.core.errors import NotFound, Rejection, UsageError
-from dispatch.core.model import Callback, Envelope, Result, Status, now_utc, rfc3339, valid_id
+from dispatch.core.fsio import read_regular
+from dispatch.core.model import (
+    Callback,
+    Envelope,
+    Result,
+    Stage,
+    Status,
+    now_utc,
+    rfc3339,
+    valid_id,
+)
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
-from dispatch.core.state import Phase
+from dispatch.receive import publish
 from dispatch.receive.agent import OutputReader, invocation
-from dispatch.receive.intake import Admitted, examine, read_regular
+from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch import execution_alive, process_start_time
 from dispatch.send import results
 
@@ -80,7 +90,7 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         return None
     cancelled = node.state.cancel_reason(task_id)
     if cancelled is not None:
-        results.verdict(
+        publish.verdict(
             node,
             lane,
             task_id,
@@ -120,7 +130,7 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
             level=events.WARNING,
         )
         prev_start = previous.get("started_at")
-        results.verdict(
+        publish.verdict(
             node,
             lane,
             task_id,
@@ -149,14 +159,10 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         # on the share (a symlink would redirect our writes). Keep it, out of the way.
         lane.reject(
             log_path.name,
-            {
-                "reason": "foreign_log",
-                "message": "entry at the task's log path before its execution",
-                "at": rfc3339(now_utc()),
-                "node": node.name,
-                "task_id": task_id,
-            },
-            lane.done,
+            Rejection("foreign_log", "entry at the task's log path before its execution"),
+            node=node.name,
+            source=lane.done,
+            task_id=task_id,
         )
     outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
     result = Result(
@@ -208,19 +214,9 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
     except Rejection as exc:
         # The result first: a sender's `wait` that sees the file in rejected/ must find it.
         if entry is not None:
-            results.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
-            node.state.mark(task_id, Phase.REJECTED)
-        lane.reject(
-            path.name,
-            {
-                "reason": exc.reason,
-                "message": str(exc),
-                "at": rfc3339(now_utc()),
-                "node": node.name,
-                "task_id": task_id,
-            },
-            lane.processing,
-        )
+            publish.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
+            node.state.mark(task_id, Stage.REJECTED)
+        lane.reject(path.name, exc, node=node.name, source=lane.processing, task_id=task_id)
         node.emit(
             "task_rejected",
             f"at execution: {exc.reason}: {exc}",
@@ -242,9 +238,9 @@ def _publish(
     done all the same: keep the result in node-local state, and the next promote pass
     publishes it once the share is back (invariant 2). False when deferred."""
     signed = sign_result(node.keys, result).to_json()
-    log_rest = results.append_log(lane.log_path(result.id), log_rest)
+    log_rest = fsio.append(lane.log_path(result.id), log_rest)
     try:
-        written = results.write_signed(node, lane, result.id, signed, callback)
+        written = publish.write_signed(node, lane, result.id, signed, callback)
     except OSError as exc:
         node.state.defer_result(result.id, lane.name, signed, log_rest)
         node.emit(
@@ -290,7 +286,7 @@ def _finish(node: Node, lane: Lane, task_id: str) -> None:
             level=events.WARNING,
         )
         return
-    node.state.mark(task_id, Phase.DONE)
+    node.state.mark(task_id, Stage.DONE)
 
 
 def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:

@@ -13,12 +13,12 @@ from pathlib import Path
 from dispatch.core import config as config_mod
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError
+from dispatch.core.spool import WATCHED_DIRS
 
 # Above the largest allowed timeout_s: the executor's own watchdog and its grace period
 # (SIGTERM, then SIGKILL after 5 s) always fire first; this ceiling is for an executor
 # that is itself stuck.
 RUNTIME_CEILING_GRACE_S = 60
-LANE_WATCHED = ("inbox", "pending-ack", "processing", "cancel")
 
 
 def _escape(path: Path, knob: str = "DISPATCH_ROOT") -> str:
@@ -42,7 +42,7 @@ def render(cfg: Config) -> dict[str, str]:
     rw = f"[Service]\nReadWritePaths={root}\n"
     watched = []
     for peer in cfg.peers:
-        for sub in LANE_WATCHED:
+        for sub in WATCHED_DIRS:
             watched.append(f"PathChanged={root}/{peer}-to-{cfg.node}/{sub}")
     watched.append(f"PathChanged={root}/KILLSWITCH")
     # The heartbeat also writes the Prometheus textfile (ProtectSystem=strict makes the rest

@@ -4,19 +4,14 @@ Nothing here moves files or touches state; `promote` does that with what this re
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from dispatch.core.config import Config, DangerousPolicy
 from dispatch.core.errors import Rejection
 from dispatch.core.model import (
-    MAX_FILE_BYTES,
     Envelope,
     loads_strict,
     now_utc,
@@ -33,43 +28,6 @@ class Admitted:
     sha256: str
     needs_ack: bool
     v2: bool
-
-
-def read_regular(path: Path) -> bytes:
-    """Read a file someone else put on the share without trusting it: no symlinks, no FIFOs
-    (O_NONBLOCK keeps an open on one from hanging), no directories, nothing over 1 MiB."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise Rejection("symlink", "entry is a symbolic link") from None
-        if exc.errno == errno.ENOENT:
-            raise
-        raise Rejection("unreadable", f"cannot open: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "directory" if stat.S_ISDIR(info.st_mode) else "special file"
-            raise Rejection("not_regular", f"entry is a {kind}, not a regular file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise Rejection("too_large", f"file is {info.st_size} bytes, over {MAX_FILE_BYTES}")
-        chunks = []
-        remaining = MAX_FILE_BYTES + 1
-        while remaining > 0:
-            try:
-                chunk = os.read(fd, min(remaining, 1 << 20))
-            except OSError as exc:
-                raise Rejection("unreadable", f"cannot read: {exc.strerror}") from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > MAX_FILE_BYTES:
-            raise Rejection("too_large", f"file grew past {MAX_FILE_BYTES} bytes while read")
-        return data
-    finally:
-        os.close(fd)
 
 
 def candidate_id(obj: dict[str, Any] | None) -> str | None:

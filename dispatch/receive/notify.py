@@ -15,9 +15,9 @@ from typing import Any
 
 from dispatch.core import events
 from dispatch.core.config import Launcher
+from dispatch.core.fsio import atomic_write, dump_json
 from dispatch.core.model import Callback, now_utc, rfc3339
 from dispatch.core.node import Node
-from dispatch.core.spool import atomic_write, dump_json
 
 MAX_ATTEMPTS = 6
 BACKOFF_CAP_S = 60.0

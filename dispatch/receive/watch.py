@@ -8,7 +8,7 @@ from dispatch.core.errors import ConfigError
 from dispatch.core.inotify import DirWatcher
 from dispatch.core.node import Node
 from dispatch.receive.launch import ProcessLauncher
-from dispatch.receive.promote.pass_ import PassReport, promote
+from dispatch.receive.promote import PassReport, promote
 
 
 def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -> PassReport:
@@ -23,7 +23,7 @@ def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -
             f"lanes missing: {', '.join(missing)} (is the share mounted? "
             "`dispatch init` creates them)"
         )
-    dirs = [d for lane in lanes for d in (lane.inbox, lane.pending_ack, lane.processing)]
+    dirs = [d for lane in lanes for d in lane.watched_dirs()]
     began = time.monotonic()
     with DirWatcher(dirs) as watcher:
         while True:

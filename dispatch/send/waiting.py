@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
 
 from dispatch.core.errors import NotFound, Rejection, WaitTimeout
+from dispatch.core.fsio import read_regular
 from dispatch.core.inotify import DirWatcher
 from dispatch.core.model import Result, loads_strict
 from dispatch.core.node import Node
 from dispatch.core.spool import Lane
-from dispatch.receive.intake import read_regular
 from dispatch.send import results
 
 
 def stage_of(lane: Lane, task_id: str) -> str:
-    name = lane.task_name(task_id)
-    if lane.result_path(task_id).exists():
-        return "done"
-    if (lane.processing / name).exists():
-        # The execution opens done/<id>.log as it starts: what the sender can see of it.
-        return "running" if os.path.lexists(lane.log_path(task_id)) else "queued"
-    for stage, directory in (
-        ("queued", lane.processing),
-        ("pending-ack", lane.pending_ack),
-        ("inbox", lane.inbox),
-        ("rejected", lane.rejected),
-        ("sending", lane.tmp),
-    ):
-        if (directory / name).exists():
-            return stage
-    return "unknown"
+    return str(lane.stage_of(task_id))
 
 
 def rejection_reason(lane: Lane, task_id: str) -> str:
     try:
         # read_regular: anyone who writes the share could plant a FIFO here, and a plain
         # open() of one blocks until a writer comes.
-        record = loads_strict(read_regular(lane.rejected / f"{task_id}.json.reason.json"))
+        record = loads_strict(read_regular(lane.reason_path(task_id)))
         return f"{record.get('reason')}: {record.get('message')}"
     except (OSError, Rejection):
         return "rejected by the receiver"

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
+from dispatch.core.fsio import dump_json
 from dispatch.core.model import (
     Callback,
     Envelope,
@@ -34,7 +35,7 @@ from dispatch.core.model import (
     rfc3339,
 )
 from dispatch.core.signing import Key, Keyring, sign_envelope, sign_result, verify_result
-from dispatch.core.spool import Lane, dump_json
+from dispatch.core.spool import Lane
 from dispatch.receive.intake import Admitted, examine
 from tests.unit.helpers import mac
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.spool import atomic_write
-from dispatch.core.state import Phase
+from dispatch.core.fsio import atomic_write
+from dispatch.core.model import Stage
 from dispatch.send import results
 from tests.conftest import Pair
 from tests.unit.helpers import (
@@ -150,7 +150,7 @@ def test_deferred_log_rest_survives_a_failed_publish(
     signed = result_json(lane, obj["id"])
     lane.result_path(obj["id"]).unlink()
     (lane.processing / f"{obj['id']}.json").write_text("{}")
-    node.state.mark(obj["id"], Phase.ACCEPTED)
+    node.state.mark(obj["id"], Stage.QUEUED)
     node.state.defer_result(obj["id"], lane.name, signed, b"THE END OF THE LOG\n")
 
     def full(*_args: Any, **_kw: Any) -> bool:

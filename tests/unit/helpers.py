@@ -19,7 +19,7 @@ from dispatch.core.node import Node
 from dispatch.core.signing import Keyring
 from dispatch.core.spool import Lane
 from dispatch.receive.launch import ProcessLauncher
-from dispatch.receive.promote.pass_ import PassReport, promote
+from dispatch.receive.promote import PassReport, promote
 from dispatch.receive.watch import watch
 from tests.conftest import NodeSetup, Pair
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import Status, new_id
+from dispatch.core.model import Stage, Status, new_id
 from dispatch.core.spool import Lane, set_killswitch
-from dispatch.core.state import Phase
 from dispatch.receive.executor import GRACE_S, TIMEOUT_EXIT, execute
 from dispatch.receive.launch import process_start_time
 from dispatch.send import results
@@ -81,7 +80,7 @@ def test_ok_run_records_everything(pair: Pair) -> None:
     assert results.get(pair.sender.node(), obj["id"]).status is Status.OK  # verifies
     assert not (lane.processing / f"{obj['id']}.json").exists()
     entry = pair.receiver.node().state.entry(obj["id"])
-    assert entry is not None and entry.phase is Phase.DONE
+    assert entry is not None and entry.stage is Stage.DONE
     assert [r["task_id"] for r in pair.agent_runs()] == [obj["id"]]
 
 

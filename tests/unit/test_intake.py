@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import Status, new_id, now_utc, rfc3339
+from dispatch.core.model import Stage, Status, new_id, now_utc, rfc3339
 from dispatch.core.signing import sign_v2
-from dispatch.core.state import Phase
 from dispatch.send import results
 from dispatch.send import task as sender
 from tests.conftest import Pair
@@ -50,7 +49,7 @@ def test_a_valid_task_is_admitted_and_runs_once(pair: Pair) -> None:
     lane = lane_in(pair)
     assert os.listdir(lane.inbox) == [] and os.listdir(lane.processing) == []
     entry = rx.state.entry(sent.envelope.id)
-    assert entry is not None and entry.phase is Phase.DONE
+    assert entry is not None and entry.stage is Stage.DONE
 
 
 def _stale() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.core.spool import set_killswitch
 from dispatch.receive.launch import ProcessLauncher
-from dispatch.receive.promote.pass_ import promote
+from dispatch.receive.promote import promote
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (

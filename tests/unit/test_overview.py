@@ -18,7 +18,7 @@ from dispatch.core.spool import set_killswitch
 from dispatch.ops import overview
 from dispatch.receive.launch import ProcessLauncher
 from dispatch.receive.launch import systemd as systemd_launcher
-from dispatch.receive.promote.pass_ import promote
+from dispatch.receive.promote import promote
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import cli, drain, env_for, promote_once, runs_of, wait_for

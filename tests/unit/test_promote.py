@@ -13,7 +13,8 @@ from datetime import datetime
 from dispatch.core.model import Priority, new_id, parse_time
 from dispatch.core.spool import set_killswitch
 from dispatch.receive.launch import ProcessLauncher
-from dispatch.receive.promote.pass_ import ack_mac, promote
+from dispatch.receive.promote import promote
+from dispatch.receive.promote.acks import ack_mac
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
@@ -377,7 +378,7 @@ def test_refill_starts_the_index_head_up_to_the_cap_and_no_more(pair: Pair) -> N
     """The promoter's quick refill (used while it lingers over a backlog) starts tasks in
     priority order from the queue index, never past the cap, never a cancelled one."""
     from dispatch.receive.launch import ProcessLauncher
-    from dispatch.receive.promote.pass_ import refill
+    from dispatch.receive.promote import refill
 
     configure(pair.receiver, DISPATCH_MAX_PARALLEL=2)
     node = pair.receiver.node()

@@ -8,14 +8,9 @@ import time
 from pathlib import Path
 
 from dispatch.core.config import Config
-from dispatch.core.spool import (
-    LANE_DIRS,
-    Lane,
-    Spool,
-    atomic_write,
-    clear_killswitch,
-    set_killswitch,
-)
+from dispatch.core.errors import Rejection
+from dispatch.core.fsio import atomic_write
+from dispatch.core.spool import LANE_DIRS, Lane, Spool, clear_killswitch, set_killswitch
 
 
 def a_lane(tmp_path: Path) -> Lane:
@@ -58,13 +53,13 @@ def test_deliver_goes_through_tmp(tmp_path: Path) -> None:
 def test_reject_keeps_the_file_and_a_reason(tmp_path: Path) -> None:
     lane = a_lane(tmp_path)
     (lane.inbox / "x.json").write_text("first")
-    target = lane.reject("x.json", {"reason": "malformed", "message": "m"})
+    target = lane.reject("x.json", Rejection("malformed", "m"), node="gpubox")
     assert target == lane.rejected / "x.json" and target.read_text() == "first"
     record = json.loads((lane.rejected / "x.json.reason.json").read_text())
     assert record["reason"] == "malformed" and record["from_dir"] == "inbox"
     # The same name again: the first quarantined file and its reason stay untouched.
     (lane.inbox / "x.json").write_text("second")
-    second = lane.reject("x.json", {"reason": "replay"})
+    second = lane.reject("x.json", Rejection("replay", "again"), node="gpubox")
     assert second != target and second.read_text() == "second"
     assert target.read_text() == "first"
     assert json.loads((lane.rejected / "x.json.reason.json").read_text())["reason"] == "malformed"
@@ -76,7 +71,7 @@ def test_reject_moves_a_symlink_itself(tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
     os.symlink(outside, lane.inbox / "l.json")
-    lane.reject("l.json", {"reason": "symlink"})
+    lane.reject("l.json", Rejection("symlink", "a link"), node="gpubox")
     assert (lane.rejected / "l.json").is_symlink()
     assert outside.read_text() == "precious"
 
@@ -85,11 +80,13 @@ def test_reject_names_that_do_not_fit(tmp_path: Path) -> None:
     lane = a_lane(tmp_path)
     long_name = "a" * 250
     (lane.inbox / long_name).write_text("x")
-    target = lane.reject(long_name, {"reason": "bad_name"})
+    target = lane.reject(long_name, Rejection("bad_name", "long"), node="gpubox")
     assert target.name.startswith("renamed-")
     assert json.loads(Path(f"{target}.reason.json").read_text())["name"] == long_name
     (lane.inbox / ".hidden").write_text("x")
-    assert lane.reject(".hidden", {"reason": "bad_name"}).name.startswith("renamed-")
+    assert lane.reject(".hidden", Rejection("bad_name", "hidden"), node="gpubox").name.startswith(
+        "renamed-"
+    )
 
 
 def test_stale_tmp_files(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from dispatch.core.state import NodeState, Phase, parse_index
+from dispatch.core.model import Stage
+from dispatch.core.state import NodeState, parse_index
 
 
 def a_state(tmp_path: Path) -> NodeState:
@@ -25,11 +26,11 @@ def test_claim_is_first_come(tmp_path: Path) -> None:
     assert state.claim(task_id, "sha-a", "devbox-to-gpubox") is None
     again = state.claim(task_id, "sha-b", "other")
     assert again is not None
-    assert (again.sha256, again.phase, again.lane) == ("sha-a", Phase.INTAKE, "devbox-to-gpubox")
-    state.mark(task_id, Phase.DONE)
+    assert (again.sha256, again.stage, again.lane) == ("sha-a", Stage.INBOX, "devbox-to-gpubox")
+    state.mark(task_id, Stage.DONE)
     entry = state.entry(task_id)
     assert entry is not None
-    assert (entry.sha256, entry.phase, entry.lane) == ("sha-a", Phase.DONE, "devbox-to-gpubox")
+    assert (entry.sha256, entry.stage, entry.lane) == ("sha-a", Stage.DONE, "devbox-to-gpubox")
     assert (state.path / "seen" / task_id).stat().st_mode & 0o777 == 0o600
 
 
@@ -38,7 +39,7 @@ def test_torn_ledger_entry_still_counts_as_seen(tmp_path: Path) -> None:
     task_id = str(uuid.uuid4())
     (state.path / "seen" / task_id).write_text('{"id": "')
     entry = state.entry(task_id)
-    assert entry is not None and entry.phase is Phase.ACCEPTED
+    assert entry is not None and entry.stage is Stage.QUEUED
     assert state.claim(task_id, "x", "lane") is not None
 
 
@@ -47,9 +48,9 @@ def test_prune_drops_only_old_finished_entries(tmp_path: Path) -> None:
     old_done, old_pending, new_done = (str(uuid.uuid4()) for _ in range(3))
     for task_id in (old_done, old_pending, new_done):
         state.claim(task_id, "a", "l")
-    state.mark(old_done, Phase.DONE)
-    state.mark(new_done, Phase.DONE)
-    state.mark(old_pending, Phase.ACCEPTED)
+    state.mark(old_done, Stage.DONE)
+    state.mark(new_done, Stage.DONE)
+    state.mark(old_pending, Stage.QUEUED)
     state.mark_started(old_done, {"started_at": "t"})
     past = time.time() - 3 * 86400
     for task_id in (old_done, old_pending):

@@ -1,0 +1,134 @@
+"""The file primitives every module uses, on the share and in node-local state: create a
+file exclusively, replace one atomically, read a file someone else wrote without trusting
+it, append. Nothing here follows a symbolic link at the last component."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+from dispatch.core.errors import Rejection
+from dispatch.core.model import MAX_FILE_BYTES
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create `path` (it must not exist) with all of `data`, synced. A full share refuses
+    the data after it let the name in: then nothing is left behind (every retry would add
+    another empty file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> bool:
+    """Write then rename, so readers see the old file or the whole new one. The temp name ends
+    in `.tmp`, which every reader of the share ignores. With `overwrite=False` an existing
+    target is left alone and False returned (link(2) is not available on every share, so this
+    check-then-rename relies on one writer per target, which the layout guarantees)."""
+    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    write_new(tmp, data, mode)
+    if not overwrite and os.path.lexists(path):
+        os.unlink(tmp)
+        return False
+    os.rename(tmp, path)
+    return True
+
+
+def link_new(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create `path` whole or not at all: written aside, then linked into place (link(2)
+    fails if the name exists). A crash at any point leaves no file or a whole one, never an
+    empty one. False when the name was taken. Node-local state only (shares may lack link)."""
+    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    write_new(tmp, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
+
+
+def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """Read a file someone else put on the share without trusting it: no symlinks, no FIFOs
+    (O_NONBLOCK keeps an open on one from hanging), no directories, nothing over `limit`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejection("symlink", "entry is a symbolic link") from None
+        if exc.errno == errno.ENOENT:
+            raise
+        raise Rejection("unreadable", f"cannot open: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "directory" if stat.S_ISDIR(info.st_mode) else "special file"
+            raise Rejection("not_regular", f"entry is a {kind}, not a regular file")
+        if info.st_size > limit:
+            raise Rejection("too_large", f"file is {info.st_size} bytes, over {limit}")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            try:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+            except OSError as exc:
+                raise Rejection("unreadable", f"cannot read: {exc.strerror}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise Rejection("too_large", f"file grew past {limit} bytes while read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def append(path: Path, data: bytes) -> bytes:
+    """Append `data` (creating the file); return what could not be written. O_NOFOLLOW:
+    never through a link someone planted on the share."""
+    if not data:
+        return b""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
+    except OSError:
+        return data
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return bytes(view)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return b""
+
+
+def dump_json(obj: Any) -> bytes:
+    try:
+        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name from the share that is not UTF-8 (os.listdir hands its bytes over as
+        # lone surrogates): escaped, so the record is still written, and reads back the same.
+        return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")

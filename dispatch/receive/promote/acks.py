@@ -1,0 +1,136 @@
+"""Acks, given and checked in one place. An ack is valid only with a MAC under this host's
+own ack secret (node-local state), so a `<id>.ack` file dropped on the share by anyone else
+releases nothing (invariant 5)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.core import events
+from dispatch.core.errors import NotFound, Rejection, UsageError
+from dispatch.core.fsio import atomic_write, dump_json, read_regular
+from dispatch.core.model import Stage, Status, loads_strict, now_utc, rfc3339
+from dispatch.core.node import Node
+from dispatch.core.signing import mac_text
+from dispatch.core.spool import ACK_SUFFIX, Lane
+from dispatch.receive.promote import recovery
+from dispatch.receive.promote.report import Pass
+
+
+@dataclass(frozen=True)
+class Acked:
+    task_id: str
+    lane: str
+    path: Path
+
+
+def ack_mac(node: Node, lane: Lane, task_id: str, sha256: str) -> str:
+    return mac_text(node.state.ack_secret(), f"ack:{node.name}:{lane.name}:{task_id}:{sha256}")
+
+
+def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
+    entry = node.state.entry(task_id)
+    if entry is None:
+        raise Rejection("not_admitted", f"task {task_id} was never admitted on this node")
+    path = lane.ack_path(task_id)
+    record = {
+        "id": task_id,
+        "node": node.name,
+        "acked_at": rfc3339(now_utc()),
+        "mac": ack_mac(node, lane, task_id, entry.sha256),
+    }
+    atomic_write(path, dump_json(record))
+    return path
+
+
+def give_ack(node: Node, prefix: str) -> Acked:
+    """`dispatch ack PREFIX`: release the one pending task whose id starts with it."""
+    prefix = prefix.strip().lower()
+    if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
+        raise UsageError(f"not a task id or id prefix: {prefix[:60]!r}")
+    matches = [
+        (lane, task_id)
+        for lane in node.spool.lanes_in(node.cfg)
+        for task_id in lane.task_ids(lane.pending_ack)
+        if task_id.startswith(prefix)
+    ]
+    if not matches:
+        raise NotFound(f"no pending task matching {prefix!r} on {node.name}")
+    if len(matches) > 1:
+        raise UsageError(f"prefix {prefix!r} matches {len(matches)} tasks; be more specific")
+    lane, task_id = matches[0]
+    path = write_ack(node, lane, task_id)
+    node.emit("ack_given", "local ack written", task_id=task_id, from_=lane.from_, to=lane.to)
+    return Acked(task_id, lane.name, path)
+
+
+def check_pending(run: Pass, lane: Lane) -> None:
+    """Every task waiting for an ack: quarantine what intake did not put there, cancel what
+    waited past the TTL, release what has a genuine ack."""
+    try:
+        names = sorted(os.listdir(lane.pending_ack))
+    except OSError:
+        return
+    present = set(names)
+    for name in names:
+        if lane.in_progress(name) or name.endswith(ACK_SUFFIX):
+            continue
+        if not recovery.admitted_file(run, lane, name):
+            exc = Rejection("not_admitted", "file in pending-ack/ that did not come through intake")
+            run.refuse(lane, name, exc, source=lane.pending_ack)
+            continue
+        task_id = lane.task_id_of(name)
+        entry = run.node.state.entry(task_id)
+        ttl = run.node.cfg.ack_ttl_s
+        # Fail closed: an ack that never comes cancels the task, it never runs it.
+        if entry is not None and time.time() - entry.at > ttl:
+            reason = f"no ack within DISPATCH_ACK_TTL={ttl}s"
+            recovery.end_unstarted(run, lane, lane.pending_ack, task_id, Status.CANCELLED, reason)
+            continue
+        run.report.pending_ack += 1
+    for name in names:
+        if name.endswith(ACK_SUFFIX):
+            try:
+                _release(run, lane, name, present)
+            except OSError as exc:
+                run.node.emit("ack_error", f"{name[:80]}: {exc}", level=events.ERR)
+
+
+def _release(run: Pass, lane: Lane, name: str, present: set[str]) -> None:
+    task_id = name[: -len(ACK_SUFFIX)]
+    entry = run.node.state.entry(task_id) if lane.valid_task_id(task_id) else None
+    forged = Rejection(
+        "forged_ack",
+        "ack not signed by this host's ack secret: only "
+        "`dispatch ack` on the receiving host releases a task",
+    )
+    if entry is None or lane.task_name(task_id) not in present:
+        orphan = Rejection("orphan_ack", "ack for no pending task")
+        run.refuse(lane, name, orphan, source=lane.pending_ack)
+        return
+    try:
+        record = loads_strict(read_regular(lane.pending_ack / name))
+    except Rejection:
+        run.refuse(lane, name, forged, source=lane.pending_ack)
+        return
+    expected = ack_mac(run.node, lane, task_id, entry.sha256)
+    if not hmac.compare_digest(str(record.get("mac", "")), expected):
+        run.refuse(lane, name, forged, source=lane.pending_ack)
+        return
+    task_name = lane.task_name(task_id)
+    os.rename(lane.pending_ack / task_name, lane.processing / task_name)
+    run.node.state.mark(task_id, Stage.QUEUED)
+    os.unlink(lane.pending_ack / name)
+    run.report.released += 1
+    run.report.pending_ack -= 1
+    run.node.emit(
+        "task_acked",
+        f"released by local ack of {record.get('acked_at')}",
+        task_id=task_id,
+        from_=lane.from_,
+        to=lane.to,
+    )

@@ -1,0 +1,104 @@
+"""Passes until nothing changes, and the linger that hands freed slots to a backlog."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dispatch.core.node import Node
+from dispatch.receive.launch import Launcher
+from dispatch.receive.promote import queue
+from dispatch.receive.promote.pass_ import promote
+from dispatch.receive.promote.report import PassReport
+
+MAX_SETTLE_PASSES = 20
+
+
+# How long one promote process may stay to hand freed slots to a backlog: well under the
+# unit's TimeoutStartSec=, after which the path unit, the timer or the next execution's end
+# starts a fresh one.
+LINGER_MAX_S = 120.0
+# How soon to look again once an execution's task file is gone but its unit still holds
+# its slot (systemd takes a few milliseconds to stop it).
+SLOT_RETRY_S = 0.03
+SLOT_RETRY_WINDOW_S = 0.5
+
+
+def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassReport:
+    """Passes until nothing changed during the last one. systemd stops watching while this
+    oneshot runs, so a task that arrived, or an execution that ended, during a pass would
+    otherwise wait for the next timer tick.
+
+    With `linger`, while tasks wait for a slot, stay and watch the lanes (inotify, and a
+    rescan every poll period): an execution that ends frees its slot for the next task at
+    once, instead of through a new promote process per task. With nothing queued it
+    returns: no dispatch process stays resident while the node is idle."""
+    report = promote(node, launcher)
+    for _ in range(MAX_SETTLE_PASSES - 1):
+        if not _changed_since(node, launcher, report):
+            break
+        report = promote(node, launcher)
+    if not linger or not _backlog(node, report):
+        return report
+    from dispatch.core.inotify import DirWatcher
+
+    lanes = node.spool.lanes_in(node.cfg)
+    dirs = [d for lane in lanes for d in lane.watched_dirs()] + [node.cfg.root]
+    deadline = time.monotonic() + LINGER_MAX_S
+    last_full = time.monotonic()
+
+    def next_pass() -> PassReport:
+        # A full pass reads every lane (O(backlog)); a refill only starts the next tasks of
+        # the index, so a long backlog drains at a constant cost per task. Full passes
+        # still come every poll period (remote writes, recovery) and for local arrivals.
+        nonlocal last_full
+        if time.monotonic() - last_full >= node.cfg.poll_sec or _arrivals(node):
+            last_full = time.monotonic()
+            return promote(node, launcher)
+        return queue.refill(node, launcher)
+
+    with DirWatcher(dirs) as watcher:
+        while _backlog(node, report) and time.monotonic() < deadline:
+            changed = watcher.wait(min(node.cfg.poll_sec, 1.0))
+            report = next_pass()
+            # An execution ended (its task file went) but its unit may still be stopping:
+            # look again shortly, for a moment, rather than at the next event.
+            retry_until = time.monotonic() + SLOT_RETRY_WINDOW_S if changed else 0.0
+            while _backlog(node, report) and not report.started and time.monotonic() < retry_until:
+                watcher.wait(SLOT_RETRY_S)
+                report = queue.refill(node, launcher)
+    return report
+
+
+def _arrivals(node: Node) -> bool:
+    """Anything a refill would not handle: a new inbox entry, a cancel, an ack."""
+    for lane in node.spool.lanes_in(node.cfg):
+        for directory, suffix in ((lane.inbox, ""), (lane.cancel, ""), (lane.pending_ack, ".ack")):
+            try:
+                if any(
+                    n.endswith(suffix) and not n.endswith(".tmp") for n in os.listdir(directory)
+                ):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _backlog(node: Node, report: PassReport) -> bool:
+    """Tasks wait that a freed slot could start."""
+    return len(report.queued) > len(report.started) and not node.spool.killswitch().on
+
+
+def _changed_since(node: Node, launcher: Launcher, report: PassReport) -> bool:
+    for lane in node.spool.lanes_in(node.cfg):
+        try:
+            names = os.listdir(lane.inbox)
+        except OSError:
+            continue
+        # An entry the pass saw and could not move is not news: only new arrivals are.
+        if any(not n.endswith(".tmp") and f"{lane.name}/{n}" not in report.seen for n in names):
+            return True
+    waiting = len(report.queued) - len(report.started)
+    if waiting <= 0 or node.spool.killswitch().on:
+        return False
+    return len(launcher.running()) < node.cfg.max_parallel
