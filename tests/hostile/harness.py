@@ -212,7 +212,8 @@ class HostileNode:
         code, one after the other, as a busy sender would)."""
         script = (
             "import sys\n"
-            "from dispatch import config, sender\n"
+            "from dispatch.core import config\n"
+            "from dispatch.send import task as sender\n"
             "from dispatch.core.node import Node\n"
             "node = Node(config.load())\n"
             "for line in sys.stdin:\n"
