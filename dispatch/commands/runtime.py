@@ -16,12 +16,12 @@ from dispatch.commands.output import print_json
 def promote(app: App, as_json: bool) -> int:
     """Verify inboxes, release acks, recover, start executions up to the cap; repeat while
     anything changed meanwhile."""
-    from dispatch.core.config import Launcher
+    from dispatch.core.config import LauncherKind
     from dispatch.receive.launch import make_launcher
     from dispatch.receive.promote import settle, summary
 
     node = app.node()
-    report = settle(node, make_launcher(node), linger=node.cfg.launcher is Launcher.SYSTEMD)
+    report = settle(node, make_launcher(node), linger=node.cfg.launcher is LauncherKind.SYSTEMD)
     if as_json:
         click.echo(summary(report))
     return 0

@@ -9,7 +9,7 @@ import click
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import LiveLine, print_json, show_result
 from dispatch.core.errors import UsageError
-from dispatch.core.model import valid_id
+from dispatch.core.wire import valid_id
 from dispatch.ops import overview
 from dispatch.send import results, waiting
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ DEFAULT_CONFIG = Path("/etc/dispatch/dispatch.conf")
 NODE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
-class Launcher(StrEnum):
+class LauncherKind(StrEnum):
     SYSTEMD = "systemd"
     PROCESS = "process"
 
@@ -50,7 +50,7 @@ class Config:
     state_dir: Path = Path("/var/lib/dispatch")
     poll_sec: float = 3.0
     max_parallel: int = 2
-    launcher: Launcher = Launcher.PROCESS
+    launcher: LauncherKind = LauncherKind.PROCESS
     agent_bin: str = "claude"
     agent_profile: AgentProfile = AgentProfile.CLAUDE
     accept_v2: bool = False
@@ -189,7 +189,7 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_STATE_DIR": ("state_dir", _abs_path),
     "DISPATCH_POLL_SEC": ("poll_sec", _positive_float),
     "DISPATCH_MAX_PARALLEL": ("max_parallel", _int_at_least(1)),
-    "DISPATCH_LAUNCHER": ("launcher", _enum(Launcher)),
+    "DISPATCH_LAUNCHER": ("launcher", _enum(LauncherKind)),
     "DISPATCH_AGENT_BIN": ("agent_bin", _str),
     "DISPATCH_AGENT_PROFILE": ("agent_profile", _enum(AgentProfile)),
     "DISPATCH_ACCEPT_V2": ("accept_v2", _bool),
@@ -219,8 +219,6 @@ OTHER_KNOBS = {
     "DISPATCH_SIDE",
     "DISPATCH_FROM",
     "DISPATCH_PEERS",
-    "DISPATCH_EXEC_BIN",
-    "DISPATCH_STATE_FILE",
     "DISPATCH_DEBUG",
 }
 
@@ -285,7 +283,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
     elif node in (node_a, node_b):
         peers = (node_b if node == node_a else node_a,)
     if "launcher" not in values:
-        values["launcher"] = Launcher.SYSTEMD if systemd_is_pid1() else Launcher.PROCESS
+        values["launcher"] = LauncherKind.SYSTEMD if systemd_is_pid1() else LauncherKind.PROCESS
 
     if need_root and "root" not in values and "DISPATCH_ROOT" not in raw:
         problems.append(
@@ -306,7 +304,3 @@ def render(values: Mapping[str, str]) -> str:
             raise ConfigError(f"{key}: value cannot hold newlines or double quotes")
         lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(Config)]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dispatch.core.model import now_utc, rfc3339
+from dispatch.core.wire import now_utc, rfc3339
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # syslog levels, as journald's PRIORITY field wants them

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core.errors import Rejection
-from dispatch.core.model import MAX_FILE_BYTES
+from dispatch.core.wire import MAX_FILE_BYTES
 
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -33,10 +33,6 @@ class DirWatcher:
                 self._wm.add_watch(str(directory), mask, quiet=True)
         self._notifier = pyinotify.Notifier(self._wm, default_proc_fun=_ignore, timeout=0)
 
-    @property
-    def active(self) -> bool:
-        return self._notifier is not None
-
     def wait(self, timeout: float) -> bool:
         """Block until an event or `timeout` seconds; True if something happened."""
         if self._notifier is None:

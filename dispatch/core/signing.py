@@ -18,15 +18,8 @@ from typing import Any
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, NotFound, Rejection
 from dispatch.core.fsio import write_new
-from dispatch.core.model import (
-    KID_RE,
-    Envelope,
-    Result,
-    V2Envelope,
-    canonical,
-    parse_envelope,
-    parse_result,
-)
+from dispatch.core.model import KID_RE, Envelope, Result, V2Envelope, parse_envelope, parse_result
+from dispatch.core.wire import canonical
 
 
 @dataclass(frozen=True)
@@ -178,14 +171,6 @@ def verify_v2(ring: Keyring, envelope: V2Envelope) -> None:
         if hmac.compare_digest(_mac(key.secret, payload), envelope.hmac):
             return
     raise Rejection("bad_signature", "schema-2 envelope signature does not verify")
-
-
-def sign_v2(secret: bytes, fields: dict[str, str]) -> str:
-    """Sign like the original `dispatch-send` does; used by tests and the compatibility path."""
-    payload = "|".join(
-        fields[k] for k in ("id", "from", "to", "created", "priority", "request")
-    ).encode("utf-8")
-    return _mac(secret, payload)
 
 
 def mac_text(secret: bytes, text: str) -> str:

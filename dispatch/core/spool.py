@@ -20,7 +20,8 @@ from pathlib import Path
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import atomic_write, dump_json, write_new
-from dispatch.core.model import Stage, now_utc, rfc3339, valid_id
+from dispatch.core.model import Stage
+from dispatch.core.wire import now_utc, rfc3339, valid_id
 
 LANE_DIRS = ("tmp", "inbox", "pending-ack", "processing", "done", "rejected", "cancel")
 # What a receiver watches for news: arrivals, acks, executions ending, cancel requests.

@@ -125,9 +125,6 @@ class NodeState:
             return {}
         return data
 
-    def clear_started(self, task_id: str) -> None:
-        self._started(task_id).unlink(missing_ok=True)
-
     # -- cancel requests, recorded before acting so no crash or race can lose one ------
     def request_cancel(self, task_id: str, reason: str) -> None:
         atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar,
 
 from dispatch import __version__
 from dispatch.core.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
-from dispatch.core.model import Priority, Result, valid_id
+from dispatch.core.model import Priority, Result
 from dispatch.core.node import Node
+from dispatch.core.wire import valid_id
 from dispatch.ops import overview
 from dispatch.send import cancel as cancel_mod
 from dispatch.send import results, waiting

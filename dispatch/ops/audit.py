@@ -26,9 +26,10 @@ from typing import Any
 
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import Stage, Status, loads_strict, valid_id
+from dispatch.core.model import Stage, Status
 from dispatch.core.signing import Keyring, verify_result
 from dispatch.core.state import NodeState
+from dispatch.core.wire import loads_strict, valid_id
 
 LIVE_STAGES = ("inbox", "pending-ack", "processing")
 # Refusals of a second copy of a task that was placed already: they are traces of the

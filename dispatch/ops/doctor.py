@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core import config as config_mod
-from dispatch.core.config import Launcher
+from dispatch.core.config import LauncherKind
 from dispatch.core.errors import DispatchError, Rejection
 from dispatch.core.fsio import read_regular
 from dispatch.core.mounts import Mount, mount_of
@@ -45,7 +45,7 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     checks.append(_root(node))
     checks += _filesystem(node)
     checks += _peers(node)
-    if cfg.launcher is Launcher.SYSTEMD:  # not when `dispatch watch` runs this node
+    if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
     ks = node.spool.killswitch()
     checks.append(
@@ -125,7 +125,7 @@ def _filesystem(node: Node) -> list[Check]:
         out.append(Check("filesystem", True, detail + ": local, inotify sees every write"))
         return out
     timer_ok = True
-    if node.cfg.launcher is Launcher.SYSTEMD:  # `dispatch watch` rescans by itself
+    if node.cfg.launcher is LauncherKind.SYSTEMD:  # `dispatch watch` rescans by itself
         timer_ok = _unit_active("dispatch-watch.timer")
     out.append(
         Check(

@@ -9,12 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 from dispatch import __version__
-from dispatch.core.config import Launcher
+from dispatch.core.config import LauncherKind
 from dispatch.core.errors import ConfigError, DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
-from dispatch.core.model import loads_strict, now_utc, parse_time, rfc3339, valid_id
 from dispatch.core.node import Node
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict, now_utc, parse_time, rfc3339, valid_id
 from dispatch.receive.launch.systemd import active_since_us, exec_units, memory_bytes
 
 STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale
@@ -80,7 +80,7 @@ def executions(node: Node) -> list[dict[str, Any]]:
             if marker is not None:
                 started[task_id] = (lane.name, marker)
     units: dict[str, dict[str, str]] = {}
-    if node.cfg.launcher is Launcher.SYSTEMD:
+    if node.cfg.launcher is LauncherKind.SYSTEMD:
         try:
             units = exec_units()
         except DispatchError:

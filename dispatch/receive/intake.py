@@ -11,15 +11,10 @@ from typing import Any
 
 from dispatch.core.config import Config, DangerousPolicy
 from dispatch.core.errors import Rejection
-from dispatch.core.model import (
-    Envelope,
-    loads_strict,
-    now_utc,
-    parse_v2,
-    valid_id,
-)
+from dispatch.core.model import Envelope, parse_v2
 from dispatch.core.signing import Keyring, verify_envelope, verify_v2
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict, now_utc, valid_id
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core import events
-from dispatch.core.config import Launcher
+from dispatch.core.config import LauncherKind
 from dispatch.core.fsio import atomic_write, dump_json
-from dispatch.core.model import Callback, now_utc, rfc3339
+from dispatch.core.model import Callback
 from dispatch.core.node import Node
+from dispatch.core.wire import now_utc, rfc3339
 
 MAX_ATTEMPTS = 6
 BACKOFF_CAP_S = 60.0
@@ -118,7 +119,7 @@ def kick(node: Node) -> None:
     from dispatch.core.runner import dispatch_argv, spawn_detached, systemctl
 
     try:
-        if node.cfg.launcher is Launcher.SYSTEMD:
+        if node.cfg.launcher is LauncherKind.SYSTEMD:
             systemctl("start", "--no-block", "dispatch-notify.service", check=False)
         else:
             env = dict(os.environ, DISPATCH_CONFIG=str(node.cfg.config_path))

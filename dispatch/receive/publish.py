@@ -10,10 +10,11 @@ from typing import Any
 from dispatch.core import events
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
-from dispatch.core.model import Callback, Result, Status, loads_strict, now_utc, rfc3339
+from dispatch.core.model import Callback, Result, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_result, verify_result
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict, now_utc, rfc3339
 
 
 def write(node: Node, lane: Lane, result: Result, callback: Callback | None = None) -> bool:

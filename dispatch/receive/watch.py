@@ -7,7 +7,7 @@ import time
 from dispatch.core.errors import ConfigError
 from dispatch.core.inotify import DirWatcher
 from dispatch.core.node import Node
-from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import PassReport, promote
 
 

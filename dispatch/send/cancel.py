@@ -9,15 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core.errors import NotFound, UsageError
-from dispatch.core.model import (
-    SCHEMA,
-    canonical,
-    now_utc,
-    rfc3339,
-    valid_id,
-)
+from dispatch.core.model import SCHEMA
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_object
+from dispatch.core.wire import canonical, now_utc, rfc3339, valid_id
 from dispatch.send import results
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from dispatch.core.errors import NotFound, Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import Result, loads_strict
+from dispatch.core.model import Result
 from dispatch.core.node import Node
 from dispatch.core.signing import verify_result
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,10 @@ from pathlib import Path
 
 from dispatch.core.config import valid_node
 from dispatch.core.errors import UsageError
-from dispatch.core.model import (
-    SCHEMA,
-    Callback,
-    Envelope,
-    Priority,
-    canonical,
-    new_id,
-    now_utc,
-    rfc3339,
-    valid_id,
-)
+from dispatch.core.model import SCHEMA, Callback, Envelope, Priority
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_envelope
+from dispatch.core.wire import canonical, new_id, now_utc, rfc3339, valid_id
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dispatch.core.errors import NotFound, Rejection, WaitTimeout
 from dispatch.core.fsio import read_regular
 from dispatch.core.inotify import DirWatcher
-from dispatch.core.model import Result, loads_strict
+from dispatch.core.model import Result
 from dispatch.core.node import Node
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict
 from dispatch.send import results
 
 

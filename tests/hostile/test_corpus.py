@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import valid_id
+from dispatch.core.wire import valid_id
 from tests.hostile.corpus import (
     RUNS,
     Builder,

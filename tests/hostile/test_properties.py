@@ -24,18 +24,10 @@ from hypothesis import strategies as st
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import dump_json
-from dispatch.core.model import (
-    Callback,
-    Envelope,
-    Priority,
-    Result,
-    Status,
-    canonical,
-    loads_strict,
-    rfc3339,
-)
+from dispatch.core.model import Callback, Envelope, Priority, Result, Status
 from dispatch.core.signing import Key, Keyring, sign_envelope, sign_result, verify_result
 from dispatch.core.spool import Lane
+from dispatch.core.wire import canonical, loads_strict, rfc3339
 from dispatch.receive.intake import Admitted, examine
 from tests.unit.helpers import mac
 

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dispatch.core.model import canonical, new_id, now_utc, rfc3339
 from dispatch.core.node import Node
 from dispatch.core.signing import Keyring
 from dispatch.core.spool import Lane
-from dispatch.receive.launch import ProcessLauncher
+from dispatch.core.wire import canonical, new_id, now_utc, rfc3339
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import PassReport, promote
 from dispatch.receive.watch import watch
 from tests.conftest import NodeSetup, Pair
@@ -80,6 +80,14 @@ def shared_key(pair: Pair) -> tuple[str, bytes]:
 def mac(secret: bytes, obj: dict[str, Any]) -> str:
     body = {k: v for k, v in obj.items() if k != "hmac"}
     return hmac.new(secret, canonical(body), hashlib.sha256).hexdigest()
+
+
+def sign_v2(secret: bytes, fields: dict[str, str]) -> str:
+    """Sign like the original `dispatch-send` does (HMAC over six fields joined by `|`)."""
+    payload = "|".join(
+        fields[k] for k in ("id", "from", "to", "created", "priority", "request")
+    ).encode("utf-8")
+    return hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
 def signed(secret: bytes, obj: dict[str, Any]) -> dict[str, Any]:

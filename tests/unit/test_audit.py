@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import new_id
 from dispatch.core.signing import Keyring
 from dispatch.core.spool import Lane
+from dispatch.core.wire import new_id
 from dispatch.ops.audit import AuditReport, audit
 from tests.conftest import Pair
 from tests.unit.helpers import cli, drain, drop, envelope, lane_in

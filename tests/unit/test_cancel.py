@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dispatch.core.model import canonical, new_id, now_utc, rfc3339
 from dispatch.core.spool import clear_killswitch, set_killswitch
+from dispatch.core.wire import canonical, new_id, now_utc, rfc3339
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from dispatch.core.model import new_id
+from dispatch.core.wire import new_id
 from tests.conftest import Pair
 from tests.unit.helpers import (
     BIN,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.core import config as config_mod
-from dispatch.core.config import AgentProfile, DangerousPolicy, Launcher, valid_node
+from dispatch.core.config import AgentProfile, DangerousPolicy, LauncherKind, valid_node
 from dispatch.core.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (cfg.max_age_s, cfg.clock_skew_s) == (86400, 300)
     assert (cfg.memory_max, cfg.tasks_max, cfg.cpu_quota) == ("4G", 512, "200%")
     assert cfg.max_hops == 3
-    expected = Launcher.SYSTEMD if config_mod.systemd_is_pid1() else Launcher.PROCESS
+    expected = LauncherKind.SYSTEMD if config_mod.systemd_is_pid1() else LauncherKind.PROCESS
     assert cfg.launcher is expected
 
 
@@ -62,7 +62,7 @@ def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
     assert cfg.poll_sec == 1.5  # from the file, quotes removed
     assert cfg.agent_bin == "python3 -m dispatch.ops.fake_agent"
     assert cfg.accept_v2 is True
-    assert cfg.launcher is Launcher.SYSTEMD
+    assert cfg.launcher is LauncherKind.SYSTEMD
     assert cfg.config_path == path
 
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import Stage, Status, new_id
+from dispatch.core.model import Stage, Status
 from dispatch.core.spool import Lane, set_killswitch
-from dispatch.receive.executor import GRACE_S, TIMEOUT_EXIT, execute
-from dispatch.receive.launch import process_start_time
+from dispatch.core.wire import new_id
+from dispatch.receive.executor import execute
+from dispatch.receive.launch.process import process_start_time
+from dispatch.receive.supervise import GRACE_S, TIMEOUT_EXIT
 from dispatch.send import results
 from tests.conftest import Pair
 from tests.unit.helpers import (

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.model import Stage, Status, new_id, now_utc, rfc3339
-from dispatch.core.signing import sign_v2
+from dispatch.core.model import Stage, Status
+from dispatch.core.wire import new_id, now_utc, rfc3339
 from dispatch.send import results
 from dispatch.send import task as sender
 from tests.conftest import Pair
@@ -33,6 +33,7 @@ from tests.unit.helpers import (
     reason_of,
     result_json,
     shared_key,
+    sign_v2,
 )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.core.spool import set_killswitch
-from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
 from dispatch.send import task as sender
 from tests.conftest import Pair

@@ -9,18 +9,8 @@ from typing import Any
 import pytest
 
 from dispatch.core.errors import Rejection
-from dispatch.core.model import (
-    MAX_FILE_BYTES,
-    Priority,
-    Status,
-    canonical,
-    loads_strict,
-    parse_envelope,
-    parse_result,
-    parse_time,
-    parse_v2,
-    valid_id,
-)
+from dispatch.core.model import Priority, Status, parse_envelope, parse_result, parse_v2
+from dispatch.core.wire import MAX_FILE_BYTES, canonical, loads_strict, parse_time, valid_id
 
 
 def envelope_obj(**overrides: Any) -> dict[str, Any]:
@@ -239,9 +229,9 @@ def test_parse_v2_types_its_unsigned_fields_then_drops_them() -> None:
 def test_parse_result_is_strict() -> None:
     obj = result_obj(started_at="2025-01-02T03:04:00Z", status="timeout", exit_code=124)
     res = parse_result(obj)
-    assert res.status is Status.TIMEOUT and res.failed
+    assert res.status is Status.TIMEOUT
     assert res.to_json() == {**obj, "elapsed_s": 1.5}
-    assert not parse_result(result_obj()).failed
+    assert parse_result(result_obj()).status is Status.OK
     for changes in (
         {"truncated": 1},
         {"exit_code": True},

@@ -16,8 +16,8 @@ import pytest
 
 from dispatch.core.spool import set_killswitch
 from dispatch.ops import overview
-from dispatch.receive.launch import ProcessLauncher
 from dispatch.receive.launch import systemd as systemd_launcher
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
 from dispatch.send import task as sender
 from tests.conftest import Pair

@@ -10,9 +10,10 @@ import sys
 import time
 from datetime import datetime
 
-from dispatch.core.model import Priority, new_id, parse_time
+from dispatch.core.model import Priority
 from dispatch.core.spool import set_killswitch
-from dispatch.receive.launch import ProcessLauncher
+from dispatch.core.wire import new_id, parse_time
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
 from dispatch.receive.promote.acks import ack_mac
 from dispatch.send import task as sender
@@ -377,7 +378,7 @@ def test_special_files_planted_on_the_share_do_not_wedge_a_pass(pair: Pair) -> N
 def test_refill_starts_the_index_head_up_to_the_cap_and_no_more(pair: Pair) -> None:
     """The promoter's quick refill (used while it lingers over a backlog) starts tasks in
     priority order from the queue index, never past the cap, never a cancelled one."""
-    from dispatch.receive.launch import ProcessLauncher
+    from dispatch.receive.launch.process import ProcessLauncher
     from dispatch.receive.promote import refill
 
     configure(pair.receiver, DISPATCH_MAX_PARALLEL=2)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dispatch.core.errors import UsageError
-from dispatch.core.model import Callback, Priority, canonical, new_id, parse_time
+from dispatch.core.model import Callback, Priority
 from dispatch.core.signing import verify_envelope
+from dispatch.core.wire import canonical, new_id, parse_time
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import cli, configure, drop, envelope, lane_in, promote_once, result_json

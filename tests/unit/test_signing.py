@@ -12,17 +12,7 @@ import pytest
 
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, Rejection
-from dispatch.core.model import (
-    Callback,
-    Envelope,
-    Priority,
-    Result,
-    Status,
-    canonical,
-    now_utc,
-    parse_v2,
-    rfc3339,
-)
+from dispatch.core.model import Callback, Envelope, Priority, Result, Status, parse_v2
 from dispatch.core.node import Node
 from dispatch.core.signing import (
     Keyring,
@@ -31,13 +21,13 @@ from dispatch.core.signing import (
     read_key,
     sign_envelope,
     sign_result,
-    sign_v2,
     verify_envelope,
     verify_result,
     verify_v2,
     write_key,
 )
-from tests.unit.helpers import mac
+from dispatch.core.wire import canonical, now_utc, rfc3339
+from tests.unit.helpers import mac, sign_v2
 
 
 def make_cfg(tmp_path: Path, **kw: Any) -> Config:

@@ -71,7 +71,7 @@ def test_started_marker_is_claimed_once(tmp_path: Path) -> None:
     assert state.started(task_id) == {"started_at": "t1", "pid": 1}
     (state.path / "started" / task_id).write_text("{torn")
     assert state.started(task_id) == {}  # unreadable, still "started"
-    state.clear_started(task_id)
+    (state.path / "started" / task_id).unlink()
     assert state.started(task_id) is None
 
 

@@ -1,26 +1,27 @@
-"""How `promote` starts, counts and stops executions. The child-process launcher lives here;
-the systemd one (`dispatch-exec@<id>.service`) in `systemd_launcher`."""
+"""Launch backends: how the receiver's pass starts, counts and stops executions. The pass
+knows only the `Launcher` protocol below; `make_launcher` picks the backend that
+`DISPATCH_LAUNCHER` names (mkosi's `distribution/` is the model: one module a backend).
+
+    process   executions as child processes (`dispatch watch`, hosts without systemd)
+    systemd   one `dispatch-exec@<id>.service` per execution
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Protocol
 
-from dispatch.core.config import Launcher as LauncherKind
+from dispatch.core.config import LauncherKind
 from dispatch.core.node import Node
-from dispatch.core.runner import dispatch_argv, spawn_detached
 
 
 class Launcher(Protocol):
     def running(self) -> set[str]:
-        """Ids whose execution has been started and has not ended."""
+        """Ids whose execution has been started and has not ended: what counts toward
+        DISPATCH_MAX_PARALLEL, from the backend's own record (never a scan of /proc)."""
 
-    def start(self, task_id: str) -> None: ...
+    def start(self, task_id: str) -> None:
+        """Start `dispatch exec <id>` for a released task; raise if it could not start (the
+        task stays queued for the next pass)."""
 
     def stop(self, task_id: str) -> None:
         """Ask a running execution to end; it writes its own `killed`/`cancelled` result."""
@@ -29,87 +30,11 @@ class Launcher(Protocol):
         """What the result's `unit` field says ran it."""
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a pid (field 22 of /proc/<pid>/stat), which tells a live
-    process from a recycled pid. None when the process is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def execution_alive(marker: Mapping[str, object]) -> bool:
-    """Whether the `dispatch exec` that wrote a started marker still runs: its pid, with the
-    kernel start time it recorded (a recycled pid has another). A specific pid is checked;
-    /proc is never scanned."""
-    pid, started = marker.get("pid"), marker.get("pid_start")
-    return (
-        isinstance(pid, int)
-        and pid > 0
-        and isinstance(started, str)
-        and process_start_time(pid) == started
-    )
-
-
-class ProcessLauncher:
-    """Executions as child processes, for hosts where systemd is not PID 1. Each start
-    records `run/<id>` = "<pid> <start time>" in node-local state, so a later promote pass in
-    another process still counts it (a specific pid is checked, /proc is never scanned)."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.run_dir = node.state.run_dir()
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-
-    def running(self) -> set[str]:
-        for task_id, child in list(self.children.items()):
-            if child.poll() is not None:
-                del self.children[task_id]
-        alive: set[str] = set()
-        for entry in os.scandir(self.run_dir):
-            try:
-                pid_text, started = Path(entry.path).read_text().split()
-                pid = int(pid_text)
-            except (OSError, ValueError):
-                continue
-            if process_start_time(pid) == started:
-                alive.add(entry.name)
-            else:
-                Path(entry.path).unlink(missing_ok=True)
-        return alive
-
-    def start(self, task_id: str) -> None:
-        # The child reads the same config file, whatever this process's environment says.
-        env = dict(os.environ, DISPATCH_CONFIG=str(self.node.cfg.config_path))
-        child = spawn_detached(dispatch_argv("exec", task_id), env=env)
-        self.children[task_id] = child
-        started = process_start_time(child.pid)
-        if started is not None:
-            (self.run_dir / task_id).write_text(f"{child.pid} {started}\n")
-
-    def stop(self, task_id: str) -> None:
-        try:
-            pid = int((self.run_dir / task_id).read_text().split()[0])
-            os.killpg(pid, signal.SIGTERM)
-        except (OSError, ValueError, IndexError):
-            pass
-
-    def unit(self, task_id: str) -> str:
-        return ""
-
-    def wait_all(self, timeout: float | None = None) -> None:
-        for child in list(self.children.values()):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout)
-
-
 def make_launcher(node: Node) -> Launcher:
     if node.cfg.launcher is LauncherKind.SYSTEMD:
         from dispatch.receive.launch.systemd import SystemdLauncher
 
         return SystemdLauncher(node)
+    from dispatch.receive.launch.process import ProcessLauncher
+
     return ProcessLauncher(node)

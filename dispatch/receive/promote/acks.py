@@ -13,10 +13,11 @@ from pathlib import Path
 from dispatch.core import events
 from dispatch.core.errors import NotFound, Rejection, UsageError
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
-from dispatch.core.model import Stage, Status, loads_strict, now_utc, rfc3339
+from dispatch.core.model import Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import mac_text
 from dispatch.core.spool import ACK_SUFFIX, Lane
+from dispatch.core.wire import loads_strict, now_utc, rfc3339
 from dispatch.receive.promote import recovery
 from dispatch.receive.promote.report import Pass
 

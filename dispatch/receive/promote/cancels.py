@@ -11,21 +11,13 @@ from datetime import timedelta
 from dispatch.core import events
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import (
-    HEX64_RE,
-    KID_RE,
-    SCHEMA,
-    Status,
-    loads_strict,
-    now_utc,
-    parse_time,
-    valid_id,
-)
+from dispatch.core.model import HEX64_RE, KID_RE, SCHEMA, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import verify_object
 from dispatch.core.spool import Lane
+from dispatch.core.wire import loads_strict, now_utc, parse_time, valid_id
 from dispatch.receive import publish
-from dispatch.receive.launch import execution_alive
+from dispatch.receive.launch.process import execution_alive
 from dispatch.receive.promote import recovery
 from dispatch.receive.promote.report import Pass
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dispatch.core import events
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import Envelope, Priority, loads_strict
+from dispatch.core.model import Envelope, Priority
 from dispatch.core.node import Node
 from dispatch.core.state import NodeState, parse_index
+from dispatch.core.wire import loads_strict
 from dispatch.receive.launch import Launcher
 from dispatch.receive.promote.report import Pass, PassReport
 

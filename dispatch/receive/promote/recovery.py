@@ -11,11 +11,12 @@ from pathlib import Path
 from dispatch.core import events, fsio
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import Stage, Status, loads_strict, parse_envelope
+from dispatch.core.model import Stage, Status, parse_envelope
 from dispatch.core.spool import Lane
 from dispatch.core.state import parse_index
+from dispatch.core.wire import loads_strict
 from dispatch.receive import publish
-from dispatch.receive.launch import execution_alive
+from dispatch.receive.launch.process import execution_alive
 from dispatch.receive.promote.report import Pass
 
 ADMITTED_STAGES = (Stage.INBOX, Stage.PENDING_ACK, Stage.QUEUED)

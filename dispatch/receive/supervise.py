@@ -1,0 +1,376 @@
+"""Running the agent under supervision: its whole process group ended at the deadline even
+when it prints nothing, output streamed to the share log and capped there as well as in
+memory, and how it ended classified into a status."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from dispatch.core import events
+from dispatch.core.model import Envelope, Status
+from dispatch.core.node import Node
+from dispatch.core.runner import spawn_agent
+from dispatch.core.wire import now_utc, rfc3339
+from dispatch.receive.agent import OutputReader
+
+GRACE_S = 5.0
+TIMEOUT_EXIT = 124
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    exit_code: int
+    reason: str
+    output_bytes: int
+    truncated: bool
+    final_text: str
+    output_tail: str
+    # Log bytes the share refused until the end: they go out with the result.
+    log_rest: bytes = b""
+
+
+def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    env["DISPATCH_TASK_ID"] = envelope.id
+    env["DISPATCH_HOPS"] = str(envelope.hops)
+    env["DISPATCH_NODE"] = node.name
+    if node.cfg.run_as and os.geteuid() == 0:
+        user = pwd.getpwnam(node.cfg.run_as)
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return env
+
+
+class _Stop:
+    """SIGTERM/SIGINT/SIGHUP (systemctl stop, hard killswitch, cancel) become a request to
+    end the agent and still publish a `killed` result."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old_fd = signal.set_wakeup_fd(self.write_fd)
+        self.old_handlers = {
+            signum: signal.signal(signum, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self.old_fd)
+        for signum, handler in self.old_handlers.items():
+            signal.signal(signum, handler)
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _killpg(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def run_agent(
+    node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
+) -> Outcome:
+    cap = envelope.max_output_bytes
+    reader = OutputReader(node.cfg.agent_profile)
+    # Under systemd our stdout is the journal: echo the (capped) output there too.
+    echo: IO[bytes] | None = sys.stdout.buffer if os.environ.get("JOURNAL_STREAM") else None
+    stop = _Stop()
+    began = time.monotonic()
+    logged = total = 0
+    timed_out = False
+    log = _ShareLog(node, envelope.id, log_path)
+    try:
+        log.write(
+            f"# task {envelope.id} from {envelope.from_}\n# started "
+            f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
+            f"max_output_bytes={cap}\n# ---\n".encode()
+        )
+        try:
+            proc = spawn_agent(
+                argv,
+                env=agent_env(node, envelope),
+                cwd=None,
+                user=node.cfg.run_as or None,
+                with_stdin=stdin is not None,
+            )
+        except OSError as exc:
+            log.write(f"# cannot start agent {argv[0]}: {exc.strerror}\n".encode())
+            return Outcome(
+                Status.ERROR,
+                127,
+                f"cannot start agent {argv[0]}: {exc.strerror}",
+                0,
+                False,
+                "",
+                "",
+                log.close(),
+            )
+        if stdin is not None and proc.stdin is not None:
+            _feed_stdin(proc.stdin, stdin)
+        assert proc.stdout is not None
+        out_fd = proc.stdout.fileno()
+        os.set_blocking(out_fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(out_fd, selectors.EVENT_READ)
+        sel.register(stop.read_fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + envelope.timeout_s
+        kill_at: float | None = None
+        exited_at: float | None = None
+        eof = False
+        while True:
+            now = time.monotonic()
+            if not (timed_out or stop.signum) and now >= deadline:
+                timed_out = True
+            if (timed_out or stop.signum) and kill_at is None:
+                _killpg(proc.pid, signal.SIGTERM)
+                kill_at = now + GRACE_S
+            if kill_at is not None and now >= kill_at:
+                _killpg(proc.pid, signal.SIGKILL)
+                kill_at = float("inf")
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+                # Children the agent left behind would hold the pipe open forever.
+                _killpg(proc.pid, signal.SIGKILL)
+            if exited_at is not None and (eof or now - exited_at > 2.0):
+                break
+            waits = [1.0, deadline - now]
+            if kill_at is not None and kill_at != float("inf"):
+                waits.append(kill_at - now)
+            if eof:
+                waits.append(0.05)
+            for key, _ in sel.select(max(0.0, min(waits))):
+                if key.fd == stop.read_fd:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(stop.read_fd, 512)
+                    continue
+                try:
+                    chunk = os.read(out_fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    eof = True
+                    sel.unregister(out_fd)
+                    continue
+                total += len(chunk)
+                reader.feed(chunk)
+                if logged < cap:
+                    part = chunk[: cap - logged]
+                    log.write(part)
+                    logged += len(part)
+                    if echo is not None:
+                        echo.write(part)
+                        echo.flush()
+                    if logged >= cap:
+                        log.write(f"\n# output truncated at {cap} bytes\n".encode())
+            log.flush()
+        sel.close()
+        proc.stdout.close()
+        returncode = proc.wait()
+        status, exit_code, reason = _classify(
+            node,
+            envelope.id,
+            returncode,
+            timed_out,
+            stop.signum,
+            envelope.timeout_s,
+            time.monotonic() - began,
+        )
+        log.write(
+            f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
+            f"{' reason=' + reason if reason else ''}\n".encode()
+        )
+    finally:
+        stop.close()
+        log_rest = log.close()
+    return Outcome(
+        status,
+        exit_code,
+        reason,
+        total,
+        total > cap,
+        reader.finish(),
+        reader.output_tail(),
+        log_rest,
+    )
+
+
+class _ShareLog:
+    """done/<id>.log, written as the agent's output arrives. The share may stop answering
+    (its server restarting, the network cut): a refused write must not end the execution.
+    The bytes wait in memory (no more than the output cap) and go out when the share
+    answers again; what still waits at the end goes out with the result."""
+
+    RETRY_S = 1.0
+
+    def __init__(self, node: Node, task_id: str, path: Path) -> None:
+        self.node = node
+        self.task_id = task_id
+        self.path = path
+        self.fd: int | None = None
+        self.created = False
+        self.pending = bytearray()
+        self.retry_at = 0.0
+        self.failing = ""
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        if not self.pending or (self.fd is None and not force and time.monotonic() < self.retry_at):
+            return
+        try:
+            if self.fd is None:
+                # O_EXCL, then O_APPEND to the file made so; O_NOFOLLOW: never through a link
+                # someone planted on the share meanwhile.
+                how = os.O_APPEND if self.created else os.O_CREAT | os.O_EXCL
+                self.fd = os.open(
+                    self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | how, 0o644
+                )
+                self.created = True
+            while self.pending:
+                del self.pending[: os.write(self.fd, self.pending)]
+        except OSError as exc:
+            # A handle from before a reconnect stays dead: open the file again next time.
+            self._close_fd()
+            self.retry_at = time.monotonic() + self.RETRY_S
+            if not self.failing:
+                self.failing = exc.strerror or str(exc)
+                self.node.emit(
+                    "log_write_failed",
+                    f"{self.path}: {self.failing}; the agent "
+                    "runs on, its output is kept until the share answers",
+                    task_id=self.task_id,
+                    level=events.WARNING,
+                )
+            return
+        if self.failing:
+            self.node.emit("log_write_resumed", f"{self.path}: writing again", task_id=self.task_id)
+            self.failing = ""
+
+    def _close_fd(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def close(self) -> bytes:
+        """Write what the share takes; return what it still refused."""
+        self.flush(force=True)
+        self._close_fd()
+        rest = bytes(self.pending)
+        self.pending.clear()
+        return rest
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+    import threading
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):
+            pipe.write(data)
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+    threading.Thread(target=feed, daemon=True).start()
+
+
+def _stopped(
+    node: Node, task_id: str, returncode: int, signum: int, elapsed: float
+) -> tuple[Status, int, str]:
+    """Why were we asked to stop? The answer decides the result's status."""
+    cancelled = node.state.cancel_reason(task_id)
+    if cancelled is not None:
+        return Status.CANCELLED, returncode, cancelled
+    ceiling = os.environ.get("DISPATCH_RUNTIME_MAX_S", "")
+    if ceiling.isdigit() and elapsed >= int(ceiling) - 1:
+        return (
+            Status.TIMEOUT,
+            TIMEOUT_EXIT,
+            f"unit RuntimeMaxSec={ceiling} reached (the hard ceiling above timeout_s)",
+        )
+    killswitch = node.spool.killswitch()
+    if killswitch.hard:
+        return Status.KILLED, returncode, f"hard KILLSWITCH: {killswitch.reason}"
+    if _host_stopping():
+        return (
+            Status.INTERRUPTED,
+            returncode,
+            "host shutting down: execution stopped; not run again",
+        )
+    return Status.KILLED, returncode, f"execution stopped by {signal.Signals(signum).name}"
+
+
+def _host_stopping() -> bool:
+    """systemd says `stopping` while it shuts the system down."""
+    if not os.environ.get("INVOCATION_ID"):
+        return False  # not started by systemd
+    from dispatch.core.runner import run
+
+    try:
+        return run(["systemctl", "is-system-running"], timeout=5).stdout.strip() == "stopping"
+    except Exception:
+        return False
+
+
+def _classify(
+    node: Node,
+    task_id: str,
+    returncode: int,
+    timed_out: bool,
+    signum: int,
+    timeout_s: int,
+    elapsed: float,
+) -> tuple[Status, int, str]:
+    if timed_out:
+        return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
+    if signum:
+        return _stopped(node, task_id, returncode, signum, elapsed)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        why = f"agent killed by {name}"
+        if -returncode == signal.SIGKILL and oom_kills() > 0:
+            why += f" (out of memory: over MemoryMax={node.cfg.memory_max})"
+        return Status.KILLED, returncode, why
+    if returncode == 0:
+        return Status.OK, 0, ""
+    return Status.ERROR, returncode, f"agent exited with status {returncode}"
+
+
+def oom_kills() -> int:
+    """OOM kills in this process's memory cgroup: v2 `memory.events`, v1 `memory.oom_control`
+    (these machines run the hybrid layout, memory on v1)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        candidates = []
+        if controllers == "":
+            candidates.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+        elif "memory" in controllers.split(","):
+            candidates.append(
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
+            )
+        for candidate in candidates:
+            try:
+                for stat_line in candidate.read_text().splitlines():
+                    key, _, value = stat_line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return int(value)
+            except (OSError, ValueError):
+                continue
+    return 0
