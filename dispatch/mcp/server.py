@@ -21,27 +21,27 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from dispatch import __version__
 from dispatch.core.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
-from dispatch.core.model import Priority, Result
+from dispatch.core.model import Priority
 from dispatch.core.node import Node
 from dispatch.core.wire import valid_id
+from dispatch.mcp.schema import (
+    CancelOut,
+    SendOut,
+    StatusOut,
+    TaskOut,
+    task_out,
+)
 from dispatch.ops import overview
 from dispatch.send import cancel as cancel_mod
 from dispatch.send import results, waiting
 from dispatch.send import task as sender
 
 if TYPE_CHECKING:
-    from typing import TypedDict
-
     from mcp.server.mcpserver import MCPServer
-else:
-    try:  # pydantic reads nested TypedDicts on Python < 3.12 only from typing_extensions
-        from typing_extensions import TypedDict
-    except ImportError:  # no pydantic then, and no SDK either: load_sdk() says so
-        from typing import TypedDict
 
 SDK_HINT = "pip install 'dispatch[mcp]'"
 # dispatch_send with wait: give up (and say where the task is) after its own timeout plus this.
@@ -52,144 +52,12 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# Structured output: the SDK publishes these as each tool's outputSchema and checks every
-# return value against it. Plain TypedDicts, so importing this module needs no SDK.
-
-
-class ResultOut(TypedDict):
-    """A signed result, schema 3, exactly as `dispatch result ID --json` prints it."""
-
-    schema: int
-    id: str
-    answered_by: str
-    answered_at: str
-    request: str
-    status: Literal["ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected"]
-    exit_code: int
-    elapsed_s: float
-    log_path: str
-    final_text: str
-    output_tail: str
-    output_bytes: int
-    perm_mode: str
-    started_at: str | None
-    truncated: bool
-    unit: str
-    reason: str
-    kid: str
-    hmac: str
-
-
-class TaskOut(TypedDict):
-    """Where a task is, and its verified result once it has one."""
-
-    id: str
-    done: bool
-    stage: str
-    signature_verified: bool
-    result: ResultOut | None
-
-
-SendOut = TypedDict(
-    "SendOut",
-    {
-        "id": str,
-        "from": str,
-        "to": str,
-        "parent": str | None,
-        "hops": int,
-        "kid": str,
-        "path": str,
-        "waited": bool,
-        "done": bool,
-        "stage": str,
-        "signature_verified": bool,
-        "result": ResultOut | None,
-    },
-)
-
-
-SendOut.__doc__ = (
-    "The task as sent (id, lanes, its place in a chain: parent and hops), and "
-    "with wait=true its verified result."
-)
-
-
-class KillswitchOut(TypedDict):
-    on: bool
-    hard: bool
-    reason: str
-
-
-class LaneOut(TypedDict):
-    lane: str
-    direction: Literal["in", "out"]
-    inbox: int
-    pending_ack: int
-    queued: int
-    running: int
-    done: int
-    rejected: int
-
-
-class PeerOut(TypedDict):
-    node: str
-    heartbeat_age_s: float | None
-    stale: bool
-    version: NotRequired[str | None]
-    killswitch: NotRequired[bool | None]
-
-
-class ExecutionOut(TypedDict):
-    id: str
-    lane: str
-    unit: str | None
-    state: str
-    started_at: str | None
-    elapsed_s: float | None
-    memory_bytes: int | None
-
-
-class StatusOut(TypedDict):
-    node: str
-    root: str
-    version: str
-    killswitch: KillswitchOut
-    lanes: list[LaneOut]
-    executions: list[ExecutionOut]
-    peers: list[PeerOut]
-
-
-class CancelOut(TypedDict):
-    """What `dispatch cancel ID --json` says: a request sent, or the task already ended."""
-
-    id: str
-    requested: bool
-    lane: str
-    path: str | None
-    finished: str | None
-
-
 def load_sdk() -> None:
     """Fail with one line (exit 2) when the SDK is not installed."""
     try:
         import mcp.server.mcpserver  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"dispatch mcp needs the MCP Python SDK ({exc}): {SDK_HINT}") from None
-
-
-def result_out(result: Result) -> ResultOut:
-    return cast(ResultOut, result.to_json())
-
-
-def task_out(task_id: str, stage: str, result: Result | None) -> TaskOut:
-    return {
-        "id": task_id,
-        "done": result is not None,
-        "stage": "done" if result else stage,
-        "signature_verified": result is not None,
-        "result": result_out(result) if result is not None else None,
-    }
 
 
 def stage_now(node: Node, task_id: str) -> str:

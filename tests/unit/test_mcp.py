@@ -551,6 +551,6 @@ def test_cancel_a_queued_task_through_mcp(pair: Pair, tmp_path: Path) -> None:
 def test_result_schema_of_the_tools_names_every_result_field() -> None:
     """ResultOut is written out for the SDK's schema; it must not drift from the result."""
     from dispatch.core.model import RESULT_FIELDS
-    from dispatch.mcp.server import ResultOut
+    from dispatch.mcp.schema import ResultOut
 
     assert set(ResultOut.__annotations__) == RESULT_FIELDS
