@@ -12,7 +12,7 @@ from dispatch.commands.output import print_json
 from dispatch.core.errors import ConfigError, UsageError
 from dispatch.core.signing import Keyring
 from dispatch.ops.audit import audit as run_audit
-from dispatch.ops.audit import keyring_from_dir
+from dispatch.ops.audit_scan import keyring_from_dir
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 

@@ -17,26 +17,24 @@ Nothing here writes anything."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatch.core.errors import Rejection
-from dispatch.core.fsio import read_regular
 from dispatch.core.model import Stage, Status
-from dispatch.core.signing import Keyring, verify_result
-from dispatch.core.state import NodeState
-from dispatch.core.wire import loads_strict, valid_id
+from dispatch.core.signing import Keyring
+from dispatch.ops.audit_scan import (
+    LaneScan,
+    LedgerSeen,
+    find_lanes,
+    read_agent_logs,
+    read_state,
+    scan_lane,
+)
 
-LIVE_STAGES = ("inbox", "pending-ack", "processing")
 # Refusals of a second copy of a task that was placed already: they are traces of the
 # copy, not a second outcome of the task.
 DUPLICATE_REASONS = frozenset({"replay", "not_admitted"})
-RESULT_SUFFIX = ".result.json"
-REASON_SUFFIX = ".reason.json"
 
 
 @dataclass(frozen=True)
@@ -100,161 +98,6 @@ class AuditReport:
         }
 
 
-@dataclass
-class _Lane:
-    name: str
-    path: Path
-    live: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    results: dict[str, str] = field(default_factory=dict)  # id -> status ("" unverified)
-    refusals: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    junk: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-
-
-def _names(directory: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _task_id(name: str, suffix: str = ".json") -> str | None:
-    if not name.endswith(suffix):
-        return None
-    task_id = name[: -len(suffix)]
-    return task_id if valid_id(task_id) else None
-
-
-def find_lanes(root: Path) -> list[tuple[str, Path]]:
-    """Every `<from>-to-<to>` directory of the root that has the lane layout."""
-    found = []
-    for name in _names(root):
-        path = root / name
-        if "-to-" in name and (path / "inbox").is_dir() and not os.path.islink(path):
-            found.append((name, path))
-    return found
-
-
-def _scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport) -> _Lane:
-    lane = _Lane(name, path)
-    for stage in LIVE_STAGES:
-        for entry in _names(path / stage):
-            if entry.startswith(".") or entry.endswith(".tmp") or entry.endswith(".ack"):
-                continue
-            task_id = _task_id(entry)
-            if task_id is None:
-                lane.junk[stage].append(entry)
-            else:
-                lane.live[task_id].append(stage)
-    for entry in _names(path / "done"):
-        task_id = _task_id(entry, RESULT_SUFFIX)
-        if task_id is None:
-            continue
-        lane.results[task_id] = ""
-        if ring is None:
-            continue
-        try:
-            result = verify_result(
-                ring, loads_strict(read_regular(path / "done" / entry), allow_nul=True)
-            )
-        except FileNotFoundError:
-            del lane.results[task_id]
-            continue
-        except Rejection as exc:
-            report.add(
-                "unverified_result",
-                task_id,
-                name,
-                f"done/{entry} does not verify ({exc.reason}: {exc})",
-            )
-            continue
-        if result.id != task_id:
-            report.add(
-                "unverified_result",
-                task_id,
-                name,
-                f"done/{entry} is the result of another task ({result.id})",
-            )
-            continue
-        lane.results[task_id] = result.status.value
-    rejected = path / "rejected"
-    entries = _names(rejected)
-    present = set(entries)
-    for entry in entries:
-        if entry.endswith(REASON_SUFFIX) or entry.startswith("."):
-            continue
-        if f"{entry}{REASON_SUFFIX}" not in present:
-            report.add("missing_reason", "", name, f"rejected/{entry} has no {REASON_SUFFIX}")
-    for entry in entries:
-        if not entry.endswith(REASON_SUFFIX) or entry.startswith("."):
-            continue
-        report.rejected += 1
-        try:
-            record = json.loads(read_regular(rejected / entry))
-        except (Rejection, OSError, ValueError):
-            report.add(
-                "missing_reason", "", name, f"rejected/{entry} is not a readable reason record"
-            )
-            continue
-        original = str(record.get("name", "")) if isinstance(record, dict) else ""
-        from_dir = str(record.get("from_dir", "")) if isinstance(record, dict) else ""
-        task_id = _task_id(original)
-        if task_id is not None and from_dir in (*LIVE_STAGES, "tmp"):
-            lane.refusals[task_id].append(str(record.get("reason", "")))
-    return lane
-
-
-def _read_agent_logs(paths: list[Path], report: AuditReport) -> Counter[str]:
-    runs: Counter[str] = Counter()
-    for path in paths:
-        try:
-            text = path.read_text("utf-8", "replace")
-        except OSError as exc:
-            report.add("agent_log_unreadable", "", "", f"{path}: {exc.strerror or exc}")
-            continue
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                task_id = record["task_id"]
-            except (ValueError, KeyError, TypeError):
-                report.add("agent_log_unreadable", "", "", f"{path}:{lineno}: not a run record")
-                continue
-            if isinstance(task_id, str) and task_id:
-                runs[task_id] += 1
-    return runs
-
-
-@dataclass(frozen=True)
-class _Ledger:
-    stage: Stage | None  # None: the entry is torn
-    lane: str
-
-
-def _read_state(state_dirs: list[Path]) -> tuple[dict[str, list[_Ledger]], dict[str, str]]:
-    """Ledger entries (id -> one per node that saw it) and deferred results (id -> lane)."""
-    ledger: dict[str, list[_Ledger]] = defaultdict(list)
-    deferred: dict[str, str] = {}
-    for directory in state_dirs:
-        state = NodeState(directory)
-        for name in _names(directory / "seen"):
-            if not valid_id(name):
-                continue
-            try:
-                data = json.loads((directory / "seen" / name).read_bytes())
-                ledger[name].append(
-                    _Ledger(
-                        Stage.of_record(data.get("stage", data.get("phase"))),
-                        str(data.get("lane", "")),
-                    )
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                ledger[name].append(_Ledger(None, ""))
-        for task_id, lane, _result, _log in state.deferred_results():
-            deferred[task_id] = lane
-    return ledger, deferred
-
-
 ADMITTED = (Stage.PENDING_ACK, Stage.QUEUED, Stage.RUNNING, Stage.DONE)
 
 
@@ -267,10 +110,10 @@ def audit(
     settled: bool = False,
 ) -> AuditReport:
     report = AuditReport(verified=ring is not None)
-    lanes = [_scan_lane(name, path, ring, report) for name, path in find_lanes(root)]
+    lanes = [scan_lane(name, path, ring, report) for name, path in find_lanes(root)]
     report.lanes = [lane.name for lane in lanes]
-    ledger, deferred = _read_state(state_dirs or [])
-    runs = _read_agent_logs(agent_logs or [], report)
+    ledger, deferred = read_state(state_dirs or [])
+    runs = read_agent_logs(agent_logs or [], report)
     report.executions = sum(runs.values())
     report.deferred = len(deferred)
 
@@ -304,8 +147,8 @@ def audit(
 
 def _check_id(
     task_id: str,
-    lanes: list[_Lane],
-    entries: list[_Ledger],
+    lanes: list[LaneScan],
+    entries: list[LedgerSeen],
     deferred: str | None,
     ran: int,
     have_state: bool,
@@ -402,13 +245,3 @@ def _check_id(
         report.add("ran_unadmitted", task_id, "", "the agent ran it, and no lane knows it")
     if None in stages:
         report.add("torn_ledger", task_id, "", "a ledger entry for it is unreadable")
-
-
-def keyring_from_dir(key_dir: Path) -> Keyring | None:
-    """The keys of a key ring directory, to verify results with; None when it holds none."""
-    from dispatch.core.signing import Key, read_key
-
-    keys = []
-    for path in sorted(key_dir.glob("*.key")):
-        keys.append(Key(path.name[: -len(".key")], read_key(path), path, path.stat().st_mtime))
-    return Keyring(tuple(keys)) if keys else None
