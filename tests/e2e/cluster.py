@@ -35,7 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.integration.dispatch_host import AGENT_USER, DISPATCH, VENV_BIN, install_units
+from tests.integration.dispatch_host import (
+    AGENT_USER,
+    DISPATCH,
+    VENV_BIN,
+    install_units,
+    missing_for_units,
+)
 from tests.integration.sdhost import (
     DEFAULT_ENV,
     SystemdHost,
@@ -81,7 +87,7 @@ SSHFS_OPTIONS = (
 
 
 def missing_e2e_prerequisites() -> list[str]:
-    problems = missing_prerequisites()
+    problems = missing_prerequisites() + list(missing_for_units())
     for tool in TOOLS:
         if shutil.which(tool, path=DEFAULT_ENV["PATH"]) is None:
             problems.append(

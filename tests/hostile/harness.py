@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.integration.dispatch_host import AGENT_USER, DISPATCH, VENV_BIN, install_units
+from tests.integration.dispatch_host import (
+    AGENT_USER,
+    DISPATCH,
+    VENV_BIN,
+    install_units,
+    missing_for_units,
+)
 from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
 T = TypeVar("T")
@@ -41,15 +47,7 @@ PATH_UNIT = "dispatch-watch.path"
 
 def prerequisites() -> list[str]:
     """What this machine lacks for these tests; they fail (never skip) when it lacks any."""
-    problems = missing_prerequisites()
-    real = os.path.realpath(PYTHON)
-    if real.startswith(("/root/", "/home/")):
-        problems.append(
-            f"the venv's python {real} lives under /root or /home, which the units "
-            "cannot see (ProtectHome=yes): run `scripts/setup-dev test`, which "
-            "rebuilds .venv on /usr/bin/python3"
-        )
-    return problems
+    return missing_prerequisites() + list(missing_for_units())
 
 
 def new_host(name: str, workdir: Path) -> SystemdHost:
@@ -214,7 +212,8 @@ class HostileNode:
         code, one after the other, as a busy sender would)."""
         script = (
             "import sys\n"
-            "from dispatch import config, sender\n"
+            "from dispatch.core import config\n"
+            "from dispatch.send import task as sender\n"
             "from dispatch.core.node import Node\n"
             "node = Node(config.load())\n"
             "for line in sys.stdin:\n"

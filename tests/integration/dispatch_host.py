@@ -5,9 +5,13 @@ with its own config, key ring copy and state, as a second host would."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import stat
 import sys
+import sysconfig
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,102 @@ SENDER_CONF = "/etc/dispatch/devbox/dispatch.conf"
 AGENT_USER = "nobody"
 
 
+# What the units' sandboxes hide from them: PrivateTmp= gives every unit a /tmp and /var/tmp
+# of its own, and ProtectHome= (all but the exec unit) hides the homes. A checkout or venv
+# there (`git clone ... /tmp/x`, a clone in ~) is bound into every unit at its own path,
+# read-only; under the homes the units also get ProtectHome=tmpfs, an empty tmpfs over
+# /home, /root and /run/user, since a bind beneath ProtectHome=yes has no mount point to
+# land on (and the agent's user can cross a tmpfs where it cannot cross a 0700 home). A
+# package installs to /usr/bin, which every unit sees: there, nothing of this applies.
+PRIVATE_TMP = ("/tmp", "/var/tmp")
+HOMES = ("/home", "/root", "/run/user")
+
+
+def _under(path: str, tops: tuple[str, ...]) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in tops)
+
+
+@cache
+def unit_binds() -> tuple[str, ...]:
+    """The directories the units run dispatch from that their sandboxes hide: the checkout
+    (an editable install imports from it), the venv, the interpreter's own prefix."""
+    wanted = sorted(
+        {os.path.realpath(p) for p in (TOP, sys.prefix, sys.base_prefix)}
+        | {os.path.dirname(os.path.realpath(sys.executable))}
+    )
+    hidden = [p for p in wanted if _under(p, PRIVATE_TMP + HOMES)]
+    # A directory inside another one already bound comes with it.
+    return tuple(p for p in hidden if not any(_under(p, (q,)) for q in hidden if q != p))
+
+
+def sandbox_dropin() -> str:
+    binds = unit_binds()
+    if not binds:
+        return ""
+    lines = ["[Service]", "# tests/integration/dispatch_host.py: the checkout, where units see it"]
+    if any(_under(p, HOMES) for p in binds):
+        lines.append("ProtectHome=tmpfs")
+    lines += [f"BindReadOnlyPaths={p}" for p in binds]
+    return "\n".join(lines) + "\n"
+
+
+def _other_cannot(path: str, bit: int) -> str | None:
+    """Why a user with no claim on `path` (the agent's `nobody`) cannot reach it, or None.
+    Above a bound directory the unit sees fresh, traversable directories instead."""
+    roots = [b for b in unit_binds() if _under(path, (b,))]
+    stop = roots[0] if roots else "/"
+    current = path
+    while True:
+        try:
+            mode = os.stat(current).st_mode
+        except OSError as e:
+            return f"{current}: {e.strerror}"
+        need = bit if current == path else stat.S_IXOTH
+        if not mode & need:
+            return f"{current} is mode {stat.S_IMODE(mode):04o}"
+        if current in (stop, "/"):
+            return None
+        current = os.path.dirname(current)
+
+
+@cache
+def missing_for_units() -> tuple[str, ...]:
+    """What keeps the units (and the agent, run as AGENT_USER) from running this checkout's
+    dispatch; empty when nothing does."""
+    if not os.access(DISPATCH, os.X_OK):
+        return (
+            f"{DISPATCH} is missing: the tests run the venv's dispatch inside the hosts; "
+            "run `scripts/setup-dev test` (or `make test`) first",
+        )
+    agent_needs = [
+        (os.path.realpath(VENV_BIN / "python"), stat.S_IXOTH),
+        (sysconfig.get_path("purelib"), stat.S_IXOTH),
+        (str(TOP / "dispatch" / "ops" / "fake_agent.py"), stat.S_IROTH),
+    ]
+    problems = []
+    for path, bit in agent_needs:
+        why = _other_cannot(os.path.realpath(path), bit)
+        if why:
+            problems.append(
+                f"the agent runs as {AGENT_USER}, who cannot reach {path} ({why}): "
+                "clone the repository where other users can read it, or chmod o+rX the path"
+            )
+    return tuple(problems)
+
+
 def install_units(host: SystemdHost, test_dropin: str = "") -> None:
     """The real unit files; only the binary's path differs (a venv here, /usr/bin in a
-    package)."""
+    package), and a checkout the sandboxes would hide is bound into them (sandbox_dropin)."""
+    problems = missing_for_units()
+    if problems:
+        raise AssertionError("; ".join(problems))
     for unit in sorted((TOP / "units").iterdir()):
         text = unit.read_text().replace("/usr/bin/dispatch", DISPATCH)
         host.install_unit(text, unit.name, reload=False)
+    binds = sandbox_dropin()
+    if binds:
+        for service in sorted((TOP / "units").glob("*.service")):
+            host.write_file(f"/run/systemd/system/{service.name}.d/80-checkout.conf", binds)
     host.write_file(
         "/run/systemd/system-generators/dispatch-generator",
         f'#!/bin/sh\nexec {VENV_BIN / "dispatch-generator"} "$@"\n',
