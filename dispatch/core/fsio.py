@@ -5,6 +5,7 @@ it, append. Nothing here follows a symbolic link at the last component."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -63,6 +64,60 @@ def link_new(path: Path, data: bytes, mode: int = 0o600) -> bool:
     finally:
         os.unlink(tmp)
     return True
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+# Errors that say the filesystem (FUSE, older NFS) lacks renameat2 flags or hard links.
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV}
+
+
+def _renameat2(src: str, dst: str, src_dir_fd: int | None, dst_dir_fd: int | None) -> bool:
+    """renameat2(RENAME_NOREPLACE); False when this kernel, libc or filesystem lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    src_fd = _AT_FDCWD if src_dir_fd is None else src_dir_fd
+    dst_fd = _AT_FDCWD if dst_dir_fd is None else dst_dir_fd
+    if call(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), dst)
+
+
+def rename_new(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    src_dir_fd: int | None = None,
+    dst_dir_fd: int | None = None,
+) -> None:
+    """Move `src` to `dst` without ever replacing an entry at `dst` (FileExistsError then):
+    renameat2(RENAME_NOREPLACE) where the filesystem has it, else link(2) and unlink (a
+    symlink is linked as itself), else a check then rename, which relies on one writer per
+    name as the layout arranges."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if _renameat2(src, dst, src_dir_fd, dst_dir_fd):
+        return
+    try:
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        # A directory, or a share without hard links.
+        try:
+            os.lstat(dst, dir_fd=dst_dir_fd)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, "entry exists", dst) from None
+    os.unlink(src, dir_fd=src_dir_fd)
 
 
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:

@@ -26,9 +26,20 @@ from dispatch.send import results
 
 
 def locate(node: Node, task_id: str) -> Lane | None:
+    """The lane the ledger admitted the task in (never whichever lane shows a file of that
+    name: anyone can plant one), when the ledger says it was released and its file is in
+    that lane's processing/."""
+    entry = node.state.entry(task_id)
+    if entry is None:
+        return None
+    if entry.stage in (Stage.INBOX, Stage.PENDING_ACK):
+        raise UsageError(
+            f"task {task_id} is {entry.stage.value} on this node: only a local "
+            "`dispatch ack` releases it, whatever its file's place on the share"
+        )
     for lane in node.spool.lanes_in(node.cfg):
-        if (lane.processing / lane.task_name(task_id)).exists():
-            return lane
+        if lane.name == entry.lane and entry.stage in (Stage.QUEUED, Stage.RUNNING):
+            return lane if (lane.processing / lane.task_name(task_id)).exists() else None
     return None
 
 
@@ -179,6 +190,8 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
         admitted = examine(node.cfg, node.keys, lane, path.name, data, check_fresh=False)
         if entry is None or entry.sha256 != admitted.sha256 or entry.lane != lane.name:
             raise Rejection("tampered", "task file differs from the one this node admitted")
+    except FileNotFoundError:
+        raise NotFound(f"task {task_id} is not queued on this node") from None
     except Rejection as exc:
         # The result first: a sender's `wait` that sees the file in rejected/ must find it.
         if entry is not None:
@@ -240,18 +253,18 @@ def _publish(
 
 
 def _finish(node: Node, lane: Lane, task_id: str) -> None:
+    # The ledger first: its record is the task's stage, the file only follows it.
+    node.state.mark(task_id, Stage.DONE)
     try:
         os.unlink(lane.processing / lane.task_name(task_id))
     except FileNotFoundError:
         pass
     except OSError as exc:
         # The share stopped answering: the result is out, and promote removes the task file
-        # (it sees the result) once the share is back; until then the ledger says accepted.
+        # (the ledger says done, the result stands) once the share is back.
         node.emit(
             "cleanup_deferred",
             f"cannot remove the task file: {exc.strerror or exc}",
             task_id=task_id,
             level=events.WARNING,
         )
-        return
-    node.state.mark(task_id, Stage.DONE)

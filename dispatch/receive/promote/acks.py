@@ -12,13 +12,14 @@ from pathlib import Path
 
 from dispatch.core import events
 from dispatch.core.errors import NotFound, Rejection, UsageError
-from dispatch.core.fsio import atomic_write, dump_json, read_regular
+from dispatch.core.fsio import atomic_write, dump_json, read_regular, rename_new
 from dispatch.core.model import Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import mac_text
 from dispatch.core.spool import ACK_SUFFIX, Lane
 from dispatch.core.wire import loads_strict, now_utc, rfc3339
-from dispatch.receive.promote import recovery
+from dispatch.receive.promote import placement, recovery
+from dispatch.receive.promote.placement import Placement
 from dispatch.receive.promote.report import Pass
 
 
@@ -80,9 +81,7 @@ def check_pending(run: Pass, lane: Lane) -> None:
     for name in names:
         if lane.in_progress(name) or name.endswith(ACK_SUFFIX):
             continue
-        if not recovery.admitted_file(run, lane, name):
-            exc = Rejection("not_admitted", "file in pending-ack/ that did not come through intake")
-            run.refuse(lane, name, exc, source=lane.pending_ack)
+        if placement.place(run, lane, lane.pending_ack, name) is not Placement.IN_PLACE:
             continue
         task_id = lane.task_id_of(name)
         entry = run.node.state.entry(task_id)
@@ -122,9 +121,14 @@ def _release(run: Pass, lane: Lane, name: str, present: set[str]) -> None:
     if not hmac.compare_digest(str(record.get("mac", "")), expected):
         run.refuse(lane, name, forged, source=lane.pending_ack)
         return
+    if entry.stage is not Stage.PENDING_ACK:
+        run.refuse(lane, name, Rejection("orphan_ack", "ack for a task not waiting for one"))
+        return
     task_name = lane.task_name(task_id)
-    os.rename(lane.pending_ack / task_name, lane.processing / task_name)
+    # The ledger first: a crash before the move leaves a released task in pending-ack/,
+    # which the next pass moves on; never a task the ledger holds back sitting queued.
     run.node.state.mark(task_id, Stage.QUEUED)
+    rename_new(lane.pending_ack / task_name, lane.processing / task_name)
     os.unlink(lane.pending_ack / name)
     run.report.released += 1
     run.report.pending_ack -= 1

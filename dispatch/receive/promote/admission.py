@@ -7,12 +7,12 @@ import os
 
 from dispatch.core import events
 from dispatch.core.errors import Rejection
-from dispatch.core.fsio import read_regular
+from dispatch.core.fsio import read_regular, rename_new
 from dispatch.core.model import Stage
 from dispatch.core.spool import Lane
 from dispatch.receive import notify
 from dispatch.receive.intake import Admitted, examine
-from dispatch.receive.promote import queue
+from dispatch.receive.promote import placement, queue
 from dispatch.receive.promote.report import Pass
 
 
@@ -47,19 +47,26 @@ def _admit_one(run: Pass, lane: Lane, name: str) -> None:
         return
     envelope = admitted.envelope
     previous = node.state.claim(envelope.id, admitted.sha256, lane.name)
-    if previous is not None and not (
-        previous.stage is Stage.INBOX
-        and previous.sha256 == admitted.sha256
-        and previous.lane == lane.name
-    ):
+    same = (
+        previous is not None and previous.sha256 == admitted.sha256 and previous.lane == lane.name
+    )
+    if previous is not None and same and previous.stage in placement.LIVE:
+        # The very file admitted, back in inbox/ (moved by hand, or a crash between the
+        # ledger's record and the move): it goes where the ledger says, or it is a replay.
+        restored = placement.restore(run, lane, lane.inbox, name, previous, refusal="replay")
+        if restored and previous.stage is Stage.QUEUED:
+            queue.index(node.state, envelope)
+        return
+    if previous is not None and not (same and previous.stage is Stage.INBOX):
         seen = f"task id {envelope.id} was already seen by this node ({previous.stage.value})"
         run.refuse(lane, name, Rejection("replay", seen))
         return
     stage = Stage.PENDING_ACK if admitted.needs_ack else Stage.QUEUED
-    os.rename(lane.inbox / name, lane.stage_dir(stage) / name)
+    # The ledger first, then the move, then the index (which stands for "released").
+    node.state.mark(envelope.id, stage)
+    rename_new(lane.inbox / name, lane.stage_dir(stage) / name)
     if stage is Stage.QUEUED:
         queue.index(node.state, envelope)
-    node.state.mark(envelope.id, stage)
     run.report.admitted += 1
     if admitted.needs_ack:
         _ask_for_ack(run, admitted)

@@ -17,18 +17,9 @@ from dispatch.core.state import parse_index
 from dispatch.core.wire import loads_strict
 from dispatch.receive import publish
 from dispatch.receive.launch.process import execution_alive
+from dispatch.receive.promote import placement
+from dispatch.receive.promote.placement import Placement
 from dispatch.receive.promote.report import Pass
-
-ADMITTED_STAGES = (Stage.INBOX, Stage.PENDING_ACK, Stage.QUEUED)
-
-
-def admitted_file(run: Pass, lane: Lane, name: str) -> bool:
-    """Whether intake put this file where it is: the ledger knows the id, in this lane."""
-    task_id = lane.task_id_of(name)
-    if not task_id:
-        return False
-    entry = run.node.state.entry(task_id)
-    return entry is not None and entry.lane == lane.name and entry.stage in ADMITTED_STAGES
 
 
 def publish_deferred(run: Pass, lanes: list[Lane], running: set[str]) -> None:
@@ -53,6 +44,7 @@ def publish_deferred(run: Pass, lanes: list[Lane], running: set[str]) -> None:
                     task_id=task_id,
                     level=events.WARNING,
                 )
+            state.mark(task_id, Stage.DONE)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lane.processing / lane.task_name(task_id))
         except OSError as exc:
@@ -61,7 +53,6 @@ def publish_deferred(run: Pass, lanes: list[Lane], running: set[str]) -> None:
             )
             run.report.errors += 1
             continue
-        state.mark(task_id, Stage.DONE)
         state.forget_result(task_id)
         run.deferred.discard(task_id)
         lost = f"; {len(rest)} bytes of its log lost" if rest else ""
@@ -92,11 +83,11 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
             if name.startswith(".") or lane.in_progress(name):
                 continue
             task_id = lane.task_id_of(name)
-            if (task_id, lane.name) not in indexed and not admitted_file(run, lane, name):
-                exc = Rejection(
-                    "not_admitted", "file in processing/ that did not come through intake"
-                )
-                run.refuse(lane, name, exc, source=lane.processing)
+            # The index is written only for what the ledger released: it stands in for a
+            # ledger read. Anything else is placed by the ledger (put back, or quarantined).
+            if (task_id, lane.name) not in indexed and (
+                placement.place(run, lane, lane.processing, name) is not Placement.IN_PLACE
+            ):
                 continue
             if task_id in running or task_id in run.deferred:
                 continue
@@ -123,8 +114,9 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
 
 def finish(run: Pass, lane: Lane, task_id: str) -> None:
     # The execution wrote its result but died before removing its task file.
-    os.unlink(lane.processing / lane.task_name(task_id))
     run.node.state.mark(task_id, Stage.DONE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lane.processing / lane.task_name(task_id))
     run.node.emit(
         "task_cleanup",
         "result present; removed the leftover task file",
@@ -148,9 +140,9 @@ def end_unstarted(
     """Answer a task that never started (cancelled, or its ack never came) and remove
     its file: the result is its trace."""
     publish.verdict(run.node, lane, task_id, request_of(directory, task_id), status, reason)
+    run.node.state.mark(task_id, Stage.DONE)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(directory / lane.task_name(task_id))
-    run.node.state.mark(task_id, Stage.DONE)
     run.node.emit(
         "task_cancelled",
         reason,
