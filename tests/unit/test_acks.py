@@ -8,7 +8,7 @@ import json
 import os
 
 from dispatch.core.model import Stage
-from dispatch.receive.launch import ProcessLauncher
+from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
 from dispatch.receive.promote.admission import admit_inbox
 from dispatch.receive.promote.report import Pass
