@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -59,7 +60,9 @@ COMMAND_MODULES = {
     "notify": "runtime",
     "demo": "demo",
     "mcp": "mcp",
+    "list": "listing",
 }
+ALIASES = {"ls": "list"}
 
 
 class LazyGroup(click.Group):
@@ -67,12 +70,23 @@ class LazyGroup(click.Group):
         return sorted(COMMAND_MODULES)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd_name = ALIASES.get(cmd_name, cmd_name)
         module_name = COMMAND_MODULES.get(cmd_name)
         if module_name is None:
             return None
         module = importlib.import_module(f"dispatch.commands.{module_name}")
         commands: list[click.Command] = module.COMMANDS
         return next((c for c in commands if c.name == cmd_name), None)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, [*COMMAND_MODULES, *ALIASES], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint} (dispatch --help lists them)")
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from dispatch.cli import App, pass_app
+from dispatch.commands.complete import complete_ids
 from dispatch.commands.output import print_json
 from dispatch.receive.promote import acks
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_ids)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def ack(app: App, task_id: str, as_json: bool) -> int:

@@ -5,25 +5,29 @@ from __future__ import annotations
 import click
 
 from dispatch.cli import App, pass_app
-from dispatch.commands.output import LiveLine, print_json, result_exit
+from dispatch.commands.complete import complete_ids
+from dispatch.commands.output import await_result, print_json, result_exit
+from dispatch.core import ids
 from dispatch.send import cancel as cancel_mod
-from dispatch.send import waiting
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_ids)
 @click.option("--wait", "wait_", is_flag=True, help="Block until the task's result arrives.")
 @click.option(
     "--timeout",
+    "--wait-timeout",
+    "timeout",
     type=click.FloatRange(min=0),
     default=None,
-    help="With --wait: give up after this many seconds (exit 4).",
+    help="With --wait: stop waiting after this many seconds (exit 4); the task goes on.",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: bool) -> int:
     """Cancel a task this node sent: queued, it never runs; running, it is stopped."""
     node = app.node()
+    task_id = ids.resolve(task_id, node=node)
     requested = cancel_mod.request(node, task_id)
     # One shape for every answer (the MCP server's dispatch_cancel returns it too).
     shape = {
@@ -46,11 +50,7 @@ def cancel(app: App, task_id: str, wait_: bool, timeout: float | None, as_json: 
         else:
             click.echo(f"cancel requested: {task_id} ({requested.lane})")
         return 0
-    live = LiveLine(task_id)
-    try:
-        result = waiting.wait(node, task_id, timeout=timeout, tick=live)
-    finally:
-        live.close()
+    result = await_result(node, task_id, timeout=timeout, what="waiting for the cancel")
     if as_json:
         print_json({**shape, "result": result.to_json()})
     else:

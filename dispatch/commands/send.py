@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from dispatch.cli import App, pass_app
-from dispatch.commands.output import LiveLine, print_json, result_exit, show_result
+from dispatch.commands.complete import complete_peers
+from dispatch.commands.output import await_result, print_json, result_exit, show_result
 from dispatch.core.model import Callback, Priority
 from dispatch.send import task as sender
-from dispatch.send import waiting
 
 
 @click.command()
-@click.option("--to", "to", required=True, help="Receiving node.")
+@click.option(
+    "--to", "to", required=True, shell_complete=complete_peers, help="Receiving node (a peer)."
+)
 @click.option("--request", required=True, help="What the agent on the peer should do.")
 @click.option("--from", "from_", default=None, help="Sending node (default: this node).")
 @click.option(
@@ -32,7 +34,8 @@ from dispatch.send import waiting
     "timeout_s",
     type=click.IntRange(min=1),
     default=None,
-    help="Seconds the agent may run (default DISPATCH_DEFAULT_TIMEOUT_S).",
+    help="Seconds the agent may run on the peer (the task's own clock; default "
+    "DISPATCH_DEFAULT_TIMEOUT_S). How long this command waits is --wait-timeout.",
 )
 @click.option(
     "--max-output-bytes",
@@ -48,7 +51,8 @@ from dispatch.send import waiting
     "--wait-timeout",
     type=click.FloatRange(min=0),
     default=None,
-    help="With --wait: give up after this many seconds (exit 4).",
+    help="With --wait: stop waiting after this many seconds (exit 4; the waiting clock "
+    "only, the task goes on).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print {id, path} (and result) as JSON.")
 @pass_app
@@ -86,13 +90,11 @@ def send(
         if as_json:
             print_json({"id": envelope.id, "path": str(sent.path)})
         else:
-            click.echo(f"{envelope.id}\t{sent.path}")
+            # The id alone on stdout: ID=$(dispatch send ...) is what scripts do.
+            click.echo(envelope.id)
+            click.echo(f"sent to {envelope.to}: {sent.path}", err=True)
         return 0
-    live = LiveLine(envelope.id)
-    try:
-        result = waiting.wait(node, envelope.id, timeout=wait_timeout, tick=live)
-    finally:
-        live.close()
+    result = await_result(node, envelope.id, timeout=wait_timeout)
     if as_json:
         print_json({"id": envelope.id, "path": str(sent.path), "result": result.to_json()})
         return result_exit(result)

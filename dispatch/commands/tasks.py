@@ -7,17 +7,15 @@ from typing import Any
 import click
 
 from dispatch.cli import App, pass_app
-from dispatch.commands.output import LiveLine, print_json, show_result
-from dispatch.core.errors import UsageError
-from dispatch.core.wire import valid_id
+from dispatch.commands.complete import complete_ids
+from dispatch.commands.output import await_result, print_json, show_result
+from dispatch.core import ids
 from dispatch.ops import overview
-from dispatch.send import results, waiting
+from dispatch.send import results
 
 
-def _task_id(text: str) -> str:
-    if not valid_id(text):
-        raise UsageError(f"not a task id: {text[:60]!r}")
-    return text
+def _task_id(app: App, text: str) -> str:
+    return ids.resolve(text, node=app.node())
 
 
 @click.command()
@@ -71,47 +69,47 @@ def _size(value: int | None) -> str:
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_ids)
 @click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
 @pass_app
 def result(app: App, task_id: str, as_json: bool) -> int:
-    """Show a task's verified result (exit 3 if its signature fails)."""
-    return show_result(results.get(app.node(), _task_id(task_id)), as_json)
+    """Show a task's verified result (exit 3 if its signature fails). TASK_ID: the id or a
+    unique prefix of it."""
+    return show_result(results.get(app.node(), _task_id(app, task_id)), as_json)
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_ids)
 @click.option(
     "--timeout",
+    "--wait-timeout",
+    "timeout",
     type=click.FloatRange(min=0),
     default=None,
-    help="Give up after this many seconds (exit 4).",
+    help="Stop waiting after this many seconds (exit 4). The waiting clock only: the "
+    "agent's own run time is `send --timeout`.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
 @pass_app
 def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:
-    """Block until a task's result arrives; verify it and print its final text."""
-    task_id = _task_id(task_id)
-    live = LiveLine(task_id)
-    try:
-        res = waiting.wait(app.node(), task_id, timeout=timeout, tick=live)
-    finally:
-        live.close()
-    return show_result(res, as_json)
+    """Block until a task's result arrives; verify it and print its final text. TASK_ID:
+    the id or a unique prefix of it."""
+    task_id = _task_id(app, task_id)
+    return show_result(await_result(app.node(), task_id, timeout=timeout), as_json)
 
 
 COMMANDS = [status, result, wait]
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the task ends.")
 @pass_app
 def logs(app: App, task_id: str, follow: bool) -> int:
     """A task's story: the journal by DISPATCH_TASK_ID, else done/<id>.log."""
     from dispatch.ops.logs import story
 
-    for line in story(app.node(), _task_id(task_id), follow):
+    for line in story(app.node(), _task_id(app, task_id), follow):
         click.echo(line)
     return 0
 

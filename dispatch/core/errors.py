@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     VERIFICATION = 3
     WAIT_TIMEOUT = 4
+    INTERRUPTED = 130  # 128 + SIGINT: the shell's own convention for Ctrl-C
 
 
 class DispatchError(Exception):
@@ -49,3 +50,9 @@ class WaitTimeout(DispatchError):
 
 class NotFound(DispatchError):
     """A task, result or key that was asked for does not exist."""
+
+
+class Interrupted(DispatchError):
+    """The user stopped a command (Ctrl-C); the message says what goes on without it."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -29,7 +29,12 @@ def _names(directory: os.PathLike[str]) -> list[str]:
 
 def lane_counts(node: Node, lane: Lane, incoming: bool) -> dict[str, Any]:
     processing = [n[:-5] for n in _names(lane.processing) if n.endswith(".json")]
-    running = [t for t in processing if node.state.started(t) is not None] if incoming else []
+    if incoming:
+        running = [t for t in processing if node.state.started(t) is not None]
+    else:
+        # A sender sees what the share shows: an execution opens done/<id>.log as it
+        # starts (Lane.stage_of), so both ends count the same task as running.
+        running = [t for t in processing if os.path.lexists(lane.log_path(t))]
     return {
         "lane": lane.name,
         "direction": "in" if incoming else "out",

@@ -7,7 +7,7 @@ import contextlib
 import os
 from typing import Any
 
-from dispatch.core import events
+from dispatch.core import events, history
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
 from dispatch.core.model import Callback, Result, Status
@@ -33,6 +33,7 @@ def write_signed(
         return False
     if not atomic_write(lane.result_path(task_id), dump_json(signed), overwrite=False):
         return False
+    history.record_ended(node, task_id, lane, signed)
     from dispatch.receive import notify
 
     notify.enqueue(

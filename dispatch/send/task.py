@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispatch.core import events, history
 from dispatch.core.config import valid_node
 from dispatch.core.errors import UsageError
 from dispatch.core.model import SCHEMA, Callback, Envelope, Priority
@@ -121,6 +122,13 @@ def deliver(node: Node, envelope: Envelope) -> Sent:
         )
     data = canonical(envelope.to_json()) + b"\n"
     path = lane.deliver(envelope.id, data)
+    if not history.record_sent(node, envelope):
+        node.emit(
+            "history_unwritable",
+            f"sent, but not recorded in this node's history ({history.paths(node)[0]})",
+            task_id=envelope.id,
+            level=events.WARNING,
+        )
     node.emit(
         "task_sent",
         f"-> {envelope.to}: {envelope.request[:80]}",

@@ -81,8 +81,8 @@ def test_send_json_shape(pair: Pair) -> None:
     assert envelope["timeout_s"] == 30
     assert Path(out["path"]).parent == lane_in(pair).inbox
     plain = cli(pair.sender, "send", "--to", "gpubox", "--request", "hi")
-    task_id, path = plain.stdout.strip().split("\t")
-    assert Path(path).name == f"{task_id}.json"
+    task_id = plain.stdout.strip()
+    assert (lane_in(pair).inbox / f"{task_id}.json").exists()
 
 
 def test_send_wait_times_out_with_exit_4(pair: Pair) -> None:

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatch.core import events
-from dispatch.core.errors import NotFound, Rejection, UsageError
+from dispatch.core import events, ids
+from dispatch.core.errors import NotFound, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular, rename_new
 from dispatch.core.model import Stage, Status
 from dispatch.core.node import Node
@@ -51,20 +51,18 @@ def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
 
 def give_ack(node: Node, prefix: str) -> Acked:
     """`dispatch ack PREFIX`: release the one pending task whose id starts with it."""
-    prefix = prefix.strip().lower()
-    if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
-        raise UsageError(f"not a task id or id prefix: {prefix[:60]!r}")
-    matches = [
-        (lane, task_id)
+    pending = {
+        task_id: lane
         for lane in node.spool.lanes_in(node.cfg)
         for task_id in lane.task_ids(lane.pending_ack)
-        if task_id.startswith(prefix)
-    ]
-    if not matches:
-        raise NotFound(f"no pending task matching {prefix!r} on {node.name}")
-    if len(matches) > 1:
-        raise UsageError(f"prefix {prefix!r} matches {len(matches)} tasks; be more specific")
-    lane, task_id = matches[0]
+    }
+    try:
+        task_id = ids.resolve(prefix, pending)
+    except NotFound:
+        task_id = ""
+    if task_id not in pending:
+        raise NotFound(f"no pending task matching {prefix.strip()[:60]!r} on {node.name}")
+    lane = pending[task_id]
     path = write_ack(node, lane, task_id)
     node.emit("ack_given", "local ack written", task_id=task_id, from_=lane.from_, to=lane.to)
     return Acked(task_id, lane.name, path)

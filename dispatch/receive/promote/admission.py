@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from dispatch.core import events
+from dispatch.core import events, history
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular, rename_new
 from dispatch.core.model import Stage
@@ -67,6 +67,7 @@ def _admit_one(run: Pass, lane: Lane, name: str) -> None:
     rename_new(lane.inbox / name, lane.stage_dir(stage) / name)
     if stage is Stage.QUEUED:
         queue.index(node.state, envelope)
+    history.record_received(node, envelope, lane)
     run.report.admitted += 1
     if admitted.needs_ack:
         _ask_for_ack(run, admitted)
