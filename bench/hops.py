@@ -1,6 +1,6 @@
 """Where dispatch's send → agent-start time goes, hop by hop, on a local share.
 
-    /work/venv-sys/bin/python -m bench.hops [-n 10]      # about 30 s
+    .venv/bin/python -m bench.hops [-n 10]      # about 30 s
 
 Boots the same local host as bench.run, sends n tasks one at a time (fake agent, the
 systemd launcher) and reads each task's story back from the host's journal: when systemd

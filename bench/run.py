@@ -1,8 +1,8 @@
 """Run the bench: dispatch (under a real systemd in PID namespaces) beside the original
 project, the same figures for both, side by side with their ratio.
 
-    /work/venv-sys/bin/python -m bench.run --mode quick            # ~7 min, report on stdout
-    /work/venv-sys/bin/python -m bench.run --mode full --write     # ~25 min, bench/RESULTS.md
+    .venv/bin/python -m bench.run --mode quick            # ~7 min, report on stdout
+    .venv/bin/python -m bench.run --mode full --write     # ~25 min, bench/RESULTS.md
 
 Run as root from the repository's top directory. See bench/README.md."""
 
@@ -27,6 +27,7 @@ from bench import idle as idle_mod
 from bench.common import fmt_ratio, fmt_seconds, log, machine, ratio
 from bench.figures import drain, latency, throughput
 from bench.sites import local_site, sshfs_site
+from bench.systems import original_missing
 
 TOP = Path(__file__).resolve().parent.parent
 FIGURES = ("latency-local", "throughput", "drain", "latency-sshfs", "idle")
@@ -435,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     which = {s.strip() for s in args.systems.split(",") if s.strip()}
     if not which or which - {"dispatch", "original"}:
         parser.error("--systems: dispatch, original or both")
+    if "original" in which and original_missing():
+        parser.error(f"{original_missing()}: set it, or measure --systems dispatch")
     if os.geteuid() != 0:
         parser.error("run as root: the bench boots systemd in namespaces")
 

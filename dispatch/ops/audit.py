@@ -3,7 +3,7 @@
 Reads a whole shared root (every lane directory in it), the node-local state of one or more
 receiving nodes (replay ledger, deferred results) and, when given, agent execution logs (one
 JSON line per run with its `task_id`, as the tests' fake agent writes them), and reports
-every way they break DESIGN.md's invariants:
+every way they break the invariants of docs/design.md:
 
 - every task id is in one place: one live stage (inbox, pending-ack, processing) of one lane,
   or its one result; never a result beside a rejection of the same task;

@@ -33,7 +33,7 @@ def candidate_id(obj: dict[str, Any] | None) -> str | None:
 def examine(
     cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *, check_fresh: bool = True
 ) -> Admitted:
-    """Every check of DESIGN.md's strict intake except replay, which needs the ledger."""
+    """Every check of the strict intake (docs/design.md) except replay, which needs the ledger."""
     if not name.endswith(".json"):
         raise Rejection("bad_name", "not a <id>.json task file")
     obj = loads_strict(data)

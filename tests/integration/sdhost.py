@@ -13,7 +13,10 @@ acted on the machine itself:
   share them: each host gets its own /sys/fs/cgroup tmpfs and its own cgroup subtree instead;
 - /etc/hostname and /etc/machine-id are bound per host, so two hosts differ as real ones do.
 
-See /work/shared/recipes/systemd-in-a-namespace.md for the recipe this grew from.
+The recipe in short: `unshare --pid --fork --mount --mount-proc --uts --ipc` runs a boot
+script (written by `_write_boot_files`) that moves into its own cgroup subtree, mounts a
+fresh /run with the masks and journald settings below, binds the host's files and
+directories, and execs systemd as PID 1; commands enter with `nsenter`.
 """
 
 from __future__ import annotations
