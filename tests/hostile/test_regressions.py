@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from dispatch.core import fsio
 from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Stage
-from dispatch.send import results
+from dispatch.receive import publish
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,
@@ -156,8 +157,8 @@ def test_deferred_log_rest_survives_a_failed_publish(
     def full(*_args: Any, **_kw: Any) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results, "append_log", lambda _path, data: data)
-    monkeypatch.setattr(results, "write_signed", full)
+    monkeypatch.setattr(fsio, "append", lambda _path, data: data)
+    monkeypatch.setattr(publish, "write_signed", full)
     promote_once(node)
     monkeypatch.undo()
     promote_once(node)

@@ -63,7 +63,9 @@ def test_share_full_defers_results_then_publishes_them(node: HostileNode) -> Non
     )
     assert node.results(ids) == {}
     assert sorted(r["task_id"] for r in node.agent_runs()) == sorted(ids)
-    assert node.busy_exec_units() == []
+    # A unit that deferred its result is still stopping for a moment (longer on a loaded
+    # machine): every one ends, none fails.
+    node.host.wait_for(lambda: node.busy_exec_units() == [], 30, what="every exec unit ended")
     assert [u for u in node.failed_units() if u.startswith("dispatch-exec@")] == []
     assert node.unit_state("dispatch-watch.service")[0] != "failed"
 
