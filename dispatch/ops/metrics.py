@@ -13,6 +13,7 @@ from dispatch.core import events
 from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Status
 from dispatch.core.node import Node
+from dispatch.core.spool import REASON_SUFFIX, RESULT_SUFFIX
 
 CACHE = "metrics-cache.json"
 
@@ -54,8 +55,8 @@ def render(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> str
     statuses: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     for lane in node.spool.lanes_in(node.cfg):
-        statuses += _tally(node, lane.done, ".result.json", "status", cache)
-        reasons += _tally(node, lane.rejected, ".reason.json", "reason", cache)
+        statuses += _tally(node, lane.done, RESULT_SUFFIX, "status", cache)
+        reasons += _tally(node, lane.rejected, REASON_SUFFIX, "reason", cache)
     atomic_write(cache_path, json.dumps(cache).encode(), mode=0o600)
     for status in Status:  # every status from the start, so rate() sees the first one
         statuses.setdefault(status.value, 0)

@@ -13,8 +13,8 @@ from dispatch.core.config import LauncherKind
 from dispatch.core.errors import ConfigError, DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
 from dispatch.core.node import Node
-from dispatch.core.spool import Lane
-from dispatch.core.wire import loads_strict, now_utc, parse_time, rfc3339, valid_id
+from dispatch.core.spool import REASON_SUFFIX, RESULT_SUFFIX, Lane
+from dispatch.core.wire import loads_strict, now_utc, parse_time, rfc3339
 from dispatch.receive.launch.systemd import active_since_us, exec_units, memory_bytes
 
 STALE_FACTOR = 3  # a heartbeat older than this many timer periods (min 60 s) is stale
@@ -28,7 +28,7 @@ def _names(directory: os.PathLike[str]) -> list[str]:
 
 
 def lane_counts(node: Node, lane: Lane, incoming: bool) -> dict[str, Any]:
-    processing = [n[:-5] for n in _names(lane.processing) if n.endswith(".json")]
+    processing = lane.task_ids(lane.processing)
     if incoming:
         running = [t for t in processing if node.state.started(t) is not None]
     else:
@@ -38,12 +38,12 @@ def lane_counts(node: Node, lane: Lane, incoming: bool) -> dict[str, Any]:
     return {
         "lane": lane.name,
         "direction": "in" if incoming else "out",
-        "inbox": sum(1 for n in _names(lane.inbox) if not n.endswith(".tmp")),
-        "pending_ack": sum(1 for n in _names(lane.pending_ack) if n.endswith(".json")),
+        "inbox": sum(1 for n in _names(lane.inbox) if not lane.in_progress(n)),
+        "pending_ack": len(lane.task_ids(lane.pending_ack)),
         "queued": len(processing) - len(running),
         "running": len(running),
-        "done": sum(1 for n in _names(lane.done) if n.endswith(".result.json")),
-        "rejected": sum(1 for n in _names(lane.rejected) if n.endswith(".reason.json")),
+        "done": sum(1 for n in _names(lane.done) if n.endswith(RESULT_SUFFIX)),
+        "rejected": sum(1 for n in _names(lane.rejected) if n.endswith(REASON_SUFFIX)),
     }
 
 
@@ -79,9 +79,8 @@ def executions(node: Node) -> list[dict[str, Any]]:
     processing/, its elapsed time from the started marker and no memory figure."""
     started: dict[str, tuple[str, dict[str, Any]]] = {}
     for lane in node.spool.lanes_in(node.cfg):
-        for name in _names(lane.processing):
-            task_id = name[: -len(".json")] if name.endswith(".json") else ""
-            marker = node.state.started(task_id) if valid_id(task_id) else None
+        for task_id in lane.task_ids(lane.processing):
+            marker = node.state.started(task_id)
             if marker is not None:
                 started[task_id] = (lane.name, marker)
     units: dict[str, dict[str, str]] = {}
@@ -130,7 +129,7 @@ def executions(node: Node) -> list[dict[str, Any]]:
 
 def _lane_of(node: Node, task_id: str) -> str:
     for lane in node.spool.lanes_in(node.cfg):
-        if os.path.lexists(lane.processing / f"{task_id}.json") or os.path.lexists(
+        if os.path.lexists(lane.processing / lane.task_name(task_id)) or os.path.lexists(
             lane.result_path(task_id)
         ):
             return lane.name

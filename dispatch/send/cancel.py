@@ -56,6 +56,6 @@ def request(node: Node, task_id: str) -> Requested:
     lane.tmp.mkdir(exist_ok=True)
     staged = lane.tmp / f"{task_id}.cancel.json"
     staged.write_bytes(canonical(body) + b"\n")
-    os.rename(staged, lane.cancel / f"{task_id}.json")
+    os.rename(staged, lane.cancel / lane.task_name(task_id))
     node.emit("cancel_sent", "cancel requested", task_id=task_id, from_=lane.from_, to=lane.to)
-    return Requested(task_id, lane.name, lane.cancel / f"{task_id}.json", "")
+    return Requested(task_id, lane.name, lane.cancel / lane.task_name(task_id), "")

@@ -554,3 +554,13 @@ def test_result_schema_of_the_tools_names_every_result_field() -> None:
     from dispatch.mcp.schema import ResultOut
 
     assert set(ResultOut.__annotations__) == RESULT_FIELDS
+
+
+def test_result_schema_of_the_tools_names_every_status() -> None:
+    """The SDK needs a Literal of the statuses written out; it must not drift from Status."""
+    from typing import get_args
+
+    from dispatch.core.model import Status
+    from dispatch.mcp.schema import ResultOut
+
+    assert set(get_args(ResultOut.__annotations__["status"])) == {s.value for s in Status}
