@@ -14,12 +14,13 @@ test-long:
 	@scripts/setup-dev test
 	.venv/bin/python -m pytest -q -m long tests/hostile
 
+# These two run as any user, with no system package beyond Python >= 3.11 and its venv.
 test-unit:
-	@scripts/setup-dev test
+	@scripts/setup-dev dev
 	.venv/bin/python -m pytest -q tests/unit tests/test_quality.py
 
 lint:
-	@scripts/setup-dev test
+	@scripts/setup-dev dev
 	.venv/bin/ruff check dispatch tests bench
 	.venv/bin/ruff format --check dispatch tests bench
 	.venv/bin/mypy dispatch tests
