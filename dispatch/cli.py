@@ -61,6 +61,7 @@ COMMAND_MODULES = {
     "demo": "demo",
     "mcp": "mcp",
     "list": "listing",
+    "clean": "listing",
 }
 ALIASES = {"ls": "list"}
 

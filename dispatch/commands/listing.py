@@ -7,6 +7,7 @@ import click
 from dispatch.cli import App, pass_app
 from dispatch.commands.complete import complete_peers
 from dispatch.commands.output import print_json
+from dispatch.core.errors import UsageError
 from dispatch.ops import tasklist
 
 STATES = "inbox, pending-ack, queued, running, done, rejected, or a status: ok, error, ..."
@@ -75,3 +76,75 @@ def list_(
 
 
 COMMANDS = [list_]
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    default=None,
+    help="Only tasks that ended longer ago than this (90s, 15m, 2h, 3d, 1w; default "
+    "DISPATCH_RETAIN_DAYS days).",
+)
+@click.option(
+    "--status",
+    "states",
+    multiple=True,
+    help="Only tasks with this status; repeat or comma-separate.",
+)
+@click.option("--peer", default=None, shell_complete=complete_peers, help="Only this peer's lanes.")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also results their sender may not have seen (incoming lanes) and results that "
+    "do not verify.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def clean(
+    app: App,
+    older_than: str | None,
+    states: tuple[str, ...],
+    peer: str | None,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+) -> int:
+    """Take finished tasks' results and logs off the share. Each lane is cleaned by its
+    sender, which records each task's end in its own history first (`dispatch list` keeps
+    it); incoming lanes' results stay unless --force; the receiver's old rejected/ entries go."""
+    from dispatch.ops import clean as clean_mod
+
+    node = app.node()
+    if older_than is None:
+        if node.cfg.retain_days <= 0:
+            raise UsageError("DISPATCH_RETAIN_DAYS is 0 (keep everything): give --older-than")
+        age = node.cfg.retain_days * 86400.0
+    else:
+        age = tasklist.parse_duration(older_than)
+    wanted = tuple(s.strip() for item in states for s in item.split(",") if s.strip())
+    done = clean_mod.clean(
+        node, older_than_s=age, statuses=wanted, peer=peer, dry_run=dry_run, force=force
+    )
+    if as_json:
+        print_json([item.to_json() for item in done])
+        return 0
+    verb = "would remove" if dry_run else "removed"
+    for item in done:
+        label = item.task_id[:8] if item.task_id else "(entry)"
+        head = f"{label:<9} {item.lane:<24} {item.status:<10} {tasklist.short(item.age_s):>5}"
+        if item.kept:
+            click.echo(f"kept         {head}  {item.kept}")
+        else:
+            click.echo(f"{verb:<12} {head}  {', '.join(item.removed) or '-'}")
+    gone = sum(1 for item in done if not item.kept)
+    kept = len(done) - gone
+    click.echo(
+        f"{verb} the files of {gone} task{'s' if gone != 1 else ''}"
+        + (f"; kept {kept}" if kept else ""),
+        err=True,
+    )
+    return 0
+
+
+COMMANDS.append(clean)

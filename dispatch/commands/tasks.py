@@ -103,10 +103,11 @@ COMMANDS = [status, result, wait]
 
 @click.command()
 @click.argument("task_id", shell_complete=complete_ids)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the task ends.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as output arrives, until the task ends.")
 @pass_app
 def logs(app: App, task_id: str, follow: bool) -> int:
-    """A task's story: the journal by DISPATCH_TASK_ID, else done/<id>.log."""
+    """On the sender: the agent's output from done/<id>.log on the share (-f: until the
+    result, then its status line). On the receiver: the task's story from the journal."""
     from dispatch.ops.logs import story
 
     for line in story(app.node(), _task_id(app, task_id), follow):

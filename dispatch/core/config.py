@@ -70,6 +70,7 @@ class Config:
     discord_webhook: str = ""
     webhook_url: str = ""
     ack_ttl_s: int = 86400
+    retain_days: int = 14
     metrics_file: Path = Path("/var/lib/prometheus/node-exporter/dispatch.prom")
 
     def lanes_in(self) -> list[tuple[str, str]]:
@@ -209,6 +210,7 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_DISCORD_WEBHOOK": ("discord_webhook", _url),
     "DISPATCH_WEBHOOK_URL": ("webhook_url", _url),
     "DISPATCH_ACK_TTL": ("ack_ttl_s", _int_at_least(1)),
+    "DISPATCH_RETAIN_DAYS": ("retain_days", _int_at_least(0)),
     "DISPATCH_METRICS_FILE": ("metrics_file", _abs_path),
 }
 # Read by other parts (node identity, peers, sender defaults), listed so the file check

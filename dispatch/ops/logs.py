@@ -1,16 +1,79 @@
-"""`dispatch logs <id>`: a task's story from the journal (every entry carries
-DISPATCH_TASK_ID, the exec unit's agent output included), or its `done/<id>.log`."""
+"""`dispatch logs <id>`. On the receiver: the task's story from the journal (every entry
+carries DISPATCH_TASK_ID, the exec unit's agent output included), else its `done/<id>.log`.
+On the sender, which has no journal of the run: the agent's output as the execution writes
+it to `done/<id>.log` on the share, followed (`-f`) until the verified result arrives, then
+its status line.
+
+The log is the agent's output, capped by the receiver; it is read from the share as bytes
+to show, never as anything to act on (no symlink followed, no FIFO opened to block on)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from dispatch.core.errors import NotFound
+from dispatch.core.errors import NotFound, Rejection
+from dispatch.core.inotify import DirWatcher
+from dispatch.core.model import Result
 from dispatch.core.node import Node
+from dispatch.core.spool import Lane
 from dispatch.send import results
+
+CHUNK = 1 << 20
+
+
+def read_from(path: os.PathLike[str], offset: int, limit: int = CHUNK) -> bytes:
+    """Up to `limit` bytes of a file on the share from `offset` (b"" once there is no
+    more). FileNotFoundError while there is no such file yet."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejection("not_regular", f"{path} is not a regular file")
+        return os.pread(fd, limit, offset)
+    finally:
+        os.close(fd)
+
+
+def status_line(result: Result) -> str:
+    reason = f": {result.reason}" if result.reason else ""
+    return (
+        f"-- {result.id} ended {result.status.value} after {result.elapsed_s:.1f}s on "
+        f"{result.answered_by} (exit {result.exit_code}){reason}"
+    )
+
+
+def share_log(node: Node, lane: Lane, task_id: str, follow: bool) -> Iterator[str]:
+    """The agent's output from the share, line by line; with `follow`, until the result."""
+    log, offset, partial = lane.log_path(task_id), 0, b""
+    with DirWatcher([lane.done]) as watcher:
+        while True:
+            # Whether the result is there is read before the log: once it is, the log the
+            # execution wrote before publishing it is whole.
+            finished = lane.result_path(task_id).exists()
+            while True:
+                try:
+                    data = read_from(log, offset)
+                except FileNotFoundError:
+                    data = b""
+                if not data:
+                    break
+                offset += len(data)
+                *lines, partial = (partial + data).split(b"\n")
+                for raw in lines:
+                    yield raw.decode("utf-8", "replace")
+            if finished or not follow:
+                break
+            watcher.wait(min(node.cfg.poll_sec, 1.0))
+    if partial:
+        yield partial.decode("utf-8", "replace")
+    if finished:
+        yield status_line(results.read(node, lane.result_path(task_id)))
+    elif offset == 0:
+        yield f"-- no output yet from {task_id} (stage: {lane.stage_of(task_id).value})"
 
 
 def _line(entry: dict[str, Any]) -> str:
@@ -67,6 +130,10 @@ def file_story(node: Node, task_id: str) -> Iterator[str]:
 
 
 def story(node: Node, task_id: str, follow: bool = False) -> Iterator[str]:
+    lane = results.find_task_lane(node, task_id)
+    if lane is not None and lane.from_ == node.name:
+        yield from share_log(node, lane, task_id, follow)
+        return
     lines = journal_story(task_id, follow, until_done=node)
     if lines is not None:
         first = next(lines, None)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from dispatch import __version__
+from dispatch.core import events
 from dispatch.core.config import LauncherKind
 from dispatch.core.errors import ConfigError, DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
@@ -174,7 +175,12 @@ def heartbeat(node: Node) -> dict[str, Any]:
     atomic_write(path, dump_json(beat))
     # Entries older than the freshness window guard nothing (such envelopes are stale).
     node.state.prune(node.cfg.max_age_s + node.cfg.clock_skew_s + 86400)
-    from dispatch.ops import metrics
+    from dispatch.ops import clean, metrics
+
+    try:
+        clean.retain(node)
+    except OSError as exc:  # the share's trouble, reported by the rest; the beat stands
+        node.emit("clean_failed", f"retention: {exc}", level=events.WARNING)
     from dispatch.receive import notify
 
     metrics.write(node, beat, lanes)
