@@ -103,7 +103,9 @@ COMMANDS = [status, result, wait]
 
 @click.command()
 @click.argument("task_id", shell_complete=complete_ids)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing as output arrives, until the task ends.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing as output arrives, until the task ends."
+)
 @pass_app
 def logs(app: App, task_id: str, follow: bool) -> int:
     """On the sender: the agent's output from done/<id>.log on the share (-f: until the
