@@ -12,7 +12,7 @@ from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError
 from dispatch.core.signing import Keyring
 from dispatch.core.spool import Spool
-from dispatch.core.state import NodeState
+from dispatch.core.state import NodeState, SentLog, sent_dirs
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class Node:
                 "(run as the dispatch service user, or set DISPATCH_STATE_DIR)"
             ) from None
         return state
+
+    @cached_property
+    def sent(self) -> SentLog:
+        """What this node (or this user on it) sent: routes waits, results and cancels."""
+        return SentLog(sent_dirs(self.cfg.state_dir))
 
     @cached_property
     def keys(self) -> Keyring:

@@ -258,3 +258,62 @@ def _entry_bytes(entry: LedgerEntry) -> bytes:
             "at": entry.at,
         }
     ).encode()
+
+
+@dataclass(frozen=True)
+class SentTask:
+    task_id: str
+    from_: str
+    to: str
+    at: float
+
+    @property
+    def lane(self) -> str:
+        return f"{self.from_}-to-{self.to}"
+
+
+@dataclass(frozen=True)
+class SentLog:
+    """The sender's own record of what it sent, and on which lane: the one thing that says
+    where to look for a task's result or send its cancel. Where files sit on the share
+    decides nothing (anyone can plant a file of any name in any lane). Written to the
+    first of `dirs` this user can write (the node's state, else the user's own state
+    directory: senders are often not the service user); read from all of them."""
+
+    dirs: tuple[Path, ...]
+
+    def record(self, task_id: str, from_: str, to: str) -> None:
+        data = json.dumps({"id": task_id, "from": from_, "to": to, "at": time.time()}).encode()
+        failure: OSError | None = None
+        for directory in self.dirs:
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                atomic_write(directory / task_id, data, mode=0o600)
+                return
+            except OSError as exc:
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+    def lookup(self, task_id: str) -> SentTask | None:
+        for directory in self.dirs:
+            try:
+                record = json.loads((directory / task_id).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(record, dict):
+                continue
+            from_, to = record.get("from"), record.get("to")
+            if isinstance(from_, str) and isinstance(to, str) and record.get("id") == task_id:
+                at = record.get("at")
+                return SentTask(task_id, from_, to, float(at) if isinstance(at, int | float) else 0)
+        return None
+
+
+def sent_dirs(state_dir: Path, environ: dict[str, str] | None = None) -> tuple[Path, ...]:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or os.path.join(
+        env.get("HOME") or "/nonexistent", ".local/state"
+    )
+    own = Path(base) / "dispatch" / "sent"
+    return (state_dir / "sent", own) if own != state_dir / "sent" else (own,)

@@ -86,16 +86,12 @@ def get_task(node: Node, task_id: str) -> TaskOut:
     """The verified result now, or where the task is (a refused task is an error)."""
     located = results.locate(node, task_id)
     if located is not None:
-        return task_out(task_id, "done", results.read(node, located.path))
+        return task_out(task_id, "done", results.read_bound(node, located.lane, task_id))
     lane = results.find_task_lane(node, task_id)
     if lane is None:
-        raise NotFound(f"no task {task_id} in this node's lanes")
-    stage = waiting.stage_of(lane, task_id)
-    if stage == "rejected":
-        raise Rejection(
-            "rejected", f"task {task_id} was rejected: {waiting.rejection_reason(lane, task_id)}"
-        )
-    return task_out(task_id, stage, None)
+        raise NotFound(f"no task {task_id} in this node's records (sent or received)")
+    # An unsigned record in rejected/ is a hint, never the outcome: the stage says it.
+    return task_out(task_id, waiting.stage_of(lane, task_id), None)
 
 
 def tool_message(exc: DispatchError) -> str:

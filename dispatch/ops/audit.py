@@ -243,5 +243,7 @@ def _check_id(
                 report.add("unfinished", task_id, name, f"still in {stage}/")
     if ran and not have_state and not (live or results or refusals or deferred is not None):
         report.add("ran_unadmitted", task_id, "", "the agent ran it, and no lane knows it")
+    elif ran and not have_state and refusals and not (live or results or deferred is not None):
+        report.add("ran_unadmitted", task_id, "", "the agent ran it, and its lane only refused it")
     if None in stages:
         report.add("torn_ledger", task_id, "", "a ledger entry for it is unreadable")

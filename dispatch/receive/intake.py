@@ -14,7 +14,7 @@ from dispatch.core.errors import Rejection
 from dispatch.core.model import Envelope, parse_v2
 from dispatch.core.signing import Keyring, verify_envelope, verify_v2
 from dispatch.core.spool import Lane
-from dispatch.core.wire import loads_strict, now_utc, valid_id
+from dispatch.core.wire import loads_strict, now_utc
 
 
 @dataclass(frozen=True)
@@ -25,73 +25,70 @@ class Admitted:
     v2: bool
 
 
-def candidate_id(obj: dict[str, Any] | None) -> str | None:
-    value = obj.get("id") if obj else None
-    return value if isinstance(value, str) and valid_id(value) else None
-
-
 def examine(
     cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *, check_fresh: bool = True
 ) -> Admitted:
-    """Every check of the strict intake (docs/design.md) except replay, which needs the ledger."""
+    """Every check of the strict intake (docs/design.md) except replay, which needs the ledger.
+
+    A refusal names the task (`Rejection.task_id`, which earns the sender a signed
+    `rejected` result) only when the envelope authenticated and claims this very lane and
+    file name: a node never signs an answer to bytes it could not verify, or the share
+    would be a signing oracle for results of any id."""
     if not name.endswith(".json"):
         raise Rejection("bad_name", "not a <id>.json task file")
     obj = loads_strict(data)
+    envelope, v2 = _authenticated(cfg, ring, obj)
     try:
-        return _examine(cfg, ring, lane, name, obj, data, check_fresh)
+        needs_ack = _policy(cfg, lane, name, envelope, v2, check_fresh)
     except Rejection as exc:
-        # Answer the sender only when the envelope claims this very lane and file name.
-        task_id = candidate_id(obj)
-        if (
-            task_id
-            and name == f"{task_id}.json"
-            and obj.get("from") == lane.from_
-            and obj.get("to") == lane.to
+        if name == f"{envelope.id}.json" and (envelope.from_, envelope.to) == (
+            lane.from_,
+            lane.to,
         ):
-            exc.task_id = task_id
+            exc.task_id = envelope.id
         raise
+    return Admitted(envelope, hashlib.sha256(data).hexdigest(), needs_ack, v2)
 
 
-def _examine(
-    cfg: Config,
-    ring: Keyring,
-    lane: Lane,
-    name: str,
-    obj: dict[str, Any],
-    data: bytes,
-    check_fresh: bool,
-) -> Admitted:
+def _authenticated(cfg: Config, ring: Keyring, obj: dict[str, Any]) -> tuple[Envelope, bool]:
+    """The envelope, verified (schema 3, or schema 2 under this node's policy)."""
     schema = obj.get("schema")
     v2 = schema == 2 and not isinstance(schema, bool)
-    if v2:
-        if not cfg.accept_v2:
-            raise Rejection(
-                "schema2_disabled",
-                "schema-2 envelope, and this node does not accept them (DISPATCH_ACCEPT_V2=0)",
-            )
-        old = parse_v2(obj)
-        verify_v2(ring, old)
-        # Only six fields are signed; the rest is the receiving node's policy, never the file's.
-        envelope = Envelope(
-            id=old.id,
-            from_=old.from_,
-            to=old.to,
-            created=old.created,
-            priority=old.priority,
-            request=old.request,
-            require_ack=cfg.v2_require_ack,
-            require_dangerous=False,
-            timeout_s=min(cfg.default_timeout_s, cfg.timeout_max_s),
-            max_output_bytes=cfg.default_max_output_bytes,
-            callback=old.callback,
-            parent=None,
-            hops=0,
-            kid="",
-            hmac=old.hmac,
-            schema=2,
+    if not v2:
+        return verify_envelope(ring, obj), False
+    old = parse_v2(obj)
+    verify_v2(ring, old)
+    # Only six fields are signed; the rest is the receiving node's policy, never the file's.
+    envelope = Envelope(
+        id=old.id,
+        from_=old.from_,
+        to=old.to,
+        created=old.created,
+        priority=old.priority,
+        request=old.request,
+        require_ack=cfg.v2_require_ack,
+        require_dangerous=False,
+        timeout_s=min(cfg.default_timeout_s, cfg.timeout_max_s),
+        max_output_bytes=cfg.default_max_output_bytes,
+        callback=old.callback,
+        parent=None,
+        hops=0,
+        kid="",
+        hmac=old.hmac,
+        schema=2,
+    )
+    return envelope, True
+
+
+def _policy(
+    cfg: Config, lane: Lane, name: str, envelope: Envelope, v2: bool, check_fresh: bool
+) -> bool:
+    """This node's checks of an authenticated envelope; whether it waits for an ack."""
+    if v2 and not cfg.accept_v2:
+        raise Rejection(
+            "schema2_disabled",
+            "schema-2 envelope, and this node does not accept them (DISPATCH_ACCEPT_V2=0)",
         )
-    else:
-        envelope = verify_envelope(ring, obj)
     if name != f"{envelope.id}.json":
         raise Rejection("name_mismatch", f"file name {name[:80]!r} is not <id>.json of its id")
     if (envelope.from_, envelope.to) != (lane.from_, lane.to):
@@ -130,7 +127,6 @@ def _examine(
             "dangerous_denied",
             "require_dangerous, and this node denies it (DISPATCH_DANGEROUS=deny)",
         )
-    needs_ack = envelope.require_ack or (
+    return envelope.require_ack or (
         envelope.require_dangerous and cfg.dangerous is DangerousPolicy.ACK
     )
-    return Admitted(envelope, hashlib.sha256(data).hexdigest(), needs_ack, v2)

@@ -121,6 +121,9 @@ def deliver(node: Node, envelope: Envelope) -> Sent:
             "(is the share mounted?)"
         )
     data = canonical(envelope.to_json()) + b"\n"
+    # Recorded before it leaves: the record, not the share, says which lane its result
+    # (and only its result) comes back on.
+    node.sent.record(envelope.id, envelope.from_, envelope.to)
     path = lane.deliver(envelope.id, data)
     if not history.record_sent(node, envelope):
         node.emit(

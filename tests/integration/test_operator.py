@@ -114,12 +114,15 @@ def test_wait_exit_codes(node_host: SystemdHost) -> None:
     d.dispatch("killswitch", "off", sender=False)
     assert d.wait(held)["status"] == "ok"
 
-    # A result changed on the share after it was signed: exit 3, never the forged text.
+    # A result changed on the share after it was signed: `result` exits 3, never with the
+    # forged text; `wait` does not take it for the outcome and waits on (issue 12).
     d.shell(f"sed -i 's/fake agent/forged agent/' {LANE}/done/{ok}.result.json")
-    for command in ("result", "wait"):
-        proc = d.dispatch(command, ok, check=False)
-        assert proc.returncode == 3, (command, proc.stdout, proc.stderr)
-        assert proc.stdout == "" and "signature" in proc.stderr
+    proc = d.dispatch("result", ok, check=False)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert proc.stdout == "" and "signature" in proc.stderr
+    proc = d.dispatch("wait", ok, "--timeout", "1", check=False)
+    assert proc.returncode == 4, (proc.stdout, proc.stderr)
+    assert proc.stdout == "" and "signature" in proc.stderr and "ignored" in proc.stderr
 
 
 def test_cancel_a_queued_task_held_by_the_killswitch(node_host: SystemdHost) -> None:

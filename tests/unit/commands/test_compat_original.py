@@ -117,7 +117,9 @@ def test_original_envelope_runs_with_the_nodes_policy_not_its_unsigned_fields(pa
     header = lane.log_path(task_id).read_text().splitlines()[:3]
     assert "timeout=77s" in header[1] and "max_output_bytes=2000000" in header[1]
     assert [r["task_id"] for r in pair.agent_runs()] == [task_id]
-    # The sender side of dispatch reads the signed result of an original task.
+    # The sender side of dispatch reads the signed result of an original task, once it
+    # has a record of sending it (results are read only from the lane a task was sent on).
+    pair.sender.node().sent.record(task_id, "devbox", "gpubox")
     proc = cli(pair.sender, "result", task_id, "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "ok"
 
@@ -131,6 +133,7 @@ def test_original_envelope_refused_when_schema2_is_off(pair: Pair) -> None:
     assert_rejected(lane, f"{task_id}.json", "schema2_disabled")
     assert result_json(lane, task_id)["status"] == "rejected"
     assert pair.agent_runs() == []
+    pair.sender.node().sent.record(task_id, "devbox", "gpubox")
     assert cli(pair.sender, "wait", task_id, "--timeout", "5").returncode == 1
 
 

@@ -71,7 +71,8 @@ def test_clean_after_real_traffic_and_refusals(pair: Pair) -> None:
     report = run_audit(pair)
     assert report.ok, [v.line() for v in report.violations]
     assert report.executions == 3
-    assert report.statuses == {"ok": 3, "rejected": 1}
+    # The tampered one earned no signed result: nothing that did not authenticate does.
+    assert report.statuses == {"ok": 3}
     assert report.rejected == 3
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.core.spool import set_killswitch
+from dispatch.core.wire import now_utc, rfc3339
 from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
 from dispatch.send import task as sender
@@ -59,9 +61,11 @@ def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
     send(pair, "fine")
     send(pair, "also fine")
     send(pair, "broken exit=3")
-    # Refused: one malformed (no id, so no result), one forged (a signed `rejected` result).
+    # Refused: one malformed and one forged (neither authenticated: no result), one stale
+    # (it authenticated: a signed `rejected` result).
     drop(lane, b"{not json", name="junk.json")
     drop(lane, {**envelope(pair), "request": "tampered after signing"})
+    drop(lane, envelope(pair, created=rfc3339(now_utc() - timedelta(days=2))))
     drain(pair.receiver.node())
     # One running...
     rx = pair.receiver.node()
@@ -115,7 +119,7 @@ def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
         for (name, labels), v in samples.items()
         if name == "dispatch_rejections_total"
     }
-    assert reasons == {"malformed": 1, "bad_signature": 1}
+    assert reasons == {"malformed": 1, "bad_signature": 1, "stale": 1}
     for stage, depth in (("inbox", 1), ("pending_ack", 1), ("queued", 2)):
         assert value(samples, "dispatch_queue_depth", lane="devbox-to-gpubox", stage=stage) == depth
     assert value(samples, "dispatch_running") == 1 == beat["running"]

@@ -61,17 +61,22 @@ def _future() -> dict[str, Any]:
     return {"created": rfc3339(now_utc() + timedelta(hours=1))}
 
 
-# (case, envelope overrides, tamper after signing, expected reason)
+# (case, envelope overrides, tamper after signing, expected reason): refused after the
+# envelope authenticated, so the sender gets a signed `rejected` result.
 ANSWERED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
-    ("bad_signature", {}, {"request": "rm -rf / please"}, "bad_signature"),
-    ("dangerous_flipped", {}, {"require_dangerous": True}, "bad_signature"),
-    ("timeout_flipped", {}, {"timeout_s": 3000}, "bad_signature"),
     ("stale", _stale(), {}, "stale"),
     ("future", _future(), {}, "future"),
-    ("unknown_kid", {"kid": "nobody"}, {}, "unknown_key"),
     ("timeout_over_max", {"timeout_s": 7200}, {}, "policy_timeout"),
     ("output_over_max", {"max_output_bytes": 2**40}, {}, "policy_output"),
     ("too_many_hops", {"hops": 4, "parent": new_id()}, {}, "too_many_hops"),
+]
+# Refused before anything authenticated: nothing is signed for it (the share would be a
+# signing oracle), no ledger entry, no notification; an unsigned reason in rejected/.
+UNANSWERED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("bad_signature", {}, {"request": "rm -rf / please"}, "bad_signature"),
+    ("dangerous_flipped", {}, {"require_dangerous": True}, "bad_signature"),
+    ("timeout_flipped", {}, {"timeout_s": 3000}, "bad_signature"),
+    ("unknown_kid", {"kid": "nobody"}, {}, "unknown_key"),
     ("int_for_bool", {"require_ack": 0}, {}, "malformed"),
     ("unknown_field", {"shell": "bash"}, {}, "malformed"),
 ]
@@ -96,6 +101,50 @@ def test_refused_envelope_with_a_valid_id_gets_a_rejected_result(
     assert res.status is Status.REJECTED and res.reason.startswith(code)
     assert res.answered_by == "gpubox"
     assert pair.agent_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tamper", "code"), [c[1:] for c in UNANSWERED], ids=[c[0] for c in UNANSWERED]
+)
+def test_an_envelope_that_did_not_authenticate_gets_no_signature(
+    pair: Pair, overrides: dict[str, Any], tamper: dict[str, Any], code: str
+) -> None:
+    configure(pair.receiver, DISPATCH_WEBHOOK_URL="https://example.invalid/hook")
+    obj = envelope(pair, **overrides)
+    obj.update(tamper)
+    lane = lane_in(pair)
+    name = drop(lane, obj).name
+    rx = pair.receiver.node()
+    report = promote_once(rx)
+    assert report.rejected == 1 and report.admitted == 0 and report.started == []
+    assert_rejected(lane, name, code)
+    assert not os.path.lexists(lane.result_path(obj["id"]))
+    assert rx.state.entry(obj["id"]) is None
+    queued_posts = rx.cfg.state_dir / "notify"
+    assert not queued_posts.exists() or os.listdir(queued_posts) == []
+    assert pair.agent_runs() == []
+
+
+def test_junk_naming_a_queued_task_earns_no_signed_result(pair: Pair) -> None:
+    """Issue 12, finding 3: an unsigned stub naming a task id was answered with a result
+    this node signed, which a copy into the other lane turned into that task's outcome."""
+    lane = lane_in(pair)
+    real = envelope(pair)
+    task_id = real["id"]
+    stub = {"schema": 3, "id": task_id, "from": "devbox", "to": "gpubox"}
+    rx = pair.receiver.node()
+    drop(lane, stub)
+    promote_once(rx)
+    assert_rejected(lane, f"{task_id}.json", "malformed")
+    assert not os.path.lexists(lane.result_path(task_id))
+    assert rx.state.entry(task_id) is None
+    # The genuine task of that id still runs, once.
+    os.rename(lane.rejected / f"{task_id}.json", pair.root / "kept-stub")
+    os.rename(lane.rejected / f"{task_id}.json.reason.json", pair.root / "kept-reason")
+    drop(lane, real)
+    promote_once(rx)
+    assert result_json(lane, task_id)["status"] == "ok"
+    assert len(pair.agent_runs()) == 1
 
 
 def test_hops_within_the_limit_run_and_the_limit_is_a_knob(pair: Pair) -> None:
@@ -352,8 +401,7 @@ def test_replay_of_a_task_still_queued(pair: Pair) -> None:
 
 
 def test_wait_ends_at_once_on_a_rejected_result(pair: Pair) -> None:
-    obj = envelope(pair)
-    obj["request"] = "tampered"
+    obj = envelope(pair, **_stale())
     lane = lane_in(pair)
     drop(lane, obj)
     waiter = subprocess.Popen(
@@ -372,8 +420,20 @@ def test_wait_ends_at_once_on_a_rejected_result(pair: Pair) -> None:
     finally:
         waiter.kill()
     assert waiter.returncode == 1, err
-    assert "rejected" in err and "bad_signature" in err
+    assert "rejected" in err and "stale" in err
     assert waited < 10  # well before its 30 s timeout
+
+
+def test_an_unsigned_rejection_is_a_hint_and_wait_keeps_waiting(pair: Pair) -> None:
+    obj = envelope(pair)
+    obj["request"] = "tampered"
+    lane = lane_in(pair)
+    drop(lane, obj)
+    promote_once(pair.receiver.node())
+    assert_rejected(lane, f"{obj['id']}.json", "bad_signature")
+    proc = cli(pair.sender, "wait", obj["id"], "--timeout", "1")
+    assert proc.returncode == 4, proc.stderr
+    assert "bad_signature" in proc.stderr and "unsigned" in proc.stderr
 
 
 def test_stale_and_fresh_temp_files(pair: Pair) -> None:

@@ -153,7 +153,7 @@ def test_cancel_a_finished_task_leaves_it_alone(pair: Pair) -> None:
 
 def test_cancel_of_a_task_this_node_never_sent(pair: Pair) -> None:
     proc = cli(pair.sender, "cancel", new_id())
-    assert proc.returncode == 2 and "sent no task" in proc.stderr
+    assert proc.returncode == 2 and "no record of sending task" in proc.stderr
     proc = cli(pair.sender, "cancel", "../../etc/passwd")
     assert proc.returncode == 2 and "not a task id" in proc.stderr
 
