@@ -5,6 +5,7 @@ tears down everything it made (namespaces, mounts, processes), whatever happens.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,14 @@ from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
 
 def settings(poll_sec: int) -> dict[str, str]:
+    # BENCH_WATCH_MODE=timer measures the polling fallback on sshfs (the default, auto, runs
+    # the sensor there).
+    mode = os.environ.get("BENCH_WATCH_MODE", "")
     return {
         "DISPATCH_POLL_SEC": str(poll_sec),
         "DISPATCH_MAX_PARALLEL": "2",
         "DISPATCH_AGENT_BIN": agent_in("fake-agent"),
+        **({"DISPATCH_WATCH_MODE": mode} if mode else {}),
     }
 
 

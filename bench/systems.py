@@ -62,7 +62,7 @@ echo '{"type":"result","subtype":"success","is_error":false,"result":"noop"}'
 DISPATCH_SLICES = ("bench.slice/bench-dispatch.slice", "dispatch.slice")
 ORIGINAL_SLICES = ("bench.slice/bench-original.slice",)
 SLICE_DROPIN = "[Service]\nSlice=bench-dispatch.slice\n"
-SLICED_UNITS = ("dispatch-watch.service", "dispatch-heartbeat.service")
+SLICED_UNITS = ("dispatch-watch.service", "dispatch-heartbeat.service", "dispatch-sensor.service")
 
 # The original's dispatch-send, many times in one process (for bursts and backlogs): the
 # same calls in the same order as bin/dispatch-send's main().
@@ -219,7 +219,14 @@ def set_conf(path: Path, values: dict[str, str]) -> None:
 # ----------------------------------------------------------------------------- dispatch
 
 
-NODE_UNITS = ("dispatch-watch.path", "dispatch-watch.timer", "dispatch-heartbeat.timer")
+# dispatch-sensor.service exits at once on a node in timer mode (a local share).
+NODE_UNITS = (
+    "dispatch-watch.path",
+    "dispatch-watch.timer",
+    "dispatch-heartbeat.timer",
+    "dispatch-sensor.service",
+)
+RECEIVER_UNITS = ("dispatch-watch.path", "dispatch-watch.timer", "dispatch-sensor.service")
 
 
 class DispatchSystem:
@@ -254,11 +261,11 @@ class DispatchSystem:
             # The generator derives the timer period and the slice's TasksMax from the config.
             self.site.receiver.daemon_reload()
             self.knobs = knobs
-        self.site.receiver.systemctl("start", "dispatch-watch.path", "dispatch-watch.timer")
+        self.site.receiver.systemctl("start", *RECEIVER_UNITS)
 
     def stop(self) -> None:
         host = self.site.receiver
-        host.systemctl("stop", "dispatch-watch.timer", "dispatch-watch.path")
+        host.systemctl("stop", *reversed(RECEIVER_UNITS))
         # An execution's ExecStopPost= may queue a pass meanwhile: its job is cancelled.
         host.systemctl("stop", "dispatch-watch.service", check=False)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.core.config import Config
+from dispatch.core.config import Config, WatchMode
 from dispatch.receive import generator
 
 TOP = Path(__file__).resolve().parent.parent
@@ -28,7 +28,8 @@ def _stage(tmp_path: Path) -> Path:
         text = unit.read_text().replace("/usr/bin/dispatch", str(DISPATCH_BIN))
         (out / unit.name).write_text(text)
     cfg = Config(root=tmp_path / "share", node="gpubox", peers=("devbox", "laptop"))
-    generator.write(out, cfg)
+    # Sensor mode: its drop-ins are the larger set (the sensor's settings and sandbox paths).
+    generator.write(out, cfg, WatchMode.SENSOR)
     return out
 
 
@@ -43,6 +44,7 @@ def test_units_exist() -> None:
         "dispatch-heartbeat.timer",
         "dispatch-heartbeat.service",
         "dispatch-notify.service",
+        "dispatch-sensor.service",
     }
 
 
@@ -70,6 +72,7 @@ def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
         ("dispatch-watch.service", 2.5),
         ("dispatch-heartbeat.service", 2.5),
         ("dispatch-notify.service", 2.5),
+        ("dispatch-sensor.service", 1.0),
         ("dispatch-exec@.service", 3.5),
     ],
 )
@@ -111,7 +114,8 @@ def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
         timeout_max_s=900,
         poll_sec=1.5,
     )
-    files = generator.render(cfg)
+    files = generator.render(cfg, WatchMode.TIMER)
+    assert not any("sensor" in name for name in files)
     path_unit = files["dispatch-watch.path.d/50-lanes.conf"]
     for peer in cfg.peers:
         for sub in ("inbox", "pending-ack", "processing"):
@@ -148,3 +152,58 @@ def test_generator_rejects_root_with_spaces() -> None:
     cfg = Config(root=Path("/srv/my share"), node="a", peers=("b",))
     with pytest.raises(Exception, match="whitespace"):
         generator.render(cfg)
+
+
+MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    "37 22 0:45 / /mnt/ssh rw,relatime shared:30 - fuse.sshfs alice@files:/srv rw\n"
+)
+FSTAB = "# <file system> <mount point> <type> <options>\nfiles:/export /mnt/nfs nfs4 rw 0 0\n"
+
+
+@pytest.mark.parametrize(
+    ("root", "mode", "expected"),
+    [
+        ("/mnt/ssh/dispatch", WatchMode.AUTO, WatchMode.SENSOR),  # mounted sshfs
+        ("/mnt/nfs/dispatch", WatchMode.AUTO, WatchMode.SENSOR),  # at boot, before the mount
+        ("/srv/dispatch", WatchMode.AUTO, WatchMode.TIMER),  # local: inotify sees all
+        ("/srv/dispatch", WatchMode.SENSOR, WatchMode.SENSOR),  # forced either way
+        ("/mnt/ssh/dispatch", WatchMode.TIMER, WatchMode.TIMER),
+    ],
+)
+def test_watch_mode_follows_the_roots_filesystem(
+    root: str, mode: WatchMode, expected: WatchMode
+) -> None:
+    cfg = Config(root=Path(root), node="gpubox", peers=("devbox",), watch_mode=mode)
+    assert generator.watch_mode(cfg, MOUNTINFO, FSTAB) is expected
+
+
+def test_generator_in_sensor_mode(tmp_path: Path) -> None:
+    cfg = Config(
+        root=Path("/srv/share"),
+        node="gpubox",
+        peers=("devbox", "laptop"),
+        sensor_ms=400,
+        poll_sec=2,
+        state_dir=Path("/var/lib/dispatch"),
+    )
+    files = generator.render(cfg, WatchMode.SENSOR)
+    sensor = files["dispatch-sensor.service.d/50-sensor.conf"]
+    for line in (
+        "RequiresMountsFor=/srv/share",
+        "Environment=DISPATCH_SENSOR_ROOT=/srv/share",
+        "Environment=DISPATCH_SENSOR_NODE=gpubox",
+        "Environment=DISPATCH_SENSOR_PEERS=devbox,laptop",
+        "Environment=DISPATCH_SENSOR_MS=400",
+        "ReadWritePaths=/srv/share/heartbeats",
+        "InaccessiblePaths=-/etc/dispatch/keys",
+        "InaccessiblePaths=-/var/lib/dispatch/ack.secret",
+    ):
+        assert line + "\n" in sensor
+    # Not the whole share: the heartbeat is all it writes there.
+    assert "ReadWritePaths=/srv/share\n" not in sensor
+    sweep = f"OnUnitActiveSec={generator.SENSOR_SWEEP_S}s\n"
+    assert sweep in files["dispatch-watch.timer.d/50-poll.conf"]
+    # The unit's 15 s is reset, not added to.
+    beat_timer = files["dispatch-heartbeat.timer.d/50-sensor.conf"]
+    assert "OnUnitActiveSec=\nOnBootSec=2s\n" + sweep in beat_timer

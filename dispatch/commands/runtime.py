@@ -21,7 +21,12 @@ def promote(app: App, as_json: bool) -> int:
     from dispatch.receive.promote import settle, summary
 
     node = app.node()
-    report = settle(node, make_launcher(node), linger=node.cfg.launcher is LauncherKind.SYSTEMD)
+    under_systemd = node.cfg.launcher is LauncherKind.SYSTEMD
+    if under_systemd:
+        from dispatch.receive.sensor import consume_kick
+
+        consume_kick()
+    report = settle(node, make_launcher(node), linger=under_systemd)
     if as_json:
         click.echo(summary(report))
     return 0

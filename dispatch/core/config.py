@@ -22,6 +22,15 @@ class LauncherKind(StrEnum):
     PROCESS = "process"
 
 
+class WatchMode(StrEnum):
+    """How a node notices other hosts' writes, which inotify cannot see (README: "What a
+    node runs while idle"). auto: the sensor when the root is on a network filesystem."""
+
+    AUTO = "auto"
+    SENSOR = "sensor"
+    TIMER = "timer"
+
+
 class AgentProfile(StrEnum):
     CLAUDE = "claude"
     GENERIC = "generic"
@@ -49,6 +58,8 @@ class Config:
     key_id: str = ""
     state_dir: Path = Path("/var/lib/dispatch")
     poll_sec: float = 3.0
+    watch_mode: WatchMode = WatchMode.AUTO
+    sensor_ms: int = 250
     max_parallel: int = 2
     launcher: LauncherKind = LauncherKind.PROCESS
     agent_bin: str = "claude"
@@ -115,6 +126,16 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
         value = int(text.strip())
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
         return value
 
     return parse
@@ -189,6 +210,10 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_KEY_ID": ("key_id", _kid),
     "DISPATCH_STATE_DIR": ("state_dir", _abs_path),
     "DISPATCH_POLL_SEC": ("poll_sec", _positive_float),
+    "DISPATCH_WATCH_MODE": ("watch_mode", _enum(WatchMode)),
+    # Below 50 ms the sensor's stats would load the file server for nothing; above 10 s it
+    # would be slower than the timer it replaces.
+    "DISPATCH_SENSOR_MS": ("sensor_ms", _int_between(50, 10000)),
     "DISPATCH_MAX_PARALLEL": ("max_parallel", _int_at_least(1)),
     "DISPATCH_LAUNCHER": ("launcher", _enum(LauncherKind)),
     "DISPATCH_AGENT_BIN": ("agent_bin", _str),

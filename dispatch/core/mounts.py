@@ -51,14 +51,20 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
-def mount_of(path: Path, mountinfo: str | None = None) -> Mount | None:
-    """The mount holding `path`: the longest mount point that prefixes its real path."""
+def _inside(target: str, point: str) -> bool:
+    return target == point or target.startswith(point.rstrip("/") + "/")
+
+
+def mount_of(path: Path, mountinfo: str | None = None, *, resolve: bool = True) -> Mount | None:
+    """The mount holding `path`: the longest mount point that prefixes its real path. With
+    `resolve=False` the path is taken as written and nothing is stat'ed (a generator must
+    not block on a hung network mount)."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             return None
-    target = os.path.realpath(path)
+    target = os.path.realpath(path) if resolve else os.path.normpath(path)
     best: Mount | None = None
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
@@ -69,8 +75,28 @@ def mount_of(path: Path, mountinfo: str | None = None) -> Mount | None:
         if len(fields) < 6 or len(rest) < 3:
             continue
         point = _unescape(fields[4])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best.mount_point)):
+        if _inside(target, point) and (best is None or len(point) >= len(best.mount_point)):
             options = tuple(fields[5].split(",")) + tuple(rest[2].split(","))
             best = Mount(point, rest[0], _unescape(rest[1]), options)
+    return best
+
+
+def fstab_mount_of(path: Path, fstab: str | None = None) -> Mount | None:
+    """The /etc/fstab entry that will hold `path` once mounted (the longest mount point
+    prefixing it): at boot, generators run before network filesystems are mounted."""
+    if fstab is None:
+        try:
+            fstab = Path("/etc/fstab").read_text()
+        except OSError:
+            return None
+    target = os.path.normpath(path)
+    best: Mount | None = None
+    for line in fstab.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 3:
+            continue
+        point = _unescape(fields[1])
+        if _inside(target, point) and (best is None or len(point) >= len(best.mount_point)):
+            options = tuple(fields[3].split(",")) if len(fields) > 3 else ()
+            best = Mount(point, fields[2], _unescape(fields[0]), options)
     return best

@@ -214,6 +214,19 @@ class NodeState:
         self.forget_log_rest(task_id)
         (self._outbox() / f"{task_id}.json").unlink(missing_ok=True)
 
+    # -- what dispatch-sensor puts in the heartbeats it writes (receive/sensor.py) ------
+    def record_identity(self, version: str, kid: str) -> None:
+        """The version and signing key id, so the sensor, which reads no key, can write the
+        same heartbeat as `dispatch heartbeat`. Rewritten only when it changed."""
+        data = f"version={version}\nkid={kid}\n".encode()
+        path = self.path / "heartbeat.identity"
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        atomic_write(path, data, mode=0o600)
+
     # -- ack secret -----------------------------------------------------------------
     def ack_secret(self) -> bytes:
         path = self.path / "ack.secret"

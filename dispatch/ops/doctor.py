@@ -47,6 +47,7 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     checks += _peers(node)
     if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
+        checks.append(_watch_mode(node))
     ks = node.spool.killswitch()
     checks.append(
         Check(
@@ -251,6 +252,48 @@ def _clock_offset(root: Path) -> float | None:
     except OSError:
         return None
     return offset
+
+
+def _watch_mode(node: Node) -> Check:
+    """Which of the two ways this node notices other hosts' writes, and whether what runs
+    matches it (the generator decides at daemon-reload, from the mount or /etc/fstab)."""
+    from dispatch.core.config import WatchMode
+    from dispatch.core.runner import systemctl
+    from dispatch.receive.generator import SENSOR_SWEEP_S, watch_mode
+
+    cfg = node.cfg
+    mode = watch_mode(cfg)
+    why = f"DISPATCH_WATCH_MODE={cfg.watch_mode}"
+    unit = "dispatch-sensor.service"
+    try:
+        shown = systemctl("show", "--property=ActiveState,Environment", unit, check=False).stdout
+    except DispatchError as exc:
+        return Check("watch-mode", False, f"{mode} ({why}): {exc}", "is systemd running here?")
+    active = "ActiveState=active" in shown.splitlines()
+    rendered = "DISPATCH_SENSOR_ROOT=" in shown
+    if mode is WatchMode.TIMER:
+        ok = not rendered
+        return Check(
+            "watch-mode",
+            ok,
+            f"timer ({why}): dispatch-watch.timer starts a pass every {cfg.poll_sec:g}s"
+            + ("" if ok else f"; but {unit} still has sensor settings"),
+            "" if ok else "systemctl daemon-reload && systemctl restart dispatch-sensor.service",
+        )
+    if not rendered:
+        return Check(
+            "watch-mode",
+            False,
+            f"sensor ({why}), but {unit} has no settings from the generator",
+            "systemctl daemon-reload && systemctl restart dispatch-sensor.service",
+        )
+    return Check(
+        "watch-mode",
+        active,
+        f"sensor ({why}): {unit} {'active' if active else 'NOT active'}, stats the lanes "
+        f"every {cfg.sensor_ms} ms; dispatch-watch.timer sweeps every {SENSOR_SWEEP_S}s",
+        "" if active else f"systemctl enable --now {unit}; journalctl -u {unit}",
+    )
 
 
 def _unit_active(unit: str) -> bool:

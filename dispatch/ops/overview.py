@@ -167,6 +167,7 @@ def heartbeat(node: Node) -> dict[str, Any]:
         # Peers' `dispatch doctor` compares key ids: a mismatch means every task is refused.
         "kid": node.keys.signing_key().kid,
     }
+    node.state.record_identity(beat["version"], beat["kid"])
     path = node.spool.heartbeat_path(node.name)
     if not path.parent.is_dir():
         raise ConfigError(

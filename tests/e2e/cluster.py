@@ -401,6 +401,23 @@ def _stop_leftover_servers() -> None:
 # ---------------------------------------------------------------------------------- hosts
 
 
+# What `dispatch init` leaves a node running; dispatch-sensor.service exits at once on a node
+# in timer mode.
+NODE_UNITS = (
+    "dispatch-watch.path",
+    "dispatch-watch.timer",
+    "dispatch-heartbeat.timer",
+    "dispatch-sensor.service",
+)
+# On sshfs the nodes run the sensor (DISPATCH_WATCH_MODE=auto); DISPATCH_E2E_WATCH_MODE=timer
+# runs the whole suite on the polling fallback instead. A test's own settings still win.
+FORCED_WATCH_MODE = (
+    {"DISPATCH_WATCH_MODE": os.environ["DISPATCH_E2E_WATCH_MODE"]}
+    if os.environ.get("DISPATCH_E2E_WATCH_MODE")
+    else {}
+)
+
+
 def mount_unit(server_ip: str, export: Path, identity: Path, known_hosts: Path) -> str:
     options = ",".join(
         (
@@ -587,6 +604,7 @@ class Cluster:
             node = self.nodes[name]
             peers = ",".join(n for n in self.names if n != name)
             values = {
+                **FORCED_WATCH_MODE,
                 "DISPATCH_AGENT_BIN": f"{VENV_BIN / 'python'} -m dispatch.ops.fake_agent",
                 "DISPATCH_RUN_AS": AGENT_USER,
                 "DISPATCH_POLL_SEC": "1",
@@ -616,9 +634,7 @@ class Cluster:
                 kid = node.kid
                 key_text = (node.dir / "etc-dispatch" / "keys" / f"{kid}.key").read_text()
             node.host.daemon_reload()
-            node.systemctl(
-                "start", "dispatch-watch.path", "dispatch-watch.timer", "dispatch-heartbeat.timer"
-            )
+            node.systemctl("start", *NODE_UNITS)
         kids = {node.kid for node in self.nodes.values()}
         assert len(kids) == 1, f"every host must hold the same key: {kids}"
 

@@ -42,7 +42,8 @@ def test_round_trips_both_ways_at_once(make_cluster: ClusterFactory) -> None:
 
 
 def test_remote_writes_reach_the_receiver_by_timer_alone(make_cluster: ClusterFactory) -> None:
-    cluster = make_cluster("a", "b")
+    # The polling fallback: b's sensor (which would see a's write) off by configuration.
+    cluster = make_cluster("a", "b", settings={"b": {"DISPATCH_WATCH_MODE": "timer"}})
     a, b = cluster["a"], cluster["b"]
     # b's timer off, its path unit on: inotify on b never hears of a's write through a's mount.
     b.systemctl("stop", "dispatch-watch.timer")

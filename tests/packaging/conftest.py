@@ -19,8 +19,11 @@ PACKAGING = TOP / "packaging"
 VERSION: str = tomllib.loads((TOP / "pyproject.toml").read_text())["project"]["version"]
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 UNITS = sorted(p.name for p in (TOP / "units").iterdir())
-# Enabled (and, on Debian, started) by the packages: they start everything else.
-TRIGGERS = sorted(u for u in UNITS if u.endswith((".path", ".timer")))
+# Enabled (and, on Debian, started) by the packages: they start everything else. The sensor
+# is resident, not a oneshot, so it is enabled the same way (it exits at once in timer mode).
+TRIGGERS = sorted(
+    u for u in UNITS if u.endswith((".path", ".timer")) or u == "dispatch-sensor.service"
+)
 
 BUILD_TOOLS = {
     "dpkg-buildpackage": "dpkg-dev",

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from dispatch.core import config as config_mod
-from dispatch.core.config import AgentProfile, DangerousPolicy, LauncherKind, valid_node
+from dispatch.core.config import (
+    AgentProfile,
+    DangerousPolicy,
+    LauncherKind,
+    WatchMode,
+    valid_node,
+)
 from dispatch.core.errors import ConfigError
 
 
@@ -96,6 +102,24 @@ def test_poll_sec_must_be_a_positive_finite_number(tmp_path: Path, value: str) -
     assert "DISPATCH_POLL_SEC" in problems(
         conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_POLL_SEC=value
     )
+
+
+@pytest.mark.parametrize("value", ["49", "10001", "0", "-5", "2.5", "fast"])
+def test_sensor_ms_is_a_whole_number_of_milliseconds_in_range(tmp_path: Path, value: str) -> None:
+    assert "DISPATCH_SENSOR_MS" in problems(
+        conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_SENSOR_MS=value
+    )
+
+
+def test_watch_mode_and_sensor_period(tmp_path: Path) -> None:
+    cfg = load(
+        conf(tmp_path, "DISPATCH_WATCH_MODE=timer\nDISPATCH_SENSOR_MS=50\n"), DISPATCH_ROOT="/r"
+    )
+    assert (cfg.watch_mode, cfg.sensor_ms) == (WatchMode.TIMER, 50)
+    defaults = load(conf(tmp_path), DISPATCH_ROOT="/r")
+    assert (defaults.watch_mode, defaults.sensor_ms) == (WatchMode.AUTO, 250)
+    text = problems(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_WATCH_MODE="inotify")
+    assert "DISPATCH_WATCH_MODE: must be one of auto, sensor, timer" in text
 
 
 def test_bad_lines_and_missing_config(tmp_path: Path) -> None:

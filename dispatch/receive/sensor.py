@@ -1,0 +1,333 @@
+"""dispatch-sensor: on a root on a network filesystem, notice other hosts' writes without a
+Python start per poll period.
+
+inotify sees no write another host makes on NFS, SMB or sshfs, so such a node used to start a
+sandboxed `dispatch promote` every DISPATCH_POLL_SEC whether or not anything had arrived.
+This loop instead stats a few directories every DISPATCH_SENSOR_MS, and when one changed it
+touches the kick file that `dispatch-watch.path` watches: the promote pass runs only when
+there is something to do. It also writes this node's heartbeat (the same content as
+`dispatch heartbeat`), which used to cost another Python start every 15 s.
+
+It holds no key and reads no secret (its unit makes the key ring and the ack secret
+inaccessible), writes nothing but the heartbeat and the kick file, and follows nothing on
+the share: what it reads there only decides *whether* to kick, never what happens.
+
+Standard library only, and only `os`, `sys`, `time`: it stays resident, and every import is
+resident memory (measured with python3 -I -S: `json` adds 1.6 MiB, `typing` 2.2 MiB,
+`dataclasses` 3 MiB), hence plain classes instead of frozen dataclasses. Its settings come
+from the environment the generator writes for its unit (DISPATCH_SENSOR_*), so it never
+parses the config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+# typing.TYPE_CHECKING without importing typing (2.2 MiB resident): mypy treats any name
+# TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+KICK_FILE = "/run/dispatch/kick"
+HEARTBEAT_EVERY_S = 15.0  # as dispatch-heartbeat.timer's OnUnitActiveSec= in timer mode
+HEARTBEAT_RETRY_S = 2.0  # after a failure: the share came back, or the identity appeared
+# A directory's mtime has whole-second resolution on sshfs (SFTP v3): a second file landing
+# in the same second as the first changes nothing a stat can see. One more kick after the
+# change, once that second is surely over (the write came before we saw it), covers them.
+SETTLE_KICK_S = 1.2
+# A kick the promote pass did not consume (it was running: systemd does not watch while the
+# service runs, and settle's last look may have come just before) is repeated, less and
+# less often, until a pass removes the file.
+REKICK_FIRST_S = 1.0
+REKICK_MAX_S = 8.0
+
+# (mtime, ctime, size, nlink, inode), or a marker for "absent" / "unreadable (errno)".
+Signature = tuple[int, ...]
+ABSENT: Signature = (-1,)
+# The lane directories other hosts write into and a pass must act on (core/spool.py's
+# names; tests/unit/test_sensor.py keeps them in step): tasks, acks, cancel requests.
+# processing/ is written by this node alone, which needs no sensor to know.
+WATCHED = ("inbox", "pending-ack", "cancel")
+
+
+def signature(path: str) -> Signature:
+    """What a stat can tell of a directory or file changing. Missing: ABSENT; any other
+    failure its errno, so an unmount or a hung share that recovers reads as a change."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ABSENT
+    except OSError as exc:
+        return (-2, exc.errno or 0)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink, st.st_ino)
+
+
+class Settings:
+    """What to watch and where to write, from the generator's DISPATCH_SENSOR_* values."""
+
+    __slots__ = ("interval_s", "kick_file", "node", "peers", "root", "state_dir")
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        node: str,
+        peers: tuple[str, ...],
+        state_dir: str,
+        interval_s: float,
+        kick_file: str = KICK_FILE,
+    ) -> None:
+        self.root, self.node, self.peers = root, node, peers
+        self.state_dir, self.interval_s, self.kick_file = state_dir, interval_s, kick_file
+
+    def lanes_in(self) -> list[str]:
+        return [f"{self.root}/{peer}-to-{self.node}" for peer in self.peers]
+
+    def watched(self) -> list[str]:
+        """What another host writes that a pass must act on: tasks (inbox/), acks
+        (pending-ack/), cancel requests (cancel/), and the KILLSWITCH."""
+        paths = [f"{lane}/{sub}" for lane in self.lanes_in() for sub in WATCHED]
+        return [*paths, f"{self.root}/KILLSWITCH"]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings | None:
+        """None when the generator wrote no sensor settings (the node runs in timer mode)."""
+        root = env.get("DISPATCH_SENSOR_ROOT", "")
+        if not root:
+            return None
+        peers = tuple(p for p in env.get("DISPATCH_SENSOR_PEERS", "").split(",") if p)
+        interval_ms = int(env.get("DISPATCH_SENSOR_MS", "250"))
+        return cls(
+            root=root,
+            node=env["DISPATCH_SENSOR_NODE"],
+            peers=peers,
+            state_dir=env["DISPATCH_SENSOR_STATE_DIR"],
+            interval_s=interval_ms / 1000,
+        )
+
+
+class ChangeDetector:
+    """Decides, sample by sample, when to kick. Pure: `step` takes the signatures and the
+    time, and `consumed` whether the last kick file is gone (a pass removed it)."""
+
+    def __init__(self) -> None:
+        self.last: list[Signature] | None = None
+        self.settle_at: float | None = None
+        self.rekick_at: float | None = None
+        self.rekick_gap = REKICK_FIRST_S
+        self.kicks = 0
+
+    def step(self, signatures: list[Signature], now: float, consumed: bool) -> bool:
+        if consumed:
+            self.rekick_at, self.rekick_gap = None, REKICK_FIRST_S
+        if signatures != self.last:
+            # The first sample is a change too: whatever arrived while no sensor ran.
+            self.last = signatures
+            self.settle_at = now + SETTLE_KICK_S
+            return self._kick(now)
+        if self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            return self._kick(now)
+        if self.rekick_at is not None and now >= self.rekick_at:
+            self.rekick_gap = min(self.rekick_gap * 2, REKICK_MAX_S)
+            return self._kick(now)
+        return False
+
+    def _kick(self, now: float) -> bool:
+        self.kicks += 1
+        self.rekick_at = now + self.rekick_gap
+        return True
+
+
+def kick(path: str) -> None:
+    """Open for writing and close: the IN_CLOSE_WRITE that PathChanged= reacts to."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    os.close(fd)
+
+
+def consume_kick(path: str = KICK_FILE) -> None:
+    """What a promote pass does first: everything that changed before this is in the pass;
+    a kick the sensor makes after it is a new one, and one it sees still there was not
+    taken, so it kicks again."""
+    # Not contextlib.suppress: the sensor imports this module, and contextlib is 0.5 MiB.
+    try:  # noqa: SIM105
+        os.unlink(path)
+    except OSError:
+        pass  # no sensor on this node, or nothing to take
+
+
+# ----------------------------------------------------------------------------- heartbeat
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _json_str(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or not ch.isascii():
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _rfc3339(unix: float) -> str:
+    whole = int(unix)
+    micro = round((unix - whole) * 1e6)
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
+
+
+def read_identity(state_dir: str) -> dict[str, str] | None:
+    """version and kid, as `dispatch heartbeat` last recorded them in the node-local state
+    (`heartbeat.identity`: KEY=VALUE lines); None before it first ran."""
+    try:
+        with open(f"{state_dir}/heartbeat.identity", encoding="utf-8") as handle:
+            text = handle.read(4096)
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value
+    return values if "kid" in values and "version" in values else None
+
+
+def heartbeat(settings: Settings, identity: dict[str, str], unix: float) -> bytes:
+    """The bytes `dispatch heartbeat` writes (ops/overview.heartbeat, fsio.dump_json), from
+    the same sources: processing/ and pending-ack/ listings, the node-local started markers,
+    the KILLSWITCH."""
+    running = queued = pending_ack = 0
+    for lane in settings.lanes_in():
+        for name in _names(f"{lane}/processing"):
+            if name.endswith(".json"):
+                if os.path.exists(f"{settings.state_dir}/started/{name[:-5]}"):
+                    running += 1
+                else:
+                    queued += 1
+        pending_ack += sum(1 for n in _names(f"{lane}/pending-ack") if n.endswith(".json"))
+    killswitch = signature(f"{settings.root}/KILLSWITCH") != ABSENT
+    fields = [
+        ("node", _json_str(settings.node)),
+        ("ts", _json_str(_rfc3339(unix))),
+        ("unix", repr(unix)),
+        ("version", _json_str(identity["version"])),
+        ("running", str(running)),
+        ("queued", str(queued)),
+        ("pending_ack", str(pending_ack)),
+        ("killswitch", "true" if killswitch else "false"),
+        ("kid", _json_str(identity["kid"])),
+    ]
+    body = ",\n".join(f"  {_json_str(k)}: {v}" for k, v in fields)
+    return ("{\n" + body + "\n}\n").encode("ascii")
+
+
+def write_heartbeat(settings: Settings, data: bytes) -> None:
+    """Write then rename (the same as fsio.atomic_write), so a reader sees a whole file."""
+    final = f"{settings.root}/heartbeats/{settings.node}.json"
+    tmp = f"{settings.root}/heartbeats/.{settings.node}.json.sensor.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rounds: int | None = None,
+) -> ChangeDetector:
+    watched = settings.watched()
+    detector = ChangeDetector()
+    next_beat = clock()
+    problem = ""
+    done = 0
+    while rounds is None or done < rounds:
+        now = clock()
+        # Only while a kick is outstanding: one stat fewer per round the rest of the time.
+        consumed = detector.rekick_at is not None and not os.path.lexists(settings.kick_file)
+        if detector.step([signature(p) for p in watched], now, consumed):
+            try:
+                kick(settings.kick_file)
+            except OSError as exc:
+                problem = _report(problem, f"cannot touch {settings.kick_file}: {exc.strerror}")
+        if now >= next_beat:
+            next_beat = now + HEARTBEAT_EVERY_S
+            identity = read_identity(settings.state_dir)
+            try:
+                if identity is None:
+                    raise OSError(0, "no heartbeat.identity yet (`dispatch heartbeat` writes it)")
+                write_heartbeat(settings, heartbeat(settings, identity, time.time()))
+            except OSError as exc:
+                problem = _report(problem, f"heartbeat not written: {exc.strerror}")
+                next_beat = now + HEARTBEAT_RETRY_S
+            else:
+                problem = ""
+        done += 1
+        sleep(settings.interval_s)
+    return detector
+
+
+def _report(previous: str, message: str) -> str:
+    # Once per distinct problem, not 4 times a second (journald takes stderr).
+    if message != previous:
+        print(f"dispatch-sensor: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+LEAN_FLAG = "DISPATCH_SENSOR_LEAN"
+
+
+def _lean_exec() -> None:
+    """Replace this process with an interpreter that loads this module and nothing else:
+    the console script (`import re`) and site-packages' start-up stay resident otherwise,
+    2 MiB for nothing. -I -S: no site, no user paths; the package's own directory instead."""
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"import sys; sys.path.insert(0, {top!r}); from dispatch.receive import sensor; "
+    code += "raise SystemExit(sensor.main())"
+    os.environ[LEAN_FLAG] = "1"
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", code])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if os.environ.get(LEAN_FLAG) != "1" and os.path.basename(sys.argv[0]) == "dispatch-sensor":
+        _lean_exec()
+    settings = Settings.from_env(os.environ)
+    if settings is None:
+        print(
+            "dispatch-sensor: this node runs in timer mode (DISPATCH_WATCH_MODE, or a local "
+            "root): nothing to watch",
+            flush=True,
+        )
+        return 0
+    print(
+        f"dispatch-sensor: watching {len(settings.watched())} paths under {settings.root} "
+        f"every {settings.interval_s * 1000:.0f} ms",
+        flush=True,
+    )
+    run(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The sensor on sshfs: another host's writes reach the receiver without a timer tick, a
+burst landing within one mtime second is not lost, the sensor writes the heartbeat, and
+doctor says which mode each node runs in."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.e2e.cluster import SHARE
+from tests.e2e.conftest import ClusterFactory
+
+
+def _passes(node_journal: str) -> int:
+    return node_journal.count("Starting dispatch-watch.service")
+
+
+def test_remote_writes_reach_the_receiver_by_the_sensor(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster("a", "b", settings={"b": {"DISPATCH_WATCH_MODE": "auto"}})
+    a, b = cluster["a"], cluster["b"]
+    assert b.host.unit_property("dispatch-sensor.service", "ActiveState") == "active"
+    doctor = b.dispatch("doctor", check=False).stdout
+    assert "watch-mode" in doctor and "sensor (DISPATCH_WATCH_MODE=auto)" in doctor, doctor
+    # The timer off: only the sensor can tell b that a wrote.
+    b.systemctl("stop", "dispatch-watch.timer")
+    b.wait_until(
+        "b's watch service idle",
+        lambda: b.host.unit_property("dispatch-watch.service", "ActiveState") == "inactive",
+    )
+    time.sleep(2)  # past the start-up kicks
+    before = _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat"))
+    # Three at once: on sshfs a directory's mtime has whole seconds, so the second and third
+    # most likely land in the first one's second; the settle kick must find them.
+    ids = [a.send("b", f"sensed {i}") for i in range(3)]
+    for task_id in ids:
+        result = a.wait(task_id, timeout=30)
+        assert result["status"] == "ok", json.dumps(result)
+        assert b.ran(task_id) == 1
+    passes = _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat")) - before
+    assert 1 <= passes <= 12, passes
+    # Idle again: no pass at all while nothing arrives (the sensor only stats).
+    time.sleep(3)
+    idle_from = _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat"))
+    time.sleep(5)
+    assert _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat")) == idle_from
+    # The sensor wrote b's heartbeat: the same fields as `dispatch heartbeat`.
+    beat = json.loads(a.run(["cat", f"{SHARE}/heartbeats/b.json"]).stdout)
+    assert set(beat) == {
+        "node",
+        "ts",
+        "unix",
+        "version",
+        "running",
+        "queued",
+        "pending_ack",
+        "killswitch",
+        "kid",
+    }
+    assert beat["node"] == "b" and beat["kid"] == b.kid and time.time() - beat["unix"] < 20
+    peers = {p["node"]: p for p in a.status()["peers"]}
+    assert peers["b"]["stale"] is False
+    # A KILLSWITCH written from a's side reaches b through the sensor too.
+    a.write(f"{SHARE}/KILLSWITCH", "held from a\n")
+    held = a.send("b", "held")
+    b.wait_until(
+        "b holds the task",
+        lambda: "killswitch_hold" in b.journal("DISPATCH_EVENT=killswitch_hold", "-o", "json"),
+        timeout=15,
+    )
+    assert b.ran(held) == 0
+    assert b.failed_units() == []
+
+
+def test_doctor_names_the_timer_mode(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster("a", "b", settings={"b": {"DISPATCH_WATCH_MODE": "timer"}})
+    b = cluster["b"]
+    doctor = b.dispatch("doctor", check=False).stdout
+    assert "timer (DISPATCH_WATCH_MODE=timer)" in doctor, doctor
+    # The sensor unit ran and exited: nothing resident.
+    assert b.host.unit_property("dispatch-sensor.service", "ActiveState") == "inactive"
+    assert b.host.unit_property("dispatch-sensor.service", "Result") == "success"
