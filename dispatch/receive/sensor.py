@@ -48,7 +48,7 @@ REKICK_MAX_S = 8.0
 Signature = tuple[int, ...]
 ABSENT: Signature = (-1,)
 # The lane directories other hosts write into and a pass must act on (core/spool.py's
-# names; tests/unit/test_sensor.py keeps them in step): tasks, acks, cancel requests.
+# names; tests/unit/receive/test_sensor.py keeps them in step): tasks, acks, cancel requests.
 # processing/ is written by this node alone, which needs no sensor to know.
 WATCHED = ("inbox", "pending-ack", "cancel")
 
