@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -22,12 +23,19 @@ def result_exit(result: Result) -> int:
     return ExitCode.OK if result.status is Status.OK else ExitCode.TASK_FAILED
 
 
-def show_result(result: Result, as_json: bool) -> int:
+def show_result(result: Result, as_json: bool, root: Path | None = None) -> int:
     if as_json:
         print_json(result.to_json())
     else:
         if result.final_text:
             click.echo(result.final_text)
+        if result.truncated:
+            where = f"{root / result.log_path}, " if root and result.log_path else ""
+            click.echo(
+                f"dispatch: output truncated; the whole output (up to the task's "
+                f"max_output_bytes) is in the log: {where}dispatch logs {result.id[:8]}",
+                err=True,
+            )
         if result.status is not Status.OK:
             reason = f": {result.reason}" if result.reason else ""
             click.echo(f"dispatch: task {result.id} ended {result.status.value}{reason}", err=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from typing import BinaryIO
+
 import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.complete import complete_peers
 from dispatch.commands.output import await_result, print_json, result_exit, show_result
+from dispatch.core.errors import UsageError
 from dispatch.core.model import Callback, Priority
+from dispatch.core.wire import MAX_FILE_BYTES
 from dispatch.send import task as sender
 
 
@@ -15,7 +20,18 @@ from dispatch.send import task as sender
 @click.option(
     "--to", "to", required=True, shell_complete=complete_peers, help="Receiving node (a peer)."
 )
-@click.option("--request", required=True, help="What the agent on the peer should do.")
+@click.option(
+    "--request",
+    default=None,
+    help="What the agent on the peer should do; `-` reads it from stdin.",
+)
+@click.option(
+    "--request-file",
+    type=click.File("rb"),
+    default=None,
+    help="Read the request from this file (`-`: stdin), for requests of any size up to the "
+    "1 MiB envelope.",
+)
 @click.option("--from", "from_", default=None, help="Sending node (default: this node).")
 @click.option(
     "--priority",
@@ -59,7 +75,8 @@ from dispatch.send import task as sender
 def send(
     app: App,
     to: str,
-    request: str,
+    request: str | None,
+    request_file: BinaryIO | None,
     from_: str | None,
     priority: str,
     require_ack: bool,
@@ -76,7 +93,7 @@ def send(
     envelope = sender.build(
         node,
         to=to,
-        request=request,
+        request=_request_text(request, request_file),
         from_=from_,
         priority=Priority(priority),
         require_ack=require_ack,
@@ -98,7 +115,26 @@ def send(
     if as_json:
         print_json({"id": envelope.id, "path": str(sent.path), "result": result.to_json()})
         return result_exit(result)
-    return show_result(result, as_json=False)
+    return show_result(result, as_json=False, root=node.cfg.root)
 
 
 COMMANDS = [send]
+
+
+def _request_text(request: str | None, request_file: BinaryIO | None) -> str:
+    if (request is None) == (request_file is None):
+        raise UsageError("give the request: --request TEXT, or --request-file PATH (- for stdin)")
+    if request_file is None:
+        if request != "-":
+            return str(request)
+        request_file = sys.stdin.buffer
+    data = request_file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise UsageError(
+            f"the request is over {MAX_FILE_BYTES} bytes, the limit of a whole task envelope "
+            "(1 MiB): put the material on the share and send its path"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the request is not UTF-8 text (byte {exc.start})") from None

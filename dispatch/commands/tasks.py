@@ -75,7 +75,8 @@ def _size(value: int | None) -> str:
 def result(app: App, task_id: str, as_json: bool) -> int:
     """Show a task's verified result (exit 3 if its signature fails). TASK_ID: the id or a
     unique prefix of it."""
-    return show_result(results.get(app.node(), _task_id(app, task_id)), as_json)
+    node = app.node()
+    return show_result(results.get(node, _task_id(app, task_id)), as_json, node.cfg.root)
 
 
 @click.command()
@@ -95,7 +96,8 @@ def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:
     """Block until a task's result arrives; verify it and print its final text. TASK_ID:
     the id or a unique prefix of it."""
     task_id = _task_id(app, task_id)
-    return show_result(await_result(app.node(), task_id, timeout=timeout), as_json)
+    node = app.node()
+    return show_result(await_result(node, task_id, timeout=timeout), as_json, node.cfg.root)
 
 
 COMMANDS = [status, result, wait]

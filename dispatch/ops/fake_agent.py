@@ -15,6 +15,9 @@ The request may carry directives, each `word` or `word=value`, anywhere in it:
              the child's request is this one with `send=` naming this node, so the task
              bounces between the two nodes until a receiver refuses it at DISPATCH_MAX_HOPS
   chain=N    with send=: send only while this task's DISPATCH_HOPS is below N
+  answer=N   make the final answer N characters long
+The request comes after -p, or (as the claude CLI reads it in print mode) on stdin when -p
+has no prompt after it.
 Every run appends one JSON line to $DISPATCH_FAKE_AGENT_LOG, if set: the tests' proof of how
 often each task really ran (with its DISPATCH_HOPS, and the id of any task it sent)."""
 
@@ -36,7 +39,18 @@ def directives(request: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for word in request.split():
         key, _, value = word.partition("=")
-        if key in ("sleep", "hang", "spam", "mem", "exit", "read", "fork", "send", "chain"):
+        if key in (
+            "sleep",
+            "hang",
+            "spam",
+            "mem",
+            "exit",
+            "read",
+            "fork",
+            "send",
+            "chain",
+            "answer",
+        ):
             found[key] = value
     return found
 
@@ -72,12 +86,13 @@ def main(argv: list[str]) -> int:
     request = ""
     mode = "acceptEdits"
     for i, arg in enumerate(argv):
-        if arg == "-p" and i + 1 < len(argv):
+        if arg == "-p" and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             request = argv[i + 1]
         if arg == "--permission-mode" and i + 1 < len(argv):
             mode = argv[i + 1]
+    source = "argv"
     if not request and not sys.stdin.isatty():
-        request = sys.stdin.read()
+        request, source = sys.stdin.read(), "stdin"
     task_id = os.environ.get("DISPATCH_TASK_ID", "")
     d = directives(request)
     notes = []
@@ -86,6 +101,8 @@ def main(argv: list[str]) -> int:
         "pid": os.getpid(),
         "at": time.time(),
         "request": request[:200],
+        "request_chars": len(request),
+        "request_from": source,
         "uid": os.getuid(),
         "hops": os.environ.get("DISPATCH_HOPS"),
     }
@@ -154,6 +171,8 @@ def main(argv: list[str]) -> int:
     answer = f"fake agent ({mode}) did: {request.strip()[:200]}"
     if notes:
         answer += " [" + "; ".join(notes) + "]"
+    if d.get("answer"):
+        answer = answer.ljust(int(d["answer"]), ".")
     _emit(
         {
             "type": "assistant",

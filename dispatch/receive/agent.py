@@ -15,6 +15,9 @@ SYSTEM_PROMPT = (
     "request follows."
 )
 FINAL_TEXT_MAX = 65536
+# One argument may hold at most 128 KiB on Linux (MAX_ARG_STRLEN): a request longer than
+# this goes to the claude CLI on stdin, which it reads as the prompt in print mode.
+ARGV_REQUEST_MAX = 100 * 1024
 TAIL_BYTES = 8000
 # A stream-json line longer than this is not a result line we can use; skip it unbuffered.
 MAX_LINE = 4 * 1024 * 1024
@@ -33,10 +36,12 @@ def invocation(cfg: Config, envelope: Envelope) -> Invocation:
     perm_mode = "bypassPermissions" if envelope.require_dangerous else "acceptEdits"
     if cfg.agent_profile is AgentProfile.GENERIC:
         return Invocation(base, envelope.request.encode("utf-8"), perm_mode)
+    request = envelope.request.encode("utf-8")
+    on_stdin = len(request) > ARGV_REQUEST_MAX
     argv = [
         *base,
         "-p",
-        envelope.request,
+        *([] if on_stdin else [envelope.request]),
         "--permission-mode",
         perm_mode,
         "--output-format",
@@ -48,7 +53,11 @@ def invocation(cfg: Config, envelope: Envelope) -> Invocation:
     ]
     if envelope.require_dangerous:
         argv.append("--dangerously-skip-permissions")
-    return Invocation(argv, None, perm_mode)
+    return Invocation(argv, request if on_stdin else None, perm_mode)
+
+
+# Appended where final_text was cut, so no reader takes a part for the whole.
+CUT_NOTE = "\n[dispatch: final_text truncated: {kept} kept; the whole output is in the task's log]"
 
 
 class OutputReader:
@@ -60,9 +69,13 @@ class OutputReader:
         self.partial = bytearray()
         self.skipping = False
         self.final_text = ""
+        self.final_chars = 0  # the whole answer's length, when it was cut to FINAL_TEXT_MAX
         self.tail = bytearray()
+        self.fed = 0
+        self.cut = False
 
     def feed(self, chunk: bytes) -> None:
+        self.fed += len(chunk)
         self.tail.extend(chunk)
         del self.tail[:-TAIL_BYTES]
         if self.profile is not AgentProfile.CLAUDE:
@@ -95,13 +108,23 @@ class OutputReader:
             result = msg.get("result")
             if isinstance(result, str) and result:
                 self.final_text = result[:FINAL_TEXT_MAX]
+                self.final_chars = len(result)
 
     def finish(self) -> str:
+        """final_text, with a note where it was cut (then `cut` is True)."""
         if self.profile is AgentProfile.CLAUDE:
             if self.partial and not self.skipping:
                 self._line(bytes(self.partial))
-            return self.final_text
-        return self.tail.decode("utf-8", "replace").strip()[-FINAL_TEXT_MAX:]
+            text = self.final_text
+            if self.final_chars > len(text):
+                self.cut = True
+                return text + CUT_NOTE.format(kept=f"{len(text)} of {self.final_chars} characters")
+            return text
+        text = self.tail.decode("utf-8", "replace").strip()[-FINAL_TEXT_MAX:]
+        if self.fed > len(self.tail):
+            self.cut = True
+            return text + CUT_NOTE.format(kept=f"the last {len(self.tail)} of {self.fed} bytes")
+        return text
 
     def output_tail(self) -> str:
         return self.tail.decode("utf-8", "replace")

@@ -194,13 +194,15 @@ def run_agent(
     finally:
         stop.close()
         log_rest = log.close()
+    final_text = reader.finish()
     return Outcome(
         status,
         exit_code,
         reason,
         total,
-        total > cap,
-        reader.finish(),
+        # Every cut is marked: the log at the output cap, final_text (with a note in it).
+        total > cap or reader.cut,
+        final_text,
         reader.output_tail(),
         log_rest,
     )

@@ -12,7 +12,7 @@ from dispatch.core.errors import UsageError
 from dispatch.core.model import SCHEMA, Callback, Envelope, Priority
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_envelope
-from dispatch.core.wire import canonical, new_id, now_utc, rfc3339, valid_id
+from dispatch.core.wire import MAX_FILE_BYTES, canonical, new_id, now_utc, rfc3339, valid_id
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,15 @@ def build(
         hmac="",
         schema=SCHEMA,
     )
-    return sign_envelope(node.keys, envelope)
+    signed = sign_envelope(node.keys, envelope)
+    size = len(canonical(signed.to_json())) + 1
+    if size > MAX_FILE_BYTES:
+        raise UsageError(
+            f"the task would be {size} bytes as a file, over the {MAX_FILE_BYTES}-byte (1 MiB) "
+            f"limit of a task envelope (the request is {len(request.encode('utf-8'))} bytes): "
+            "shorten it, or put the material on the share and send its path"
+        )
+    return signed
 
 
 def deliver(node: Node, envelope: Envelope) -> Sent:

@@ -96,8 +96,27 @@ def test_reader_bounds_memory() -> None:
     reader.feed(b"x" * (MAX_LINE + 10))  # an endless line is dropped, not buffered
     assert len(reader.partial) == 0
     reader.feed(b"more of the same\n" + line({"type": "result", "result": "y" * 100_000}))
-    assert reader.finish() == "y" * FINAL_TEXT_MAX
+    text = reader.finish()
+    # Cut, and marked as cut: in the text and for the result's `truncated`.
+    assert text.startswith("y" * FINAL_TEXT_MAX) and not text.startswith("y" * (FINAL_TEXT_MAX + 1))
+    assert text.endswith(
+        f"{FINAL_TEXT_MAX} of 100000 characters kept; the whole output is in the task's log]"
+    )
+    assert reader.cut
     assert len(reader.output_tail().encode()) <= TAIL_BYTES
+
+
+def test_generic_reader_marks_an_answer_longer_than_its_tail() -> None:
+    reader = OutputReader(AgentProfile.GENERIC)
+    reader.feed(b"z" * (TAIL_BYTES + 100))
+    assert reader.finish().endswith(
+        f"the last {TAIL_BYTES} of {TAIL_BYTES + 100} bytes kept; "
+        "the whole output is in the task's log]"
+    )
+    assert reader.cut
+    short = OutputReader(AgentProfile.GENERIC)
+    short.feed(b"the answer\n")
+    assert short.finish() == "the answer" and not short.cut
 
 
 def test_generic_reader_takes_the_end_of_stdout() -> None:
