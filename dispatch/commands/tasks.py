@@ -46,9 +46,13 @@ def _print_status(data: dict[str, Any]) -> None:
     click.echo(f"running: {len(runs) or 'none'}")
     for run in runs:
         elapsed = "-" if run["elapsed_s"] is None else f"{run['elapsed_s']:.0f}s"
+        if "slurm_state" in run:
+            where = f"  on {run['slurm_node']}" if run["slurm_node"] else ""
+            what = f"slurm job {run['slurm_job'] or '-'} {run['slurm_state']}{where}"
+        else:
+            what = f"memory {_size(run['memory_bytes'])}"
         click.echo(
-            f"  {run['id']}  {run['unit'] or '(process)'}  {run['lane']}  "
-            f"elapsed {elapsed}  memory {_size(run['memory_bytes'])}"
+            f"  {run['id']}  {run['unit'] or '(process)'}  {run['lane']}  elapsed {elapsed}  {what}"
         )
     for peer in data["peers"]:
         age = peer["heartbeat_age_s"]

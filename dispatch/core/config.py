@@ -20,6 +20,8 @@ NODE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 class LauncherKind(StrEnum):
     SYSTEMD = "systemd"
     PROCESS = "process"
+    # The executor runs here (under systemd or as a process) and the agent as a Slurm job.
+    SLURM = "slurm"
 
 
 class WatchMode(StrEnum):
@@ -83,6 +85,14 @@ class Config:
     ack_ttl_s: int = 86400
     retain_days: int = 14
     metrics_file: Path = Path("/var/lib/prometheus/node-exporter/dispatch.prom")
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_args: tuple[str, ...] = ()
+    # Job input/output files: a directory the gateway and the compute nodes both see.
+    slurm_dir: Path | None = None
+
+    def slurm_spool(self) -> Path:
+        return self.slurm_dir or self.state_dir / "slurm"
 
     def lanes_in(self) -> list[tuple[str, str]]:
         """(from, to) of every lane this node receives on."""
@@ -201,6 +211,73 @@ def _str(text: str) -> str:
     return text.strip()
 
 
+def _slurm_name(text: str) -> str:
+    # Partition and account names reach sbatch as one argument each; keep them to names.
+    if text.strip() and not re.fullmatch(r"[A-Za-z0-9_.,-]{1,128}", text.strip()):
+        raise ValueError(f"not a Slurm partition/account name: {text[:80]!r}")
+    return text.strip()
+
+
+# Options dispatch sets itself from the task and the other knobs: a site cannot override them
+# through DISPATCH_SLURM_ARGS (--requeue would break at-most-once, --output the log).
+SLURM_OWNED_OPTIONS = frozenset(
+    {
+        "--job-name",
+        "-J",
+        "--comment",
+        "--output",
+        "-o",
+        "--error",
+        "-e",
+        "--input",
+        "-i",
+        "--time",
+        "-t",
+        "--mem",
+        "--mem-per-cpu",
+        "--mem-per-gpu",
+        "--cpus-per-task",
+        "-c",
+        "--requeue",
+        "--no-requeue",
+        "--export",
+        "--export-file",
+        "--wrap",
+        "--parsable",
+        "--uid",
+        "--gid",
+        "--chdir",
+        "-D",
+        "--open-mode",
+        "--partition",
+        "-p",
+        "--account",
+        "-A",
+        "--array",
+        "-a",
+        "--wait",
+        "-W",
+        "--hold",
+        "-H",
+    }
+)
+
+
+def _slurm_args(text: str) -> tuple[str, ...]:
+    import shlex
+
+    try:
+        args = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"cannot split into arguments: {exc}") from None
+    for arg in args:
+        if not arg.startswith("-"):
+            raise ValueError(f"{arg!r} is not an option (write --opt=value as one word)")
+        if arg.split("=", 1)[0] in SLURM_OWNED_OPTIONS:
+            raise ValueError(f"{arg.split('=', 1)[0]} is set by dispatch and cannot be given")
+    return args
+
+
 # knob -> (field, parser). Knob names keep the original project's spelling.
 KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_ROOT": ("root", _abs_path),
@@ -237,6 +314,10 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_ACK_TTL": ("ack_ttl_s", _int_at_least(1)),
     "DISPATCH_RETAIN_DAYS": ("retain_days", _int_at_least(0)),
     "DISPATCH_METRICS_FILE": ("metrics_file", _abs_path),
+    "DISPATCH_SLURM_PARTITION": ("slurm_partition", _slurm_name),
+    "DISPATCH_SLURM_ACCOUNT": ("slurm_account", _slurm_name),
+    "DISPATCH_SLURM_ARGS": ("slurm_args", _slurm_args),
+    "DISPATCH_SLURM_DIR": ("slurm_dir", _abs_path),
 }
 # Read by other parts (node identity, peers, sender defaults), listed so the file check
 # does not call them unknown.
@@ -312,6 +393,13 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
     if "launcher" not in values:
         values["launcher"] = LauncherKind.SYSTEMD if systemd_is_pid1() else LauncherKind.PROCESS
 
+    if values["launcher"] is LauncherKind.SLURM:
+        memory = values.get("memory_max", Config.memory_max)
+        if not re.fullmatch(r"\d+[KMGT]?", memory):
+            problems.append(
+                f"DISPATCH_MEMORY_MAX: Slurm's --mem needs a size, not {memory!r} "
+                "(DISPATCH_LAUNCHER=slurm)"
+            )
     if need_root and "root" not in values and "DISPATCH_ROOT" not in raw:
         problems.append(
             f"DISPATCH_ROOT: required, the shared root (set it in {path} "

@@ -50,6 +50,17 @@ def systemctl(
     return run(["systemctl", *args], timeout=timeout, check=check)
 
 
+def slurm(
+    command: str,
+    *args: str,
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """One Slurm client call (sbatch, squeue, scontrol, scancel, sacct, sinfo). Never
+    `check`: the callers read Slurm's refusals from stderr."""
+    return run([command, *args], timeout=timeout, env=env)
+
+
 def spawn_detached(
     argv: Sequence[str],
     *,

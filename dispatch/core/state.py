@@ -125,6 +125,14 @@ class NodeState:
             return {}
         return data
 
+    def update_started(self, task_id: str, info: dict[str, Any]) -> None:
+        """Rewrite an existing marker (a Slurm execution adds its job id, and a follower that
+        takes over after a restart its own pid). Never creates one: only mark_started claims
+        an execution."""
+        if self.started(task_id) is None:
+            raise FileNotFoundError(f"no started marker for {task_id}")
+        atomic_write(self._started(task_id), json.dumps(info).encode(), mode=0o600)
+
     # -- cancel requests, recorded before acting so no crash or race can lose one ------
     def request_cancel(self, task_id: str, reason: str) -> None:
         atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)

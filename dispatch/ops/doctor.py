@@ -48,6 +48,12 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
         checks.append(_watch_mode(node))
+    if cfg.launcher is LauncherKind.SLURM:
+        from dispatch.receive.launch.slurm import doctor_checks
+
+        for ok, detail in doctor_checks(cfg):
+            hint = "" if ok else "check SLURM_CONF, munge and DISPATCH_SLURM_PARTITION"
+            checks.append(Check("slurm", ok, detail, hint))
     ks = node.spool.killswitch()
     checks.append(
         Check(

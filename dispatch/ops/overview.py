@@ -90,6 +90,7 @@ def executions(node: Node) -> list[dict[str, Any]]:
             units = exec_units()
         except DispatchError:
             units = {}  # no systemctl answer: the markers still say what runs
+    jobs = _slurm_jobs(node, started)
     now, mono_us = time.time(), time.monotonic() * 1e6
     out = []
     for task_id in sorted(set(started) | set(units)):
@@ -123,8 +124,35 @@ def executions(node: Node) -> list[dict[str, Any]]:
                 "started_at": started_at,
                 "elapsed_s": None if elapsed is None else round(elapsed, 1),
                 "memory_bytes": memory,
+                **jobs.get(task_id, {}),
             }
         )
+    return out
+
+
+def _slurm_jobs(node: Node, started: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A Slurm gateway's executions: each one's job id, state and node, from one squeue
+    (a job that already left squeue is asked for by id)."""
+    if node.cfg.launcher is not LauncherKind.SLURM:
+        return {}
+    from dispatch.receive.launch import slurm
+
+    try:
+        listed = {job.job_id: job for job in slurm.node_jobs(node.name)}
+    except DispatchError:
+        listed = {}
+    out: dict[str, Any] = {}
+    for task_id, (_lane, marker) in started.items():
+        job_id = str(marker.get("slurm_job") or "")
+        job = listed.get(job_id)
+        if job is None and job_id:
+            with contextlib.suppress(DispatchError):
+                job = slurm.show_job(job_id)
+        out[task_id] = {
+            "slurm_job": job_id or None,
+            "slurm_state": job.state if job else ("submitting" if not job_id else "unknown"),
+            "slurm_node": (job.node or None) if job else None,
+        }
     return out
 
 

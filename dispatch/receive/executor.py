@@ -10,9 +10,10 @@ import os
 import time
 
 from dispatch.core import events, fsio
+from dispatch.core.config import LauncherKind
 from dispatch.core.errors import NotFound, Rejection, UsageError
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import Callback, Result, Stage, Status
+from dispatch.core.model import Callback, Envelope, Result, Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
@@ -21,7 +22,7 @@ from dispatch.receive import publish
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch.process import execution_alive, process_start_time
-from dispatch.receive.supervise import run_agent
+from dispatch.receive.supervise import Outcome, run_agent
 from dispatch.send import results
 
 
@@ -58,6 +59,14 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
     if admitted is None:
         return None
     envelope = admitted.envelope
+    slurm = node.cfg.launcher is LauncherKind.SLURM
+    previous = node.state.started(task_id) if slurm else None
+    if previous and previous.get("launcher") == "slurm" and not execution_alive(previous):
+        # Before the killswitch and cancel checks: the job was submitted and may be running;
+        # only following it to its end (or cancelling it) answers the task.
+        from dispatch.receive.slurm_job import follow_again
+
+        return follow_again(node, lane, envelope, previous)
     killswitch = node.spool.killswitch()
     if killswitch.on:
         node.emit(
@@ -90,6 +99,8 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
             "pid": os.getpid(),
             "pid_start": process_start_time(os.getpid()),
             "unit": unit,
+            # Read by recovery: this execution's work may outlive its executor.
+            **({"launcher": "slurm"} if slurm else {}),
         },
     ):
         previous = node.state.started(task_id) or {}
@@ -143,7 +154,40 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
             source=lane.done,
             task_id=task_id,
         )
-    outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
+    if slurm:
+        from dispatch.receive.slurm_job import run_job
+
+        slurm_outcome = run_job(node, envelope, inv.argv, inv.stdin, log_path, started_at)
+        if slurm_outcome is None:
+            return None  # left to a later executor (see slurm_job.run_job)
+        outcome = slurm_outcome
+    else:
+        outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
+    return conclude(
+        node,
+        lane,
+        envelope,
+        outcome,
+        elapsed_s=time.monotonic() - began,
+        started_at=started_at,
+        perm_mode=inv.perm_mode,
+        unit=unit,
+    )
+
+
+def conclude(
+    node: Node,
+    lane: Lane,
+    envelope: Envelope,
+    outcome: Outcome,
+    *,
+    elapsed_s: float,
+    started_at: str,
+    perm_mode: str,
+    unit: str,
+) -> Result:
+    """Sign and publish the result of an execution that ran, and clean up after it."""
+    task_id = envelope.id
     result = Result(
         id=task_id,
         answered_by=node.name,
@@ -151,15 +195,15 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         request=envelope.request,
         status=outcome.status,
         exit_code=outcome.exit_code,
-        elapsed_s=round(time.monotonic() - began, 3),
-        log_path=lane.relative(log_path),
+        elapsed_s=round(elapsed_s, 3),
+        log_path=lane.relative(lane.log_path(task_id)),
         final_text=outcome.final_text,
         output_tail=outcome.output_tail,
         output_bytes=outcome.output_bytes,
-        perm_mode=inv.perm_mode,
+        perm_mode=perm_mode,
         started_at=started_at,
         truncated=outcome.truncated,
-        unit=unit,
+        unit=outcome.unit or unit,
         reason=outcome.reason,
         kid="",
         hmac="",

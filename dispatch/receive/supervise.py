@@ -37,6 +37,8 @@ class Outcome:
     output_tail: str
     # Log bytes the share refused until the end: they go out with the result.
     log_rest: bytes = b""
+    # What ran it, when the executor learns that only as it goes (a Slurm job id).
+    unit: str = ""
 
 
 def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
@@ -82,21 +84,13 @@ def _killpg(pid: int, signum: int) -> None:
 def run_agent(
     node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
 ) -> Outcome:
-    cap = envelope.max_output_bytes
-    reader = OutputReader(node.cfg.agent_profile)
-    # Under systemd our stdout is the journal: echo the (capped) output there too.
-    echo: IO[bytes] | None = sys.stdout.buffer if os.environ.get("JOURNAL_STREAM") else None
     stop = _Stop()
     began = time.monotonic()
-    logged = total = 0
     timed_out = False
-    log = _ShareLog(node, envelope.id, log_path)
+    log = ShareLog(node, envelope.id, log_path)
+    output = Output(node, envelope, log)
     try:
-        log.write(
-            f"# task {envelope.id} from {envelope.from_}\n# started "
-            f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
-            f"max_output_bytes={cap}\n# ---\n".encode()
-        )
+        log.write(log_header(envelope))
         try:
             proc = spawn_agent(
                 argv,
@@ -163,17 +157,7 @@ def run_agent(
                     eof = True
                     sel.unregister(out_fd)
                     continue
-                total += len(chunk)
-                reader.feed(chunk)
-                if logged < cap:
-                    part = chunk[: cap - logged]
-                    log.write(part)
-                    logged += len(part)
-                    if echo is not None:
-                        echo.write(part)
-                        echo.flush()
-                    if logged >= cap:
-                        log.write(f"\n# output truncated at {cap} bytes\n".encode())
+                output.feed(chunk)
             log.flush()
         sel.close()
         proc.stdout.close()
@@ -194,21 +178,69 @@ def run_agent(
     finally:
         stop.close()
         log_rest = log.close()
-    final_text = reader.finish()
-    return Outcome(
-        status,
-        exit_code,
-        reason,
-        total,
-        # Every cut is marked: the log at the output cap, final_text (with a note in it).
-        total > cap or reader.cut,
-        final_text,
-        reader.output_tail(),
-        log_rest,
+    return output.outcome(status, exit_code, reason, log_rest)
+
+
+HEADER_END = b"# ---\n"
+
+
+def log_header(envelope: Envelope) -> bytes:
+    return (
+        f"# task {envelope.id} from {envelope.from_}\n# started "
+        f"{rfc3339(now_utc())} timeout={envelope.timeout_s}s "
+        f"max_output_bytes={envelope.max_output_bytes}\n".encode()
+        + HEADER_END
     )
 
 
-class _ShareLog:
+class Output:
+    """The agent's output as it arrives: counted, followed by the profile's reader, written
+    to the share log up to the task's cap, echoed to the journal under systemd. Shared by
+    every way of running the agent (a child here, a Slurm job followed through its file)."""
+
+    def __init__(self, node: Node, envelope: Envelope, log: ShareLog) -> None:
+        self.cap = envelope.max_output_bytes
+        self.reader = OutputReader(node.cfg.agent_profile)
+        self.log = log
+        # Under systemd our stdout is the journal: echo the (capped) output there too.
+        self.echo: IO[bytes] | None = (
+            sys.stdout.buffer if os.environ.get("JOURNAL_STREAM") else None
+        )
+        self.logged = self.total = 0
+
+    def feed(self, chunk: bytes, *, already_logged: bool = False) -> None:
+        """`already_logged`: bytes an earlier executor of this task wrote to the log (a
+        Slurm job followed again after a restart) count and are read, not written again."""
+        self.total += len(chunk)
+        self.reader.feed(chunk)
+        if self.logged >= self.cap:
+            return
+        part = chunk[: self.cap - self.logged]
+        self.logged += len(part)
+        if not already_logged:
+            self.log.write(part)
+            if self.echo is not None:
+                self.echo.write(part)
+                self.echo.flush()
+            if self.logged >= self.cap:
+                self.log.write(f"\n# output truncated at {self.cap} bytes\n".encode())
+
+    def outcome(self, status: Status, exit_code: int, reason: str, log_rest: bytes) -> Outcome:
+        final_text = self.reader.finish()
+        return Outcome(
+            status,
+            exit_code,
+            reason,
+            self.total,
+            # Every cut is marked: the log at the output cap, final_text (with a note in it).
+            self.total > self.cap or self.reader.cut,
+            final_text,
+            self.reader.output_tail(),
+            log_rest,
+        )
+
+
+class ShareLog:
     """done/<id>.log, written as the agent's output arrives. The share may stop answering
     (its server restarting, the network cut): a refused write must not end the execution.
     The bytes wait in memory (no more than the output cap) and go out when the share

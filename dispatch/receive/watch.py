@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+from dispatch.core.config import LauncherKind
 from dispatch.core.errors import ConfigError
 from dispatch.core.inotify import DirWatcher
 from dispatch.core.node import Node
+from dispatch.receive.launch import Launcher, make_launcher
 from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import PassReport, promote
 
@@ -15,7 +17,10 @@ def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -
     """Promote on every local event and every DISPATCH_POLL_SEC (inotify misses remote
     writes). With `once`, return when nothing more can start and every started execution has
     ended (so every started task has its result)."""
-    launcher = ProcessLauncher(node)
+    # Executions are this loop's children, except that a Slurm gateway hands the agent on.
+    launcher: Launcher = (
+        make_launcher(node) if node.cfg.launcher is LauncherKind.SLURM else ProcessLauncher(node)
+    )
     lanes = node.spool.lanes_in(node.cfg)
     missing = [str(lane.inbox) for lane in lanes if not lane.inbox.is_dir()]
     if missing:

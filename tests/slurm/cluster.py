@@ -218,9 +218,9 @@ class SlurmCluster:
         self.munge_dir.chmod(0o755)
         key_dir = self.munge_dir / "key"
         sock_dir = self.munge_socket.parent
-        for sub, mode in ((key_dir, 0o700), (sock_dir, 0o755)):
-            sub.mkdir(mode=mode)
-            os.chown(sub, munge.pw_uid, munge.pw_gid)
+        for private, mode in ((key_dir, 0o700), (sock_dir, 0o755)):
+            private.mkdir(mode=mode)
+            os.chown(private, munge.pw_uid, munge.pw_gid)
         key = key_dir / "munge.key"
         subprocess.run(
             ["mungekey", "--create", "--force", f"--keyfile={key}"], check=True, capture_output=True

@@ -83,6 +83,9 @@ class ProcessLauncher:
         except (OSError, ValueError, IndexError):
             pass
 
+    def resume(self, task_id: str, marker: Mapping[str, object]) -> bool:
+        return False  # the agent was the executor's child: it died with it
+
     def unit(self, task_id: str) -> str:
         return ""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dispatch.core import events
 from dispatch.core.node import Node
 from dispatch.core.runner import systemctl
@@ -135,6 +137,9 @@ class SystemdLauncher:
 
     def stop(self, task_id: str) -> None:
         systemctl("stop", "--no-block", unit_name(task_id), check=False)
+
+    def resume(self, task_id: str, marker: Mapping[str, object]) -> bool:
+        return False  # the agent ran in the unit's cgroup: it ended with the unit
 
     def unit(self, task_id: str) -> str:
         return unit_name(task_id)

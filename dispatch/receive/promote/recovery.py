@@ -101,6 +101,9 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
                     # hand) is alive: it is running, and it counts toward the cap.
                     running.add(task_id)
                     continue
+                if resume(run, task_id, marker):
+                    running.add(task_id)
+                    continue
                 interrupt(run, lane, task_id, marker)
                 continue
             cancelled = state.cancel_reason(task_id) if task_id in cancels else None
@@ -110,6 +113,26 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
             queued.append(task_id)
             run.lane_of[task_id] = lane
     return queued
+
+
+def resume(run: Pass, task_id: str, marker: dict[str, object]) -> bool:
+    """Offer a task whose executor died to the launcher: work that outlives its executor
+    (a Slurm job) gets a new executor that follows it, and the task keeps its slot."""
+    try:
+        resumed = run.launcher.resume(task_id, marker)
+    except Exception as exc:  # left for the next pass: never answered while unsure
+        run.node.emit(
+            "resume_failed", f"cannot start a follower: {exc}", task_id=task_id, level=events.ERR
+        )
+        return True
+    if resumed:
+        run.node.emit(
+            "exec_resumed",
+            "the executor had died; a new one follows the work",
+            task_id=task_id,
+            level=events.NOTICE,
+        )
+    return resumed
 
 
 def finish(run: Pass, lane: Lane, task_id: str) -> None:
