@@ -456,9 +456,9 @@ def doctor_checks(cfg: Config) -> list[tuple[bool, str]]:
     checks: list[tuple[bool, str]] = []
     try:
         _call("squeue", "-h", "-o", "%i")
-        checks.append((True, "slurm: squeue answers"))
+        checks.append((True, "squeue answers"))
     except SlurmUnavailable as exc:
-        checks.append((False, f"slurm: squeue does not answer: {exc}"))
+        checks.append((False, f"squeue does not answer: {exc}"))
         return checks
     args = ["-h", "-o", "%P|%a|%D"]
     if cfg.slurm_partition:
@@ -466,39 +466,28 @@ def doctor_checks(cfg: Config) -> list[tuple[bool, str]]:
     try:
         rows = [line.split("|") for line in _call("sinfo", *args).splitlines() if line]
     except SlurmUnavailable as exc:
-        checks.append((False, f"slurm: sinfo does not answer: {exc}"))
+        checks.append((False, f"sinfo does not answer: {exc}"))
         return checks
     if cfg.slurm_partition:
         if not rows:
-            checks.append((False, f"slurm: partition {cfg.slurm_partition!r} does not exist"))
+            checks.append((False, f"partition {cfg.slurm_partition!r} does not exist"))
         elif rows[0][1] != "up":
-            checks.append((False, f"slurm: partition {cfg.slurm_partition} is {rows[0][1]}"))
+            checks.append((False, f"partition {cfg.slurm_partition} is {rows[0][1]}"))
         else:
-            checks.append(
-                (True, f"slurm: partition {cfg.slurm_partition} up, {rows[0][2]} node(s)")
-            )
+            checks.append((True, f"partition {cfg.slurm_partition} up, {rows[0][2]} node(s)"))
     else:
         default = [row for row in rows if row[0].endswith("*")]
         checks.append(
             (
                 bool(default),
-                "slurm: default partition " + (default[0][0].rstrip("*") if default else "missing"),
+                "default partition " + (default[0][0].rstrip("*") if default else "missing"),
             )
         )
     spool = cfg.slurm_spool()
     checks.append(
         (
             spool.is_dir() or not spool.exists(),
-            f"slurm: job files in {spool} (must be visible to the compute nodes)",
+            f"job files in {spool} (must be visible to the compute nodes)",
         )
     )
     return checks
-
-
-def status_line(job: JobInfo) -> dict[str, str]:
-    return {
-        "slurm_job": job.job_id,
-        "slurm_state": job.state,
-        "slurm_node": job.node,
-        "slurm_reason": job.reason,
-    }
