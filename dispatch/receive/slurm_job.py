@@ -101,17 +101,32 @@ def run_job(
     )
     why = ""
     job_id: str | None = None
+    unsure = False
     try:
         proc = slurm(submit[0], *submit[1:], env=agent_env(node, envelope), timeout=60)
         job_id = backend.parse_sbatch(proc.stdout) if proc.returncode == 0 else None
         why = backend.refusal(proc.stderr, proc.returncode)
+        unsure = job_id is None and backend.ambiguous(proc.stderr)
     except DispatchError as exc:
-        why = str(exc)
+        why, unsure = str(exc), True
     if job_id is None:
         # The answer can be lost while the submission went through: look before concluding.
-        with contextlib.suppress(backend.SlurmUnavailable):
+        try:
             found = backend.find_jobs(node.name, task_id)
             job_id = found[0].job_id if found else None
+        except backend.SlurmUnavailable:
+            unsure = True
+    if job_id is None and unsure:
+        # No answer is not a refusal: the job may exist. Leave the task to the executor the
+        # next pass starts (follow_again), which follows the job or answers `interrupted`.
+        node.emit(
+            "slurm_submit_unsure",
+            f"sbatch gave no clear answer ({why}); the next pass looks the job up",
+            task_id=task_id,
+            level=events.ERR,
+        )
+        log.close()
+        return None
     if job_id is None:
         log.write(f"# Slurm refused the job: {why}\n".encode())
         node.emit("slurm_refused", why, task_id=task_id, level=events.ERR)

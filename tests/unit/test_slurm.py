@@ -172,6 +172,10 @@ def test_sbatch_refusal_line() -> None:
         slurm.refusal(err, 1)
         == "error: Batch job submission failed: Invalid partition name specified"
     )
+    assert not slurm.ambiguous(err)
+    assert slurm.ambiguous(
+        "sbatch: error: Batch job submission failed: Socket timed out on send/recv"
+    )
     assert slurm.parse_sbatch("42\n") == "42"
     assert slurm.parse_sbatch("42;cluster\n") == "42"
     assert slurm.parse_sbatch("") is None

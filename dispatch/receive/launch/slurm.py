@@ -146,6 +146,16 @@ def refusal(stderr: str, returncode: int) -> str:
     return lines[-1] if lines else f"sbatch exit status {returncode}"
 
 
+# sbatch's words when it cannot tell whether slurmctld took the job.
+AMBIGUOUS = ("timed out", "Socket timed out", "Unable to contact", "Zero Bytes were transmitted")
+
+
+def ambiguous(stderr: str) -> bool:
+    """A failed sbatch after which the job may exist all the same (the request went out
+    and its answer was lost), as opposed to a refusal (bad partition, account, limits)."""
+    return any(words in stderr for words in AMBIGUOUS)
+
+
 # -- job state -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobInfo:
