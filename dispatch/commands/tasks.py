@@ -59,6 +59,11 @@ def _print_status(data: dict[str, Any]) -> None:
         text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
         flag = " STALE" if peer["stale"] else ""
         click.echo(f"peer {peer['node']}: {text}{flag}")
+    for fault in data.get("faults", []):
+        click.echo(
+            click.style(f"fault {fault['key']}", fg="red")
+            + f": {fault['message']} (since {fault['since']}, {fault['count']} passes)"
+        )
 
 
 def _size(value: int | None) -> str:

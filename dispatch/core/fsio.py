@@ -187,3 +187,60 @@ def dump_json(obj: Any) -> bytes:
         # A file name from the share that is not UTF-8 (os.listdir hands its bytes over as
         # lone surrogates): escaped, so the record is still written, and reads back the same.
         return (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+
+# -- directories held open: nothing under the root is followed ---------------------------
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DirRefused(Rejection):
+    """A directory of the share that is not what the layout says: a symbolic link, not a
+    directory, gone, or owned by a user this node does not expect."""
+
+
+def open_dir(
+    name: str | Path,
+    *,
+    dir_fd: int | None = None,
+    owners: frozenset[int] = frozenset(),
+    follow: bool = False,
+) -> int:
+    """Open a directory as itself: O_NOFOLLOW (a symbolic link in its place is refused, never
+    followed), O_DIRECTORY (so is anything else), then its owner checked against `owners`
+    (empty: any). `follow` only for the configured root itself, which the operator chose."""
+    flags = DIR_FLAGS & ~os.O_NOFOLLOW if follow else DIR_FLAGS
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        where = os.fspath(name)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            # With O_DIRECTORY, Linux says ENOTDIR for a symbolic link too: look at it.
+            try:
+                link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+            except OSError:
+                link = exc.errno == errno.ELOOP
+            if link:
+                raise DirRefused("dir_symlink", f"{where} is a symbolic link") from None
+            raise DirRefused("dir_not_directory", f"{where} is not a directory") from None
+        if exc.errno == errno.ENOENT:
+            raise DirRefused("dir_missing", f"{where} does not exist") from None
+        raise DirRefused("dir_unreadable", f"{where}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if owners and info.st_uid not in owners:
+            raise DirRefused(
+                "dir_owner",
+                f"{os.fspath(name)} is owned by uid {info.st_uid}, not by "
+                + " or ".join(str(uid) for uid in sorted(owners)),
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def held(fd: int) -> Path:
+    """A path that names the directory `fd` holds, whatever has been renamed or replaced
+    since along the path it was opened by: every lookup below it starts at that very
+    directory (the kernel resolves /proc/self/fd/N to the open file, not to a name)."""
+    return Path(f"/proc/self/fd/{fd}")

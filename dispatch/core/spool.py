@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
-from dispatch.core.fsio import atomic_write, dump_json, write_new
+from dispatch.core.fsio import atomic_write, dump_json, rename_new, write_new
 from dispatch.core.model import Stage
 from dispatch.core.wire import now_utc, rfc3339, valid_id
 
@@ -160,8 +160,13 @@ class Lane:
         return self.rejected / f"{self.task_name(task_id)}{REASON_SUFFIX}"
 
     def relative(self, path: Path) -> str:
-        """Paths recorded in results are relative to the root: each host mounts it elsewhere."""
-        return str(path.relative_to(self.root))
+        """Paths recorded in results are relative to the root: each host mounts it elsewhere.
+        `path` is an entry of one of this lane's directories."""
+        return f"{self.name}/{self.dir_name(path.parent)}/{path.name}"
+
+    def dir_name(self, directory: Path) -> str:
+        """The layout's name of one of this lane's directories (`inbox`, `done`, ...)."""
+        return directory.name
 
     def deliver(self, task_id: str, data: bytes) -> Path:
         """Maildir rule: write in tmp/, rename into inbox/, so a receiver never sees half."""
@@ -200,12 +205,18 @@ class Lane:
         target = self.rejected / _safe_name(kept)
         if os.path.lexists(target):
             target = self.rejected / _safe_name(f"{kept}~{time.time_ns()}")
-        record = {"name": name, "from_dir": source.name, "rejected_name": target.name, **reason}
+        record = {
+            "name": name,
+            "from_dir": self.dir_name(source),
+            "rejected_name": target.name,
+            **reason,
+        }
         # The reason first: a crash between the two leaves the entry where it was and a
         # reason the next pass's rejection reuses, never a rejected file without its reason.
         atomic_write(_reason_path(target), dump_json(record))
         try:
-            os.rename(source / name, target)
+            # Never over an entry already there (someone may plant one meanwhile).
+            rename_new(source / name, target)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(_reason_path(target))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dispatch.core.faults import Faults
 from dispatch.core.fsio import atomic_write, link_new, write_new
 from dispatch.core.model import Stage
 
@@ -35,6 +36,11 @@ class NodeState:
     def ensure(self) -> None:
         for sub in ("seen", "started", "queue", "run", "cancel"):
             (self.path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def faults(self) -> Faults:
+        """Faults that keep recurring (refused lanes, unmovable entries), until they clear."""
+        return Faults(self.path / "faults")
 
     # -- replay ledger --------------------------------------------------------------
     def _seen(self, task_id: str) -> Path:

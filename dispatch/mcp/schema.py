@@ -110,6 +110,14 @@ class ExecutionOut(TypedDict):
     memory_bytes: int | None
 
 
+class FaultOut(TypedDict):
+    key: str
+    reason: str
+    message: str
+    since: str
+    count: int
+
+
 class StatusOut(TypedDict):
     node: str
     root: str
@@ -118,6 +126,7 @@ class StatusOut(TypedDict):
     lanes: list[LaneOut]
     executions: list[ExecutionOut]
     peers: list[PeerOut]
+    faults: list[FaultOut]
 
 
 class CancelOut(TypedDict):

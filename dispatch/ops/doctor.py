@@ -43,6 +43,7 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     ]
     checks.append(_keys(node))
     checks.append(_root(node))
+    checks += _lanes_held(node)
     checks += _filesystem(node)
     checks += _peers(node)
     if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
@@ -327,3 +328,45 @@ def _unit(unit: str, what: str) -> Check:
         f"{what}: {state} ({sub})",
         "" if ok else f"systemctl start {unit}; journalctl -u {unit}",
     )
+
+
+def _lanes_held(node: Node) -> list[Check]:
+    """Every lane opened as a receiver or sender opens it (nothing followed, owners
+    checked), and the faults the passes recorded."""
+    from dispatch.core.fsio import DirRefused
+    from dispatch.core.lanedirs import FAULT_PREFIX, hold
+
+    out = []
+    for lane in node.spool.lanes_in(node.cfg) + node.spool.lanes_out(node.cfg):
+        try:
+            hold(lane).close()
+        except DirRefused as exc:
+            out.append(
+                Check(
+                    f"lane {lane.name}",
+                    False,
+                    f"refused: {exc}",
+                    "put the lane's directories back as `dispatch init` makes them "
+                    "(real directories, owned by root or the share's owner)",
+                )
+            )
+        except OSError:
+            continue  # an unreachable share: the root check says so
+    try:
+        faults = node.state.faults.all()
+    except (DispatchError, OSError):
+        faults = []
+    for fault in faults:
+        if fault.key.startswith(FAULT_PREFIX) and any(
+            c.name == f"lane {fault.key[5:]}" for c in out
+        ):
+            continue
+        out.append(
+            Check(
+                f"fault {fault.key}",
+                False,
+                f"{fault.reason}: {fault.message} ({fault.count} passes)",
+                "see `journalctl -t dispatch`; it clears by itself once fixed",
+            )
+        )
+    return out

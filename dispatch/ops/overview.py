@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatch import __version__
@@ -178,7 +178,26 @@ def overview(node: Node) -> dict[str, Any]:
         "lanes": lanes,
         "executions": executions(node),
         "peers": peers(node),
+        "faults": faults(node),
     }
+
+
+def faults(node: Node) -> list[dict[str, Any]]:
+    """What the passes keep refusing or failing at (a lane, an entry), until it clears."""
+    try:
+        found = node.state.faults.all()
+    except (DispatchError, OSError):
+        return []  # a user who cannot read the service's state
+    return [
+        {
+            "key": fault.key,
+            "reason": fault.reason,
+            "message": fault.message,
+            "since": rfc3339(datetime.fromtimestamp(fault.since, UTC)),
+            "count": fault.count,
+        }
+        for fault in found
+    ]
 
 
 def heartbeat(node: Node) -> dict[str, Any]:

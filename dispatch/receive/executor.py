@@ -13,6 +13,7 @@ from dispatch.core import events, fsio
 from dispatch.core.config import LauncherKind
 from dispatch.core.errors import NotFound, Rejection, UsageError
 from dispatch.core.fsio import read_regular
+from dispatch.core.lanedirs import HeldLane, hold
 from dispatch.core.model import Callback, Envelope, Result, Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_result
@@ -26,7 +27,7 @@ from dispatch.receive.supervise import Outcome, run_agent
 from dispatch.send import results
 
 
-def locate(node: Node, task_id: str) -> Lane | None:
+def locate(node: Node, task_id: str) -> HeldLane | None:
     """The lane the ledger admitted the task in (never whichever lane shows a file of that
     name: anyone can plant one), when the ledger says it was released and its file is in
     that lane's processing/."""
@@ -40,7 +41,12 @@ def locate(node: Node, task_id: str) -> Lane | None:
         )
     for lane in node.spool.lanes_in(node.cfg):
         if lane.name == entry.lane and entry.stage in (Stage.QUEUED, Stage.RUNNING):
-            return lane if (lane.processing / lane.task_name(task_id)).exists() else None
+            # Held open from the root down: nothing the execution writes (its log, its
+            # result) can be sent outside the lane by a directory swapped for a link.
+            held_lane = hold(lane)
+            if os.path.lexists(held_lane.processing / lane.task_name(task_id)):
+                return held_lane
+            held_lane.close()
     return None
 
 
@@ -55,6 +61,13 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
             node.emit("exec_skipped", "already has a result", task_id=task_id)
             return None
         raise NotFound(f"task {task_id} is not queued on this node")
+    try:
+        return _execute(node, lane, task_id, unit)
+    finally:
+        lane.close()
+
+
+def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | None:
     admitted = admit(node, lane, task_id)
     if admitted is None:
         return None

@@ -9,6 +9,8 @@ from pathlib import Path
 from dispatch.core import events, history
 from dispatch.core.config import valid_node
 from dispatch.core.errors import UsageError
+from dispatch.core.fsio import DirRefused
+from dispatch.core.lanedirs import hold
 from dispatch.core.model import SCHEMA, Callback, Envelope, Priority
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_envelope
@@ -132,7 +134,17 @@ def deliver(node: Node, envelope: Envelope) -> Sent:
     # Recorded before it leaves: the record, not the share, says which lane its result
     # (and only its result) comes back on.
     node.sent.record(envelope.id, envelope.from_, envelope.to)
-    path = lane.deliver(envelope.id, data)
+    try:
+        held_lane = hold(lane)
+    except DirRefused as exc:
+        raise UsageError(f"lane {lane.name} is not used: {exc}") from None
+    try:
+        # Through the lane's directories held open: a tmp/ or inbox/ replaced by a link
+        # cannot make this host write (as whoever sends) anywhere outside the share.
+        held_lane.deliver(envelope.id, data)
+    finally:
+        held_lane.close()
+    path = lane.inbox / lane.task_name(envelope.id)
     if not history.record_sent(node, envelope):
         node.emit(
             "history_unwritable",

@@ -8,33 +8,27 @@ from __future__ import annotations
 import time
 
 from dispatch.core import events
+from dispatch.core.lanedirs import held_lanes
 from dispatch.core.node import Node
+from dispatch.core.spool import Lane
 from dispatch.receive.launch import Launcher
 from dispatch.receive.promote import acks, admission, cancels, queue, recovery
 from dispatch.receive.promote.report import Pass, PassReport
 
 
 def promote(node: Node, launcher: Launcher) -> PassReport:
-    with node.state.lock("promote"):
-        return run_pass(Pass(node, launcher))
+    with node.state.lock("promote"), held_lanes(node, node.spool.lanes_in(node.cfg)) as lanes:
+        run = Pass(node, launcher)
+        run.report.errors += len(node.spool.lanes_in(node.cfg)) - len(lanes)
+        return run_pass(run, lanes)
 
 
-def run_pass(run: Pass) -> PassReport:
+def run_pass(run: Pass, lanes: list[Lane]) -> PassReport:
+    """One pass over the lanes that are held open (a refused lane is recorded, and the
+    others go on: one lane's fault never stops another's)."""
     node, report = run.node, run.report
-    lanes = node.spool.lanes_in(node.cfg)
     now = time.time()
     for lane in lanes:
-        if not lane.inbox.is_dir():
-            # Never create it here: an unmounted share would look like an empty one and
-            # tasks would pile up on the local disk under the mount point.
-            node.emit(
-                "lane_missing",
-                f"{lane.inbox} does not exist: is the share mounted? "
-                "(`dispatch init` creates lanes)",
-                level=events.ERR,
-            )
-            report.errors += 1
-            continue
         admission.admit_inbox(run, lane)
         admission.sweep_stale(run, lane, now)
         acks.check_pending(run, lane)

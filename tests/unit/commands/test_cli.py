@@ -157,7 +157,16 @@ def test_status_json_schema(pair: Pair) -> None:
     proc = cli(pair.receiver, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions", "peers"}
+    assert set(data) == {
+        "node",
+        "root",
+        "version",
+        "killswitch",
+        "lanes",
+        "executions",
+        "peers",
+        "faults",
+    }
     assert data["executions"] == []
     assert data["node"] == "gpubox" and data["root"] == str(pair.root)
     assert set(data["killswitch"]) == {"on", "hard", "reason"}

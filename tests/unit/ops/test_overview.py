@@ -45,7 +45,16 @@ def test_status_json_schema_and_counts(pair: Pair) -> None:
     proc = cli(pair.receiver, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"node", "root", "version", "killswitch", "lanes", "executions", "peers"}
+    assert set(data) == {
+        "node",
+        "root",
+        "version",
+        "killswitch",
+        "lanes",
+        "executions",
+        "peers",
+        "faults",
+    }
     assert (data["node"], data["root"]) == ("gpubox", str(pair.root))
     assert data["killswitch"] == {"on": True, "hard": False, "reason": "upgrade"}
     assert data["executions"] == []
