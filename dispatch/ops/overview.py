@@ -138,7 +138,7 @@ def _slurm_jobs(node: Node, started: dict[str, tuple[str, dict[str, Any]]]) -> d
     from dispatch.receive.launch import slurm
 
     try:
-        listed = {job.job_id: job for job in slurm.node_jobs(node.name)}
+        listed = {job.job_id: job for job in slurm.node_jobs(node.cfg)}
     except DispatchError:
         listed = {}
     out: dict[str, Any] = {}

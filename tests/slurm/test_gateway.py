@@ -169,6 +169,74 @@ def test_cap_counts_jobs_in_slurm(gateway: Gateway) -> None:
         assert overlapping <= 2, spans
 
 
+def test_deadline_cancels_the_job_and_ends_timeout(gateway: Gateway) -> None:
+    """The executor's own clock: timeout_s (3 s here) is far below Slurm's one-minute
+    --time, and the executor scancels the job at it."""
+    task_id = gateway.send("slow sleep=120", timeout=3)
+    began = time.monotonic()
+    gateway.drain()
+    assert time.monotonic() - began < 30
+    result = gateway.result(task_id)
+    assert (result["status"], result["reason"]) == ("timeout", "exceeded timeout_s=3"), result
+    assert gateway.job_state(task_id) == "CANCELLED"
+    assert len(runs_of(gateway.pair, task_id)) == 1
+
+
+def test_output_is_capped_in_the_share_log(gateway: Gateway) -> None:
+    proc = cli(
+        gateway.pair.sender,
+        "send",
+        "--to",
+        "gpubox",
+        "--request",
+        "chatty spam=200000",
+        "--max-output-bytes",
+        "4096",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    task_id = json.loads(proc.stdout)["id"]
+    gateway.drain()
+    result = gateway.result(task_id)
+    assert result["status"] == "ok", result
+    assert result["truncated"] is True
+    assert result["output_bytes"] > 200000
+    log = gateway.log(task_id)
+    assert "# output truncated at 4096 bytes" in log
+    assert len(log.encode()) < 4096 + 1024
+    # The whole output stays in the job's file on the cluster side, not on the share.
+    assert (gateway.job_dir / f"{task_id}.out").stat().st_size > 200000
+
+
+def test_request_on_stdin_reaches_the_job(gateway: Gateway) -> None:
+    """The generic profile gives the agent its request on stdin: a job's --input file."""
+    configure(gateway.pair.receiver, DISPATCH_AGENT_PROFILE="generic")
+    task_id = gateway.send("read me from stdin")
+    gateway.drain()
+    assert gateway.result(task_id)["status"] == "ok"
+    (run,) = runs_of(gateway.pair, task_id)
+    assert run["request"] == "read me from stdin"
+
+
+def test_cpus_are_allocated_per_task(gateway: Gateway) -> None:
+    configure(gateway.pair.receiver, DISPATCH_CPU_QUOTA="150%")
+    task_id = gateway.send("two cpus sleep=1")
+    gateway.drain()
+    (job,) = gateway.jobs(task_id)
+    assert (job["NumCPUs"], job["CPUs/Task"]) == ("2", "2")
+
+
+@pytest.mark.skip(
+    reason="confining a job to its CPUs (and OUT_OF_MEMORY from memory.limit_in_bytes) needs "
+    "Slurm's task/cgroup plugin, which would create cgroups in this machine's cgroup v1 "
+    "hierarchy, shared with other tests and users; the harness enforces memory with "
+    "JobAcctGatherParams=OverMemoryKill instead (test_over_memory_ends_killed), and the "
+    "OUT_OF_MEMORY state is covered by tests/unit/receive/test_slurm.py"
+)
+def test_cpu_confinement_under_task_cgroup() -> None:
+    raise AssertionError("not run on these machines")
+
+
 def test_over_memory_ends_killed(gateway: Gateway) -> None:
     task_id = gateway.send("grow mem=600 sleep=20")
     gateway.drain()
@@ -267,6 +335,32 @@ def test_gateway_restart_mid_job_follows_it(gateway: Gateway) -> None:
     assert len(runs_of(gateway.pair, task_id)) == 1
     log = gateway.log(task_id)
     assert log.count("# task ") == 1 and "status=ok" in log
+
+
+def test_gateway_shutdown_leaves_the_job_running(gateway: Gateway, tmp_path: Path) -> None:
+    """A gateway going down cleanly (systemd stopping `dispatch-exec@` at shutdown) must not
+    take the job with it: the executor leaves it, and the one after the boot follows it.
+    The shutdown is staged: INVOCATION_ID as systemd sets it, and a `systemctl` that answers
+    `is-system-running` with `stopping` as systemd does then."""
+    fake = tmp_path / "shutdown-bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\necho stopping\n")
+    (fake / "systemctl").chmod(0o755)
+    task_id = gateway.send("outlive the gateway sleep=8")
+    gateway.gw("promote", INVOCATION_ID="0" * 32, PATH=f"{fake}:{os.environ['PATH']}")
+    wait_for(lambda: gateway.job_state(task_id) == "RUNNING", 20, "job running")
+    wait_for(lambda: "slurm_job" in gateway.marker(task_id), 10, "job id recorded")
+    pid = gateway.marker(task_id)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "executor gone")
+    assert gateway.job_state(task_id) == "RUNNING"
+    assert not gateway.has_result(task_id)
+    gateway.promote()
+    gateway.drain()
+    result = gateway.result(task_id)
+    assert result["status"] == "ok", result
+    assert gateway.cluster.submissions_named(f"dispatch-{task_id}") == 1
+    assert len(runs_of(gateway.pair, task_id)) == 1
 
 
 def test_gateway_dying_while_submitting_is_interrupted(gateway: Gateway, tmp_path: Path) -> None:

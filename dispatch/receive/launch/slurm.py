@@ -21,6 +21,7 @@ functions of the commands' text (tests/unit/test_slurm.py).
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -349,14 +350,25 @@ def find_jobs(node_name: str, task_id: str) -> list[JobInfo]:
     return [found] if found else []
 
 
-def node_jobs(node_name: str) -> list[JobInfo]:
-    """This gateway's dispatch jobs that are pending or running (squeue's default states),
-    whoever they run as: they are recognised by name prefix and comment."""
-    out = _call("squeue", "-h", "-o", SQUEUE_FORMAT)
+def submit_user(cfg: Config) -> str:
+    """Who the jobs run as: DISPATCH_RUN_AS when the gateway runs as root (sbatch --uid),
+    else the gateway's own user."""
+    import pwd
+
+    if cfg.run_as and os.geteuid() == 0:
+        return cfg.run_as
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def node_jobs(cfg: Config) -> list[JobInfo]:
+    """This gateway's dispatch jobs that are pending or running (squeue's default states):
+    its submitting user's jobs (one squeue, however busy the cluster), recognised by name
+    prefix and this node's comment."""
+    out = _call("squeue", "-h", f"--user={submit_user(cfg)}", "-o", SQUEUE_FORMAT)
     return [
         job
         for job in parse_squeue(out)
-        if job.name.startswith(JOB_PREFIX) and job.comment == job_comment(node_name)
+        if job.name.startswith(JOB_PREFIX) and job.comment == job_comment(cfg.node)
     ]
 
 
@@ -391,7 +403,7 @@ class SlurmLauncher:
     def running(self) -> set[str]:
         ids = self.local.running()
         try:
-            jobs = node_jobs(self.node.name)
+            jobs = node_jobs(self.node.cfg)
             self.reachable = True
         except SlurmUnavailable as exc:
             if self.reachable:
