@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core import events
-from dispatch.core.fsio import atomic_write
+from dispatch.core.errors import Rejection
+from dispatch.core.fsio import atomic_write, read_regular
 from dispatch.core.model import Status
 from dispatch.core.node import Node
 from dispatch.core.spool import REASON_SUFFIX, RESULT_SUFFIX
+from dispatch.receive.promote import junk
 
 CACHE = "metrics-cache.json"
 
@@ -37,9 +39,9 @@ def _tally(
         value = cache.get(key)
         if value is None:
             try:
-                with open(directory / name, "rb") as handle:
-                    value = str(json.loads(handle.read(1 << 20)).get(field, "unknown"))
-            except (OSError, ValueError, AttributeError):
+                # read_regular: a name in done/ or rejected/ may be a planted FIFO or link.
+                value = str(json.loads(read_regular(directory / name)).get(field, "unknown"))
+            except (OSError, ValueError, AttributeError, Rejection):
                 value = "unreadable"
             cache[key] = value
         counts[value] += 1
@@ -87,6 +89,17 @@ def render(node: Node, beat: dict[str, Any], lanes: list[dict[str, Any]]) -> str
                 f'dispatch_queue_depth{{{node_label},lane="{_label(counts["lane"])}",'
                 f'stage="{stage}"}} {counts[stage]}'
             )
+    out += [
+        "# HELP dispatch_junk_dropped_total Refused entries (junk) dropped from rejected/ "
+        "past its bound, by lane.",
+        "# TYPE dispatch_junk_dropped_total counter",
+    ]
+    dropped = junk.dropped_counts(node.state.path)
+    for lane in node.spool.lanes_in(node.cfg):
+        out.append(
+            f'dispatch_junk_dropped_total{{{node_label},lane="{_label(lane.name)}"}} '
+            f"{dropped.get(lane.name, 0)}"
+        )
     out += [
         "# HELP dispatch_running Executions running on this node.",
         "# TYPE dispatch_running gauge",

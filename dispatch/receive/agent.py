@@ -102,12 +102,12 @@ class OutputReader:
             return
         try:
             msg = json.loads(line)
-        except ValueError:
-            return
+        except (ValueError, RecursionError):
+            return  # not JSON, or nested past the parser's depth: not a result line
         if isinstance(msg, dict) and msg.get("type") == "result":
             result = msg.get("result")
             if isinstance(result, str) and result:
-                self.final_text = result[:FINAL_TEXT_MAX]
+                self.final_text = utf8_safe(result[:FINAL_TEXT_MAX])
                 self.final_chars = len(result)
 
     def finish(self) -> str:
@@ -128,3 +128,10 @@ class OutputReader:
 
     def output_tail(self) -> str:
         return self.tail.decode("utf-8", "replace")
+
+
+def utf8_safe(text: str) -> str:
+    """The agent may print any JSON: an escaped lone surrogate (`\\ud800`) decodes to a str
+    that no UTF-8 writer (the signed result, the journal) accepts. Replaced, it cannot
+    crash the executor and lose the outcome."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatch.core import events, ids
+from dispatch.core import ids
 from dispatch.core.errors import NotFound, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular, rename_new
 from dispatch.core.model import Stage, Status
@@ -79,23 +79,31 @@ def check_pending(run: Pass, lane: Lane) -> None:
     for name in names:
         if lane.in_progress(name) or name.endswith(ACK_SUFFIX):
             continue
-        if placement.place(run, lane, lane.pending_ack, name) is not Placement.IN_PLACE:
-            continue
-        task_id = lane.task_id_of(name)
-        entry = run.node.state.entry(task_id)
-        ttl = run.node.cfg.ack_ttl_s
-        # Fail closed: an ack that never comes cancels the task, it never runs it.
-        if entry is not None and time.time() - entry.at > ttl:
-            reason = f"no ack within DISPATCH_ACK_TTL={ttl}s"
-            recovery.end_unstarted(run, lane, lane.pending_ack, task_id, Status.CANCELLED, reason)
-            continue
-        run.report.pending_ack += 1
+        try:
+            _check_one(run, lane, name)
+        except OSError as exc:
+            # One entry that cannot be moved must not stop the others (or the pass).
+            run.fault(lane, lane.pending_ack, name, exc)
     for name in names:
         if name.endswith(ACK_SUFFIX):
             try:
                 _release(run, lane, name, present)
             except OSError as exc:
-                run.node.emit("ack_error", f"{name[:80]}: {exc}", level=events.ERR)
+                run.fault(lane, lane.pending_ack, name, exc)
+
+
+def _check_one(run: Pass, lane: Lane, name: str) -> None:
+    if placement.place(run, lane, lane.pending_ack, name) is not Placement.IN_PLACE:
+        return
+    task_id = lane.task_id_of(name)
+    entry = run.node.state.entry(task_id)
+    ttl = run.node.cfg.ack_ttl_s
+    # Fail closed: an ack that never comes cancels the task, it never runs it.
+    if entry is not None and time.time() - entry.at > ttl:
+        reason = f"no ack within DISPATCH_ACK_TTL={ttl}s"
+        recovery.end_unstarted(run, lane, lane.pending_ack, task_id, Status.CANCELLED, reason)
+        return
+    run.report.pending_ack += 1
 
 
 def _release(run: Pass, lane: Lane, name: str, present: set[str]) -> None:

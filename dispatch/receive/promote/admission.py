@@ -33,8 +33,7 @@ def admit_inbox(run: Pass, lane: Lane) -> None:
             continue  # gone meanwhile (another pass, or the sender took it back)
         except OSError as exc:
             # Invariant 6: one entry that cannot be handled must not stop the others.
-            run.node.emit("intake_error", f"{lane.name}/inbox/{name[:80]}: {exc}", level=events.ERR)
-            run.report.errors += 1
+            run.fault(lane, lane.inbox, name, exc)
 
 
 def _admit_one(run: Pass, lane: Lane, name: str) -> None:

@@ -72,7 +72,7 @@ def honour_cancels(run: Pass, lane: Lane, running: set[str]) -> None:
         except Rejection as exc:
             run.refuse(lane, name, exc, source=lane.cancel)
         except OSError as exc:
-            run.node.emit("cancel_error", f"{name[:80]}: {exc}", level=events.ERR)
+            run.fault(lane, lane.cancel, name, exc)
 
 
 def _cancel_one(

@@ -12,7 +12,7 @@ from dispatch.core.lanedirs import held_lanes
 from dispatch.core.node import Node
 from dispatch.core.spool import Lane
 from dispatch.receive.launch import Launcher
-from dispatch.receive.promote import acks, admission, cancels, queue, recovery
+from dispatch.receive.promote import acks, admission, cancels, junk, queue, recovery
 from dispatch.receive.promote.report import Pass, PassReport
 
 
@@ -20,7 +20,9 @@ def promote(node: Node, launcher: Launcher) -> PassReport:
     with node.state.lock("promote"), held_lanes(node, node.spool.lanes_in(node.cfg)) as lanes:
         run = Pass(node, launcher)
         run.report.errors += len(node.spool.lanes_in(node.cfg)) - len(lanes)
-        return run_pass(run, lanes)
+        report = run_pass(run, lanes)
+        run.settle_faults(lanes)
+        return report
 
 
 def run_pass(run: Pass, lanes: list[Lane]) -> PassReport:
@@ -32,6 +34,7 @@ def run_pass(run: Pass, lanes: list[Lane]) -> PassReport:
         admission.admit_inbox(run, lane)
         admission.sweep_stale(run, lane, now)
         acks.check_pending(run, lane)
+        junk.trim(node, lane)
     killswitch = node.spool.killswitch()
     running = run.launcher.running()
     recovery.publish_deferred(run, lanes, running)

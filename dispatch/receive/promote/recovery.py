@@ -82,37 +82,54 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
         for name in names:
             if name.startswith(".") or lane.in_progress(name):
                 continue
-            task_id = lane.task_id_of(name)
-            # The index is written only for what the ledger released: it stands in for a
-            # ledger read. Anything else is placed by the ledger (put back, or quarantined).
-            if (task_id, lane.name) not in indexed and (
-                placement.place(run, lane, lane.processing, name) is not Placement.IN_PLACE
-            ):
-                continue
-            if task_id in running or task_id in run.deferred:
-                continue
-            if publish.result_standing(run.node, lane, task_id):
-                finish(run, lane, task_id)
-                continue
-            marker = state.started(task_id)
-            if marker is not None:
-                if execution_alive(marker):
-                    # An execution this launcher did not start (`dispatch exec` by
-                    # hand) is alive: it is running, and it counts toward the cap.
-                    running.add(task_id)
-                    continue
-                if resume(run, task_id, marker):
-                    running.add(task_id)
-                    continue
-                interrupt(run, lane, task_id, marker)
-                continue
-            cancelled = state.cancel_reason(task_id) if task_id in cancels else None
-            if cancelled is not None:
-                end_unstarted(run, lane, lane.processing, task_id, Status.CANCELLED, cancelled)
-                continue
-            queued.append(task_id)
-            run.lane_of[task_id] = lane
+            try:
+                if _classify_one(run, lane, name, indexed, cancels, running):
+                    queued.append(lane.task_id_of(name))
+                    run.lane_of[lane.task_id_of(name)] = lane
+            except OSError as exc:
+                # One entry that cannot be moved must not stop the others (or the pass).
+                run.fault(lane, lane.processing, name, exc)
     return queued
+
+
+def _classify_one(
+    run: Pass,
+    lane: Lane,
+    name: str,
+    indexed: set[tuple[str, str]],
+    cancels: set[str],
+    running: set[str],
+) -> bool:
+    """Handle one processing/ entry; True when it is a task waiting for a slot."""
+    state = run.node.state
+    task_id = lane.task_id_of(name)
+    # The index is written only for what the ledger released: it stands in for a ledger
+    # read. Anything else is placed by the ledger (put back, or quarantined).
+    if (task_id, lane.name) not in indexed and (
+        placement.place(run, lane, lane.processing, name) is not Placement.IN_PLACE
+    ):
+        return False
+    if task_id in running or task_id in run.deferred:
+        return False
+    if publish.result_standing(run.node, lane, task_id):
+        finish(run, lane, task_id)
+        return False
+    marker = state.started(task_id)
+    if marker is not None:
+        if execution_alive(marker):
+            # An execution this launcher did not start (`dispatch exec` by hand) is
+            # alive: it is running, and it counts toward the cap.
+            running.add(task_id)
+        elif resume(run, task_id, marker):
+            running.add(task_id)
+        else:
+            interrupt(run, lane, task_id, marker)
+        return False
+    cancelled = state.cancel_reason(task_id) if task_id in cancels else None
+    if cancelled is not None:
+        end_unstarted(run, lane, lane.processing, task_id, Status.CANCELLED, cancelled)
+        return False
+    return True
 
 
 def resume(run: Pass, task_id: str, marker: dict[str, object]) -> bool:

@@ -13,6 +13,7 @@ from dispatch.core.node import Node
 from dispatch.core.spool import Lane
 from dispatch.receive import publish
 from dispatch.receive.launch import Launcher
+from dispatch.receive.promote import junk
 
 
 @dataclass
@@ -42,6 +43,33 @@ class Pass:
     lane_of: dict[str, Lane] = field(default_factory=dict)
     # tasks whose execution ended with a result the share refused (still in outbox/)
     deferred: set[str] = field(default_factory=set)
+    # faults of entries this pass could not handle (kept); the others clear at its end
+    failing: set[str] = field(default_factory=set)
+
+    def fault(self, lane: Lane, directory: Path, name: str, exc: OSError) -> None:
+        """One entry this pass could not handle (an unmovable file, a directory that
+        refuses writes): recorded, counted and shown, and the pass goes on with the rest.
+        Every pass tries it again."""
+        key = f"{lane.name}/{lane.dir_name(directory)}/{name[:80]}"
+        fault = self.node.state.faults.record(key, "entry_error", f"{exc.strerror or exc}")
+        self.failing.add(key)
+        self.report.errors += 1
+        if fault.count == 1:
+            self.node.emit(
+                "entry_fault",
+                f"{key}: {exc.strerror or exc}; the pass goes on, and tries it again",
+                from_=lane.from_,
+                to=lane.to,
+                level=events.ERR,
+            )
+
+    def settle_faults(self, lanes: list[Lane]) -> None:
+        """Entries that failed before and did not this time (handled, or gone) are cleared."""
+        names = {lane.name for lane in lanes}
+        for fault in self.node.state.faults.all():
+            lane_name = fault.key.split("/", 1)[0]
+            if lane_name in names and "/" in fault.key and fault.key not in self.failing:
+                self.node.state.faults.clear(fault.key)
 
     def refuse(
         self,
@@ -57,15 +85,18 @@ class Pass:
         # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
         # earlier task, whose one result must stand alone. The result is written before the
         # file moves: a sender's `wait` that sees it in rejected/ must find the result too.
-        if answer and exc.task_id and state.claim(exc.task_id, "", lane.name) is None:
+        answered = bool(answer and exc.task_id and state.claim(exc.task_id, "", lane.name) is None)
+        if answered and exc.task_id:
             state.mark(exc.task_id, Stage.REJECTED)
             publish.verdict(
                 self.node, lane, exc.task_id, "", Status.REJECTED, f"{exc.reason}: {exc}"
             )
         try:
-            lane.reject(name, exc, node=self.node.name, source=source)
+            kept = lane.reject(name, exc, node=self.node.name, source=source)
         except FileNotFoundError:
             return
+        if not answered:
+            junk.note(self.node, lane, kept)  # bounded: see junk.trim
         self.report.rejected += 1
         self.node.emit(
             "task_rejected",

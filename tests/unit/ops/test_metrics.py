@@ -95,6 +95,7 @@ def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
         "dispatch_tasks": "counter",
         "dispatch_rejections": "counter",
         "dispatch_queue_depth": "gauge",
+        "dispatch_junk_dropped": "counter",
         "dispatch_running": "gauge",
         "dispatch_killswitch": "gauge",
         "dispatch_last_heartbeat_timestamp_seconds": "gauge",

@@ -12,6 +12,8 @@ from dispatch.core.config import AgentProfile, Config
 from dispatch.core.model import Callback, Envelope, Priority
 from dispatch.ops.fake_agent import directives
 from dispatch.receive.agent import FINAL_TEXT_MAX, MAX_LINE, TAIL_BYTES, OutputReader, invocation
+from tests.conftest import Pair
+from tests.unit.helpers import configure, drain, drop, envelope, lane_in, result_json
 
 
 def an_envelope(request: str = "fix the build", dangerous: bool = False) -> Envelope:
@@ -159,3 +161,33 @@ def test_fake_agent_speaks_stream_json(tmp_path: Path) -> None:
     assert messages[0]["type"] == "system" and messages[-1]["type"] == "result"
     assert messages[-1]["result"] == "fake agent (bypassPermissions) did: hi exit=2"
     assert json.loads(log.read_text())["request"] == "hi exit=2"
+
+
+def test_any_json_the_agent_prints_is_read_without_a_crash() -> None:
+    """Issue 12, finding 7: a result line with an escaped lone surrogate crashed the
+    executor (UnicodeEncodeError) and the outcome was lost."""
+    reader = OutputReader(AgentProfile.CLAUDE)
+    reader.feed(b'{"type":"result","result":"' + b"[" * 100_000 + b'"}\n')  # too deep
+    reader.feed(b'{"type":"result","result":{"not":"a string"}}\n')
+    reader.feed(b'\xff\xfe{"type":"result"}\n')
+    reader.feed(b'{"type":"result","result":"before \\ud800 after"}\n')
+    text = reader.finish()
+    assert text.encode("utf-8") and text.startswith("before ") and text.endswith(" after")
+    assert reader.output_tail().encode("utf-8")
+
+
+def test_an_execution_whose_agent_prints_a_lone_surrogate_ends_ok(
+    pair: Pair, tmp_path: Path
+) -> None:
+    agent = tmp_path / "surrogate-agent"
+    agent.write_text(
+        '#!/bin/sh\nprintf \'%s\\n\' \'{"type":"result","result":"odd \\ud800 text"}\'\n'
+    )
+    agent.chmod(0o755)
+    configure(pair.receiver, DISPATCH_AGENT_BIN=str(agent))
+    obj = envelope(pair)
+    drop(lane_in(pair), obj)
+    drain(pair.receiver.node())
+    res = result_json(lane_in(pair), obj["id"])
+    assert res["status"] == "ok", res
+    assert res["final_text"].startswith("odd ") and res["final_text"].endswith(" text")
