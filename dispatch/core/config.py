@@ -84,6 +84,7 @@ class Config:
     webhook_url: str = ""
     ack_ttl_s: int = 86400
     retain_days: int = 14
+    stall_s: int = 600
     metrics_file: Path = Path("/var/lib/prometheus/node-exporter/dispatch.prom")
     slurm_partition: str = ""
     slurm_account: str = ""
@@ -313,6 +314,7 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_WEBHOOK_URL": ("webhook_url", _url),
     "DISPATCH_ACK_TTL": ("ack_ttl_s", _int_at_least(1)),
     "DISPATCH_RETAIN_DAYS": ("retain_days", _int_at_least(0)),
+    "DISPATCH_STALL_S": ("stall_s", _int_at_least(0)),
     "DISPATCH_METRICS_FILE": ("metrics_file", _abs_path),
     "DISPATCH_SLURM_PARTITION": ("slurm_partition", _slurm_name),
     "DISPATCH_SLURM_ACCOUNT": ("slurm_account", _slurm_name),

@@ -52,6 +52,8 @@ class Status(StrEnum):
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    # No output for DISPATCH_STALL_S: a headless agent waiting on a prompt or a dead network.
+    STALLED = "stalled"
 
 
 class Stage(StrEnum):

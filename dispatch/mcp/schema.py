@@ -24,7 +24,9 @@ class ResultOut(TypedDict):
     answered_by: str
     answered_at: str
     request: str
-    status: Literal["ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected"]
+    status: Literal[
+        "ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected", "stalled"
+    ]
     exit_code: int
     elapsed_s: float
     log_path: str

@@ -86,7 +86,8 @@ def run_agent(
 ) -> Outcome:
     stop = _Stop()
     began = time.monotonic()
-    timed_out = False
+    timed_out = stalled = False
+    stall_s = node.cfg.stall_s
     log = ShareLog(node, envelope.id, log_path)
     output = Output(node, envelope, log)
     try:
@@ -120,14 +121,17 @@ def run_agent(
         sel.register(out_fd, selectors.EVENT_READ)
         sel.register(stop.read_fd, selectors.EVENT_READ)
         deadline = time.monotonic() + envelope.timeout_s
+        last_output = time.monotonic()
         kill_at: float | None = None
         exited_at: float | None = None
         eof = False
         while True:
             now = time.monotonic()
-            if not (timed_out or stop.signum) and now >= deadline:
+            if not (timed_out or stalled or stop.signum) and now >= deadline:
                 timed_out = True
-            if (timed_out or stop.signum) and kill_at is None:
+            if stall_s and not (timed_out or stalled or stop.signum) and exited_at is None:
+                stalled = now - last_output >= stall_s
+            if (timed_out or stalled or stop.signum) and kill_at is None:
                 _killpg(proc.pid, signal.SIGTERM)
                 kill_at = now + GRACE_S
             if kill_at is not None and now >= kill_at:
@@ -140,6 +144,8 @@ def run_agent(
             if exited_at is not None and (eof or now - exited_at > 2.0):
                 break
             waits = [1.0, deadline - now]
+            if stall_s:
+                waits.append(last_output + stall_s - now)
             if kill_at is not None and kill_at != float("inf"):
                 waits.append(kill_at - now)
             if eof:
@@ -157,20 +163,24 @@ def run_agent(
                     eof = True
                     sel.unregister(out_fd)
                     continue
+                last_output = time.monotonic()
                 output.feed(chunk)
             log.flush()
         sel.close()
         proc.stdout.close()
         returncode = proc.wait()
-        status, exit_code, reason = _classify(
-            node,
-            envelope.id,
-            returncode,
-            timed_out,
-            stop.signum,
-            envelope.timeout_s,
-            time.monotonic() - began,
-        )
+        if stalled:
+            status, exit_code, reason = stalled_outcome(stall_s, output.reader.output_tail())
+        else:
+            status, exit_code, reason = _classify(
+                node,
+                envelope.id,
+                returncode,
+                timed_out,
+                stop.signum,
+                envelope.timeout_s,
+                time.monotonic() - began,
+            )
         log.write(
             f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
             f"{' reason=' + reason if reason else ''}\n".encode()
@@ -179,6 +189,17 @@ def run_agent(
         stop.close()
         log_rest = log.close()
     return output.outcome(status, exit_code, reason, log_rest)
+
+
+def stalled_outcome(stall_s: int, tail: str) -> tuple[Status, int, str]:
+    """A task ended by the stall guard, with the agent's last line of output."""
+    last = tail.rstrip("\n").rpartition("\n")[2]
+    return (
+        Status.STALLED,
+        TIMEOUT_EXIT,
+        f"no output for {stall_s}s (DISPATCH_STALL_S); last output: "
+        + (repr(last[-200:]) if last else "none"),
+    )
 
 
 HEADER_END = b"# ---\n"

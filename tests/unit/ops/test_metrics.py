@@ -111,6 +111,7 @@ def test_metrics_file_parses_and_counts(pair: Pair, tmp_path: Path) -> None:
         "error": 1,
         "rejected": 1,
         "timeout": 0,
+        "stalled": 0,
         "killed": 0,
         "interrupted": 0,
         "cancelled": 0,
