@@ -70,6 +70,12 @@ from dispatch.send import task as sender
     help="With --wait: stop waiting after this many seconds (exit 4; the waiting clock "
     "only, the task goes on).",
 )
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="With --wait, off a terminal too: a line on stderr each time the stage changes "
+    "(on a terminal a live line shows the stage, the time and the agent's latest output).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {id, path} (and result) as JSON.")
 @pass_app
 def send(
@@ -86,6 +92,7 @@ def send(
     callback: str,
     wait_: bool,
     wait_timeout: float | None,
+    progress: bool,
     as_json: bool,
 ) -> int:
     """Send a signed task to a peer."""
@@ -111,7 +118,7 @@ def send(
             click.echo(envelope.id)
             click.echo(f"sent to {envelope.to}: {sent.path}", err=True)
         return 0
-    result = await_result(node, envelope.id, timeout=wait_timeout)
+    result = await_result(node, envelope.id, timeout=wait_timeout, progress=progress)
     if as_json:
         print_json({"id": envelope.id, "path": str(sent.path), "result": result.to_json()})
         return result_exit(result)

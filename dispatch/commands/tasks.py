@@ -99,14 +99,21 @@ def result(app: App, task_id: str, as_json: bool) -> int:
     help="Stop waiting after this many seconds (exit 4). The waiting clock only: the "
     "agent's own run time is `send --timeout`.",
 )
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="Off a terminal too: a line on stderr each time the stage changes (on a terminal "
+    "a live line shows the stage, the time and the agent's latest output anyway).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verified result object.")
 @pass_app
-def wait(app: App, task_id: str, timeout: float | None, as_json: bool) -> int:
+def wait(app: App, task_id: str, timeout: float | None, progress: bool, as_json: bool) -> int:
     """Block until a task's result arrives; verify it and print its final text. TASK_ID:
     the id or a unique prefix of it."""
     task_id = _task_id(app, task_id)
     node = app.node()
-    return show_result(await_result(node, task_id, timeout=timeout), as_json, node.cfg.root)
+    res = await_result(node, task_id, timeout=timeout, progress=progress)
+    return show_result(res, as_json, node.cfg.root)
 
 
 COMMANDS = [status, result, wait]

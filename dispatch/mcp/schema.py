@@ -141,6 +141,17 @@ class CancelOut(TypedDict):
     finished: str | None
 
 
+class LogsOut(TypedDict):
+    """A piece of a task's log (the agent's output as it runs), from `offset` on."""
+
+    id: str
+    offset: int
+    next_offset: int
+    text: str
+    done: bool
+    stage: str
+
+
 def result_out(result: Result) -> ResultOut:
     return cast(ResultOut, result.to_json())
 

@@ -19,6 +19,7 @@ one-line message, and the server keeps serving.
 
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
@@ -30,11 +31,13 @@ from dispatch.core.node import Node
 from dispatch.core.wire import valid_id
 from dispatch.mcp.schema import (
     CancelOut,
+    LogsOut,
     SendOut,
     StatusOut,
     TaskOut,
     task_out,
 )
+from dispatch.ops import logs as logs_mod
 from dispatch.ops import overview
 from dispatch.send import cancel as cancel_mod
 from dispatch.send import results, waiting
@@ -92,6 +95,46 @@ def get_task(node: Node, task_id: str) -> TaskOut:
         raise NotFound(f"no task {task_id} in this node's records (sent or received)")
     # An unsigned record in rejected/ is a hint, never the outcome: the stage says it.
     return task_out(task_id, waiting.stage_of(lane, task_id), None)
+
+
+LOGS_MAX_BYTES = 256 * 1024
+
+
+def read_logs(node: Node, task_id: str, offset: int, max_bytes: int) -> LogsOut:
+    """Up to `max_bytes` of the task's log from `offset`; call again from `next_offset`."""
+    lane = results.find_task_lane(node, task_id)
+    if lane is None:
+        raise NotFound(f"no task {task_id} in this node's records (sent or received)")
+    finished = os.path.lexists(lane.result_path(task_id))  # before the read: then it is whole
+    try:
+        data = logs_mod.read_from(lane.log_path(task_id), offset, max_bytes)
+    except FileNotFoundError:
+        data = b""
+    more = len(data) == max_bytes
+    # Whole characters only: a UTF-8 sequence cut by the read (or by a writer mid-write)
+    # waits for the next call, unless nothing more is coming.
+    text, consumed = (
+        (data.decode("utf-8", "replace"), len(data)) if finished and not more else _prefix(data)
+    )
+    return {
+        "id": task_id,
+        "offset": offset,
+        "next_offset": offset + consumed,
+        "text": text,
+        "done": finished and not more,
+        "stage": waiting.stage_of(lane, task_id),
+    }
+
+
+def _prefix(data: bytes) -> tuple[str, int]:
+    """The longest prefix of `data` that is whole UTF-8 (within the last 3 bytes), and its
+    length; bytes that are not UTF-8 at all are replaced."""
+    for cut in range(min(4, len(data) + 1)):
+        try:
+            return data[: len(data) - cut].decode("utf-8"), len(data) - cut
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", "replace"), len(data)
 
 
 def tool_message(exc: DispatchError) -> str:
@@ -367,6 +410,26 @@ def build_server(node: Node) -> "MCPServer[Any]":
             }
 
         return await in_thread(request)
+
+    @tool(reading("Follow a task's output"))
+    async def dispatch_logs(
+        id: Annotated[
+            str,
+            Field(pattern=UUID4_PATTERN, description=("The task id dispatch_send returned.")),
+            AfterValidator(check_id),
+        ],
+        offset: Annotated[
+            int,
+            Field(ge=0, description="Where to read from: 0, then the last call's next_offset."),
+        ] = 0,
+        max_bytes: Annotated[
+            int, Field(ge=1, le=LOGS_MAX_BYTES, description="At most this much text a call.")
+        ] = 64 * 1024,
+    ) -> LogsOut:
+        """The agent's output on the peer, as it runs (the task's log on the share), from
+        `offset`: call again from `next_offset` to follow it. done=true once the result is
+        there and everything before it was read; then dispatch_result returns the result."""
+        return await in_thread(functools.partial(read_logs, node, id, offset, max_bytes))
 
     @tool(reading("This node's status"))
     async def dispatch_status() -> StatusOut:

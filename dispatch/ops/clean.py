@@ -81,7 +81,7 @@ def _one_result(
     path = lane.result_path(task_id)
     mine = lane.from_ == node.name
     try:
-        result = results.read(node, path)
+        result = results.read_bound(node, lane, task_id)
         status = result.status.value
         answered = parse_time(result.answered_at).timestamp()
     except FileNotFoundError:

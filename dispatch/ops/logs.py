@@ -38,6 +38,20 @@ def read_from(path: os.PathLike[str], offset: int, limit: int = CHUNK) -> bytes:
         os.close(fd)
 
 
+def last_line(path: os.PathLike[str], window: int = 4096) -> str:
+    """The last non-empty line of a file on the share (its last `window` bytes)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Rejection("not_regular", f"{path} is not a regular file")
+        data = os.pread(fd, window, max(0, info.st_size - window))
+    finally:
+        os.close(fd)
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    return lines[-1].decode("utf-8", "replace") if lines else ""
+
+
 def status_line(result: Result) -> str:
     reason = f": {result.reason}" if result.reason else ""
     return (
@@ -71,7 +85,7 @@ def share_log(node: Node, lane: Lane, task_id: str, follow: bool) -> Iterator[st
     if partial:
         yield partial.decode("utf-8", "replace")
     if finished:
-        yield status_line(results.read(node, lane.result_path(task_id)))
+        yield status_line(results.read_bound(node, lane, task_id))
     elif offset == 0:
         yield f"-- no output yet from {task_id} (stage: {lane.stage_of(task_id).value})"
 

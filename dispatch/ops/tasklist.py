@@ -100,10 +100,8 @@ def _lanes(node: Node) -> dict[str, Lane]:
 def _ended_on_share(node: Node, lane: Lane, task: Task) -> Task | None:
     """The task with its verified result's status, recorded; None if none verifies."""
     try:
-        result = results.read(node, lane.result_path(task.id))
+        result = results.read_bound(node, lane, task.id)
     except (OSError, Rejection):
-        return None
-    if result.id != task.id:
         return None
     history.record_ended(node, task.id, lane, result)
     return replace(

@@ -1,10 +1,14 @@
 """Requests and answers of real size: a request from a file or stdin, up to the envelope's
 limit (stated when exceeded), reaching the agent on stdin when it is too long for one
-argument; every cut of the answer marked; each waiting flag says which clock it sets."""
+argument; every cut of the answer marked; each waiting flag says which clock it sets; what
+`wait` shows of a long task, on a terminal and off one."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import sys
 from typing import Any
 
@@ -98,3 +102,66 @@ def test_each_waiting_flag_says_which_clock_it_sets(pair: Pair) -> None:
     never = cli(pair.sender, "send", "--to", "gpubox", "--request", "later").stdout.strip()
     proc = cli(pair.sender, "wait", never, "--wait-timeout", "0.3")
     assert proc.returncode == 4 and "(last seen: inbox)" in proc.stderr
+
+
+def _watching(pair: Pair) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "watch", "--quiet"],
+        env=env_for(pair.receiver),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_wait_progress_off_a_terminal_prints_each_stage(pair: Pair) -> None:
+    task_id = cli(pair.sender, "send", "--to", "gpubox", "--request", "slow sleep=2").stdout
+    task_id = task_id.strip()
+    watcher = _watching(pair)
+    try:
+        proc = cli(pair.sender, "wait", task_id, "--progress", "--wait-timeout", "60")
+    finally:
+        watcher.terminate()
+        watcher.wait(20)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    stages = [line.split()[1] for line in lines[:-1]]
+    assert "running" in stages and len(stages) == len(set(stages))  # one line per change
+    assert all(line.startswith(task_id[:8] + " ") for line in lines[:-1])
+    assert lines[-1].startswith(f"{task_id} ok ") and lines[-1].endswith("on gpubox")
+
+
+def test_wait_on_a_terminal_shows_the_latest_output(pair: Pair) -> None:
+    task_id = cli(pair.sender, "send", "--to", "gpubox", "--request", "slow sleep=3").stdout
+    task_id = task_id.strip()
+    watcher = _watching(pair)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dispatch", "wait", task_id, "--wait-timeout", "60"],
+            env=env_for(pair.sender),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            timeout=90,
+            check=False,
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        watcher.terminate()
+        watcher.wait(20)
+    assert proc.returncode == 0
+    frames = shown.decode().split("\r\x1b[2K")
+    # The stage, the time so far, and the agent's latest words (its text, not raw JSON).
+    assert any(
+        frame.startswith(f"{task_id[:8]} running ") and frame.rstrip().endswith("working...")
+        for frame in frames
+    ), frames

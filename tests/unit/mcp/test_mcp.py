@@ -38,7 +38,14 @@ from tests.unit.helpers import (
     wait_for,
 )
 
-TOOLS = {"dispatch_send", "dispatch_wait", "dispatch_result", "dispatch_status", "dispatch_cancel"}
+TOOLS = {
+    "dispatch_send",
+    "dispatch_wait",
+    "dispatch_result",
+    "dispatch_status",
+    "dispatch_cancel",
+    "dispatch_logs",
+}
 
 
 def server_command() -> tuple[str, list[str]]:
@@ -567,3 +574,36 @@ def test_result_schema_of_the_tools_names_every_status() -> None:
     from dispatch.mcp.schema import ResultOut
 
     assert set(get_args(ResultOut.__annotations__["status"])) == {s.value for s in Status}
+
+
+def test_follow_a_tasks_output_with_dispatch_logs(pair: Pair, tmp_path: Path) -> None:
+    task_id = cli(pair.sender, "send", "--to", "gpubox", "--request", "talk sleep=2").stdout
+    task_id = task_id.strip()
+    pieces: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async with session(pair.sender, tmp_path / "mcp.err") as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            props = tools["dispatch_logs"].input_schema["properties"]
+            assert set(props) == {"id", "offset", "max_bytes"} and props["offset"]["minimum"] == 0
+            offset = 0
+            with Nodes(pair.receiver):
+                for _ in range(600):
+                    piece = structured(
+                        await client.call_tool(
+                            "dispatch_logs", {"id": task_id, "offset": offset, "max_bytes": 200}
+                        )
+                    )
+                    assert piece["offset"] == offset
+                    pieces.append(piece)
+                    offset = piece["next_offset"]
+                    if piece["done"]:
+                        break
+                    await anyio.sleep(0.05)
+
+    run(main)
+    assert pieces[-1]["done"] is True and pieces[-1]["stage"] == "done"
+    assert any(p["stage"] == "running" and p["text"] for p in pieces)  # output while it ran
+    log = lane_in(pair).log_path(task_id).read_text()
+    assert "".join(p["text"] for p in pieces) == log
+    assert all(len(p["text"].encode()) <= 200 for p in pieces)
