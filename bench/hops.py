@@ -1,4 +1,4 @@
-"""Where dispatch's send → agent-start time goes, hop by hop, on a local share.
+"""Where dispatch's send → agent-start time goes, hop by hop, on a local share (or sshfs).
 
     .venv/bin/python -m bench.hops [-n 10]      # about 30 s
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import log
 from bench.figures import agent_start
-from bench.sites import local_site
+from bench.sites import local_site, sshfs_site
 
 # (label, predicate on a journal entry) in the order they happen
 MARKS: tuple[tuple[str, str, str], ...] = (
@@ -88,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-n", type=int, default=10, help="tasks to send (one at a time)")
     parser.add_argument("--poll-sec", type=int, default=3)
+    parser.add_argument(
+        "--site",
+        choices=("local", "sshfs"),
+        default="local",
+        help="sshfs: two hosts (tests/e2e/cluster.py); the first hop then includes the sensor's "
+        "(or, with BENCH_WATCH_MODE=timer, the timer's) delay",
+    )
     args = parser.parse_args(argv)
+    make_site = sshfs_site if args.site == "sshfs" else local_site
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     workdir.chmod(0o755)
     hops: list[list[float]] = [[] for _ in range(len(MARKS) + 1)]
     try:
-        with local_site(workdir, args.poll_sec) as (dispatch, _original):
+        with make_site(workdir, args.poll_sec) as (dispatch, _original):
             host = dispatch.site.receiver
             dispatch.start(cap=2, agent="fake-agent", poll_sec=args.poll_sec)
             time.sleep(args.poll_sec + 2)  # past the start-up passes
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     labels = [label for label, _k, _v in MARKS] + ["the agent process itself starts"]
-    print(f"dispatch, local share, {args.n} tasks sent one at a time: median time of each hop")
+    print(f"dispatch, {args.site} share, {args.n} tasks sent one at a time: median of each hop")
     print()
     print("| from the previous step to | median | max |")
     print("|---|---|---|")

@@ -1,3 +1,3 @@
-from dispatch.cli import main
+from dispatch.entry import main
 
 raise SystemExit(main())

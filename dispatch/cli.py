@@ -6,7 +6,6 @@ import difflib
 import importlib
 import os
 import sys
-import traceback
 from dataclasses import dataclass, field
 
 import click
@@ -14,10 +13,9 @@ import click
 from dispatch import __version__
 from dispatch.core import config as config_mod
 from dispatch.core.config import Config
-from dispatch.core.errors import DispatchError, ExitCode
+from dispatch.core.errors import ExitCode
 from dispatch.core.node import Node
-
-INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in dispatch, not in its input
+from dispatch.entry import guarded
 
 
 @dataclass
@@ -108,43 +106,25 @@ def all_commands() -> dict[str, click.Command]:
 
 def run_command(command: click.Command, argv: list[str] | None, debug: bool) -> int:
     """Run a click command and turn every error into one line and an exit code."""
-    try:
-        rv = command.main(
-            args=argv, prog_name=os.path.basename(sys.argv[0]) or "dispatch", standalone_mode=False
-        )
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        print("dispatch: aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE
-    except DispatchError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"dispatch: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
-    except OSError as exc:
-        if debug:
-            traceback.print_exc()
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"dispatch: error:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        print(
-            f"dispatch: internal error: {type(exc).__name__}: {exc} "
-            "(run with --debug for a traceback)",
-            file=sys.stderr,
-        )
-        return INTERNAL_ERROR
-    return int(rv or 0)
+
+    def invoke() -> int:
+        try:
+            rv = command.main(
+                args=argv,
+                prog_name=os.path.basename(sys.argv[0]) or "dispatch",
+                standalone_mode=False,
+            )
+        except click.exceptions.Exit as exc:
+            return int(exc.exit_code)
+        except click.exceptions.Abort:
+            print("dispatch: aborted", file=sys.stderr)
+            return 130
+        except click.ClickException as exc:
+            exc.show()
+            return ExitCode.USAGE
+        return int(rv or 0)
+
+    return guarded(invoke, debug)
 
 
 def main(argv: list[str] | None = None) -> int:

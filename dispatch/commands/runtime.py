@@ -16,17 +16,10 @@ from dispatch.commands.output import print_json
 def promote(app: App, as_json: bool) -> int:
     """Verify inboxes, release acks, recover, start executions up to the cap; repeat while
     anything changed meanwhile."""
-    from dispatch.core.config import LauncherKind
-    from dispatch.receive.launch import make_launcher
-    from dispatch.receive.promote import settle, summary
+    # Without --json, dispatch.entry runs the same without click (the unit's command line).
+    from dispatch.receive.promote import run_unit_pass, summary
 
-    node = app.node()
-    under_systemd = node.cfg.launcher is LauncherKind.SYSTEMD
-    if under_systemd:
-        from dispatch.receive.sensor import consume_kick
-
-        consume_kick()
-    report = settle(node, make_launcher(node), linger=under_systemd)
+    report = run_unit_pass(app.node())
     if as_json:
         click.echo(summary(report))
     return 0
@@ -40,6 +33,7 @@ def promote(app: App, as_json: bool) -> int:
 @pass_app
 def exec_(app: App, task_id: str, unit: str) -> int:
     """Run one queued task and write its signed result."""
+    # `dispatch exec ID` (the unit's command line) runs in dispatch.entry, without click.
     from dispatch.receive.executor import execute
 
     execute(app.node(), task_id, unit)

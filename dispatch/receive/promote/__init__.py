@@ -12,6 +12,6 @@ settle      passes until quiet, and the linger that feeds a backlog into freed s
 from dispatch.receive.promote.pass_ import promote
 from dispatch.receive.promote.queue import refill
 from dispatch.receive.promote.report import PassReport, summary
-from dispatch.receive.promote.settle import settle
+from dispatch.receive.promote.settle import run_unit_pass, settle
 
-__all__ = ["PassReport", "promote", "refill", "settle", "summary"]
+__all__ = ["PassReport", "promote", "refill", "run_unit_pass", "settle", "summary"]

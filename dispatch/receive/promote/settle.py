@@ -24,6 +24,21 @@ SLOT_RETRY_S = 0.03
 SLOT_RETRY_WINDOW_S = 0.5
 
 
+def run_unit_pass(node: Node) -> PassReport:
+    """What `dispatch promote` does: under systemd, take the sensor's kick first (whatever
+    changed before is in this pass; a later change kicks again), then settle, lingering
+    while a backlog waits for slots."""
+    from dispatch.core.config import LauncherKind
+    from dispatch.receive.launch import make_launcher
+
+    under_systemd = node.cfg.launcher is LauncherKind.SYSTEMD
+    if under_systemd:
+        from dispatch.receive.sensor import consume_kick
+
+        consume_kick()
+    return settle(node, make_launcher(node), linger=under_systemd)
+
+
 def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassReport:
     """Passes until nothing changed during the last one. systemd stops watching while this
     oneshot runs, so a task that arrived, or an execution that ended, during a pass would

@@ -139,6 +139,32 @@ def test_the_loop_kicks_on_an_arrival_and_a_pass_takes_the_kick(pair: Pair, tmp_
     assert beat["node"] == "gpubox"
 
 
+def test_inboxes_every_round_the_rest_every_slow_round(pair: Pair, tmp_path: Path) -> None:
+    kick = tmp_path / "kick"
+    settings = _settings(pair, kick)
+    lane = pair.receiver.node().spool.lane("devbox", "gpubox")
+    rounds: list[int] = []
+    clock = iter(i * 0.25 for i in range(1000))
+    count = 0
+
+    def sleep(_s: float) -> None:
+        nonlocal count
+        count += 1
+        if kick.exists():
+            rounds.append(count)
+            sensor.consume_kick(str(kick))
+        if count == 9:  # just after a slow round (rounds 1, 5, 9, … stat everything)
+            (lane.cancel / "x.cancel.json").write_text("{}")
+        if count == 21:
+            (lane.inbox / "x.json").write_text("{}")
+
+    sensor.run(settings, clock=lambda: next(clock), sleep=sleep, rounds=40)
+    assert rounds[0] == 1  # the start-up kick
+    # The cancel request waits for the next slow round (4 rounds later), the task does not.
+    assert min(r for r in rounds if r > 9) == 9 + sensor.SLOW_EVERY
+    assert min(r for r in rounds if r > 21) == 22
+
+
 def test_its_heartbeat_is_the_python_heartbeat(pair: Pair, tmp_path: Path) -> None:
     tx, rx = pair.sender.node(), pair.receiver.node()
     sender.deliver(tx, sender.build(tx, to="gpubox", request="done one"))
