@@ -136,7 +136,8 @@ def clean(
         if item.kept:
             click.echo(f"kept         {head}  {item.kept}")
         else:
-            click.echo(f"{verb:<12} {head}  {', '.join(item.removed) or '-'}")
+            names = [n.removeprefix(item.task_id) for n in item.removed] if item.task_id else []
+            click.echo(f"{verb:<12} {head}  {', '.join(names or item.removed) or '-'}")
     gone = sum(1 for item in done if not item.kept)
     kept = len(done) - gone
     click.echo(
