@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import log, parse_time, percentile
+from dispatch.core.keys import Pins
 from dispatch.ops.bootstrap import init_node
 from tests.slurm.cluster import SlurmCluster
 
@@ -55,7 +56,7 @@ def measure(work: Path, cluster: SlurmCluster, launcher: str, n: int) -> list[fl
     agent_log = work / launcher / "agent.jsonl"
     agent = f"{shlex.quote(sys.executable)} -m dispatch.ops.fake_agent"
     configs = {}
-    key_file = None
+    public = {}
     for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
         home = work / launcher / name
         report = init_node(
@@ -65,7 +66,6 @@ def measure(work: Path, cluster: SlurmCluster, launcher: str, n: int) -> list[fl
             config_path=home / "dispatch.conf",
             key_dir=home / "keys",
             state_dir=home / "state",
-            key_file=key_file,
             extra={
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": launcher,
@@ -74,8 +74,11 @@ def measure(work: Path, cluster: SlurmCluster, launcher: str, n: int) -> list[fl
                 "DISPATCH_SLURM_DIR": str(home / "jobs"),
             },
         )
-        key_file = report.key.path
+        public[name] = report.key
         configs[name] = home / "dispatch.conf"
+    # Each node pins the other's public key (`dispatch peers add`): no key is shared.
+    for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
+        Pins(work / launcher / name / "peers").add(public[peer], f"bench: {peer}'s init")
     sender = _env(configs["devbox"])
     gateway = _env(configs["gpubox"], DISPATCH_FAKE_AGENT_LOG=str(agent_log), **cluster.env)
     state = work / launcher / "gpubox" / "state" / "started"

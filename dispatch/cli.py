@@ -49,6 +49,7 @@ COMMAND_MODULES = {
     "logs": "tasks",
     "killswitch": "killswitch",
     "keys": "keys",
+    "peers": "peers",
     "doctor": "doctor",
     "audit": "audit",
     "promote": "runtime",

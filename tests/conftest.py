@@ -1,5 +1,6 @@
 """Shared fixtures: a shared root with two nodes (devbox sends, gpubox receives), each with
-its own config, key ring copy and state, all in a temp dir; the fake agent as the agent."""
+its own config, key pair (each pinning the other's public key) and state, all in a temp
+dir; the fake agent as the agent."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.core import config as config_mod
+from dispatch.core.keys import Pins
 from dispatch.core.node import Node
 from dispatch.ops.bootstrap import init_node
 
@@ -52,7 +54,7 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
     agent_log = tmp_path / "agent-runs.jsonl"
     agent = f"{shlex.quote(sys.executable)} -m dispatch.ops.fake_agent"
     setups = {}
-    key_file = None
+    public = {}
     for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
         home = tmp_path / name
         report = init_node(
@@ -62,14 +64,13 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
             config_path=home / "dispatch.conf",
             key_dir=home / "keys",
             state_dir=home / "state",
-            key_file=key_file,
             extra={
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",
                 "DISPATCH_POLL_SEC": "0.2",
             },
         )
-        key_file = report.key.path
+        public[name] = report.key
         setups[name] = NodeSetup(
             name,
             {
@@ -78,6 +79,8 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
             },
             home,
         )
+    for name, peer in (("devbox", "gpubox"), ("gpubox", "devbox")):
+        Pins(tmp_path / name / "peers").add(public[peer], f"test: {peer}'s init")
     # Executions started as child processes read their config from the environment.
     monkeypatch.setenv("DISPATCH_FAKE_AGENT_LOG", str(agent_log))
     yield Pair(root, setups["devbox"], setups["gpubox"], agent_log)

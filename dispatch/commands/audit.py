@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -10,9 +9,9 @@ import click
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
 from dispatch.core.errors import ConfigError, UsageError
-from dispatch.core.signing import Keyring
+from dispatch.core.signing import NodeKeys
 from dispatch.ops.audit import audit as run_audit
-from dispatch.ops.audit_scan import keyring_from_dir
+from dispatch.ops.audit_scan import pins_from_dir
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 
@@ -39,10 +38,10 @@ _DIR = click.Path(file_okay=False, path_type=Path)
     help="A log of agent runs, one JSON line with `task_id` per run (repeatable).",
 )
 @click.option(
-    "--key-dir",
+    "--peers-dir",
     type=_DIR,
     default=None,
-    help="Key ring to verify results with (default: the configuration's).",
+    help="Pinned public keys to verify results with (default: the configuration's).",
 )
 @click.option(
     "--settled",
@@ -57,7 +56,7 @@ def audit(
     root: Path | None,
     state_dirs: tuple[Path, ...],
     agent_logs: tuple[Path, ...],
-    key_dir: Path | None,
+    peers_dir: Path | None,
     settled: bool,
     as_json: bool,
 ) -> int:
@@ -76,17 +75,15 @@ def audit(
     states = list(state_dirs)
     if not states and cfg is not None and (cfg.state_dir / "seen").is_dir():
         states = [cfg.state_dir]
-    ring: Keyring | None
-    if key_dir is not None:
-        ring = keyring_from_dir(key_dir)
+    ring: NodeKeys | None
+    if peers_dir is not None:
+        ring = pins_from_dir(root, peers_dir)
         if ring is None:
-            raise UsageError(f"no key in {key_dir}")
+            raise UsageError(f"no pinned key in {peers_dir}")
     elif cfg is not None:
         try:
-            ring = Keyring.load(replace(cfg, root=root), required=False)
+            ring = pins_from_dir(root, cfg.peers_dir)
         except ConfigError:
-            ring = None
-        if ring is not None and not ring.keys:
             ring = None
     else:
         ring = None

@@ -31,6 +31,9 @@ def send_cmd(to: str, from_: str | None, request: str, priority: str, callback: 
     node = Node(config.load())
     if not from_ and not node.cfg.node:
         raise click.UsageError("--from required (or set DISPATCH_FROM)")
+    if from_ and not node.cfg.node:
+        # The original named its node with --from alone; that node's own key signs.
+        node = Node(config.load({**os.environ, "DISPATCH_NODE": from_}))
     envelope = sender.build(
         node,
         to=to,

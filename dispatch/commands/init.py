@@ -39,10 +39,10 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
     default=lambda: os.environ.get("DISPATCH_STATE_DIR", "/var/lib/dispatch"),
 )
 @click.option(
-    "--key-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Use this key (copied from a peer) instead of a new one.",
+    "--peers-dir",
+    type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("DISPATCH_PEERS_DIR"),
+    help="Where peers' public keys are pinned (default: peers/ beside the key directory).",
 )
 @click.option(
     "--set",
@@ -61,11 +61,12 @@ def init(
     config_path: Path,
     key_dir: Path,
     state_dir: Path,
-    key_file: Path | None,
+    peers_dir: Path | None,
     settings: tuple[str, ...],
     force: bool,
 ) -> int:
-    """Create the shared layout, a key, local state and the config file."""
+    """Create the shared layout, this node's key pair, local state and the config file;
+    print the command that pins this node's public key on each peer."""
     extra = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -81,23 +82,22 @@ def init(
         config_path=config_path,
         key_dir=key_dir.absolute(),
         state_dir=state_dir.absolute(),
-        key_file=key_file,
+        peers_dir=peers_dir.absolute() if peers_dir else None,
         force=force,
         extra=extra,
     )
     verb = "wrote" if report.config_written else "kept"
     click.echo(f"{verb} {report.config_path}")
     click.echo(
-        f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): {report.key.path}"
+        f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): {report.key_path}"
     )
     click.echo(f"lanes: {', '.join(report.lanes)}")
     if report.config_written and reload_systemd(report.config_path):
         click.echo("systemctl daemon-reload: units now watch these lanes")
-    if report.key_created and key_file is None:
-        click.echo(
-            f"copy {report.key.path} to each peer and run `dispatch init ... "
-            f"--key-file {report.key.path.name}` there"
-        )
+    click.echo(f"public key: {report.key.line()}")
+    click.echo(f"fingerprint: {report.key.fingerprint}")
+    click.echo(f"on each peer ({', '.join(report.peers)}), pin it (then compare the fingerprint):")
+    click.echo(f"  {report.peer_command()}")
     return 0
 
 

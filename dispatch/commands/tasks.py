@@ -59,6 +59,8 @@ def _print_status(data: dict[str, Any]) -> None:
         text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
         flag = " STALE" if peer["stale"] else ""
         click.echo(f"peer {peer['node']}: {text}{flag}")
+        if peer["key_problem"]:
+            click.echo(f"  key: {peer['key_problem']}")
     for fault in data.get("faults", []):
         click.echo(
             click.style(f"fault {fault['key']}", fg="red")

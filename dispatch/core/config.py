@@ -57,7 +57,7 @@ class Config:
     node_b: str = "b"
     config_path: Path = DEFAULT_CONFIG
     key_dir: Path = Path("/etc/dispatch/keys")
-    key_id: str = ""
+    peer_keys_dir: Path | None = None  # DISPATCH_PEERS_DIR; default: `peers_dir`
     state_dir: Path = Path("/var/lib/dispatch")
     poll_sec: float = 3.0
     watch_mode: WatchMode = WatchMode.AUTO
@@ -67,6 +67,7 @@ class Config:
     agent_bin: str = "claude"
     agent_profile: AgentProfile = AgentProfile.CLAUDE
     accept_v2: bool = False
+    accept_v3: bool = False
     v2_require_ack: bool = False
     dangerous: DangerousPolicy = DangerousPolicy.ACK
     default_timeout_s: int = 600
@@ -94,6 +95,11 @@ class Config:
 
     def slurm_spool(self) -> Path:
         return self.slurm_dir or self.state_dir / "slurm"
+
+    @property
+    def peers_dir(self) -> Path:
+        """Pinned public keys: beside the private key's directory unless set."""
+        return self.peer_keys_dir or self.key_dir.parent / "peers"
 
     def lanes_in(self) -> list[tuple[str, str]]:
         """(from, to) of every lane this node receives on."""
@@ -195,12 +201,6 @@ def _percent(text: str) -> str:
     return text.strip()
 
 
-def _kid(text: str) -> str:
-    if text and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
-        raise ValueError(f"not a valid key id: {text!r}")
-    return text
-
-
 def _url(text: str) -> str:
     text = text.strip()
     if text and not re.fullmatch(r"https?://[^\s]+", text):
@@ -285,7 +285,7 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_NODE_A": ("node_a", _node),
     "DISPATCH_NODE_B": ("node_b", _node),
     "DISPATCH_KEY_DIR": ("key_dir", _abs_path),
-    "DISPATCH_KEY_ID": ("key_id", _kid),
+    "DISPATCH_PEERS_DIR": ("peer_keys_dir", _abs_path),
     "DISPATCH_STATE_DIR": ("state_dir", _abs_path),
     "DISPATCH_POLL_SEC": ("poll_sec", _positive_float),
     "DISPATCH_WATCH_MODE": ("watch_mode", _enum(WatchMode)),
@@ -297,6 +297,7 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_AGENT_BIN": ("agent_bin", _str),
     "DISPATCH_AGENT_PROFILE": ("agent_profile", _enum(AgentProfile)),
     "DISPATCH_ACCEPT_V2": ("accept_v2", _bool),
+    "DISPATCH_ACCEPT_V3": ("accept_v3", _bool),
     "DISPATCH_V2_REQUIRE_ACK": ("v2_require_ack", _bool),
     "DISPATCH_DANGEROUS": ("dangerous", _enum(DangerousPolicy)),
     "DISPATCH_DEFAULT_TIMEOUT_S": ("default_timeout_s", _int_at_least(1)),
@@ -330,6 +331,8 @@ OTHER_KNOBS = {
     "DISPATCH_FROM",
     "DISPATCH_PEERS",
     "DISPATCH_DEBUG",
+    # Chose the signing HMAC key before schema 4; each node has one key pair now.
+    "DISPATCH_KEY_ID",
 }
 
 

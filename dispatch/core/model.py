@@ -23,9 +23,23 @@ from dispatch.core.wire import (
     time_field,
 )
 
-SCHEMA = 3
+SCHEMA = 4
+# Schema 3 (a fleet-wide HMAC key) is read during a migration only (DISPATCH_ACCEPT_V3).
+HMAC_SCHEMA = 3
 KID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
+SIG_RE = re.compile(r"[0-9a-f]{128}")  # an Ed25519 signature, hex
+
+
+class Kind(StrEnum):
+    """What a signed object is: part of the signed bytes, so a signature made for one
+    kind never passes as another."""
+
+    TASK = "task"
+    RESULT = "result"
+    CANCEL = "cancel"
+    ACK = "ack"
+    ROTATE = "rotate"
 
 
 class Priority(StrEnum):
@@ -80,7 +94,8 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True)
 class Envelope:
-    """A task envelope, schema 3 (or a schema-2 envelope with its unsigned fields clamped)."""
+    """A task envelope, schema 4 (or an older one: schema 3 during a migration, schema 2
+    with its unsigned fields clamped). `sig` is the signature, whatever its kind."""
 
     id: str
     from_: str
@@ -96,32 +111,34 @@ class Envelope:
     parent: str | None
     hops: int
     kid: str
-    hmac: str
+    sig: str
     schema: int = SCHEMA
 
     def body(self) -> dict[str, Any]:
         """Every field the signature covers, under its wire name."""
         data = asdict(self)
         data["from"] = data.pop("from_")
-        del data["hmac"]
+        del data["sig"]
+        data["kind"] = Kind.TASK.value
         data["priority"] = self.priority.value
         data["callback"] = self.callback.value
         return data
 
     def to_json(self) -> dict[str, Any]:
         data = self.body()
-        data["hmac"] = self.hmac
+        data["sig"] = self.sig
         return data
 
     def created_at(self) -> datetime:
         return parse_time(self.created)
 
-    def signed(self, kid: str, mac: str) -> Envelope:
-        return replace(self, kid=kid, hmac=mac)
+    def signed(self, kid: str, sig: str) -> Envelope:
+        return replace(self, kid=kid, sig=sig)
 
 
 ENVELOPE_FIELDS = {
     "schema",
+    "kind",
     "id",
     "from",
     "to",
@@ -136,8 +153,10 @@ ENVELOPE_FIELDS = {
     "parent",
     "hops",
     "kid",
-    "hmac",
+    "sig",
 }
+# Schema 3: no kind, an HMAC where schema 4 has its signature.
+HMAC_ENVELOPE_FIELDS = (ENVELOPE_FIELDS - {"kind", "sig"}) | {"hmac"}
 V2_FIELDS = {
     "schema",
     "id",
@@ -157,21 +176,36 @@ V2_REQUIRED = {"schema", "id", "from", "to", "created", "priority", "request", "
 MAX_INT = 2**53  # beyond this, JSON numbers stop round-tripping through other languages
 
 
-def parse_envelope(obj: dict[str, Any]) -> Envelope:
-    """Check a schema-3 envelope's shape (not its signature, not node policy)."""
+def signature_field(obj: dict[str, Any], kind: Kind) -> tuple[int, str, str]:
+    """(schema, kid, signature) of a schema-4 object of `kind` or a schema-3 one; the
+    signature's form checked, not its value."""
     schema = obj.get("schema")
-    if schema != SCHEMA or isinstance(schema, bool):
+    if isinstance(schema, bool) or schema not in (SCHEMA, HMAC_SCHEMA):
         raise Rejection("malformed", f"unsupported schema {str(schema)[:20]!r}")
-    exact_fields(obj, ENVELOPE_FIELDS, ENVELOPE_FIELDS, "envelope")
-    parent = obj["parent"]
-    if parent is not None:
-        parent = id_field(obj, "parent")
     kid: str = require(obj, "kid", str)
     if not KID_RE.fullmatch(kid):
         raise Rejection("malformed", "field 'kid' is not a valid key id")
-    mac: str = require(obj, "hmac", str)
-    if not HEX64_RE.fullmatch(mac):
-        raise Rejection("malformed", "field 'hmac' is not 64 lowercase hex digits")
+    if schema == HMAC_SCHEMA:
+        mac: str = require(obj, "hmac", str)
+        if not HEX64_RE.fullmatch(mac):
+            raise Rejection("malformed", "field 'hmac' is not 64 lowercase hex digits")
+        return schema, kid, mac
+    if obj.get("kind") != kind.value:
+        raise Rejection("wrong_kind", f"not a {kind.value}: kind {str(obj.get('kind'))[:20]!r}")
+    sig: str = require(obj, "sig", str)
+    if not SIG_RE.fullmatch(sig):
+        raise Rejection("malformed", "field 'sig' is not 128 lowercase hex digits")
+    return schema, kid, sig
+
+
+def parse_envelope(obj: dict[str, Any]) -> Envelope:
+    """Check a schema-4 (or schema-3) envelope's shape (not its signature, nor policy)."""
+    schema, kid, sig = signature_field(obj, Kind.TASK)
+    fields = ENVELOPE_FIELDS if schema == SCHEMA else HMAC_ENVELOPE_FIELDS
+    exact_fields(obj, fields, fields, "envelope")
+    parent = obj["parent"]
+    if parent is not None:
+        parent = id_field(obj, "parent")
     request: str = require(obj, "request", str)
     if not request.strip():
         raise Rejection("malformed", "field 'request' is empty")
@@ -190,7 +224,8 @@ def parse_envelope(obj: dict[str, Any]) -> Envelope:
         parent=parent,
         hops=count_field(obj, "hops", 0, 1000),
         kid=kid,
-        hmac=mac,
+        sig=sig,
+        schema=schema,
     )
 
 
@@ -245,7 +280,8 @@ def parse_v2(obj: dict[str, Any]) -> V2Envelope:
 
 @dataclass(frozen=True)
 class Result:
-    """A signed result, schema 3: the original's fields plus provenance and a signature."""
+    """A signed result, schema 4: the original's fields plus provenance, the lane of its
+    task (`from`, `to`: `answered_by` is the lane's receiver) and a signature."""
 
     id: str
     answered_by: str
@@ -264,26 +300,36 @@ class Result:
     unit: str
     reason: str
     kid: str
-    hmac: str
+    sig: str
     schema: int = SCHEMA
+    from_: str = ""  # the task's lane; filled in when the result is signed for it
+    to: str = ""
 
     def body(self) -> dict[str, Any]:
         data = asdict(self)
+        data["from"] = data.pop("from_")
+        data["kind"] = Kind.RESULT.value
         data["status"] = self.status.value
-        del data["hmac"]
+        del data["sig"]
         return data
 
     def to_json(self) -> dict[str, Any]:
         data = self.body()
-        data["hmac"] = self.hmac
+        data["sig"] = self.sig
         return data
 
-    def signed(self, kid: str, mac: str) -> Result:
-        return replace(self, kid=kid, hmac=mac)
+    def signed(self, kid: str, sig: str) -> Result:
+        return replace(self, kid=kid, sig=sig)
+
+    def for_lane(self, from_: str, to: str) -> Result:
+        return replace(self, from_=from_, to=to)
 
 
 RESULT_FIELDS = {
     "schema",
+    "kind",
+    "from",
+    "to",
     "id",
     "answered_by",
     "answered_at",
@@ -301,27 +347,24 @@ RESULT_FIELDS = {
     "unit",
     "reason",
     "kid",
-    "hmac",
+    "sig",
 }
+HMAC_RESULT_FIELDS = (RESULT_FIELDS - {"kind", "from", "to", "sig"}) | {"hmac"}
 
 
 def parse_result(obj: dict[str, Any]) -> Result:
-    schema = obj.get("schema")
-    if schema != SCHEMA or isinstance(schema, bool):
-        raise Rejection("malformed", f"unsupported result schema {str(schema)[:20]!r}")
-    exact_fields(obj, RESULT_FIELDS, RESULT_FIELDS, "result")
+    schema, kid, sig = signature_field(obj, Kind.RESULT)
+    fields = RESULT_FIELDS if schema == SCHEMA else HMAC_RESULT_FIELDS
+    exact_fields(obj, fields, fields, "result")
+    lane = ("", "")
+    if schema == SCHEMA:
+        lane = (node_field(obj, "from"), node_field(obj, "to"))
     started = obj["started_at"]
     if started is not None:
         started = time_field(obj, "started_at")
     elapsed = require(obj, "elapsed_s", (int, float))
     if not 0 <= elapsed < MAX_INT:
         raise Rejection("malformed", "field 'elapsed_s' out of range")
-    kid: str = require(obj, "kid", str)
-    if not KID_RE.fullmatch(kid):
-        raise Rejection("malformed", "field 'kid' is not a valid key id")
-    mac: str = require(obj, "hmac", str)
-    if not HEX64_RE.fullmatch(mac):
-        raise Rejection("malformed", "field 'hmac' is not 64 lowercase hex digits")
     return Result(
         id=id_field(obj, "id"),
         answered_by=node_field(obj, "answered_by"),
@@ -340,5 +383,8 @@ def parse_result(obj: dict[str, Any]) -> Result:
         unit=require(obj, "unit", str),
         reason=require(obj, "reason", str),
         kid=kid,
-        hmac=mac,
+        sig=sig,
+        schema=schema,
+        from_=lane[0],
+        to=lane[1],
     )

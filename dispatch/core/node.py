@@ -10,7 +10,7 @@ from typing import Any
 from dispatch.core import events
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError
-from dispatch.core.signing import Keyring
+from dispatch.core.signing import NodeKeys
 from dispatch.core.spool import Spool
 from dispatch.core.state import NodeState, SentLog, sent_dirs
 
@@ -41,16 +41,17 @@ class Node:
         return SentLog(sent_dirs(self.cfg.state_dir))
 
     @cached_property
-    def keys(self) -> Keyring:
-        ring = Keyring.load(self.cfg)
-        if ring.fallback:
+    def keys(self) -> NodeKeys:
+        """This node's signer and the pinned keys of every node; each loaded on first use."""
+        keys = NodeKeys(self.cfg)
+        if (self.cfg.accept_v2 or self.cfg.accept_v3) and keys.legacy.fallback:
             self.emit(
                 "key_fallback",
-                f"no key in {self.cfg.key_dir}; using the share's "
-                "keys/hmac.key, which anyone who reads the share can read",
+                f"no HMAC key in {self.cfg.key_dir}; schema-2/3 tasks are checked with the "
+                "share's keys/hmac.key, which anyone who reads the share can read",
                 level=events.WARNING,
             )
-        return ring
+        return keys
 
     @property
     def name(self) -> str:

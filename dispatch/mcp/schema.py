@@ -16,30 +16,37 @@ else:
         from typing import TypedDict
 
 
-class ResultOut(TypedDict):
-    """A signed result, schema 3, exactly as `dispatch result ID --json` prints it."""
-
-    schema: int
-    id: str
-    answered_by: str
-    answered_at: str
-    request: str
-    status: Literal[
-        "ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected", "stalled"
-    ]
-    exit_code: int
-    elapsed_s: float
-    log_path: str
-    final_text: str
-    output_tail: str
-    output_bytes: int
-    perm_mode: str
-    started_at: str | None
-    truncated: bool
-    unit: str
-    reason: str
-    kid: str
-    hmac: str
+# A signed result, schema 4, exactly as `dispatch result ID --json` prints it ("from" is a
+# keyword: the functional form).
+ResultOut = TypedDict(
+    "ResultOut",
+    {
+        "schema": int,
+        "kind": Literal["result"],
+        "from": str,
+        "to": str,
+        "id": str,
+        "answered_by": str,
+        "answered_at": str,
+        "request": str,
+        "status": Literal[
+            "ok", "error", "timeout", "killed", "interrupted", "cancelled", "rejected", "stalled"
+        ],
+        "exit_code": int,
+        "elapsed_s": float,
+        "log_path": str,
+        "final_text": str,
+        "output_tail": str,
+        "output_bytes": int,
+        "perm_mode": str,
+        "started_at": str | None,
+        "truncated": bool,
+        "unit": str,
+        "reason": str,
+        "kid": str,
+        "sig": str,
+    },
+)
 
 
 class TaskOut(TypedDict):
@@ -98,6 +105,7 @@ class PeerOut(TypedDict):
     node: str
     heartbeat_age_s: float | None
     stale: bool
+    key_problem: str
     version: NotRequired[str | None]
     killswitch: NotRequired[bool | None]
 

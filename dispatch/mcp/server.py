@@ -445,5 +445,5 @@ def build_server(node: Node) -> "MCPServer[Any]":
 def serve(node: Node) -> None:
     """Run the server on stdin/stdout until the client closes it."""
     load_sdk()
-    node.keys.signing_key()  # a node that cannot sign fails now, not at the first call
+    _ = node.keys.signer.kid  # a node that cannot sign fails now, not at the first call
     build_server(node).run("stdio")

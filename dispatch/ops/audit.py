@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core.model import Stage, Status
-from dispatch.core.signing import Keyring
+from dispatch.core.signing import NodeKeys
 from dispatch.ops.audit_scan import (
     LaneScan,
     LedgerSeen,
@@ -106,7 +106,7 @@ def audit(
     *,
     state_dirs: list[Path] | None = None,
     agent_logs: list[Path] | None = None,
-    ring: Keyring | None = None,
+    ring: NodeKeys | None = None,
     settled: bool = False,
 ) -> AuditReport:
     report = AuditReport(verified=ring is not None)

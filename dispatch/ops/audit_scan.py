@@ -8,13 +8,13 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
 from dispatch.core.model import Stage
-from dispatch.core.signing import Keyring, verify_result
-from dispatch.core.spool import REASON_SUFFIX, RESULT_SUFFIX, TASK_SUFFIX
+from dispatch.core.signing import NodeKeys, verify_result
+from dispatch.core.spool import REASON_SUFFIX, RESULT_SUFFIX, TASK_SUFFIX, Lane
 from dispatch.core.state import NodeState
 from dispatch.core.wire import loads_strict, valid_id
 
@@ -59,7 +59,7 @@ def find_lanes(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport) -> LaneScan:
+def scan_lane(name: str, path: Path, ring: NodeKeys | None, report: AuditReport) -> LaneScan:
     lane = LaneScan(name, path)
     for stage in LIVE_STAGES:
         for entry in names(path / stage):
@@ -78,9 +78,8 @@ def scan_lane(name: str, path: Path, ring: Keyring | None, report: AuditReport) 
         if ring is None:
             continue
         try:
-            result = verify_result(
-                ring, loads_strict(read_regular(path / "done" / entry), allow_nul=True)
-            )
+            obj = loads_strict(read_regular(path / "done" / entry), allow_nul=True)
+            result = verify_result(ring, obj, _lane_named(path.parent, name, obj))
         except FileNotFoundError:
             del lane.results[task_id]
             continue
@@ -180,11 +179,22 @@ def read_state(state_dirs: list[Path]) -> tuple[dict[str, list[LedgerSeen]], dic
     return ledger, deferred
 
 
-def keyring_from_dir(key_dir: Path) -> Keyring | None:
-    """The keys of a key ring directory, to verify results with; None when it holds none."""
-    from dispatch.core.signing import Key, read_key
+def _lane_named(root: Path, name: str, obj: dict[str, Any]) -> Lane:
+    """The lane a directory name denotes (node names may hold `-to-`: the result's own
+    claim is taken when it spells exactly this name)."""
+    claimed = (str(obj.get("from")), str(obj.get("to")))
+    if f"{claimed[0]}-to-{claimed[1]}" == name:
+        return Lane(root, *claimed)
+    from_, _, to = name.partition("-to-")
+    return Lane(root, from_, to)
 
-    keys = []
-    for path in sorted(key_dir.glob("*.key")):
-        keys.append(Key(path.name[: -len(".key")], read_key(path), path, path.stat().st_mtime))
-    return Keyring(tuple(keys)) if keys else None
+
+def pins_from_dir(root: Path, peers_dir: Path) -> NodeKeys | None:
+    """The public keys pinned in a directory, to verify results with; None when it pins
+    none (each result verifies against the key of its lane's receiver)."""
+    from dispatch.core.config import Config
+    from dispatch.core.keys import Pins
+
+    if not Pins(peers_dir).nodes():
+        return None
+    return NodeKeys(Config(root=root, node="", peers=(), peer_keys_dir=peers_dir))

@@ -1,4 +1,5 @@
-"""`dispatch init`: the shared layout, a key, node-local state and a config file."""
+"""`dispatch init`: the shared layout, this node's key pair (its public half pinned here and
+published on the share), node-local state and a config file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 from dispatch.core import config as config_mod
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, UsageError
-from dispatch.core.signing import Key, Keyring, fingerprint, new_secret, read_key, write_key
+from dispatch.core.keys import (
+    Pins,
+    PublicKey,
+    load_private,
+    private_key_path,
+    publish,
+    write_private,
+)
 from dispatch.core.spool import Spool
 from dispatch.core.state import NodeState
 
@@ -19,9 +27,15 @@ from dispatch.core.state import NodeState
 class InitReport:
     config_path: Path
     config_written: bool
-    key: Key
+    key: PublicKey
+    key_path: Path
     key_created: bool
     lanes: list[str]
+    peers: tuple[str, ...]
+
+    def peer_command(self) -> str:
+        """What to run on each peer to pin this node's key (public: safe to copy)."""
+        return f"echo '{self.key.line()}' | dispatch peers add {self.key.node} -"
 
 
 def init_node(
@@ -32,7 +46,7 @@ def init_node(
     config_path: Path,
     key_dir: Path,
     state_dir: Path,
-    key_file: Path | None = None,
+    peers_dir: Path | None = None,
     force: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> InitReport:
@@ -65,6 +79,7 @@ def init_node(
         node=node,
         peers=tuple(peers),
         key_dir=key_dir,
+        peer_keys_dir=peers_dir,
         state_dir=state_dir,
         config_path=config_path,
     )
@@ -79,10 +94,12 @@ def init_node(
     NodeState(state_dir).ensure()
     os.chmod(state_dir, 0o700)
     NodeState(state_dir).ack_secret()
-    key, created = _ensure_key(cfg, key_file)
+    key, created = ensure_key(cfg)
     values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node, "DISPATCH_PEERS": ",".join(peers)}
     if key_dir != Path("/etc/dispatch/keys"):
         values["DISPATCH_KEY_DIR"] = str(key_dir)
+    if peers_dir is not None and peers_dir != key_dir.parent / "peers":
+        values["DISPATCH_PEERS_DIR"] = str(peers_dir)
     if state_dir != Path("/var/lib/dispatch"):
         values["DISPATCH_STATE_DIR"] = str(state_dir)
     values.update(extra or {})
@@ -93,7 +110,9 @@ def init_node(
         config_path.write_text(text + ("\n" + template if template else ""))
         written = True
     lanes = [lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg)]
-    return InitReport(config_path, written, key, created, lanes)
+    return InitReport(
+        config_path, written, key, private_key_path(key_dir, node), created, lanes, tuple(peers)
+    )
 
 
 def reload_systemd(config_path: Path) -> bool:
@@ -106,15 +125,13 @@ def reload_systemd(config_path: Path) -> bool:
     return True
 
 
-def _ensure_key(cfg: Config, key_file: Path | None) -> tuple[Key, bool]:
-    if key_file is not None:
-        secret = read_key(key_file)
-        kid = key_file.name[:-4] if key_file.name.endswith(".key") else fingerprint(secret)
-        existing = {k.kid for k in Keyring.load(cfg, required=False)}
-        if kid in existing:
-            return Keyring.load(cfg).get(kid), False
-        return write_key(cfg.key_dir, secret, kid), True
-    ring = Keyring.load(cfg, required=False)
-    if ring.keys and not ring.fallback:
-        return ring.signing_key(), False
-    return write_key(cfg.key_dir, new_secret()), True
+def ensure_key(cfg: Config) -> tuple[PublicKey, bool]:
+    """This node's key pair (made when absent), its public key pinned here as its own and
+    published on the share for peers' `doctor` to compare (never to trust)."""
+    path = private_key_path(cfg.key_dir, cfg.node)
+    created = not path.exists()
+    key = write_private(cfg.key_dir, cfg.node) if created else load_private(cfg.key_dir, cfg.node)
+    public = key.public
+    Pins(cfg.peers_dir).add(public, f"this node's own key {path}")
+    publish(cfg.root, public)
+    return public, created

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core import config as config_mod
+from dispatch.core.keys import Pins
 from dispatch.core.model import Result
 from dispatch.core.node import Node
 from dispatch.core.runner import dispatch_argv
@@ -62,7 +63,7 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
     root = base / "share"
     agent = f"{shlex.quote(sys.executable)} -m dispatch.ops.fake_agent"
     envs: dict[str, dict[str, str]] = {}
-    key_file: Path | None = None
+    public = {}
     for name, peer in ((SENDER, RECEIVER), (RECEIVER, SENDER)):
         home = base / name
         report = init_node(
@@ -72,16 +73,19 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
             config_path=home / "dispatch.conf",
             key_dir=home / "keys",
             state_dir=home / "state",
-            key_file=key_file,
             extra={
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",
                 "DISPATCH_POLL_SEC": "0.2",
             },
         )
-        key_file = report.key.path
+        public[name] = report.key
         envs[name] = {"DISPATCH_CONFIG": str(home / "dispatch.conf")}
         say(f"init  {name}: config {report.config_path}, key {report.key.kid}")
+    # Each node pins the other's public key (`dispatch peers add`): no key is shared.
+    for name, peer in ((SENDER, RECEIVER), (RECEIVER, SENDER)):
+        Pins(base / name / "peers").add(public[peer], f"dispatch demo: {peer}'s init")
+        say(f"pin   {name}: {peer}'s key {public[peer].fingerprint}")
     with _environ(envs[SENDER]):
         devbox = Node(config_mod.load())
         sent = sender.deliver(devbox, sender.build(devbox, to=RECEIVER, request=request))

@@ -15,7 +15,6 @@ from dispatch.core.errors import DispatchError, Rejection
 from dispatch.core.fsio import read_regular
 from dispatch.core.mounts import Mount, mount_of
 from dispatch.core.node import Node
-from dispatch.core.signing import Keyring
 from dispatch.ops.overview import heartbeat_stale_after
 
 
@@ -41,11 +40,14 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
             f"{cfg.config_path}: node {cfg.node}, peers {', '.join(cfg.peers) or 'none'}",
         )
     ]
-    checks.append(_keys(node))
+    from dispatch.ops import key_checks
+
+    checks.append(key_checks.own_key(node))
     checks.append(_root(node))
     checks += _lanes_held(node)
     checks += _filesystem(node)
     checks += _peers(node)
+    checks += [key_checks.peer_key(node, peer) for peer in cfg.peers]
     if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
         checks.append(_watch_mode(node))
@@ -65,33 +67,6 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
         )
     )
     return checks
-
-
-def _keys(node: Node) -> Check:
-    try:
-        ring = Keyring.load(node.cfg)
-    except DispatchError as exc:
-        return Check(
-            "key",
-            False,
-            str(exc),
-            "dispatch keys new, or copy a peer's key and `dispatch keys import` it",
-        )
-    key = ring.signing_key()
-    if ring.fallback:
-        return Check(
-            "key",
-            False,
-            f"only the share's {key.path} (readable by anyone who reads the share)",
-            f"dispatch keys import {key.path}; then remove it from the share",
-        )
-    mode = os.stat(key.path).st_mode & 0o777
-    return Check(
-        "key",
-        mode == 0o600,
-        f"{key.kid} at {key.path}, mode {mode:04o}",
-        f"chmod 600 {key.path}" if mode != 0o600 else "",
-    )
 
 
 def _root(node: Node) -> Check:
@@ -193,9 +168,7 @@ def _peers(node: Node) -> list[Check]:
     out = []
     skew_limit = node.cfg.clock_skew_s
     own_offset = _clock_offset(node.cfg.root)
-    ring = None
-    with contextlib.suppress(DispatchError):
-        ring = Keyring.load(node.cfg)
+    pins = node.keys.pins
     for peer in node.cfg.peers:
         path = node.spool.heartbeat_path(peer)
         try:
@@ -223,8 +196,11 @@ def _peers(node: Node) -> list[Check]:
         written_ago = time.time() - (own_offset or 0.0) - mtime
         if written_ago > heartbeat_stale_after(node):
             problems.append(f"stale: last written {written_ago:.0f}s ago")
-        if ring is not None and beat.get("kid") and beat["kid"] not in {k.kid for k in ring}:
-            problems.append(f"signs with key {beat['kid']}, which this host does not have")
+        kids = set()
+        with contextlib.suppress(DispatchError):
+            kids = {k.kid for k in pins.keys_of(peer)}
+        if kids and beat.get("kid") and beat["kid"] not in kids:
+            problems.append(f"signs with key {beat['kid']}, which is not pinned here")
         out.append(
             Check(
                 f"peer {peer}",
@@ -242,7 +218,7 @@ def _peer_hint(peer: str, problems: list[str]) -> str:
     if any(p.startswith("clock skew") for p in problems):
         hints.append("sync clocks (chrony/timesyncd)")
     if any(p.startswith("signs with key") for p in problems):
-        hints.append("copy keys with dispatch keys import")
+        hints.append(f"pin {peer}'s new key: dispatch peers add {peer} KEYFILE")
     if any(p.startswith("stale") for p in problems):
         hints.append(f"is dispatch-heartbeat.timer running on {peer}?")
     return "; ".join(hints)

@@ -52,11 +52,29 @@ def heartbeat_stale_after(node: Node) -> float:
     return max(60.0, STALE_FACTOR * node.cfg.poll_sec)
 
 
+def key_problem(node: Node, peer: str) -> str:
+    """Why tasks from `peer` are refused for its key ("" when none): no pin, or a
+    published key that differs from the pin (reported, never adopted)."""
+    from dispatch.core.keys import published_mismatch
+
+    try:
+        if not node.keys.pins.keys_of(peer):
+            return f"no key pinned: dispatch peers add {peer} KEYFILE"
+        return published_mismatch(node.keys.pins, node.cfg.root, peer)
+    except DispatchError as exc:
+        return str(exc)
+
+
 def peers(node: Node) -> list[dict[str, Any]]:
     out = []
     now = time.time()
     for peer in node.cfg.peers:
-        entry: dict[str, Any] = {"node": peer, "heartbeat_age_s": None, "stale": True}
+        entry: dict[str, Any] = {
+            "node": peer,
+            "heartbeat_age_s": None,
+            "stale": True,
+            "key_problem": key_problem(node, peer),
+        }
         try:
             # read_regular: a FIFO planted on the share must not block `status`.
             beat = loads_strict(read_regular(node.spool.heartbeat_path(peer)))
@@ -212,7 +230,7 @@ def heartbeat(node: Node) -> dict[str, Any]:
         "pending_ack": sum(lane["pending_ack"] for lane in lanes),
         "killswitch": node.spool.killswitch().on,
         # Peers' `dispatch doctor` compares key ids: a mismatch means every task is refused.
-        "kid": node.keys.signing_key().kid,
+        "kid": node.keys.own_kid(),
     }
     node.state.record_identity(beat["version"], beat["kid"])
     path = node.spool.heartbeat_path(node.name)

@@ -219,7 +219,7 @@ def conclude(
         unit=outcome.unit or unit,
         reason=outcome.reason,
         kid="",
-        hmac="",
+        sig="",
     )
     if _publish(node, lane, result, outcome.log_rest, envelope.callback):
         _finish(node, lane, task_id)
@@ -275,7 +275,7 @@ def _publish(
     share does not answer (its server restarting, the network cut), the agent's work is
     done all the same: keep the result in node-local state, and the next promote pass
     publishes it once the share is back (invariant 2). False when deferred."""
-    signed = sign_result(node.keys, result).to_json()
+    signed = sign_result(node.keys, result, lane).to_json()
     log_rest = fsio.append(lane.log_path(result.id), log_rest)
     try:
         written = publish.write_signed(node, lane, result.id, signed, callback)

@@ -12,7 +12,7 @@ from typing import Any
 from dispatch.core.config import Config, DangerousPolicy
 from dispatch.core.errors import Rejection
 from dispatch.core.model import Envelope, parse_v2
-from dispatch.core.signing import Keyring, verify_envelope, verify_v2
+from dispatch.core.signing import NodeKeys, verify_envelope, verify_v2
 from dispatch.core.spool import Lane
 from dispatch.core.wire import loads_strict, now_utc
 
@@ -26,7 +26,7 @@ class Admitted:
 
 
 def examine(
-    cfg: Config, ring: Keyring, lane: Lane, name: str, data: bytes, *, check_fresh: bool = True
+    cfg: Config, ring: NodeKeys, lane: Lane, name: str, data: bytes, *, check_fresh: bool = True
 ) -> Admitted:
     """Every check of the strict intake (docs/design.md) except replay, which needs the ledger.
 
@@ -50,14 +50,15 @@ def examine(
     return Admitted(envelope, hashlib.sha256(data).hexdigest(), needs_ack, v2)
 
 
-def _authenticated(cfg: Config, ring: Keyring, obj: dict[str, Any]) -> tuple[Envelope, bool]:
-    """The envelope, verified (schema 3, or schema 2 under this node's policy)."""
+def _authenticated(cfg: Config, ring: NodeKeys, obj: dict[str, Any]) -> tuple[Envelope, bool]:
+    """The envelope, verified: schema 4 against the key pinned for its `from` (schema 3
+    under the migration knob, schema 2 under this node's policy)."""
     schema = obj.get("schema")
     v2 = schema == 2 and not isinstance(schema, bool)
     if not v2:
         return verify_envelope(ring, obj), False
     old = parse_v2(obj)
-    verify_v2(ring, old)
+    verify_v2(ring.legacy, old)
     # Only six fields are signed; the rest is the receiving node's policy, never the file's.
     envelope = Envelope(
         id=old.id,
@@ -74,7 +75,7 @@ def _authenticated(cfg: Config, ring: Keyring, obj: dict[str, Any]) -> tuple[Env
         parent=None,
         hops=0,
         kid="",
-        hmac=old.hmac,
+        sig=old.hmac,
         schema=2,
     )
     return envelope, True

@@ -20,7 +20,9 @@ from dispatch.core.wire import loads_strict, now_utc, rfc3339
 def write(node: Node, lane: Lane, result: Result, callback: Callback | None = None) -> bool:
     """Sign and publish a result. False if the lane already holds one for this id: a task
     has exactly one result (invariant 2), so the first one stands."""
-    return write_signed(node, lane, result.id, sign_result(node.keys, result).to_json(), callback)
+    return write_signed(
+        node, lane, result.id, sign_result(node.keys, result, lane).to_json(), callback
+    )
 
 
 def write_signed(
@@ -86,7 +88,7 @@ def verdict(
         unit=unit,
         reason=reason,
         kid="",
-        hmac="",
+        sig="",
     )
     return write(node, lane, result, callback)
 
@@ -100,7 +102,7 @@ def result_standing(node: Node, lane: Lane, task_id: str) -> bool:
     if not os.path.lexists(path):
         return False
     try:
-        result = verify_result(node.keys, loads_strict(read_regular(path), allow_nul=True))
+        result = verify_result(node.keys, loads_strict(read_regular(path), allow_nul=True), lane)
         if result.id != task_id:
             raise Rejection("forged_result", "result names another task id")
         return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dispatch.core.errors import NotFound, Rejection, UsageError
 from dispatch.core.fsio import write_new
-from dispatch.core.model import SCHEMA
+from dispatch.core.model import SCHEMA, Kind
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_object
 from dispatch.core.wire import canonical, now_utc, rfc3339, valid_id
@@ -47,7 +47,7 @@ def request(node: Node, task_id: str) -> Requested:
         node.keys,
         {
             "schema": SCHEMA,
-            "kind": "cancel",
+            "kind": Kind.CANCEL.value,
             "id": task_id,
             "from": lane.from_,
             "to": lane.to,

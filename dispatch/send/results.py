@@ -23,17 +23,18 @@ class Located:
     path: Path
 
 
-def read(node: Node, path: Path) -> Result:
-    """A verified result, or `Rejection` (exit code 3) if it does not verify."""
+def read(node: Node, lane: Lane, path: Path) -> Result:
+    """A verified result for `lane` (signed for that lane by its receiver's pinned key), or
+    `Rejection` (exit code 3) if it does not verify."""
     data = read_regular(path)
-    return verify_result(node.keys, loads_strict(data, allow_nul=True))
+    return verify_result(node.keys, loads_strict(data, allow_nul=True), lane)
 
 
 def read_bound(node: Node, lane: Lane, task_id: str) -> Result:
     """The result at `lane`'s place for the task, verified and bound to it: it names this
     task, and it was answered by the lane's receiver. A result copied from another lane
     or task, or signed by a node that was not asked, is refused (`Rejection`)."""
-    result = read(node, lane.result_path(task_id))
+    result = read(node, lane, lane.result_path(task_id))
     if result.id != task_id:
         raise Rejection("forged_result", f"the result names another task ({result.id[:40]})")
     if result.answered_by != lane.to:

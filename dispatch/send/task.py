@@ -109,7 +109,7 @@ def build(
         parent=parent,
         hops=hops,
         kid="",
-        hmac="",
+        sig="",
         schema=SCHEMA,
     )
     signed = sign_envelope(node.keys, envelope)

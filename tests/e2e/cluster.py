@@ -8,8 +8,9 @@
       ...
 
 Each host is a SystemdHost(net=True): its own systemd, PID, mount, UTS and network namespace,
-its own /etc/dispatch (config, a copy of the key) and /var/lib/dispatch, and a mount unit
-that mounts the export at /mnt/dispatch/share with sshfs, as an operator's fstab line would.
+its own /etc/dispatch (config, its own key pair, the others' pinned public keys) and
+/var/lib/dispatch, and a mount unit that mounts the export at /mnt/dispatch/share with
+sshfs, as an operator's fstab line would.
 The export itself is hidden inside every host (an empty directory is bound over the server's
 directory), so a host reaches the shared root only through its own sshfs mount: inotify sees
 none of the writes another host makes, as on NFS.
@@ -599,7 +600,7 @@ class Cluster:
         assert hidden.returncode != 0 and "No such file" in hidden.stderr, hidden
 
     def _init_dispatch(self) -> None:
-        key_text, kid = "", ""
+        lines = {}
         for name in self.names:
             node = self.nodes[name]
             peers = ",".join(n for n in self.names if n != name)
@@ -618,25 +619,27 @@ class Cluster:
             )
             node.run(["sh", "-c", f": > {AGENT_LOG} && chmod 666 {AGENT_LOG}"])
             argv = [DISPATCH, "init", "--root", SHARE, "--node", name, "--peers", peers, *sets]
-            incoming = node.dir / "etc-dispatch" / f"{kid}.key"
-            if key_text:
-                # The operator copies the first node's key file to each peer (scp); its name
-                # is its key id.
-                fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(key_text)
-                argv += ["--key-file", f"/etc/dispatch/{kid}.key"]
             out = node.run(argv).stdout
-            if key_text:
-                incoming.unlink()
             node.kid = out.split("key ")[1].split()[0]
-            if not key_text:
-                kid = node.kid
-                key_text = (node.dir / "etc-dispatch" / "keys" / f"{kid}.key").read_text()
+            # What init printed for the operator to paste on each peer: a public key line.
+            lines[name] = next(
+                line.split(": ", 1)[1]
+                for line in out.splitlines()
+                if line.startswith("public key: ")
+            )
+        # Each host pins every other's public key; no key file goes between hosts.
+        for name in self.names:
+            for other, line in lines.items():
+                if other != name:
+                    self.nodes[name].host.run(
+                        [DISPATCH, "peers", "add", other, "-"], input=line + "\n"
+                    )
+        for name in self.names:
+            node = self.nodes[name]
             node.host.daemon_reload()
             node.systemctl("start", *NODE_UNITS)
         kids = {node.kid for node in self.nodes.values()}
-        assert len(kids) == 1, f"every host must hold the same key: {kids}"
+        assert len(kids) == len(self.names), f"every host must have a key of its own: {kids}"
 
     # -- helpers -------------------------------------------------------------------
     def parallel(self, *calls: Callable[[], T]) -> list[T]:

@@ -2,8 +2,9 @@
 each with the reason code its rejection must record. README.md's table is checked against
 `build()`, so every case here is listed there with what it proves.
 
-Envelopes are built and signed here with the standard library (tests/unit/helpers.signed),
-independently of dispatch's own signing code."""
+Envelopes are built and signed here, each with its sender's own Ed25519 key through the
+`cryptography` library directly (as tests/unit/helpers.signed), independently of dispatch's
+own signing code."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 RECEIVER = "gpubox"
 RUNS = "runs"  # `expect` of an entry that is a good task and must run exactly once
@@ -44,10 +47,11 @@ class Entry:
 
 @dataclass
 class Context:
-    """What the corpus refers to: the shared key, and tasks sent before it arrives (run
-    before the node restarted: G1 from devbox, L1 from laptop; P waits for an ack)."""
+    """What the corpus refers to: each sender's own key (kid, private key), the HMAC key
+    the receiver holds for schema-2 senders, and tasks sent before it arrives (run before
+    the node restarted: G1 from devbox, L1 from laptop; P waits for an ack)."""
 
-    kid: str
+    keys: dict[str, tuple[str, Ed25519PrivateKey]]
     secret: bytes
     g1_id: str = ""
     g1_bytes: bytes = b""
@@ -85,14 +89,18 @@ class Builder:
         self.ctx = ctx
         self.entries: list[Entry] = []
 
-    def sign(self, obj: dict[str, Any]) -> dict[str, Any]:
-        body = {k: v for k, v in obj.items() if k != "hmac"}
-        mac = hmac.new(self.ctx.secret, canonical(body), hashlib.sha256).hexdigest()
-        return {**body, "hmac": mac}
+    def sign(self, obj: dict[str, Any], signer: str = "") -> dict[str, Any]:
+        """Signed by `signer`'s key (default: the envelope's `from`), under its key id
+        unless the envelope names one."""
+        kid, private = self.ctx.keys[signer or obj["from"]]
+        body = {k: v for k, v in obj.items() if k != "sig"}
+        body.setdefault("kid", kid)
+        return {**body, "sig": private.sign(canonical(body)).hex()}
 
-    def envelope(self, **overrides: Any) -> dict[str, Any]:
+    def envelope(self, signer: str = "", **overrides: Any) -> dict[str, Any]:
         obj: dict[str, Any] = {
-            "schema": 3,
+            "schema": 4,
+            "kind": "task",
             "id": new_id(),
             "from": "devbox",
             "to": RECEIVER,
@@ -106,10 +114,16 @@ class Builder:
             "callback": "file",
             "parent": None,
             "hops": 0,
-            "kid": self.ctx.kid,
         }
         obj.update(overrides)
-        return self.sign(obj)
+        return self.sign(obj, signer)
+
+    def v3(self) -> dict[str, Any]:
+        """Schema 3: the fleet-wide HMAC key's envelope, as before schema 4."""
+        obj = {k: v for k, v in self.envelope().items() if k not in ("kind", "sig")}
+        obj.update(schema=3, kid="klegacy", request="schema 3: a shared key, refused")
+        mac = hmac.new(self.ctx.secret, canonical(obj), hashlib.sha256).hexdigest()
+        return {**obj, "hmac": mac}
 
     def v2(self, **unsigned: Any) -> dict[str, Any]:
         fields = {
@@ -151,9 +165,10 @@ class Builder:
 TAMPER: list[tuple[str, Any, str, bool]] = [
     # field, new value, reason, answered: never, since none of them authenticates (a node
     # signs nothing for bytes it could not verify, issue 12 finding 3)
-    ("schema", 4, "malformed", False),
+    ("schema", 3, "malformed", False),
+    ("kind", "cancel", "wrong_kind", False),
     ("id", "new", "bad_signature", False),
-    ("from", "laptop", "bad_signature", False),
+    ("from", "laptop", "unknown_key", False),
     ("to", "laptop", "bad_signature", False),
     ("created", "later", "bad_signature", False),
     ("priority", "high", "bad_signature", False),
@@ -166,7 +181,7 @@ TAMPER: list[tuple[str, Any, str, bool]] = [
     ("parent", "new", "bad_signature", False),
     ("hops", 1, "bad_signature", False),
     ("kid", "kdeadbeef0000", "unknown_key", False),
-    ("hmac", "flip", "bad_signature", False),
+    ("sig", "flip", "bad_signature", False),
 ]
 
 
@@ -180,7 +195,7 @@ def build(ctx: Context) -> list[Entry]:
         elif value == "later":
             value = at(timedelta(seconds=1))
         elif value == "flip":
-            value = ("1" if obj["hmac"][0] == "0" else "0") + obj["hmac"][1:]
+            value = ("1" if obj["sig"][0] == "0" else "0") + obj["sig"][1:]
         obj[name] = value
         b.add(
             f"tamper-{name}",
@@ -401,7 +416,7 @@ def build(ctx: Context) -> list[Entry]:
         "symlink",
         name=f"{new_id()}.json",
         kind="symlink",
-        target=f"/etc/dispatch/keys/{ctx.kid}.key",
+        target=f"/etc/dispatch/keys/{RECEIVER}.ed25519",
     )
     b.add(
         "symlink-other-lane",
@@ -584,6 +599,37 @@ def build(ctx: Context) -> list[Entry]:
         obj=b.envelope(to="laptop"),
     )
 
+    # -- one node speaking for another: none authenticates, so none is answered --------
+    b.add(
+        "impersonate-key",
+        "devbox's key signing a task as laptop, in laptop's lane, is refused: "
+        "not a key pinned for laptop",
+        "unknown_key",
+        obj=b.envelope(signer="devbox", **{"from": "laptop"}),
+        sender="laptop",
+    )
+    as_laptop = b.envelope(signer="devbox", **{"from": "laptop"})
+    as_laptop = {**as_laptop, "kid": ctx.keys["laptop"][0]}
+    b.add(
+        "impersonate-kid",
+        "devbox's signature under laptop's key id, in laptop's lane, does not verify",
+        "bad_signature",
+        obj=as_laptop,
+        sender="laptop",
+    )
+    b.add(
+        "receiver-key",
+        "a task signed with the receiver's own key, as devbox, is refused",
+        "unknown_key",
+        obj=b.envelope(signer=RECEIVER),
+    )
+    b.add(
+        "schema3-shared-key",
+        "a schema-3 envelope (one HMAC key for the fleet) is refused without the migration knob",
+        "schema3_disabled",
+        obj=b.v3(),
+    )
+
     # -- files planted beside the inbox ---------------------------------------------------
     b.add(
         "planted-processing",
@@ -619,14 +665,14 @@ def build(ctx: Context) -> list[Entry]:
         content=b"ack\n",
     )
     forged_cancel = {
-        "schema": 3,
+        "schema": 4,
         "kind": "cancel",
         "id": ctx.p_id,
         "from": "devbox",
         "to": RECEIVER,
         "created": now(),
-        "kid": ctx.kid,
-        "hmac": "0" * 64,
+        "kid": ctx.keys["devbox"][0],
+        "sig": "0" * 128,
     }
     b.add(
         "forged-cancel",

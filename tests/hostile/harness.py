@@ -1,6 +1,7 @@
 """A receiving node `gpubox` under a real systemd (the shipped units, as in
 tests/integration), fed by two senders, `devbox` and `laptop`, that run in the same
-namespace with their own configs, key ring copies and state, as other hosts would.
+namespace with their own configs, key pairs (each pinning the others' public keys) and
+state, as other hosts would.
 
 The test process reaches the namespace's files through /proc/<its systemd>/root, so it sees
 exactly what the units see, mounts made inside the namespace (a size-limited share, a share
@@ -9,6 +10,7 @@ would run it there."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.integration.dispatch_host import (
     AGENT_USER,
@@ -27,6 +31,7 @@ from tests.integration.dispatch_host import (
     VENV_BIN,
     install_units,
     missing_for_units,
+    pin_each_other,
 )
 from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
@@ -43,6 +48,7 @@ STATE = "/var/lib/dispatch"
 PYTHON = str(VENV_BIN / "python")
 WATCH = "dispatch-watch.service"
 PATH_UNIT = "dispatch-watch.path"
+LEGACY_SECRET = "hostile-corpus-schema2-" + "0123456789abcdef" * 3
 
 
 def prerequisites() -> list[str]:
@@ -139,10 +145,12 @@ class HostileNode:
                     f"/etc/dispatch/{sender}/keys",
                     "--state-dir",
                     f"{STATE}/{sender}",
-                    "--key-file",
-                    f"/etc/dispatch/keys/{self.kid}.key",
                 ]
             )
+        pin_each_other(h, {RECEIVER: None, **{s: sender_conf(s) for s in SENDERS}})
+        # The original's senders (schema 2) share one HMAC key with this node: its ring only.
+        h.run(["sh", "-c", f"umask 077 && printf '%s\\n' {LEGACY_SECRET} > /tmp/klegacy.key"])
+        h.run([DISPATCH, "keys", "import", "/tmp/klegacy.key"])
         h.run(["mkdir", "-p", STAGING])
         self.install()
 
@@ -189,7 +197,22 @@ class HostileNode:
 
     # -- keys ----------------------------------------------------------------------------
     def secret(self) -> bytes:
-        return self.ns(f"/etc/dispatch/keys/{self.kid}.key").read_bytes().strip()
+        """The HMAC key of schema-2 senders, in this node's ring only."""
+        return self.ns("/etc/dispatch/keys/klegacy.key").read_bytes().strip()
+
+    def keys(self) -> dict[str, tuple[str, Ed25519PrivateKey]]:
+        """Each node's own key pair (kid, private key), read where only it keeps it."""
+        out = {}
+        for node in (RECEIVER, *SENDERS):
+            where = "/etc/dispatch/keys" if node == RECEIVER else f"/etc/dispatch/{node}/keys"
+            pem = self.ns(f"{where}/{node}.ed25519").read_bytes()
+            private = serialization.load_pem_private_key(pem, password=None)
+            assert isinstance(private, Ed25519PrivateKey)
+            raw = private.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            out[node] = ("ed" + hashlib.sha256(raw).hexdigest()[:16], private)
+        return out
 
     # -- the senders' side ---------------------------------------------------------------
     def dispatch(

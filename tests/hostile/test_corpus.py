@@ -70,7 +70,7 @@ def digest(path: Path) -> str:
 def context(node: HostileNode) -> Context:
     """Tasks that ran (G1 from devbox, L1 from laptop) and one that waits for its ack (P),
     then a restart of the whole node, before the corpus arrives."""
-    ctx = Context(kid=node.kid, secret=node.secret())
+    ctx = Context(keys=node.keys(), secret=node.secret())
     b = Builder(ctx)
     g1 = b.envelope(request="good task G1")
     l1 = b.envelope(request="good task L1", **{"from": "laptop"})
@@ -101,7 +101,7 @@ def test_corpus_nothing_runs_and_every_reason_is_recorded(
         for path in (
             "/etc/shadow",
             "/etc/passwd",
-            f"/etc/dispatch/keys/{ctx.kid}.key",
+            "/etc/dispatch/keys/gpubox.ed25519",
             f"{node.lane_ns('laptop')}/done/{ctx.l1_id}.result.json",
         )
     }
@@ -138,15 +138,20 @@ def test_corpus_nothing_runs_and_every_reason_is_recorded(
 
     # Nothing was followed through a link or changed.
     assert {path: digest(node.ns(path)) for path in protected} == protected
-    # The key never leaks into what the node writes (journal, audit log, reasons).
-    secret = ctx.secret.decode()
-    assert secret not in node.journal("-o", "cat")
-    assert secret not in node.ns(f"{ROOT}/logs/gpubox.jsonl").read_text()
+    # No key leaks into what the node writes (journal, audit log, reasons): neither the
+    # HMAC key nor any line of its private key's PEM body.
+    pem = node.ns("/etc/dispatch/keys/gpubox.ed25519").read_text().splitlines()[1:-1]
+    secrets = [ctx.secret.decode(), *pem]
+    journal = node.journal("-o", "cat")
+    audit_log = node.ns(f"{ROOT}/logs/gpubox.jsonl").read_text()
+    for secret in secrets:
+        assert secret not in journal and secret not in audit_log
     for sender in SENDERS:
         rejected = node.lane(sender) / "rejected"
         for name in os.listdir(rejected):
             if name.endswith(".reason.json"):
-                assert secret not in (rejected / name).read_text()
+                text = (rejected / name).read_text()
+                assert not any(secret in text for secret in secrets)
 
     # The promoter kept going: no pass crashed, the path unit still watches.
     story = node.journal("-u", WATCH, "-o", "cat")

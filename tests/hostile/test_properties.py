@@ -11,9 +11,13 @@ every run; a failure prints the example that caused it."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import shutil
 import string
+import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,17 +28,32 @@ from hypothesis import strategies as st
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import dump_json
+from dispatch.core.keys import Pins, write_private
 from dispatch.core.model import Callback, Envelope, Priority, Result, Status
-from dispatch.core.signing import Key, Keyring, sign_envelope, sign_result, verify_result
+from dispatch.core.signing import NodeKeys, sign_envelope, sign_result, verify_result
 from dispatch.core.spool import Lane
 from dispatch.core.wire import canonical, loads_strict, rfc3339
 from dispatch.receive.intake import Admitted, examine
-from tests.unit.helpers import mac
+from tests.unit.helpers import verifies
 
-SECRET = b"0123456789abcdef" * 4
-KID = "kproperty0001"
-RING = Keyring((Key(KID, SECRET, Path("/nonexistent"), 0.0),))
-CFG = Config(root=Path("/nonexistent"), node="gpubox", peers=("devbox",), accept_v2=True)
+# Each node's own key pair, each pinning the other's (made once, in a directory of its own).
+KEYS_HOME = Path(tempfile.mkdtemp(prefix="dispatch-properties-"))
+atexit.register(shutil.rmtree, KEYS_HOME, True)
+PRIVATE = {n: write_private(KEYS_HOME / n / "keys", n) for n in ("devbox", "gpubox")}
+for _node in PRIVATE:
+    for _key in PRIVATE.values():
+        Pins(KEYS_HOME / _node / "peers").add(_key.public, "test")
+CFG = Config(
+    root=Path("/nonexistent"),
+    node="gpubox",
+    peers=("devbox",),
+    key_dir=KEYS_HOME / "gpubox" / "keys",
+    accept_v2=True,
+)
+SENDER = NodeKeys(
+    replace(CFG, node="devbox", peers=("gpubox",), key_dir=KEYS_HOME / "devbox" / "keys")
+)
+RING = NodeKeys(CFG)  # the receiver's: signs results, verifies tasks
 LANE = Lane(Path("/nonexistent"), "devbox", "gpubox")
 
 
@@ -81,7 +100,6 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-node_names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
 # Text as an agent request may hold it: any character JSON and UTF-8 can carry, but NUL.
 texts = st.text(
     st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=200
@@ -93,6 +111,7 @@ recent = st.integers(min_value=-3600, max_value=60).map(
 
 ENVELOPE_FIELDS = [
     "schema",
+    "kind",
     "id",
     "from",
     "to",
@@ -107,13 +126,14 @@ ENVELOPE_FIELDS = [
     "parent",
     "hops",
     "kid",
-    "hmac",
+    "sig",
 ]
 
 
 @st.composite
 def envelopes(draw: st.DrawFn) -> Envelope:
-    """A valid schema-3 envelope devbox -> gpubox, within this node's policy, signed."""
+    """A valid schema-4 envelope devbox -> gpubox, within this node's policy, signed by
+    devbox's key."""
     envelope = Envelope(
         id=draw(uuids),
         from_="devbox",
@@ -129,16 +149,16 @@ def envelopes(draw: st.DrawFn) -> Envelope:
         parent=draw(st.none() | uuids),
         hops=draw(st.integers(0, CFG.max_hops)),
         kid="",
-        hmac="",
+        sig="",
     )
-    return sign_envelope(RING, envelope)
+    return sign_envelope(SENDER, envelope)
 
 
 @st.composite
 def results(draw: st.DrawFn) -> Result:
     result = Result(
         id=draw(uuids),
-        answered_by=draw(node_names),
+        answered_by="gpubox",  # the lane's receiver: no other answer verifies
         answered_at=draw(recent),
         request=draw(st.text(max_size=100)),
         status=draw(st.sampled_from(Status)),
@@ -154,23 +174,24 @@ def results(draw: st.DrawFn) -> Result:
         unit=draw(st.text(max_size=40)),
         reason=draw(st.text(max_size=60)),
         kid="",
-        hmac="",
+        sig="",
     )
-    return sign_result(RING, result)
+    return sign_result(RING, result, LANE)
 
 
 @st.composite
 def mangled_envelopes(draw: st.DrawFn) -> dict[str, Any]:
-    """A signed envelope (schema 3, or schema 2 when drawn) with fields replaced by any JSON
+    """A signed envelope (schema 4, or schema 2 when drawn) with fields replaced by any JSON
     value, removed, or added: close enough to valid to reach the deep checks."""
     obj = draw(envelopes()).to_json()
     if draw(st.booleans()):
         obj = {
             k: v
             for k, v in obj.items()
-            if k in ("id", "from", "to", "created", "priority", "request", "hmac")
+            if k in ("id", "from", "to", "created", "priority", "request")
         }
         obj["schema"] = 2
+        obj["hmac"] = "0" * 64
     for _ in range(draw(st.integers(0, 3))):
         action = draw(st.sampled_from(["replace", "delete", "add"]))
         name = draw(st.sampled_from(ENVELOPE_FIELDS))
@@ -249,7 +270,7 @@ def test_any_envelope_shape_is_admitted_or_rejected(
 def test_any_result_shape_verifies_or_is_rejected(obj: dict[str, Any]) -> None:
     for data in (json.dumps(obj).encode(), dump_json(obj)):
         with contextlib.suppress(Rejection):
-            verify_result(RING, loads_strict(data, allow_nul=True))
+            verify_result(RING, loads_strict(data, allow_nul=True), LANE)
 
 
 # -- round trips ------------------------------------------------------------------------------
@@ -258,8 +279,8 @@ def test_any_result_shape_verifies_or_is_rejected(obj: dict[str, Any]) -> None:
 @profile(1000)
 @given(envelopes())
 def test_envelope_sign_then_verify_round_trips(envelope: Envelope) -> None:
-    # The signature is the design's: HMAC-SHA256 over canonical JSON, computed here apart.
-    assert envelope.hmac == mac(SECRET, envelope.to_json())
+    # The signature is the design's: Ed25519 over canonical JSON, checked here apart.
+    assert verifies(PRIVATE["devbox"].private, envelope.to_json())
     admitted = intake(f"{envelope.id}.json", wire(envelope))
     assert admitted is not None
     assert admitted.envelope == envelope
@@ -269,8 +290,9 @@ def test_envelope_sign_then_verify_round_trips(envelope: Envelope) -> None:
 @profile(1000)
 @given(results())
 def test_result_sign_then_verify_round_trips(result: Result) -> None:
-    assert result.hmac == mac(SECRET, result.to_json())
-    assert verify_result(RING, loads_strict(dump_json(result.to_json()), allow_nul=True)) == result
+    assert verifies(PRIVATE["gpubox"].private, result.to_json())
+    wire_form = loads_strict(dump_json(result.to_json()), allow_nul=True)
+    assert verify_result(RING, wire_form, LANE) == result
 
 
 # -- any single-byte change -------------------------------------------------------------------
@@ -303,7 +325,7 @@ def test_any_single_byte_change_of_a_result_fails(result: Result, data: st.DataO
     byte = data.draw(st.integers(0, 255).filter(lambda b: b != original[index]), label="byte")
     changed = original[:index] + bytes([byte]) + original[index + 1 :]
     try:
-        verified = verify_result(RING, loads_strict(changed, allow_nul=True))
+        verified = verify_result(RING, loads_strict(changed, allow_nul=True), LANE)
     except Rejection:
         return
     # Still verifying means nothing that counts changed: whitespace between tokens, or the

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from tests.hostile.corpus import Context, build
 
 HERE = Path(__file__).parent
@@ -12,7 +14,8 @@ README = (HERE / "README.md").read_text()
 
 
 def test_every_corpus_entry_is_listed() -> None:
-    ctx = Context(kid="kreadme", secret=b"x" * 32, g1_id="g1", l1_id="l1", p_id="p")
+    keys = {n: (f"ed{n}", Ed25519PrivateKey.generate()) for n in ("devbox", "laptop", "gpubox")}
+    ctx = Context(keys=keys, secret=b"x" * 32, g1_id="g1", l1_id="l1", p_id="p")
     entries = build(ctx)
     assert len({e.key for e in entries}) == len(entries)
     missing = [e.key for e in entries if f"| `{e.key}` |" not in README]

@@ -1,6 +1,7 @@
 """A dispatch node under a real systemd: the shipped units and generator installed in a
 SystemdHost, node `gpubox` receiving from `devbox`. The sender runs in the same namespace
-with its own config, key ring copy and state, as a second host would."""
+with its own config, key pair and state, as a second host would; each pins the other's
+public key with `dispatch peers add`, as the README's set-up does."""
 
 from __future__ import annotations
 
@@ -132,6 +133,21 @@ def install_units(host: SystemdHost, test_dropin: str = "") -> None:
         host.write_file("/run/systemd/system/dispatch-exec@.service.d/90-test.conf", test_dropin)
 
 
+def pin_each_other(host: SystemdHost, confs: dict[str, str | None]) -> dict[str, str]:
+    """Every node pins every other's public key, the line `dispatch keys show` prints there
+    (node -> its config, None for the default): no key file is copied. Returns the lines."""
+    lines = {}
+    for node, conf in confs.items():
+        env = {"DISPATCH_CONFIG": conf} if conf else {}
+        lines[node] = host.run([DISPATCH, "keys", "show"], env=env).stdout.splitlines()[0]
+    for node, conf in confs.items():
+        env = {"DISPATCH_CONFIG": conf} if conf else {}
+        for other, line in lines.items():
+            if other != node:
+                host.run([DISPATCH, "peers", "add", other, "-"], env=env, input=line + "\n")
+    return lines
+
+
 class DispatchHost:
     def __init__(self, host: SystemdHost) -> None:
         self.host = host
@@ -173,10 +189,9 @@ class DispatchHost:
                 "/etc/dispatch/devbox/keys",
                 "--state-dir",
                 "/var/lib/dispatch/devbox",
-                "--key-file",
-                f"/etc/dispatch/keys/{self.kid}.key",
             ]
         )
+        pin_each_other(h, {"gpubox": None, "devbox": SENDER_CONF})
         dropin = f"[Service]\nEnvironment=DISPATCH_FAKE_AGENT_LOG={AGENT_LOG}\n" + exec_dropin
         install_units(h, dropin)
         h.daemon_reload()

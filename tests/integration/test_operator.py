@@ -162,12 +162,15 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
         "root",
         "filesystem",
         "peer devbox",
+        "peer-key devbox",
         "dispatch-watch.path",
+        "watch-mode",
         "killswitch",
     ]
     assert all(c["ok"] and set(c) == {"check", "ok", "detail", "hint"} for c in checks)
     assert "mode 0600" in checks[1]["detail"]
-    assert checks[5]["detail"] == "the path unit: active (waiting)"
+    assert "from stdin" in checks[5]["detail"]  # pinned with `dispatch peers add devbox -`
+    assert checks[6]["detail"] == "the path unit: active (waiting)"
     # The sender's side of the same share: its peer gpubox beats too.
     assert d.dispatch("doctor", check=False).returncode == 0
 

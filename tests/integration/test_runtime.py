@@ -160,7 +160,7 @@ def test_reboot_recovery(node_host: SystemdHost) -> None:
 def test_agent_cannot_read_keys_or_state(node_host: SystemdHost) -> None:
     d = DispatchHost(node_host)
     d.setup()
-    key = f"/etc/dispatch/keys/{d.kid}.key"
+    key = "/etc/dispatch/keys/gpubox.ed25519"
     r1 = d.wait(d.send(f"steal read={key}"))
     r2 = d.wait(d.send("steal read=/var/lib/dispatch/ack.secret"))
     for result, path in ((r1, key), (r2, "/var/lib/dispatch/ack.secret")):

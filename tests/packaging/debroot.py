@@ -36,7 +36,13 @@ VARIANT = "minbase"
 # What booting the root needs; everything else comes from the package's dependencies.
 INCLUDE = ("systemd",)
 # Downloaded into the root's apt cache, not installed: the package's dependencies.
-PREFETCH = ("python3", "python3-click", "python3-pyinotify", "python3-systemd")
+PREFETCH = (
+    "python3",
+    "python3-click",
+    "python3-cryptography",
+    "python3-pyinotify",
+    "python3-systemd",
+)
 # Bump when the way the root is made changes, to invalidate every cached tarball.
 RECIPE = 1
 

@@ -166,10 +166,14 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
             f"{SENDER}/keys",
             "--state-dir",
             "/var/lib/dispatch/devbox",
-            "--key-file",
-            f"/etc/dispatch/keys/{kid}.key",
         ]
     )
+    # Each identity pins the other's public key (what `dispatch keys show` prints there).
+    rx_line = h.run(["dispatch", "keys", "show"]).stdout.splitlines()[0]
+    tx_env = {"DISPATCH_CONFIG": SENDER_CONF}
+    tx_line = h.run(["dispatch", "keys", "show"], env=tx_env).stdout.splitlines()[0]
+    h.run(["dispatch", "peers", "add", "devbox", "-"], input=tx_line + "\n")
+    h.run(["dispatch", "peers", "add", "gpubox", "-"], env=tx_env, input=rx_line + "\n")
     sent = h.run(
         [
             "dispatch",

@@ -1,5 +1,6 @@
 """Helpers for the unit suite: envelopes built and signed by hand (independently of
-`dispatch.core.signing`), the real CLI as a subprocess, and draining a node with real executions."""
+`dispatch.core.signing`: each node's PEM key read with `cryptography` itself), the real CLI
+as a subprocess, and draining a node with real executions."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dispatch.core.node import Node
-from dispatch.core.signing import Keyring
 from dispatch.core.spool import Lane
 from dispatch.core.wire import canonical, new_id, now_utc, rfc3339
 from dispatch.receive.launch.process import ProcessLauncher
@@ -72,9 +75,55 @@ def lane_in(pair: Pair) -> Lane:
     return pair.receiver.node().spool.lane("devbox", "gpubox")
 
 
-def shared_key(pair: Pair) -> tuple[str, bytes]:
-    key = Keyring.load(pair.sender.node().cfg).signing_key()
-    return key.kid, key.secret
+def kid_of(private: Ed25519PrivateKey) -> str:
+    """The documented key id: "ed" + the first 16 hex digits of SHA-256 of the raw key."""
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return "ed" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def node_key(setup: NodeSetup) -> tuple[str, Ed25519PrivateKey]:
+    """A node's own private key, read from its PEM file (what only that node holds)."""
+    pem = (setup.home / "keys" / f"{setup.name}.ed25519").read_bytes()
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    return kid_of(private), private
+
+
+def sender_key(pair: Pair) -> tuple[str, Ed25519PrivateKey]:
+    return node_key(pair.sender)
+
+
+def signed(private: Ed25519PrivateKey, obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with `sig`: Ed25519 over the canonical JSON of every other field."""
+    out = {k: v for k, v in obj.items() if k != "sig"}
+    out["sig"] = private.sign(canonical(out)).hex()
+    return out
+
+
+def verifies(private: Ed25519PrivateKey, obj: dict[str, Any]) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    body = {k: v for k, v in obj.items() if k != "sig"}
+    try:
+        private.public_key().verify(bytes.fromhex(obj["sig"]), canonical(body))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def legacy_hmac_key(pair: Pair) -> tuple[str, bytes]:
+    """One HMAC key in both nodes' rings, as the original and schema 3 shared it: for the
+    schema-2 and schema-3 paths only."""
+    secret = b"0123456789abcdef" * 4
+    for setup in (pair.sender, pair.receiver):
+        ring = setup.home / "keys"
+        path = ring / "klegacy.key"
+        if not path.exists():
+            path.write_bytes(secret + b"\n")
+            path.chmod(0o600)
+    return "klegacy", secret
 
 
 def mac(secret: bytes, obj: dict[str, Any]) -> str:
@@ -90,18 +139,19 @@ def sign_v2(secret: bytes, fields: dict[str, str]) -> str:
     return hmac.new(secret, payload, hashlib.sha256).hexdigest()
 
 
-def signed(secret: bytes, obj: dict[str, Any]) -> dict[str, Any]:
+def hmac_signed(secret: bytes, obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k != "hmac"}
     out["hmac"] = mac(secret, out)
     return out
 
 
 def envelope(pair: Pair, *, sign: bool = True, **overrides: Any) -> dict[str, Any]:
-    """A schema-3 envelope devbox → gpubox, signed with the shared key after the overrides
-    (so a test changes what it means, not whether the signature holds)."""
-    kid, secret = shared_key(pair)
+    """A schema-4 envelope devbox → gpubox, signed after the overrides (so a test changes
+    what it means, not whether the signature holds) with the key of its `from` when that is
+    one of the pair (devbox's otherwise), under that key's id unless `kid` is overridden."""
     obj: dict[str, Any] = {
-        "schema": 3,
+        "schema": 4,
+        "kind": "task",
         "id": new_id(),
         "from": "devbox",
         "to": "gpubox",
@@ -115,13 +165,14 @@ def envelope(pair: Pair, *, sign: bool = True, **overrides: Any) -> dict[str, An
         "callback": "file",
         "parent": None,
         "hops": 0,
-        "kid": kid,
     }
     obj.update(overrides)
+    kid, private = node_key(pair.receiver if obj["from"] == "gpubox" else pair.sender)
+    obj.setdefault("kid", kid)
     if isinstance(obj["id"], str) and (obj["from"], obj["to"]) == ("devbox", "gpubox"):
         # As the sender would: what it signs, it records as sent on that lane.
         pair.sender.node().sent.record(obj["id"], "devbox", "gpubox")
-    return signed(secret, obj) if sign else obj
+    return signed(private, obj) if sign else obj
 
 
 def drop(lane: Lane, obj: dict[str, Any] | bytes, name: str | None = None) -> Path:

@@ -11,9 +11,9 @@ from datetime import timedelta
 from dispatch.core import events
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular
-from dispatch.core.model import HEX64_RE, KID_RE, SCHEMA, Status
+from dispatch.core.model import HMAC_SCHEMA, SCHEMA, Status
 from dispatch.core.node import Node
-from dispatch.core.signing import verify_object
+from dispatch.core.signing import verify_cancel
 from dispatch.core.spool import Lane
 from dispatch.core.wire import loads_strict, now_utc, parse_time, valid_id
 from dispatch.receive import publish
@@ -21,7 +21,9 @@ from dispatch.receive.launch.process import execution_alive
 from dispatch.receive.promote import recovery
 from dispatch.receive.promote.report import Pass
 
-CANCEL_FIELDS = {"schema", "kind", "id", "from", "to", "created", "kid", "hmac"}
+CANCEL_FIELDS = {"schema", "kind", "id", "from", "to", "created", "kid", "sig"}
+# Schema 3, read during a migration only (DISPATCH_ACCEPT_V3).
+HMAC_CANCEL_FIELDS = (CANCEL_FIELDS - {"sig"}) | {"hmac"}
 
 
 @dataclass(frozen=True)
@@ -35,18 +37,18 @@ class CancelRequest:
 def parse(node: Node, lane: Lane, name: str) -> CancelRequest:
     """A cancel request from `lane.cancel`, checked as strictly as an envelope."""
     obj = loads_strict(read_regular(lane.cancel / name))
-    if set(obj) != CANCEL_FIELDS or obj.get("schema") != SCHEMA or obj.get("kind") != "cancel":
-        raise Rejection("malformed", "not a schema-3 cancel request")
-    for field in ("id", "from", "to", "created", "kid", "hmac"):
+    schema = obj.get("schema")
+    fields = {SCHEMA: CANCEL_FIELDS, HMAC_SCHEMA: HMAC_CANCEL_FIELDS}
+    if type(schema) is not int or set(obj) != fields.get(schema) or obj.get("kind") != "cancel":
+        raise Rejection("malformed", f"not a schema-{SCHEMA} cancel request")
+    for field in ("id", "from", "to", "created"):
         if not isinstance(obj[field], str):
             raise Rejection("malformed", f"cancel field {field!r} must be a string")
     if not valid_id(obj["id"]) or name != f"{obj['id']}.json":
         raise Rejection("name_mismatch", "cancel file name is not <id>.json of its id")
     if (obj["from"], obj["to"]) != (lane.from_, lane.to):
         raise Rejection("wrong_lane", "cancel request for another lane")
-    if not KID_RE.fullmatch(obj["kid"]) or not HEX64_RE.fullmatch(obj["hmac"]):
-        raise Rejection("malformed", "cancel request kid/hmac malformed")
-    verify_object(node.keys, obj, "cancel request")
+    verify_cancel(node.keys, obj)
     try:
         created = parse_time(obj["created"])
     except ValueError as exc:

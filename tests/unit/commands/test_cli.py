@@ -115,7 +115,7 @@ def test_exit_codes_of_result_and_wait(pair: Pair) -> None:
     proc = cli(pair.sender, "result", ok, "--json")
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
-    assert obj["status"] == "ok" and obj["id"] == ok and len(obj["hmac"]) == 64
+    assert obj["status"] == "ok" and obj["id"] == ok and len(obj["sig"]) == 128
     proc = cli(pair.sender, "wait", ok)
     assert proc.returncode == 0 and "fine" in proc.stdout
     # 1: the task failed.
@@ -209,21 +209,26 @@ def test_killswitch_commands(pair: Pair) -> None:
     assert cli(pair.sender, "killswitch", "off").stdout.strip() == "killswitch was not on"
 
 
-def test_keys_new_list_import(tmp_path: Path) -> None:
+def test_keys_new_show_list_import(tmp_path: Path) -> None:
     conf = tmp_path / "k.conf"
-    conf.write_text(f"DISPATCH_KEY_DIR={tmp_path / 'ring'}\n")
+    conf.write_text(f"DISPATCH_NODE=n1\nDISPATCH_KEY_DIR={tmp_path / 'ring'}\n")
     env = clean_env(DISPATCH_CONFIG=str(conf))  # no DISPATCH_ROOT needed for keys
     proc = cli(None, "keys", "new", env=env)
     assert proc.returncode == 0, proc.stderr
     kid = proc.stdout.strip()
-    assert re.fullmatch(r"k[0-9a-f]{12}", kid)
-    key_path = tmp_path / "ring" / f"{kid}.key"
+    assert re.fullmatch(r"ed[0-9a-f]{16}", kid)
+    key_path = tmp_path / "ring" / "n1.ed25519"
     assert key_path.stat().st_mode & 0o777 == 0o600
-    time.sleep(0.01)
-    assert cli(None, "keys", "new", "--kid", "rotated", env=env).stdout.strip() == "rotated"
-    rows = json.loads(cli(None, "keys", "list", "--json", env=env).stdout)
-    assert {r["kid"]: r["signing"] for r in rows} == {kid: False, "rotated": True}
-    # Import a peer's key: the kid comes from its file name; the copy is 0600.
+    assert b"PRIVATE KEY" in key_path.read_bytes()
+    # One key pair per node: a second is a rotation, asked for by name.
+    again = cli(None, "keys", "new", env=env)
+    assert again.returncode == 2 and "dispatch keys rotate" in again.stderr
+    shown = json.loads(cli(None, "keys", "show", "--json", env=env).stdout)
+    assert shown["kid"] == kid and shown["line"].startswith("dispatch-ed25519 ")
+    assert shown["line"].endswith(" n1") and shown["fingerprint"].startswith("SHA256:")
+    # Its own public key is pinned beside the key directory, so its results verify here.
+    assert shown["line"] in (tmp_path / "peers" / "n1.pub").read_text()
+    # Import an original peer's HMAC key (schema 2/3 only): kid from its file name, 0600.
     peer = tmp_path / "peer.key"
     fd = os.open(peer, os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, b"p" * 64 + b"\n")
@@ -232,6 +237,11 @@ def test_keys_new_list_import(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "peer"
     assert (tmp_path / "ring" / "peer.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "ring" / "peer.key").read_bytes().strip() == b"p" * 64
+    rows = json.loads(cli(None, "keys", "list", "--json", env=env).stdout)
+    assert [(r["kid"], r["kind"], r["signing"]) for r in rows] == [
+        (kid, "ed25519", True),
+        ("peer", "hmac", False),
+    ]
     # A key file others can read is refused, in one line.
     os.chmod(peer, 0o644)
     proc = cli(None, "keys", "import", str(peer), "--kid", "other", env=env)
@@ -261,9 +271,18 @@ def test_init_command(tmp_path: Path) -> None:
     ]
     proc = cli(None, *args)
     assert proc.returncode == 0, proc.stderr
-    kid = re.search(r"key (\S+) \(created\)", proc.stdout)
+    kid = re.search(r"key (ed[0-9a-f]{16}) \(created\)", proc.stdout)
     assert kid is not None
-    assert (tmp_path / "keys" / f"{kid.group(1)}.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "n1.ed25519").stat().st_mode & 0o777 == 0o600
+    # The public half: printed with its fingerprint and the exact command for each peer,
+    # pinned here as this node's own, published on the share.
+    line = re.search(r"^public key: (dispatch-ed25519 \S+ n1)$", proc.stdout, re.M)
+    assert line is not None
+    assert re.search(r"^fingerprint: SHA256:[A-Za-z0-9+/]{43}$", proc.stdout, re.M)
+    assert f"  echo '{line.group(1)}' | dispatch peers add n1 -" in proc.stdout
+    assert "on each peer (n2, n3)" in proc.stdout
+    assert line.group(1) in (tmp_path / "peers" / "n1.pub").read_text()
+    assert (tmp_path / "share" / "nodes" / "n1.pub").read_text() == line.group(1) + "\n"
     for lane in ("n2-to-n1", "n3-to-n1", "n1-to-n2", "n1-to-n3"):
         assert (tmp_path / "share" / lane / "inbox").is_dir()
     status = json.loads(cli(None, "status", "--json", DISPATCH_CONFIG=str(conf)).stdout)

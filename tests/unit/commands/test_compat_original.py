@@ -21,11 +21,11 @@ from tests.unit.helpers import (
     configure,
     drain,
     lane_in,
+    legacy_hmac_key,
     promote_once,
     result_json,
     run,
     runs_of,
-    shared_key,
 )
 
 # The original project's bin/ (dispatch-send, dispatch_lib.py), deliberately not copied into
@@ -57,7 +57,7 @@ def original_env(pair: Pair, **extra: str) -> dict[str, str]:
 
 def share_key(pair: Pair) -> None:
     """The original reads its key from <root>/keys/hmac.key: the receiver's secret, 0600."""
-    _, secret = shared_key(pair)
+    _, secret = legacy_hmac_key(pair)
     path = pair.root / "keys" / "hmac.key"
     path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -219,7 +219,7 @@ def test_dispatch_send_entry_point_takes_the_original_flags(pair: Pair) -> None:
     assert proc.returncode == 0, proc.stderr
     task_id, path = proc.stdout.strip().split("\t")
     sent = json.loads(Path(path).read_text())
-    assert sent["schema"] == 3 and sent["from"] == "devbox" and sent["priority"] == "high"
+    assert sent["schema"] == 4 and sent["from"] == "devbox" and sent["priority"] == "high"
     assert sent["callback"] == "none" and sent["id"] == task_id
     explicit = run(
         [str(BIN / "dispatch-send"), "--from", "devbox", "--to", "gpubox", "--request", "explicit"],

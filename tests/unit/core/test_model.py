@@ -15,7 +15,8 @@ from dispatch.core.wire import MAX_FILE_BYTES, canonical, loads_strict, parse_ti
 
 def envelope_obj(**overrides: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "schema": 3,
+        "schema": 4,
+        "kind": "task",
         "id": str(uuid.uuid4()),
         "from": "devbox",
         "to": "gpubox",
@@ -30,7 +31,7 @@ def envelope_obj(**overrides: Any) -> dict[str, Any]:
         "parent": None,
         "hops": 0,
         "kid": "k1",
-        "hmac": "0" * 64,
+        "sig": "0" * 128,
     }
     obj.update(overrides)
     return obj
@@ -38,7 +39,10 @@ def envelope_obj(**overrides: Any) -> dict[str, Any]:
 
 def result_obj(**overrides: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "schema": 3,
+        "schema": 4,
+        "kind": "result",
+        "from": "devbox",
+        "to": "gpubox",
         "id": str(uuid.uuid4()),
         "answered_by": "gpubox",
         "answered_at": "2025-01-02T03:04:05.123456Z",
@@ -56,7 +60,7 @@ def result_obj(**overrides: Any) -> dict[str, Any]:
         "unit": "",
         "reason": "",
         "kid": "k1",
-        "hmac": "0" * 64,
+        "sig": "0" * 128,
     }
     obj.update(overrides)
     return obj
@@ -148,7 +152,23 @@ def test_parse_envelope_accepts_a_well_formed_one() -> None:
     assert env.id == obj["id"] and env.from_ == "devbox" and env.to == "gpubox"
     assert env.priority is Priority.HIGH and env.parent == obj["parent"] and env.hops == 2
     assert env.to_json() == obj  # wire names and values survive a round trip
-    assert "hmac" not in env.body()
+    assert "sig" not in env.body() and env.body()["kind"] == "task"
+
+
+def test_parse_envelope_reads_schema_3_shapes_for_the_migration() -> None:
+    """Schema 3 (kind-less, an HMAC): parsed here; whether it is accepted is
+    DISPATCH_ACCEPT_V3's, in signing."""
+    obj = {k: v for k, v in envelope_obj(schema=3).items() if k not in ("kind", "sig")}
+    env = parse_envelope({**obj, "hmac": "0" * 64})
+    assert env.schema == 3 and env.sig == "0" * 64
+    assert reason(parse_envelope, {**obj, "sig": "0" * 128}) == "malformed"
+    assert reason(parse_envelope, {**obj, "hmac": "0" * 64, "kind": "task"}) == "malformed"
+
+
+def test_parse_envelope_refuses_another_kind() -> None:
+    assert reason(parse_envelope, envelope_obj(kind="result")) == "wrong_kind"
+    assert reason(parse_envelope, envelope_obj(kind="cancel")) == "wrong_kind"
+    assert reason(parse_result, result_obj(kind="task")) == "wrong_kind"
 
 
 @pytest.mark.parametrize(
@@ -178,10 +198,12 @@ def test_parse_envelope_accepts_a_well_formed_one() -> None:
         {"request": "   "},
         {"request": ["list"]},
         {"kid": "bad kid/../x"},
-        {"hmac": "0" * 63},
-        {"hmac": "A" * 64},
-        {"schema": 4},
-        {"schema": "3"},
+        {"sig": "0" * 127},
+        {"sig": "A" * 128},
+        {"sig": "0" * 64},
+        {"hmac": "0" * 64},  # a schema-3 field in a schema-4 envelope
+        {"schema": 5},
+        {"schema": "4"},
         {"extra": 1},  # unknown field
     ],
 )
@@ -190,7 +212,7 @@ def test_parse_envelope_is_strict(changes: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["id", "from", "request", "require_ack", "parent", "hops", "kid", "hmac", "timeout_s"]
+    "field", ["id", "from", "request", "require_ack", "parent", "hops", "kid", "sig", "timeout_s"]
 )
 def test_parse_envelope_requires_every_field(field: str) -> None:
     obj = envelope_obj()
@@ -244,5 +266,7 @@ def test_parse_result_is_strict() -> None:
         {"bonus": 1},
         {"schema": 2},
         {"id": str(uuid.uuid1())},
+        {"from": "Dev Box"},
+        {"sig": "0" * 64},
     ):
         assert reason(parse_result, result_obj(**changes)) == "malformed", changes

@@ -1,45 +1,72 @@
-"""Signing and verifying: every field covered, strict types, the key ring and its files."""
+"""Signing and verifying, schema 4: each node signs with its own Ed25519 key, every field
+(kind and lane included) is covered, and a signature verifies only against a key pinned
+for the node that must have made it. Schema 3 (HMAC) only behind DISPATCH_ACCEPT_V3."""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dispatch.core.config import Config
-from dispatch.core.errors import ConfigError, Rejection
+from dispatch.core.errors import ConfigError, Rejection, UsageError
+from dispatch.core.keys import Pins, load_private, write_private
 from dispatch.core.model import Callback, Envelope, Priority, Result, Status, parse_v2
 from dispatch.core.node import Node
 from dispatch.core.signing import (
     Keyring,
+    NodeKeys,
     fingerprint,
     new_secret,
     read_key,
     sign_envelope,
+    sign_object,
     sign_result,
+    verify_cancel,
     verify_envelope,
     verify_result,
     verify_v2,
     write_key,
 )
 from dispatch.core.wire import canonical, now_utc, rfc3339
-from tests.unit.helpers import mac, sign_v2
+from tests.unit.helpers import hmac_signed, kid_of, mac, sign_v2, signed
+
+NODES = ("devbox", "gpubox", "c")
 
 
-def make_cfg(tmp_path: Path, **kw: Any) -> Config:
+@dataclass(frozen=True)
+class Ends:
+    from_: str
+    to: str
+
+
+LANE = Ends("devbox", "gpubox")
+
+
+def make_cfg(tmp_path: Path, node: str = "gpubox", **kw: Any) -> Config:
     return Config(
-        root=tmp_path / "share", node="gpubox", peers=("devbox",), key_dir=tmp_path / "keys", **kw
+        root=tmp_path / "share",
+        node=node,
+        peers=tuple(n for n in NODES if n != node),
+        key_dir=tmp_path / node / "keys",
+        **kw,
     )
 
 
 @pytest.fixture
-def ring(tmp_path: Path) -> Keyring:
-    write_key(tmp_path / "keys", new_secret(), "k1")
-    return Keyring.load(make_cfg(tmp_path))
+def fleet(tmp_path: Path) -> dict[str, NodeKeys]:
+    """Three nodes, each with its own key pair, each pinning all three public keys."""
+    publics = {n: write_private(tmp_path / n / "keys", n).public for n in NODES}
+    for node in NODES:
+        for other in NODES:
+            Pins(tmp_path / node / "peers").add(publics[other], f"test: {other}")
+    return {n: NodeKeys(make_cfg(tmp_path, n)) for n in NODES}
 
 
 def an_envelope(**kw: Any) -> Envelope:
@@ -58,7 +85,7 @@ def an_envelope(**kw: Any) -> Envelope:
         parent=None,
         hops=0,
         kid="",
-        hmac="",
+        sig="",
     )
     values.update(kw)
     return Envelope(**values)
@@ -83,7 +110,7 @@ def a_result(**kw: Any) -> Result:
         unit="",
         reason="",
         kid="",
-        hmac="",
+        sig="",
     )
     values.update(kw)
     return Result(**values)
@@ -95,23 +122,28 @@ def rejection(call: Any, *args: Any) -> str:
     return info.value.reason
 
 
-def test_envelope_round_trip(ring: Keyring) -> None:
-    signed = sign_envelope(ring, an_envelope(parent=str(uuid.uuid4()), hops=1))
-    assert signed.kid == "k1" and len(signed.hmac) == 64
-    wire = json.loads(json.dumps(signed.to_json()))
-    assert verify_envelope(ring, wire) == signed
-    # The MAC is over canonical JSON: layout and key order on disk do not matter.
+def private_of(tmp_path: Path, node: str) -> Ed25519PrivateKey:
+    return load_private(tmp_path / node / "keys", node).private
+
+
+def test_envelope_round_trip(fleet: dict[str, NodeKeys], tmp_path: Path) -> None:
+    devbox, gpubox = fleet["devbox"], fleet["gpubox"]
+    envelope = sign_envelope(devbox, an_envelope(parent=str(uuid.uuid4()), hops=1))
+    key = private_of(tmp_path, "devbox")
+    assert envelope.kid == kid_of(key) and len(envelope.sig) == 128
+    wire = json.loads(json.dumps(envelope.to_json()))
+    assert wire["schema"] == 4 and wire["kind"] == "task"
+    assert verify_envelope(gpubox, wire) == envelope
+    # The signature is over canonical JSON: layout and key order on disk do not matter.
     reordered = json.loads(json.dumps(dict(reversed(list(wire.items()))), indent=4))
-    assert verify_envelope(ring, reordered) == signed
-    # ... and it is the documented MAC, computable without dispatch.core.signing.
-    key = ring.get("k1")
-    assert signed.hmac == mac(key.secret, wire)
+    assert verify_envelope(gpubox, reordered) == envelope
+    # ... and it is the documented one, made without dispatch.core.signing.
+    assert signed(key, wire) == wire
 
 
 ENVELOPE_CHANGES: list[tuple[str, Any]] = [
     ("id", str(uuid.uuid4())),
-    ("from", "devbox2"),
-    ("to", "gpubox2"),
+    ("to", "c"),
     ("created", "2020-01-01T00:00:00.000000Z"),
     ("priority", "high"),
     ("request", "build it!"),
@@ -130,30 +162,57 @@ ENVELOPE_CHANGES: list[tuple[str, Any]] = [
     ("field", "value"), ENVELOPE_CHANGES, ids=[f"{f}={v!r}"[:40] for f, v in ENVELOPE_CHANGES]
 )
 def test_changing_any_envelope_field_breaks_the_signature(
-    ring: Keyring, field: str, value: Any
+    fleet: dict[str, NodeKeys], field: str, value: Any
 ) -> None:
-    wire = sign_envelope(ring, an_envelope()).to_json()
+    wire = sign_envelope(fleet["devbox"], an_envelope()).to_json()
     assert wire[field] != value
     wire[field] = value
-    assert rejection(verify_envelope, ring, wire) == "bad_signature"
+    assert rejection(verify_envelope, fleet["gpubox"], wire) == "bad_signature"
 
 
-def test_changing_parent_of_a_child_task_breaks_the_signature(ring: Keyring) -> None:
-    wire = sign_envelope(ring, an_envelope(parent=str(uuid.uuid4()), hops=2)).to_json()
-    for field, value in (("parent", None), ("parent", str(uuid.uuid4())), ("hops", 0)):
-        changed = dict(wire, **{field: value})
-        assert rejection(verify_envelope, ring, changed) == "bad_signature"
+def test_changing_the_kind_or_the_sender_breaks_it(fleet: dict[str, NodeKeys]) -> None:
+    wire = sign_envelope(fleet["devbox"], an_envelope()).to_json()
+    assert rejection(verify_envelope, fleet["gpubox"], dict(wire, kind="cancel")) == "wrong_kind"
+    # Claimed from c: checked against c's pinned key, which did not sign it.
+    assert rejection(verify_envelope, fleet["gpubox"], dict(wire, **{"from": "c"})) == (
+        "unknown_key"
+    )
 
 
-def test_changing_the_mac_or_the_kid(tmp_path: Path, ring: Keyring) -> None:
-    wire = sign_envelope(ring, an_envelope()).to_json()
-    flipped = ("1" if wire["hmac"][0] != "1" else "2") + wire["hmac"][1:]
-    assert rejection(verify_envelope, ring, dict(wire, hmac=flipped)) == "bad_signature"
-    assert rejection(verify_envelope, ring, dict(wire, kid="k9")) == "unknown_key"
-    # Another key of the ring named in `kid`: still the wrong MAC.
-    write_key(tmp_path / "keys", new_secret(), "k2")
-    two = Keyring.load(make_cfg(tmp_path))
-    assert rejection(verify_envelope, two, dict(wire, kid="k2")) == "bad_signature"
+def test_a_node_cannot_make_a_task_that_passes_as_a_third_nodes(
+    fleet: dict[str, NodeKeys], tmp_path: Path
+) -> None:
+    """devbox holds its own key only: whatever it writes, gpubox does not take it as c's."""
+    devbox, gpubox = fleet["devbox"], fleet["gpubox"]
+    # Its signer will not sign as c at all.
+    with pytest.raises(UsageError, match="signs only as itself"):
+        sign_envelope(devbox, an_envelope(from_="c"))
+    # Signed by hand with devbox's key, as c, under devbox's key id: not a key of c.
+    key = private_of(tmp_path, "devbox")
+    body = {k: v for k, v in an_envelope(from_="c").body().items()}
+    forged = signed(key, {**body, "kid": kid_of(key)})
+    assert rejection(verify_envelope, gpubox, forged) == "unknown_key"
+    # ... and under c's key id: the signature is not c's.
+    c_kid = kid_of(private_of(tmp_path, "c"))
+    forged = signed(key, {**body, "kid": c_kid})
+    assert rejection(verify_envelope, gpubox, forged) == "bad_signature"
+    # The receiver's own key cannot either.
+    rx = private_of(tmp_path, "gpubox")
+    forged = signed(rx, {**body, "kid": kid_of(rx)})
+    assert rejection(verify_envelope, gpubox, forged) == "unknown_key"
+    # c's real key does: the check is the pin, nothing else.
+    c_key = private_of(tmp_path, "c")
+    assert verify_envelope(gpubox, signed(c_key, {**body, "kid": c_kid})).from_ == "c"
+
+
+def test_an_unpinned_sender_is_refused_with_what_to_do(
+    fleet: dict[str, NodeKeys], tmp_path: Path
+) -> None:
+    wire = sign_envelope(fleet["devbox"], an_envelope()).to_json()
+    Pins(tmp_path / "gpubox" / "peers").remove("devbox")
+    with pytest.raises(Rejection, match="dispatch peers add devbox") as info:
+        verify_envelope(NodeKeys(make_cfg(tmp_path)), wire)
+    assert info.value.reason == "unknown_key"
 
 
 @pytest.mark.parametrize(
@@ -172,17 +231,17 @@ def test_changing_the_mac_or_the_kid(tmp_path: Path, ring: Keyring) -> None:
     ],
 )
 def test_correctly_signed_but_ill_typed_envelopes_are_refused(
-    ring: Keyring, field: str, value: Any
+    fleet: dict[str, NodeKeys], tmp_path: Path, field: str, value: Any
 ) -> None:
     """The signer's key does not make a wrong type right: `1` is not `true`."""
-    wire = sign_envelope(ring, an_envelope()).to_json()
+    wire = sign_envelope(fleet["devbox"], an_envelope()).to_json()
     if value == "UPPER":
         value = str(uuid.uuid4()).upper()
     elif value == "uuid1":
         value = str(uuid.uuid1())
     wire[field] = value
-    wire["hmac"] = mac(ring.get("k1").secret, wire)
-    assert rejection(verify_envelope, ring, wire) == "malformed"
+    wire = signed(private_of(tmp_path, "devbox"), wire)
+    assert rejection(verify_envelope, fleet["gpubox"], wire) == "malformed"
 
 
 def test_bool_and_int_sign_differently() -> None:
@@ -190,38 +249,135 @@ def test_bool_and_int_sign_differently() -> None:
     assert canonical({"a": 600}) != canonical({"a": 600.0})
 
 
-def test_result_round_trip_and_every_field(ring: Keyring) -> None:
-    signed = sign_result(ring, a_result())
-    wire = json.loads(json.dumps(signed.to_json()))
-    assert verify_result(ring, wire) == signed
-    changes: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "answered_by": "devbox",
-        "answered_at": "2020-01-01T00:00:00Z",
-        "request": "x",
-        "status": "error",
-        "exit_code": 1,
-        "elapsed_s": 9.5,
-        "log_path": "elsewhere",
-        "final_text": "built!",
-        "output_tail": "..!",
-        "output_bytes": 124,
-        "perm_mode": "bypassPermissions",
-        "started_at": None,
-        "truncated": True,
-        "unit": "dispatch-exec@x.service",
-        "reason": "because",
-    }
-    assert set(changes) | {"schema", "kid", "hmac"} == set(wire)
-    for field, value in changes.items():
+RESULT_CHANGES: dict[str, Any] = {
+    "id": str(uuid.uuid4()),
+    "answered_at": "2020-01-01T00:00:00Z",
+    "request": "x",
+    "status": "error",
+    "exit_code": 1,
+    "elapsed_s": 9.5,
+    "log_path": "elsewhere",
+    "final_text": "built!",
+    "output_tail": "..!",
+    "output_bytes": 124,
+    "perm_mode": "bypassPermissions",
+    "started_at": None,
+    "truncated": True,
+    "unit": "dispatch-exec@x.service",
+    "reason": "because",
+}
+
+
+def test_result_round_trip_and_every_field(fleet: dict[str, NodeKeys]) -> None:
+    gpubox, devbox = fleet["gpubox"], fleet["devbox"]
+    result = sign_result(gpubox, a_result(), LANE)
+    wire = json.loads(json.dumps(result.to_json()))
+    assert (wire["kind"], wire["from"], wire["to"]) == ("result", "devbox", "gpubox")
+    assert verify_result(devbox, wire, LANE) == result
+    lane_fields = {"schema", "kind", "from", "to", "answered_by", "kid", "sig"}
+    assert set(RESULT_CHANGES) | lane_fields == set(wire)
+    for field, value in RESULT_CHANGES.items():
         assert wire[field] != value
-        assert rejection(verify_result, ring, dict(wire, **{field: value})) == "bad_signature", (
-            field
-        )
+        changed = dict(wire, **{field: value})
+        assert rejection(verify_result, devbox, changed, LANE) == "bad_signature", field
 
 
-def test_v2_signature(ring: Keyring) -> None:
-    secret = ring.get("k1").secret
+def test_a_receivers_key_signs_results_for_its_own_lanes_only(
+    fleet: dict[str, NodeKeys], tmp_path: Path
+) -> None:
+    gpubox, devbox = fleet["gpubox"], fleet["devbox"]
+    wire = sign_result(gpubox, a_result(), LANE).to_json()
+    # Found in another lane's done/: refused, whoever moved it there.
+    assert rejection(verify_result, devbox, wire, Ends("devbox", "c")) == "wrong_lane"
+    assert rejection(verify_result, devbox, wire, Ends("c", "gpubox")) == "wrong_lane"
+    # Its signer will not sign for a lane into another node, nor as another answerer.
+    with pytest.raises(UsageError, match="signs only as itself"):
+        sign_result(gpubox, a_result(answered_by="c"), Ends("devbox", "c"))
+    with pytest.raises(UsageError, match="answered by gpubox"):
+        sign_result(gpubox, a_result(answered_by="c"), LANE)
+    # By hand, gpubox's key on a result for devbox-to-c: checked against c's pin.
+    key = private_of(tmp_path, "gpubox")
+    body = a_result(answered_by="c").for_lane("devbox", "c").body()
+    forged = signed(key, {**body, "kid": kid_of(key)})
+    assert rejection(verify_result, devbox, forged, Ends("devbox", "c")) == "unknown_key"
+    # A result whose answerer is not its lane's receiver is refused before any key.
+    odd = signed(key, {**a_result(answered_by="c").for_lane(*"ab").body(), "kid": kid_of(key)})
+    odd.update({"from": "devbox", "to": "gpubox"})
+    assert rejection(verify_result, devbox, odd, LANE) == "wrong_lane"
+    # The sender's own key cannot sign a result it would accept from gpubox.
+    tx = private_of(tmp_path, "devbox")
+    self_made = signed(tx, {**a_result().for_lane("devbox", "gpubox").body(), "kid": kid_of(tx)})
+    assert rejection(verify_result, devbox, self_made, LANE) == "unknown_key"
+
+
+def test_cancels_verify_against_their_senders_key(fleet: dict[str, NodeKeys]) -> None:
+    body = {
+        "schema": 4,
+        "kind": "cancel",
+        "id": str(uuid.uuid4()),
+        "from": "devbox",
+        "to": "gpubox",
+        "created": rfc3339(now_utc()),
+    }
+    request = sign_object(fleet["devbox"], body)
+    verify_cancel(fleet["gpubox"], request)
+    assert rejection(verify_cancel, fleet["gpubox"], dict(request, id=str(uuid.uuid4()))) == (
+        "bad_signature"
+    )
+    with pytest.raises(UsageError, match="signs only as itself"):
+        sign_object(fleet["gpubox"], body)
+    # A task's signature is not a cancel's, even with the same fields.
+    assert rejection(verify_cancel, fleet["gpubox"], dict(request, kind="task")) == "wrong_kind"
+
+
+def test_rotation_old_key_verifies_until_removed(
+    fleet: dict[str, NodeKeys], tmp_path: Path
+) -> None:
+    before = sign_envelope(fleet["devbox"], an_envelope()).to_json()
+    new = write_private(tmp_path / "devbox" / "keys", "devbox", replace=True)
+    Pins(tmp_path / "gpubox" / "peers").add(new.public, "test: rotation")
+    rotated = NodeKeys(make_cfg(tmp_path, "devbox"))
+    after = sign_envelope(rotated, an_envelope()).to_json()
+    assert after["kid"] == new.public.kid != before["kid"]
+    receiver = NodeKeys(make_cfg(tmp_path))
+    verify_envelope(receiver, before)
+    verify_envelope(receiver, after)
+    Pins(tmp_path / "gpubox" / "peers").remove("devbox", before["kid"])
+    receiver = NodeKeys(make_cfg(tmp_path))
+    assert rejection(verify_envelope, receiver, before) == "unknown_key"
+    verify_envelope(receiver, after)
+
+
+# -- schema 3 (a shared HMAC key), during a migration only ---------------------------------
+
+
+def v3_envelope(secret: bytes) -> dict[str, Any]:
+    body = {k: v for k, v in an_envelope().body().items() if k != "kind"}
+    return hmac_signed(secret, {**body, "schema": 3, "kid": "k1"})
+
+
+def test_schema3_is_refused_unless_the_migration_knob_is_on(tmp_path: Path) -> None:
+    secret = new_secret()
+    write_key(tmp_path / "gpubox" / "keys", secret, "k1")
+    wire = v3_envelope(secret)
+    off = NodeKeys(make_cfg(tmp_path))
+    assert rejection(verify_envelope, off, wire) == "schema3_disabled"
+    on = NodeKeys(make_cfg(tmp_path, accept_v3=True))
+    assert verify_envelope(on, wire).schema == 3
+    assert rejection(verify_envelope, on, dict(wire, request="x")) == "bad_signature"
+    assert rejection(verify_envelope, on, dict(wire, kid="k2")) == "unknown_key"
+    # Results and cancels alike.
+    result = {k: v for k, v in a_result().body().items() if k not in ("kind", "from", "to")}
+    result = hmac_signed(secret, {**result, "schema": 3, "kid": "k1"})
+    assert rejection(verify_result, off, result, LANE) == "schema3_disabled"
+    assert verify_result(on, result, LANE).schema == 3
+    assert result["hmac"] == mac(secret, result)
+
+
+def test_v2_signature(tmp_path: Path) -> None:
+    secret = new_secret()
+    write_key(tmp_path / "gpubox" / "keys", secret, "k1")
+    ring = Keyring.load(make_cfg(tmp_path))
     fields = {
         "id": str(uuid.uuid4()),
         "from": "devbox",
@@ -235,10 +391,10 @@ def test_v2_signature(ring: Keyring) -> None:
     assert rejection(verify_v2, ring, parse_v2(dict(obj, request="new style"))) == "bad_signature"
 
 
-# -- the key ring --------------------------------------------------------------------------
+# -- the HMAC ring of schemas 2 and 3 --------------------------------------------------------
 
 
-def test_key_files_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
+def test_hmac_key_files_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
     key = write_key(tmp_path / "keys", new_secret())
     assert key.kid == fingerprint(key.secret)
     assert os.stat(key.path).st_mode & 0o777 == 0o600
@@ -249,56 +405,30 @@ def test_key_files_are_written_0600_and_never_overwritten(tmp_path: Path) -> Non
         write_key(tmp_path / "keys", new_secret(), "../evil")
 
 
-def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+def test_hmac_key_readable_by_others_short_or_symlinked_is_refused(tmp_path: Path) -> None:
+    cfg = replace(make_cfg(tmp_path), key_dir=tmp_path / "keys")
     key = write_key(tmp_path / "keys", new_secret(), "k1")
     os.chmod(key.path, 0o644)
     with pytest.raises(ConfigError, match=r"mode 0644.*chmod 600"):
-        Keyring.load(make_cfg(tmp_path))
-
-
-def test_short_key_and_symlinked_key_are_refused(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    fd = os.open(keys / "short.key", os.O_WRONLY | os.O_CREAT, 0o600)
+        Keyring.load(cfg)
+    os.unlink(key.path)
+    fd = os.open(tmp_path / "keys" / "short.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, b"tooshort\n")
     os.close(fd)
     with pytest.raises(ConfigError, match="shorter than 32 bytes"):
-        Keyring.load(make_cfg(tmp_path))
-    os.unlink(keys / "short.key")
+        Keyring.load(cfg)
+    os.unlink(tmp_path / "keys" / "short.key")
     real = write_key(tmp_path / "elsewhere", new_secret(), "real")
-    os.symlink(real.path, keys / "link.key")
+    os.symlink(real.path, tmp_path / "keys" / "link.key")
     with pytest.raises((ConfigError, OSError)):
-        Keyring.load(make_cfg(tmp_path))
+        Keyring.load(cfg)
 
 
-def test_empty_ring_is_an_error_when_required(tmp_path: Path) -> None:
-    (tmp_path / "keys").mkdir()
-    with pytest.raises(ConfigError, match="dispatch keys new"):
-        Keyring.load(make_cfg(tmp_path))
-    assert Keyring.load(make_cfg(tmp_path), required=False).keys == ()
-
-
-def test_newest_key_signs_and_older_keys_still_verify(tmp_path: Path) -> None:
-    old = write_key(tmp_path / "keys", new_secret(), "old")
-    os.utime(old.path, (1_000_000, 1_000_000))
-    old_ring = Keyring.load(make_cfg(tmp_path))
-    signed_before = sign_envelope(old_ring, an_envelope())
-    write_key(tmp_path / "keys", new_secret(), "new")
-    ring = Keyring.load(make_cfg(tmp_path))
-    assert ring.signing_key().kid == "new"
-    assert sign_envelope(ring, an_envelope()).kid == "new"
-    assert verify_envelope(ring, signed_before.to_json()) == signed_before
-    pinned = Keyring.load(make_cfg(tmp_path, key_id="old"))
-    assert pinned.signing_key().kid == "old"
-    with pytest.raises(ConfigError, match="names no key"):
-        Keyring.load(make_cfg(tmp_path, key_id="gone"))
-
-
-def test_share_key_is_a_fallback_with_a_warning(
+def test_share_hmac_key_is_a_fallback_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = make_cfg(tmp_path)
-    (tmp_path / "keys").mkdir()  # empty ring
+    cfg = make_cfg(tmp_path, accept_v2=True)
+    cfg.key_dir.mkdir(parents=True)  # empty ring
     (cfg.root / "logs").mkdir(parents=True)
     legacy = cfg.root / "keys" / "hmac.key"
     legacy.parent.mkdir()
@@ -306,20 +436,18 @@ def test_share_key_is_a_fallback_with_a_warning(
     fd = os.open(legacy, os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, secret + b"\n")
     os.close(fd)
-    node = Node(cfg)
-    ring = node.keys
-    assert ring.fallback is True
-    assert [k.secret for k in ring] == [secret]
-    assert ring.signing_key().kid == fingerprint(secret)
+    ring = Node(cfg).keys.legacy
+    assert ring.fallback is True and [k.secret for k in ring] == [secret]
     assert "key_fallback" in capsys.readouterr().err
     audit = (cfg.root / "logs" / "gpubox.jsonl").read_text()
     assert '"event": "key_fallback"' in audit
-    # Readable by others: refused even there.
+    # Without a migration knob the share's key is not even read.
+    _ = Node(replace(cfg, accept_v2=False)).keys
+    assert "key_fallback" not in capsys.readouterr().err
     os.chmod(legacy, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         Keyring.load(cfg)
     os.chmod(legacy, 0o600)
-    # With a key of its own, the node ignores the share's key.
-    write_key(tmp_path / "keys", new_secret(), "own")
+    write_key(cfg.key_dir, new_secret(), "own")
     ring = Keyring.load(cfg)
     assert ring.fallback is False and [k.kid for k in ring] == ["own"]

@@ -33,8 +33,9 @@ from tests.unit.helpers import (
     drain,
     env_for,
     lane_in,
-    mac,
-    shared_key,
+    node_key,
+    sender_key,
+    verifies,
     wait_for,
 )
 
@@ -213,7 +214,8 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
 
 
 def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) -> None:
-    kid, secret = shared_key(pair)
+    kid, _ = sender_key(pair)
+    rx_kid, rx_private = node_key(pair.receiver)
     transcript: list[str] = []
 
     reports: list[tuple[float, float | None, str | None]] = []
@@ -265,7 +267,7 @@ def test_send_with_wait_returns_the_verified_result(pair: Pair, tmp_path: Path) 
                 in (result["final_text"])
             )
             # The signature is the receiver's, over every field: checked here independently.
-            assert result["kid"] == kid and result["hmac"] == mac(secret, result)
+            assert result["kid"] == rx_kid and verifies(rx_private, result)
 
             again = await call(client, "dispatch_result", {"id": out["id"]})
             assert again == {

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from dispatch.core.signing import Keyring
 from dispatch.core.spool import Lane
 from dispatch.core.wire import new_id
 from dispatch.ops.audit import AuditReport, audit
@@ -22,7 +21,7 @@ from tests.unit.helpers import cli, drain, drop, envelope, lane_in
 def run_audit(pair: Pair, *, settled: bool = True, verify: bool = True) -> AuditReport:
     node = pair.receiver.node()
     pair.agent_log.touch()
-    ring = Keyring.load(node.cfg) if verify else None
+    ring = node.keys if verify else None
     return audit(
         pair.root,
         state_dirs=[node.cfg.state_dir],
@@ -144,7 +143,9 @@ def test_several_results(pair: Pair) -> None:
     (task_id,) = finished_tasks(pair, 1)
     other = Lane(pair.root, "gpubox", "devbox")
     shutil.copy(result_path(pair, task_id), other.result_path(task_id))
-    assert kinds(run_audit(pair)) == ["several_results"]
+    # The copy is also refused where it lies: a result's signature binds it to its lane.
+    assert kinds(run_audit(pair)) == ["several_results", "unverified_result"]
+    assert kinds(run_audit(pair, verify=False)) == ["several_results"]
 
 
 def test_terminal_conflict(pair: Pair) -> None:
@@ -187,9 +188,7 @@ def test_ran_unadmitted(pair: Pair) -> None:
     assert kinds(report) == ["ran_unadmitted", "ran_unadmitted"]
     assert {v.task_id for v in report.violations} == {refused["id"], stranger}
     # Without node state, the signed result and the lanes still tell.
-    report = audit(
-        pair.root, agent_logs=[pair.agent_log], ring=Keyring.load(pair.receiver.node().cfg)
-    )
+    report = audit(pair.root, agent_logs=[pair.agent_log], ring=pair.receiver.node().keys)
     assert {v.task_id for v in report.violations} == {refused["id"], stranger}
     assert kinds(report) == ["ran_unadmitted", "ran_unadmitted"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from dispatch.core.wire import now_utc, rfc3339
 from tests.conftest import Pair
-from tests.unit.helpers import cli, configure, drain, lane_in, shared_key, signed
+from tests.unit.helpers import cli, configure, drain, lane_in, node_key, signed
 
 
 def _send(pair: Pair, request: str) -> str:
@@ -73,14 +73,17 @@ def test_a_result_that_does_not_verify_is_kept_unless_forced(pair: Pair) -> None
 
 
 def _old_result(pair: Pair, days: float) -> str:
-    """A signed result answered `days` ago, in devbox's outgoing lane."""
-    kid, secret = shared_key(pair)
+    """A result gpubox signed `days` ago, in devbox's outgoing lane."""
+    kid, private = node_key(pair.receiver)
     task_id = _send(pair, f"from {days} days ago")
     lane = lane_in(pair)
     (lane.inbox / f"{task_id}.json").unlink()
     when = rfc3339(now_utc() - timedelta(days=days))
     body = {
-        "schema": 3,
+        "schema": 4,
+        "kind": "result",
+        "from": "devbox",
+        "to": "gpubox",
         "id": task_id,
         "answered_by": "gpubox",
         "answered_at": when,
@@ -99,7 +102,7 @@ def _old_result(pair: Pair, days: float) -> str:
         "reason": "",
         "kid": kid,
     }
-    lane.result_path(task_id).write_text(json.dumps(signed(secret, body)))
+    lane.result_path(task_id).write_text(json.dumps(signed(private, body)))
     return task_id
 
 

@@ -23,7 +23,7 @@ def test_demo_json_and_keep() -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["status"] == "ok" and result["answered_by"] == "gpubox"
-    assert len(result["hmac"]) == 64
+    assert len(result["sig"]) == 128
     kept = re.search(
         r"send  devbox -> gpubox: task \S+ signed with \S+, dropped in (\S+)", proc.stderr
     )

@@ -52,21 +52,33 @@ def write_beat(pair: Pair, *, unix: float, mtime: float | None = None, **fields:
 def test_a_healthy_node_passes_every_check(pair: Pair) -> None:
     healthy(pair)
     found = checks(pair)
-    assert list(found) == ["config", "key", "root", "filesystem", "peer devbox", "killswitch"]
+    assert list(found) == [
+        "config",
+        "key",
+        "root",
+        "filesystem",
+        "peer devbox",
+        "peer-key devbox",
+        "killswitch",
+    ]
     assert all(c.ok and not c.hint for c in found.values()), found
     assert "node gpubox, peers devbox" in found["config"].detail
-    assert "mode 0600" in found["key"].detail
+    assert "mode 0600" in found["key"].detail and "SHA256:" in found["key"].detail
+    assert (
+        "pinned" in found["peer-key devbox"].detail
+        and "from test:" in found["peer-key devbox"].detail
+    )
     assert "reachable and writable" in found["root"].detail
     assert found["peer devbox"].detail.startswith("heartbeat 0s ago, skew ")
 
     proc = cli(pair.receiver, "doctor")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 6 and all(line.startswith("pass  ") for line in lines), lines
+    assert len(lines) == 7 and all(line.startswith("pass  ") for line in lines), lines
     assert "\x1b[" not in proc.stdout  # no colour when not on a terminal
 
     out = json.loads(cli(pair.receiver, "doctor", "--json").stdout)
-    assert [set(c) for c in out] == [{"check", "ok", "detail", "hint"}] * 6
+    assert [set(c) for c in out] == [{"check", "ok", "detail", "hint"}] * 7
     assert [c["check"] for c in out] == list(found)
 
 
@@ -82,7 +94,7 @@ def test_invalid_config_is_one_failed_check(pair: Pair) -> None:
 
 def test_a_key_readable_by_others_is_refused(pair: Pair) -> None:
     healthy(pair)
-    [key] = (pair.receiver.home / "keys").glob("*.key")
+    key = pair.receiver.home / "keys" / "gpubox.ed25519"
     key.chmod(0o644)
     found = checks(pair)
     assert not found["key"].ok
@@ -100,16 +112,37 @@ def test_no_key_at_all(pair: Pair) -> None:
     assert "dispatch keys new" in found["key"].hint
 
 
-def test_the_shares_fallback_key_fails_with_a_hint(pair: Pair) -> None:
+def a_public_line(node: str) -> str:
+    from dispatch.core.keys import PublicKey
+
+    return PublicKey(node, os.urandom(32)).line()
+
+
+def test_a_published_key_that_differs_from_the_pin_is_refused_and_reported(pair: Pair) -> None:
     healthy(pair)
-    [key] = (pair.receiver.home / "keys").glob("*.key")
-    legacy = pair.root / "keys" / "hmac.key"
-    legacy.parent.mkdir()
-    shutil.move(str(key), legacy)
+    pinned = (pair.receiver.home / "peers" / "devbox.pub").read_text()
+    (pair.root / "nodes" / "devbox.pub").write_text(a_public_line("devbox") + "\n")
     found = checks(pair)
-    assert not found["key"].ok
-    assert "only the share's" in found["key"].detail and str(legacy) in found["key"].detail
-    assert found["key"].hint.startswith(f"dispatch keys import {legacy}")
+    peer = found["peer-key devbox"]
+    assert not peer.ok and "is not the one pinned here" in peer.detail and "refused" in peer.detail
+    assert "compare fingerprints" in peer.hint
+    # Reported, never adopted: the pin is what it was.
+    assert (pair.receiver.home / "peers" / "devbox.pub").read_text() == pinned
+    # The same for this node's own key, published by someone else.
+    (pair.root / "nodes" / "gpubox.pub").write_text(a_public_line("gpubox") + "\n")
+    own = checks(pair)["key"]
+    assert not own.ok and "the share publishes another key as gpubox's" in own.detail
+    assert "dispatch keys publish" in own.hint
+    proc = cli(pair.receiver, "doctor")
+    assert proc.returncode == 1 and "FAIL  peer-key devbox" in proc.stdout
+
+
+def test_a_peer_without_a_pinned_key(pair: Pair) -> None:
+    healthy(pair)
+    (pair.receiver.home / "peers" / "devbox.pub").unlink()
+    peer = checks(pair)["peer-key devbox"]
+    assert not peer.ok and "no key pinned for devbox" in peer.detail
+    assert peer.hint.startswith("dispatch peers add devbox KEYFILE")
 
 
 def test_missing_lanes(pair: Pair) -> None:
@@ -159,8 +192,8 @@ def test_a_stale_heartbeat(pair: Pair) -> None:
 def test_a_peer_signing_with_a_key_this_host_lacks(pair: Pair) -> None:
     write_beat(pair, unix=time.time(), kid="kdeadbeef0000")
     peer = checks(pair)["peer devbox"]
-    assert not peer.ok and "signs with key kdeadbeef0000" in peer.detail
-    assert "dispatch keys import" in peer.hint
+    assert not peer.ok and "signs with key kdeadbeef0000, which is not pinned" in peer.detail
+    assert "dispatch peers add devbox" in peer.hint
 
 
 SYNTHETIC = """\

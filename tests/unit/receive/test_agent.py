@@ -32,7 +32,7 @@ def an_envelope(request: str = "fix the build", dangerous: bool = False) -> Enve
         parent=None,
         hops=0,
         kid="k",
-        hmac="0" * 64,
+        sig="0" * 128,
     )
 
 

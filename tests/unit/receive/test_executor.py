@@ -76,9 +76,11 @@ def test_ok_run_records_everything(pair: Pair) -> None:
     assert '"type": "result"' in log and "status=ok" in log
     assert res.output_bytes == len(res.output_tail.encode())
     published = result_json(lane, obj["id"])
-    assert {k: v for k, v in published.items() if k not in ("kid", "hmac")} == {
-        k: v for k, v in res.to_json().items() if k not in ("kid", "hmac")
+    signed_for = ("kid", "sig", "from", "to")  # added when it is signed for its lane
+    assert {k: v for k, v in published.items() if k not in signed_for} == {
+        k: v for k, v in res.to_json().items() if k not in signed_for
     }
+    assert (published["kind"], published["from"], published["to"]) == ("result", "devbox", "gpubox")
     assert results.get(pair.sender.node(), obj["id"]).status is Status.OK  # verifies
     assert not (lane.processing / f"{obj['id']}.json").exists()
     entry = pair.receiver.node().state.entry(obj["id"])

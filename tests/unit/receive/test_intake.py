@@ -14,7 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dispatch.core.keys import Pins, PublicKey
 from dispatch.core.model import Stage, Status
 from dispatch.core.wire import new_id, now_utc, rfc3339
 from dispatch.send import results
@@ -28,12 +31,15 @@ from tests.unit.helpers import (
     drop,
     env_for,
     envelope,
+    kid_of,
     lane_in,
+    legacy_hmac_key,
+    node_key,
     promote_once,
     reason_of,
     result_json,
-    shared_key,
     sign_v2,
+    signed,
 )
 
 
@@ -213,14 +219,45 @@ def test_name_mismatch(pair: Pair) -> None:
     ("from_", "to"), [("gpubox", "devbox"), ("third", "gpubox"), ("devbox", "third")]
 )
 def test_wrong_lane(pair: Pair, from_: str, to: str) -> None:
+    """A genuine task (signed by its sender, whose key this node pins) in a lane that is
+    not its own."""
     sides: dict[str, Any] = {"from": from_, "to": to}
     obj = envelope(pair, **sides)
+    if from_ == "third":
+        third = Ed25519PrivateKey.generate()
+        Pins(pair.receiver.home / "peers").add(PublicKey("third", raw_public(third)), "test")
+        obj = signed(third, {**envelope(pair, sign=False, **sides), "kid": kid_of(third)})
     lane = lane_in(pair)
     drop(lane, obj)
     promote_once(pair.receiver.node())
     assert_rejected(lane, f"{obj['id']}.json", "wrong_lane")
     assert not lane.result_path(obj["id"]).exists()
     assert pair.agent_runs() == []
+
+
+def test_a_node_cannot_send_as_a_third(pair: Pair) -> None:
+    """devbox's own key, signing a task as `third` (pinned here), in third's lane: refused
+    (the key is not third's), and nothing is answered or run."""
+    third = Ed25519PrivateKey.generate()
+    Pins(pair.receiver.home / "peers").add(PublicKey("third", raw_public(third)), "test")
+    kid, devbox = node_key(pair.sender)
+    rx = pair.receiver.node(DISPATCH_PEERS="devbox,third")
+    rx.spool.ensure(rx.cfg)
+    lane = rx.spool.lane("third", "gpubox")
+    for claimed in (kid, kid_of(third)):
+        obj = signed(devbox, {**envelope(pair, sign=False, **{"from": "third"}), "kid": claimed})
+        drop(lane, obj)
+        promote_once(pair.receiver.node(DISPATCH_PEERS="devbox,third"))
+        reason = "unknown_key" if claimed == kid else "bad_signature"
+        assert_rejected(lane, f"{obj['id']}.json", reason)
+        assert not lane.result_path(obj["id"]).exists()
+    assert pair.agent_runs() == []
+
+
+def raw_public(private: Ed25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
 
 
 def test_symlink_to_a_valid_envelope_outside(pair: Pair) -> None:
@@ -317,7 +354,7 @@ def test_nul_in_a_signed_request_is_refused_before_it_reaches_argv(pair: Pair) -
 
 
 def test_schema2_disabled(pair: Pair) -> None:
-    _, secret = shared_key(pair)
+    _, secret = legacy_hmac_key(pair)
     fields = {
         "id": new_id(),
         "from": "devbox",

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from dispatch.core.spool import clear_killswitch, set_killswitch
 from dispatch.core.wire import canonical, new_id, now_utc, rfc3339
 from dispatch.send import task as sender
@@ -24,13 +26,15 @@ from tests.unit.helpers import (
     drain,
     env_for,
     lane_in,
+    node_key,
     pgid_alive,
     promote_once,
     reason_of,
     result_json,
     runs_of,
-    shared_key,
+    sender_key,
     signed,
+    verifies,
     wait_for,
 )
 
@@ -65,9 +69,9 @@ def test_cancel_a_queued_task_it_never_runs(pair: Pair) -> None:
     }
     # The request is signed by the sender, over every field.
     request = json.loads((lane.cancel / f"{task_id}.json").read_text())
-    kid, secret = shared_key(pair)
+    kid, private = sender_key(pair)
     assert request["kind"] == "cancel" and request["kid"] == kid
-    assert request == signed(secret, request)
+    assert request["schema"] == 4 and verifies(private, request)
 
     promote_once(pair.receiver.node())  # the killswitch still holds: cancel works anyway
     result = result_json(lane, task_id)
@@ -168,10 +172,11 @@ def _plant_cancel(pair: Pair, task_id: str, obj: dict[str, Any]) -> Path:
 def test_forged_or_unsigned_cancel_is_refused_with_a_reason(pair: Pair) -> None:
     set_killswitch(pair.receiver.node().spool, hard=False, reason="holding")
     forged_id, unsigned_id = send(pair, "keep me"), send(pair, "keep me too")
+    by_rx_id = send(pair, "and me")
     promote_once(pair.receiver.node())
-    kid, _ = shared_key(pair)
+    kid, _ = sender_key(pair)
     body = {
-        "schema": 3,
+        "schema": 4,
         "kind": "cancel",
         "id": forged_id,
         "from": "devbox",
@@ -179,16 +184,21 @@ def test_forged_or_unsigned_cancel_is_refused_with_a_reason(pair: Pair) -> None:
         "created": rfc3339(now_utc()),
         "kid": kid,
     }
-    forged = signed(b"not the shared key at all, 32 bytes+", body)
+    forged = signed(Ed25519PrivateKey.generate(), body)  # devbox's key id, another key
     _plant_cancel(pair, forged_id, forged)
-    _plant_cancel(pair, unsigned_id, {**body, "id": unsigned_id})  # no hmac at all
+    _plant_cancel(pair, unsigned_id, {**body, "id": unsigned_id})  # no signature at all
+    # The receiver's own key cannot speak for the sender either.
+    rx_kid, rx_private = node_key(pair.receiver)
+    as_devbox = signed(rx_private, {**body, "id": by_rx_id, "kid": rx_kid})
+    _plant_cancel(pair, by_rx_id, as_devbox)
     promote_once(pair.receiver.node())
 
     lane = lane_in(pair)
     assert reason_of(lane, f"{forged_id}.cancel.json")["reason"] == "bad_signature"
     assert reason_of(lane, f"{unsigned_id}.cancel.json")["reason"] == "malformed"
+    assert reason_of(lane, f"{by_rx_id}.cancel.json")["reason"] == "unknown_key"
     assert os.listdir(lane.cancel) == []
-    for task_id in (forged_id, unsigned_id):
+    for task_id in (forged_id, unsigned_id, by_rx_id):
         assert (lane.processing / f"{task_id}.json").exists()  # still queued
         assert not lane.result_path(task_id).exists()
         # The refused request is not the task: the sender's wait still waits (exit 4),
@@ -197,7 +207,7 @@ def test_forged_or_unsigned_cancel_is_refused_with_a_reason(pair: Pair) -> None:
         assert wait.returncode == 4, wait.stderr
     clear_killswitch(pair.receiver.node().spool)
     drain(pair.receiver.node())
-    for task_id in (forged_id, unsigned_id):
+    for task_id in (forged_id, unsigned_id, by_rx_id):
         assert result_json(lane, task_id)["status"] == "ok"
 
 
@@ -205,15 +215,15 @@ def test_a_cancel_request_for_another_lane_is_refused(pair: Pair) -> None:
     set_killswitch(pair.receiver.node().spool, hard=False, reason="holding")
     task_id = send(pair, "keep me")
     promote_once(pair.receiver.node())
-    kid, secret = shared_key(pair)
+    kid, private = sender_key(pair)
     # Validly signed, but it claims another lane than the one it sits in.
     _plant_cancel(
         pair,
         task_id,
         signed(
-            secret,
+            private,
             {
-                "schema": 3,
+                "schema": 4,
                 "kind": "cancel",
                 "id": task_id,
                 "from": "gpubox",
@@ -260,14 +270,14 @@ def test_a_stale_cancel_request_is_refused(pair: Pair) -> None:
     set_killswitch(pair.receiver.node().spool, hard=False, reason="holding")
     task_id = send(pair, "keep me")
     promote_once(pair.receiver.node())
-    kid, secret = shared_key(pair)
+    kid, private = sender_key(pair)
     _plant_cancel(
         pair,
         task_id,
         signed(
-            secret,
+            private,
             {
-                "schema": 3,
+                "schema": 4,
                 "kind": "cancel",
                 "id": task_id,
                 "from": "devbox",

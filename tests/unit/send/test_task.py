@@ -22,7 +22,7 @@ from tests.unit.helpers import cli, configure, drop, envelope, lane_in, promote_
 def test_build_uses_node_defaults_and_signs(pair: Pair) -> None:
     tx = pair.sender.node()
     env = sender.build(tx, to="gpubox", request="compile")
-    assert (env.from_, env.to, env.schema) == ("devbox", "gpubox", 3)
+    assert (env.from_, env.to, env.schema) == ("devbox", "gpubox", 4)
     assert env.timeout_s == 600 and env.max_output_bytes == 2_000_000
     assert env.priority is Priority.NORMAL and env.callback is Callback.FILE
     assert env.parent is None and env.hops == 0
