@@ -322,6 +322,12 @@ def _follow(
         stop.close()
         reader.close()
     rest = log.close()
+    if job is None or job.terminal:
+        # The capped output is in the share log (or goes with the result): the job's files
+        # would only pile up in DISPATCH_SLURM_DIR, the prompt with them.
+        for path in backend.spool_paths(node.cfg, task_id):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
     done = output.outcome(status, exit_code, reason, rest)
     return dataclasses.replace(done, unit=f"slurm:{job_id}")
 
