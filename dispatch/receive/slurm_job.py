@@ -51,6 +51,7 @@ from dispatch.receive.supervise import (
     _stopped,
     agent_env,
     log_header,
+    stalled_outcome,
 )
 
 POLL_S = 1.0  # one scontrol call per running job per second
@@ -259,12 +260,20 @@ def _follow(
     next_poll = 0.0
     tail = bytearray()
     reader = _FileTail(out, already_logged, output)
+    stall_s = node.cfg.stall_s
+    stalled = False
+    # The stall guard's clock: from the job's start (a pending job is silent by nature),
+    # then from its latest output.
+    last_output: float | None = None
     try:
         while True:
-            tail += reader.read()
+            chunk = reader.read()
+            tail += chunk
             del tail[:-TAIL_BYTES]
             log.flush()
             now = time.monotonic()
+            if chunk and last_output is not None:
+                last_output = now
             if now >= next_poll:
                 # Asked before any deadline or stop is acted on: a job that ended while no
                 # executor watched (a restart) is concluded from how it ended.
@@ -279,8 +288,12 @@ def _follow(
                         break
                     if job.terminal:
                         break
-            if not (timed_out or stop.signum) and now >= deadline:
+                    if last_output is None and job.state != "PENDING":
+                        last_output = now
+            if not (timed_out or stalled or stop.signum) and now >= deadline:
                 timed_out = True
+            if stall_s and last_output is not None and not (timed_out or stalled or stop.signum):
+                stalled = now - last_output >= stall_s
             if stop.signum and cancel_at is None and _host_stopping():
                 # A gateway shutting down must not take the job with it: leave the marker
                 # and the job; the executor after the reboot follows it (follow_again).
@@ -293,7 +306,9 @@ def _follow(
                 )
                 log.close()
                 return None
-            wanted = timed_out or stop.signum or node.state.cancel_reason(task_id) is not None
+            wanted = (
+                timed_out or stalled or stop.signum or node.state.cancel_reason(task_id) is not None
+            )
             # scancel again every 10 s until Slurm reports the end (a lost request).
             if wanted and (cancel_at is None or now - last_cancel > 10):
                 try:
@@ -311,9 +326,12 @@ def _follow(
                 os.read(stop.read_fd, 512)
         tail += reader.drain()
         del tail[:-TAIL_BYTES]
-        status, exit_code, reason = _classify(
-            node, task_id, job, known, timed_out, stop.signum, envelope, bytes(tail), began
-        )
+        if stalled and (job is None or not job.terminal or job.state == "CANCELLED"):
+            status, exit_code, reason = stalled_outcome(stall_s, output.reader.output_tail())
+        else:
+            status, exit_code, reason = _classify(
+                node, task_id, job, known, timed_out, stop.signum, envelope, bytes(tail), began
+            )
         log.write(
             f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
             f"{' reason=' + reason if reason else ''}\n".encode()

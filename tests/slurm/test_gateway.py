@@ -182,6 +182,20 @@ def test_deadline_cancels_the_job_and_ends_timeout(gateway: Gateway) -> None:
     assert len(runs_of(gateway.pair, task_id)) == 1
 
 
+def test_stall_guard_stops_a_silent_job(gateway: Gateway) -> None:
+    """DISPATCH_STALL_S counts from the job's start (pending is silent by nature), then from
+    its latest output: a silent agent is scancelled and the task ends `stalled`."""
+    configure(gateway.pair.receiver, DISPATCH_STALL_S=3)
+    task_id = gateway.send("quiet hang=60")
+    began = time.monotonic()
+    gateway.drain()
+    assert time.monotonic() - began < 30
+    result = gateway.result(task_id)
+    assert result["status"] == "stalled", result
+    assert "no output for 3s (DISPATCH_STALL_S)" in result["reason"]
+    assert gateway.job_state(task_id) == "CANCELLED"
+
+
 def test_output_is_capped_in_the_share_log(gateway: Gateway) -> None:
     proc = cli(
         gateway.pair.sender,
