@@ -91,11 +91,23 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="DISPATCH_DEBUG", help="Show tracebacks for errors.")
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colour in output: auto (on a terminal, unless NO_COLOR is set), always, never.",
+)
 @click.version_option(__version__, prog_name="dispatch")
 @click.pass_context
-def root(ctx: click.Context, debug: bool) -> None:
+def root(ctx: click.Context, debug: bool, color: str) -> None:
     """Signed, filesystem-mediated job dispatch between hosts, run by systemd."""
     ctx.obj = App(debug=debug)
+    # https://no-color.org: a non-empty NO_COLOR turns colour off unless asked for.
+    if color == "always":
+        ctx.color = True
+    elif color == "never" or os.environ.get("NO_COLOR"):
+        ctx.color = False
 
 
 def all_commands() -> dict[str, click.Command]:

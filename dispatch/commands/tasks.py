@@ -10,6 +10,7 @@ from dispatch.cli import App, pass_app
 from dispatch.commands.complete import complete_ids
 from dispatch.commands.output import await_result, print_json, show_result
 from dispatch.core import ids
+from dispatch.core.errors import ExitCode
 from dispatch.ops import overview
 from dispatch.send import results
 
@@ -22,12 +23,16 @@ def _task_id(app: App, text: str) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def status(app: App, as_json: bool) -> int:
-    """Lanes, executions, killswitch and peers of this node."""
+    """Lanes, executions, killswitch and peers of this node; exit 1 when the shared root
+    is unreachable (not mounted, or not answering), which it says."""
     data = overview.overview(app.node())
     if as_json:
         print_json(data)
-        return 0
-    _print_status(data)
+    else:
+        _print_status(data)
+    if data["root_problem"]:
+        click.echo(f"dispatch: the shared root is unreachable: {data['root_problem']}", err=True)
+        return ExitCode.TASK_FAILED
     return 0
 
 

@@ -3,6 +3,7 @@ environment. Every value is checked at once, so an operator sees every problem i
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -138,9 +139,16 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected a boolean (1/0, yes/no), got {text!r}")
 
 
+def _whole(text: str, shape: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number {shape} (no unit), got {text!r}") from None
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = int(text.strip())
+        value = _whole(text, f"of at least {minimum}")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
@@ -150,7 +158,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = int(text.strip())
+        value = _whole(text, f"from {low} to {high}")
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}, got {value}")
         return value
@@ -159,7 +167,12 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text.strip())
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"must be a number of seconds such as 3 or 0.5 (no unit), got {text!r}"
+        ) from None
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"must be a positive number, got {text!r}")
     return value
@@ -350,7 +363,9 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
         try:
             for key, value in parse_env_file(path).items():
                 if key not in KNOBS and key not in OTHER_KNOBS:
-                    problems.append(f"{key}: unknown setting ({path})")
+                    close = difflib.get_close_matches(key, [*KNOBS, *OTHER_KNOBS], n=1, cutoff=0.8)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    problems.append(f"{key}: unknown setting ({path}){hint}")
                 raw[key] = (value, str(path))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc

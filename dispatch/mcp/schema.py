@@ -137,6 +137,7 @@ class StatusOut(TypedDict):
     executions: list[ExecutionOut]
     peers: list[PeerOut]
     faults: list[FaultOut]
+    root_problem: str | None
 
 
 class CancelOut(TypedDict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,7 +198,30 @@ def overview(node: Node) -> dict[str, Any]:
         "executions": executions(node),
         "peers": peers(node),
         "faults": faults(node),
+        "root_problem": root_problem(node),
     }
+
+
+def root_problem(node: Node) -> str | None:
+    """Why the shared root cannot be used from here, or None: a share that is not mounted
+    (an empty mount point, or no such directory) or does not answer would otherwise show as
+    a node with nothing to do."""
+    root = node.cfg.root
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return f"{root} is not a directory"
+    except OSError as exc:
+        return f"{root}: {exc.strerror or exc} (is the share mounted?)"
+    for lane in node.spool.lanes_in(node.cfg) + node.spool.lanes_out(node.cfg):
+        try:
+            if not stat.S_ISDIR(os.lstat(lane.path).st_mode):
+                return f"lane {lane.path} is not a directory"
+        except OSError as exc:
+            return (
+                f"lane {lane.path}: {exc.strerror or exc} (is the share mounted? "
+                "`dispatch init` creates the lanes)"
+            )
+    return None
 
 
 def faults(node: Node) -> list[dict[str, Any]]:

@@ -80,8 +80,13 @@ def build(
     sender = from_ or node.name
     if not valid_node(to):
         raise UsageError(f"--to: not a valid node name: {to!r}")
-    if sender == to:
+    if sender == to and from_:
         raise UsageError("--from and --to must differ")
+    if sender == to:
+        raise UsageError(
+            f"--to {to} is this node itself (DISPATCH_NODE={sender}): a task goes to a peer "
+            f"({', '.join(node.cfg.peers) or 'none configured: set DISPATCH_PEERS'})"
+        )
     if sender == node.cfg.node and to not in node.cfg.peers:
         peers = ", ".join(node.cfg.peers) or "none configured"
         raise UsageError(f"unknown peer {to!r} (peers: {peers}; set DISPATCH_PEERS)")

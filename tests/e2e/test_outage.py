@@ -62,7 +62,10 @@ def test_file_server_dies_mid_run_and_returns(make_cluster: ClusterFactory) -> N
         assert refused.stderr.startswith("dispatch: ") and "Input/output error" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         # status fails closed: a killswitch it cannot read holds new executions.
-        status = json.loads(a.dispatch("status", "--json", timeout=30).stdout)
+        shown = a.dispatch("status", "--json", timeout=30, check=False)
+        assert shown.returncode == 1 and "the shared root is unreachable" in shown.stderr, shown
+        status = json.loads(shown.stdout)
+        assert status["root_problem"], status
         assert status["killswitch"]["on"], status
         assert "Input/output error" in status["killswitch"]["reason"], status
         # Both executions end while the share is down, and the timers fire a few times.

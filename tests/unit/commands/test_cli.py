@@ -166,6 +166,7 @@ def test_status_json_schema(pair: Pair) -> None:
         "executions",
         "peers",
         "faults",
+        "root_problem",
     }
     assert data["executions"] == []
     assert data["node"] == "gpubox" and data["root"] == str(pair.root)
@@ -357,3 +358,31 @@ def test_promote_and_exec_do_not_import_unrelated_commands() -> None:
     ).stdout
     assert "dispatch.commands.mcp" not in out and "dispatch.commands.demo" not in out
     assert "dispatch.commands.runtime" in out
+
+
+def test_status_with_the_root_unreachable_says_so_and_fails(pair: Pair, tmp_path: Path) -> None:
+    ok = cli(pair.sender, "status", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["root_problem"] is None
+    # The share not mounted: the root is missing, or an empty mount point.
+    gone = cli(pair.sender, "status", DISPATCH_ROOT=str(tmp_path / "not-mounted"))
+    assert gone.returncode == 1
+    assert (
+        "the shared root is unreachable" in gone.stderr and "is the share mounted?" in gone.stderr
+    )
+    empty = tmp_path / "empty-mountpoint"
+    empty.mkdir()
+    proc = cli(pair.sender, "status", "--json", DISPATCH_ROOT=str(empty))
+    assert proc.returncode == 1
+    problem = json.loads(proc.stdout)["root_problem"]
+    assert problem.startswith(f"lane {empty}/") and "dispatch init" in problem
+
+
+def test_colour_follows_color_and_no_color(pair: Pair) -> None:
+    red_or_green = re.compile(r"\x1b\[(3[12]|1)m")
+    assert not red_or_green.search(cli(pair.sender, "status").stdout)  # not a terminal
+    forced = cli(pair.sender, "--color=always", "status").stdout
+    assert red_or_green.search(forced) and "killswitch \x1b[32m" in forced
+    assert not red_or_green.search(cli(pair.sender, "--color=never", "status").stdout)
+    # NO_COLOR wins over the terminal check, not over an explicit --color=always.
+    assert not red_or_green.search(cli(pair.sender, "status", NO_COLOR="1").stdout)
+    assert red_or_green.search(cli(pair.sender, "--color=always", "status", NO_COLOR="1").stdout)

@@ -226,3 +226,32 @@ def test_render_round_trips_and_refuses_newlines(tmp_path: Path) -> None:
     assert config_mod.parse_env_file(path) == values
     with pytest.raises(ConfigError):
         config_mod.render({"DISPATCH_RUN_AS": "a\nDISPATCH_DANGEROUS=allow"})
+
+
+def test_a_mistyped_knob_gets_the_nearest_name(tmp_path: Path) -> None:
+    path = conf(tmp_path, "DISPATCH_ROOT=/srv\nDISPATCH_MAX_PARALEL=4\n")
+    assert (
+        f"DISPATCH_MAX_PARALEL: unknown setting ({path}); did you mean DISPATCH_MAX_PARALLEL?"
+        in problems(path)
+    )
+    path = conf(tmp_path, "DISPATCH_ROOT=/srv\nNOT_OURS_AT_ALL=4\n")
+    assert "did you mean" not in problems(path)
+
+
+def test_values_say_what_they_must_look_like(tmp_path: Path) -> None:
+    text = problems(
+        conf(tmp_path),
+        DISPATCH_ROOT="/r",
+        DISPATCH_POLL_SEC="3s",
+        DISPATCH_MAX_PARALLEL="two",
+        DISPATCH_STALL_S="10m",
+    )
+    assert (
+        "DISPATCH_POLL_SEC: must be a number of seconds such as 3 or 0.5 (no unit), got '3s'"
+        in text
+    )
+    assert (
+        "DISPATCH_MAX_PARALLEL: must be a whole number of at least 1 (no unit), got 'two'" in text
+    )
+    assert "DISPATCH_STALL_S: must be a whole number of at least 0 (no unit), got '10m'" in text
+    assert "could not convert" not in text and "invalid literal" not in text

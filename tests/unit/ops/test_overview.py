@@ -54,6 +54,7 @@ def test_status_json_schema_and_counts(pair: Pair) -> None:
         "executions",
         "peers",
         "faults",
+        "root_problem",
     }
     assert (data["node"], data["root"]) == ("gpubox", str(pair.root))
     assert data["killswitch"] == {"on": True, "hard": False, "reason": "upgrade"}

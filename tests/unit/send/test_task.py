@@ -57,7 +57,12 @@ def test_build_options(pair: Pair) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"to": "devbox"}, "must differ"),
+        (
+            {"to": "devbox"},
+            r"--to devbox is this node itself \(DISPATCH_NODE=devbox\): a task "
+            "goes to a peer \\(gpubox\\)",
+        ),
+        ({"to": "devbox", "from_": "devbox"}, "--from and --to must differ"),
         ({"to": "elsewhere"}, "unknown peer"),
         ({"to": "Not Valid"}, "not a valid node name"),
         ({"to": "gpubox", "request": "  "}, "empty"),
