@@ -64,6 +64,9 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
             config_path=home / "dispatch.conf",
             key_dir=home / "keys",
             state_dir=home / "state",
+            # The unit tests run the fake agent as the test's own user (root in CI): a
+            # node does that only when told so explicitly.
+            run_as="root" if os.geteuid() == 0 else "",
             extra={
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",

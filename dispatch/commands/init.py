@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from dispatch.cli import App, pass_app
-from dispatch.core.config import DEFAULT_CONFIG
+from dispatch.core.config import DEFAULT_AGENT_USER, DEFAULT_CONFIG
 from dispatch.ops.bootstrap import init_node, reload_systemd
 
 
@@ -51,6 +51,13 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
     metavar="KEY=VALUE",
     help="Extra config line, e.g. --set DISPATCH_MAX_PARALLEL=4.",
 )
+@click.option(
+    "--run-as",
+    default=DEFAULT_AGENT_USER,
+    show_default=True,
+    metavar="USER",
+    help="The unprivileged user the agent runs as (DISPATCH_RUN_AS); `root` only if you mean it.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @pass_app
 def init(
@@ -63,6 +70,7 @@ def init(
     state_dir: Path,
     peers_dir: Path | None,
     settings: tuple[str, ...],
+    run_as: str,
     force: bool,
 ) -> int:
     """Create the shared layout, this node's key pair, local state and the config file;
@@ -84,6 +92,7 @@ def init(
         state_dir=state_dir.absolute(),
         peers_dir=peers_dir.absolute() if peers_dir else None,
         force=force,
+        run_as=run_as,
         extra=extra,
     )
     verb = "wrote" if report.config_written else "kept"

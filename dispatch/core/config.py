@@ -49,6 +49,11 @@ def valid_node(name: str) -> bool:
     return NODE_RE.fullmatch(name) is not None
 
 
+# The unprivileged user the packages create (sysusers.d) for the agent, and `dispatch init`
+# configures: an execution never runs the agent as root unless DISPATCH_RUN_AS=root.
+DEFAULT_AGENT_USER = "dispatch-agent"
+
+
 @dataclass(frozen=True)
 class Config:
     root: Path

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from dispatch import __version__
 from dispatch.core.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
-from dispatch.core.model import Priority
+from dispatch.core.model import MAX_INT, Priority
 from dispatch.core.node import Node
 from dispatch.core.wire import valid_id
 from dispatch.mcp.schema import (
@@ -272,7 +272,10 @@ def build_server(node: Node) -> "MCPServer[Any]":
         timeout_s: Annotated[
             int | None,
             Field(
+                # strict: `true` is not 1, and 1e30 is not a whole number a receiver takes.
+                strict=True,
                 ge=1,
+                le=MAX_INT,
                 description=(
                     "Seconds the agent on the peer may run (default: this node's "
                     f"DISPATCH_DEFAULT_TIMEOUT_S, {node.cfg.default_timeout_s}); the peer refuses "
@@ -446,4 +449,18 @@ def serve(node: Node) -> None:
     """Run the server on stdin/stdout until the client closes it."""
     load_sdk()
     _ = node.keys.signer.kid  # a node that cannot sign fails now, not at the first call
-    build_server(node).run("stdio")
+    import anyio
+
+    server = build_server(node)
+
+    async def run() -> None:
+        from mcp.server.stdio import stdio_server
+
+        from dispatch.mcp.stdin import CheckedLines
+
+        # The SDK's own run("stdio"), with stdin checked line by line first.
+        async with stdio_server(stdin=CheckedLines()) as (read_stream, write_stream):  # type: ignore[arg-type]
+            low = server._lowlevel_server
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+
+    anyio.run(run)

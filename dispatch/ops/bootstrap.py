@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core import config as config_mod
-from dispatch.core.config import Config
+from dispatch.core.config import DEFAULT_AGENT_USER, Config
 from dispatch.core.errors import ConfigError, UsageError
 from dispatch.core.keys import (
     Pins,
@@ -48,8 +48,12 @@ def init_node(
     state_dir: Path,
     peers_dir: Path | None = None,
     force: bool = False,
+    run_as: str = DEFAULT_AGENT_USER,
     extra: Mapping[str, str] | None = None,
 ) -> InitReport:
+    """Create the layout, a key, local state and the config file. The agent runs as
+    `run_as` (the packages' unprivileged dispatch-agent by default), never as root unless
+    that says `root`."""
     problems = [
         f"not a valid node name: {n!r}" for n in [node, *peers] if not config_mod.valid_node(n)
     ]
@@ -102,12 +106,18 @@ def init_node(
         values["DISPATCH_PEERS_DIR"] = str(peers_dir)
     if state_dir != Path("/var/lib/dispatch"):
         values["DISPATCH_STATE_DIR"] = str(state_dir)
+    if run_as:
+        values["DISPATCH_RUN_AS"] = run_as
     values.update(extra or {})
     written = False
     if force or template or not config_path.exists():
         config_path.parent.mkdir(parents=True, exist_ok=True)
         text = config_mod.render(values)
-        config_path.write_text(text + ("\n" + template if template else ""))
+        # 0640 before a byte is written: it may hold a webhook URL with its token.
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + ("\n" + template if template else ""))
         written = True
     lanes = [lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg)]
     return InitReport(

@@ -73,6 +73,9 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
             config_path=home / "dispatch.conf",
             key_dir=home / "keys",
             state_dir=home / "state",
+            # The demo's fake agent runs as whoever runs the demo (root only when that is
+            # who runs it, said explicitly: a real node drops the agent to dispatch-agent).
+            run_as="root" if os.geteuid() == 0 else "",
             extra={
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",

@@ -15,6 +15,7 @@ from dispatch.core.errors import DispatchError, Rejection
 from dispatch.core.fsio import read_regular
 from dispatch.core.mounts import Mount, mount_of
 from dispatch.core.node import Node
+from dispatch.ops import trust
 from dispatch.ops.overview import heartbeat_stale_after
 
 
@@ -44,7 +45,8 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
 
     checks.append(key_checks.own_key(node))
     checks.append(_root(node))
-    checks += _lanes_held(node)
+    checks += [Check(*found) for found in trust.lanes_held(node)]
+    checks.append(Check(*trust.agent_user(node)))
     checks += _filesystem(node)
     checks += _peers(node)
     checks += [key_checks.peer_key(node, peer) for peer in cfg.peers]
@@ -304,45 +306,3 @@ def _unit(unit: str, what: str) -> Check:
         f"{what}: {state} ({sub})",
         "" if ok else f"systemctl start {unit}; journalctl -u {unit}",
     )
-
-
-def _lanes_held(node: Node) -> list[Check]:
-    """Every lane opened as a receiver or sender opens it (nothing followed, owners
-    checked), and the faults the passes recorded."""
-    from dispatch.core.fsio import DirRefused
-    from dispatch.core.lanedirs import FAULT_PREFIX, hold
-
-    out = []
-    for lane in node.spool.lanes_in(node.cfg) + node.spool.lanes_out(node.cfg):
-        try:
-            hold(lane).close()
-        except DirRefused as exc:
-            out.append(
-                Check(
-                    f"lane {lane.name}",
-                    False,
-                    f"refused: {exc}",
-                    "put the lane's directories back as `dispatch init` makes them "
-                    "(real directories, owned by root or the share's owner)",
-                )
-            )
-        except OSError:
-            continue  # an unreachable share: the root check says so
-    try:
-        faults = node.state.faults.all()
-    except (DispatchError, OSError):
-        faults = []
-    for fault in faults:
-        if fault.key.startswith(FAULT_PREFIX) and any(
-            c.name == f"lane {fault.key[5:]}" for c in out
-        ):
-            continue
-        out.append(
-            Check(
-                f"fault {fault.key}",
-                False,
-                f"{fault.reason}: {fault.message} ({fault.count} passes)",
-                "see `journalctl -t dispatch`; it clears by itself once fixed",
-            )
-        )
-    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from dispatch.core import events
+from dispatch.core.errors import UsageError
 from dispatch.core.model import Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
@@ -41,8 +42,33 @@ class Outcome:
     unit: str = ""
 
 
+# What of the executor's DISPATCH_ environment the agent keeps. The rest is the node's own
+# configuration (the unit reads dispatch.conf into it): the webhook URL with its token, the
+# key and state directories. The agent is not trusted with any of it.
+AGENT_KEEPS = ("DISPATCH_CONFIG", "DISPATCH_FAKE_AGENT_LOG")
+
+
+def agent_user(node: Node) -> str | None:
+    """Who the agent runs as: DISPATCH_RUN_AS, and never root unless it says `root`. None:
+    as this (unprivileged) process. Raises when an executor running as root has no user
+    to drop to, rather than run the agent as root by default."""
+    if os.geteuid() != 0:
+        return None
+    if not node.cfg.run_as:
+        raise UsageError(
+            "DISPATCH_RUN_AS is unset and the executor runs as root: the agent never runs "
+            "as root unless DISPATCH_RUN_AS=root; `dispatch init` sets dispatch-agent"
+        )
+    return node.cfg.run_as
+
+
 def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")
+        and (not k.startswith("DISPATCH_") or k in AGENT_KEEPS)
+    }
     env["DISPATCH_TASK_ID"] = envelope.id
     env["DISPATCH_HOPS"] = str(envelope.hops)
     env["DISPATCH_NODE"] = node.name
@@ -93,11 +119,18 @@ def run_agent(
     try:
         log.write(log_header(envelope))
         try:
+            user = agent_user(node)
+        except UsageError as exc:
+            log.write(f"# not started: {exc}\n".encode())
+            return Outcome(
+                Status.ERROR, 126, f"agent not started: {exc}", 0, False, "", "", log.close()
+            )
+        try:
             proc = spawn_agent(
                 argv,
                 env=agent_env(node, envelope),
                 cwd=None,
-                user=node.cfg.run_as or None,
+                user=user,
                 with_stdin=stdin is not None,
             )
         except OSError as exc:

@@ -11,7 +11,7 @@ from dispatch.core.config import valid_node
 from dispatch.core.errors import UsageError
 from dispatch.core.fsio import DirRefused
 from dispatch.core.lanedirs import hold
-from dispatch.core.model import SCHEMA, Callback, Envelope, Priority
+from dispatch.core.model import MAX_INT, SCHEMA, Callback, Envelope, Priority
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_envelope
 from dispatch.core.wire import MAX_FILE_BYTES, canonical, new_id, now_utc, rfc3339, valid_id
@@ -92,12 +92,19 @@ def build(
         raise UsageError(f"unknown peer {to!r} (peers: {peers}; set DISPATCH_PEERS)")
     if not request.strip():
         raise UsageError("--request is empty")
+    # What every receiver's intake refuses is refused here, before anything is signed.
+    if "\x00" in request:
+        raise UsageError("--request holds a NUL character, which receivers refuse")
+    try:
+        request.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("--request is not valid Unicode (a lone surrogate)") from None
     timeout = node.cfg.default_timeout_s if timeout_s is None else timeout_s
     max_output = node.cfg.default_max_output_bytes if max_output_bytes is None else max_output_bytes
-    if timeout < 1:
-        raise UsageError("--timeout must be at least 1 second")
-    if max_output < 1:
-        raise UsageError("--max-output-bytes must be positive")
+    for what, value in (("--timeout", timeout), ("--max-output-bytes", max_output)):
+        # bool is an int to Python, never to a receiver; nor is anything past MAX_INT.
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
+            raise UsageError(f"{what} must be a whole number from 1 to {MAX_INT}")
     parent, hops = chain_position()
     envelope = Envelope(
         id=new_id(),

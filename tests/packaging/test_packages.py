@@ -65,6 +65,7 @@ def test_deb_contents(deb: Path) -> None:
         "/usr/share/bash-completion/completions/dispatch",
         "/usr/share/zsh/vendor-completions/_dispatch",
         "/usr/lib/tmpfiles.d/dispatch.conf",
+        "/usr/lib/sysusers.d/dispatch.conf",
         "/usr/lib/python3/dist-packages/dispatch/cli.py",
         "/usr/share/doc/dispatch/copyright",
     ):
@@ -94,6 +95,7 @@ def test_rpm_contents(rpm: Path) -> None:
         "/usr/share/bash-completion/completions/dispatch",
         "/usr/share/zsh/site-functions/_dispatch",
         "/usr/lib/tmpfiles.d/dispatch.conf",
+        "/usr/lib/sysusers.d/dispatch.conf",
         "/usr/lib/systemd/system-preset/50-dispatch.preset",
         "/etc/dispatch/dispatch.conf",
     ):
@@ -124,6 +126,17 @@ def test_tmpfiles_make_the_secret_directories_root_only() -> None:
     modes = {fields[1]: (fields[2], fields[3], fields[4]) for fields in lines}
     assert modes["/etc/dispatch/keys"] == ("0700", "root", "root")
     assert modes["/var/lib/dispatch"] == ("0700", "root", "root")
+
+
+def test_sysusers_make_the_agent_user_that_init_configures() -> None:
+    from dispatch.core.config import DEFAULT_AGENT_USER
+
+    lines = [
+        line.split()
+        for line in (PACKAGING / "sysusers.d/dispatch.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert [(fields[0], fields[1]) for fields in lines] == [("u", DEFAULT_AGENT_USER)]
 
 
 # -- metadata and scripts -----------------------------------------------------------------

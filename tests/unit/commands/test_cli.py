@@ -290,6 +290,14 @@ def test_init_command(tmp_path: Path) -> None:
     assert status["node"] == "n1" and [p["node"] for p in status["peers"]] == ["n2", "n3"]
     other = cli(None, *[a if a != "n1" else "n9" for a in args])
     assert other.returncode == 2 and "--force" in other.stderr
+    # The config may hold a webhook URL: not world-readable. The agent runs as the packages'
+    # unprivileged user unless told otherwise (issue 12, finding 4).
+    assert conf.stat().st_mode & 0o777 == 0o640
+    assert "DISPATCH_RUN_AS=dispatch-agent" in conf.read_text()
+    proc = cli(None, *args, "--force", "--run-as", "nobody")
+    assert proc.returncode == 0, proc.stderr
+    assert "DISPATCH_RUN_AS=nobody" in conf.read_text()
+    assert conf.stat().st_mode & 0o777 == 0o640
 
 
 def test_logs_falls_back_to_the_log_file(pair: Pair) -> None:

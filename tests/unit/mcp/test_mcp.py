@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -153,7 +154,8 @@ def test_tools_and_their_schemas(pair: Pair, tmp_path: Path) -> None:
                 "default": False,
             }
             assert props["wait"]["type"] == "boolean" and props["wait"]["default"] is False
-            assert {"minimum": 1, "type": "integer"} in props["timeout_s"]["anyOf"]
+            timeout = {"minimum": 1, "maximum": 2**53, "type": "integer"}
+            assert timeout in props["timeout_s"]["anyOf"]
             assert props["request"]["minLength"] == 1
             assert set(props) == {"to", "request", "priority", "require_ack", "timeout_s", "wait"}
             assert send["required"] == ["to", "request"]
@@ -324,6 +326,11 @@ def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
         ("dispatch_send", {"to": "gpubox", "request": "x", "priority": "urgent"}, "priority"),
         ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": 0}, "timeout_s"),
         ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": "soon"}, "timeout_s"),
+        # What every receiver refuses is refused before it is signed (issue 12, finding 10).
+        ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": True}, "timeout_s"),
+        ("dispatch_send", {"to": "gpubox", "request": "x", "timeout_s": 1e30}, "timeout_s"),
+        ("dispatch_send", {"to": "gpubox", "request": "a\x00b"}, "NUL"),
+        ("dispatch_send", {"to": "gpubox", "request": "x" * 2_000_000}, "1 MiB"),
         ("dispatch_wait", {"id": "../../etc/passwd"}, "id"),
         ("dispatch_wait", {"id": task_id.upper()}, "id"),
         ("dispatch_wait", {"id": task_id, "timeout": -1}, "timeout"),
@@ -609,3 +616,54 @@ def test_follow_a_tasks_output_with_dispatch_logs(pair: Pair, tmp_path: Path) ->
     log = lane_in(pair).log_path(task_id).read_text()
     assert "".join(p["text"] for p in pieces) == log
     assert all(len(p["text"].encode()) <= 200 for p in pieces)
+
+
+def test_undecodable_requests_get_a_json_rpc_error(pair: Pair) -> None:
+    """Issue 12, finding 10: a lone surrogate or 5,000-deep nesting in a request got no
+    response at all, and the client waited forever."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "mcp"],
+        env=env_for(pair.sender),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def call(line: bytes) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no response: the client would wait forever"
+        answer: dict[str, Any] = json.loads(proc.stdout.readline())
+        return answer
+
+    try:
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        }
+        assert call(json.dumps(hello).encode())["id"] == 1
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        surrogate = (
+            b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"dispatch_send",'
+            b'"arguments":{"to":"gpubox","request":"\\ud800"}}}'
+        )
+        answer = call(surrogate)
+        assert answer["id"] == 7 and "error" in answer, answer
+        deep = b'{"jsonrpc":"2.0","id":8,"method":"tools/list","params":' + b"[" * 5000
+        answer = call(deep + b"]" * 5000 + b"}")
+        assert answer["id"] == 8 and "error" in answer, answer
+        listed = call(b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{}}')
+        assert listed["id"] == 9 and "result" in listed  # and it keeps serving
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert os.listdir(lane_in(pair).inbox) == []  # nothing was sent

@@ -25,8 +25,9 @@ def checks(pair: Pair, **extra: str) -> dict[str, Check]:
 
 
 def healthy(pair: Pair) -> None:
-    """The peer's heartbeat, as its timer writes it."""
+    """The peer's heartbeat, as its timer writes it; the agent as an unprivileged user."""
     overview.heartbeat(pair.sender.node())
+    configure(pair.receiver, DISPATCH_RUN_AS="nobody")
 
 
 def write_beat(pair: Pair, *, unix: float, mtime: float | None = None, **fields: Any) -> Path:
@@ -56,6 +57,7 @@ def test_a_healthy_node_passes_every_check(pair: Pair) -> None:
         "config",
         "key",
         "root",
+        "agent user",
         "filesystem",
         "peer devbox",
         "peer-key devbox",
@@ -74,11 +76,11 @@ def test_a_healthy_node_passes_every_check(pair: Pair) -> None:
     proc = cli(pair.receiver, "doctor")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 7 and all(line.startswith("pass  ") for line in lines), lines
+    assert len(lines) == 8 and all(line.startswith("pass  ") for line in lines), lines
     assert "\x1b[" not in proc.stdout  # no colour when not on a terminal
 
     out = json.loads(cli(pair.receiver, "doctor", "--json").stdout)
-    assert [set(c) for c in out] == [{"check", "ok", "detail", "hint"}] * 7
+    assert [set(c) for c in out] == [{"check", "ok", "detail", "hint"}] * 8
     assert [c["check"] for c in out] == list(found)
 
 
@@ -289,3 +291,17 @@ def test_killswitch_on_fails_and_exits_non_zero(pair: Pair) -> None:
     assert proc.returncode == 1
     failed = [c["check"] for c in json.loads(proc.stdout) if not c["ok"]]
     assert failed == ["killswitch"]
+
+
+def test_the_agent_running_as_root_fails_loudly(pair: Pair) -> None:
+    """Issue 12, finding 4: with DISPATCH_RUN_AS unset the agent ran as root and read the
+    keys; doctor said nothing."""
+    healthy(pair)
+    configure(pair.receiver, DISPATCH_RUN_AS="root")
+    found = checks(pair)["agent user"]
+    assert not found.ok and "THE AGENT RUNS AS ROOT" in found.detail and found.hint
+    configure(pair.receiver, DISPATCH_RUN_AS="")
+    found = checks(pair)["agent user"]
+    assert not found.ok and "unset" in found.detail
+    configure(pair.receiver, DISPATCH_RUN_AS="no-such-user-here")
+    assert "no such user" in checks(pair)["agent user"].detail

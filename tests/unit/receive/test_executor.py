@@ -25,6 +25,7 @@ from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,
     configure,
+    drain,
     drop,
     env_for,
     envelope,
@@ -334,3 +335,38 @@ def test_descendant_that_escaped_the_group_does_not_hold_the_execution(pair: Pai
     res = execute(pair.receiver.node(), obj["id"])
     assert res is not None and res.status is Status.OK
     assert time.monotonic() - began < 7
+
+
+def test_the_agent_never_runs_as_root_by_default(pair: Pair) -> None:
+    """Issue 12, finding 4: DISPATCH_RUN_AS unset ran the agent as root, able to read the
+    node's keys. An executor running as root with no user to drop to refuses instead."""
+    if os.geteuid() != 0:
+        pytest.skip("the executor drops privileges only when it runs as root")
+    configure(pair.receiver, DISPATCH_RUN_AS="")
+    obj = envelope(pair)
+    drop(lane_in(pair), obj)
+    drain(pair.receiver.node())
+    res = result_json(lane_in(pair), obj["id"])
+    assert res["status"] == "error" and "DISPATCH_RUN_AS is unset" in res["reason"], res
+    assert runs_of(pair, obj["id"]) == []
+
+
+def test_the_agent_environment_holds_no_secret(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under systemd the unit reads dispatch.conf into the executor's environment.
+    monkeypatch.setenv("DISPATCH_WEBHOOK_URL", "https://hooks.example/api/webhooks/1/s3cr3t")
+    monkeypatch.setenv("DISPATCH_KEY_DIR", str(pair.receiver.node().cfg.key_dir))
+    agent = tmp_path / "env-agent"
+    agent.write_text("#!/bin/sh\nenv\n")
+    agent.chmod(0o755)
+    configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic", DISPATCH_AGENT_BIN=str(agent))
+    obj = envelope(pair)
+    drop(lane_in(pair), obj)
+    drain(pair.receiver.node())
+    res = result_json(lane_in(pair), obj["id"])
+    assert res["status"] == "ok", res
+    seen = res["output_tail"]
+    assert f"DISPATCH_TASK_ID={obj['id']}" in seen
+    assert "s3cr3t" not in seen and "DISPATCH_KEY_DIR" not in seen
+    assert "DISPATCH_STATE_DIR" not in seen

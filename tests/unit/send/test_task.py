@@ -66,8 +66,13 @@ def test_build_options(pair: Pair) -> None:
         ({"to": "elsewhere"}, "unknown peer"),
         ({"to": "Not Valid"}, "not a valid node name"),
         ({"to": "gpubox", "request": "  "}, "empty"),
-        ({"to": "gpubox", "timeout_s": 0}, "at least 1"),
-        ({"to": "gpubox", "max_output_bytes": 0}, "positive"),
+        ({"to": "gpubox", "timeout_s": 0}, "from 1 to"),
+        ({"to": "gpubox", "max_output_bytes": 0}, "from 1 to"),
+        # What every receiver refuses, refused before signing (issue 12, finding 10).
+        ({"to": "gpubox", "timeout_s": True}, "whole number"),
+        ({"to": "gpubox", "timeout_s": 10**30}, "from 1 to"),
+        ({"to": "gpubox", "request": "a\x00b"}, "NUL"),
+        ({"to": "gpubox", "request": "odd \ud800"}, "lone surrogate"),
     ],
 )
 def test_build_refuses(pair: Pair, kwargs: dict[str, object], message: str) -> None:
