@@ -59,6 +59,13 @@ def agent_user(node: Node) -> str | None:
             "DISPATCH_RUN_AS is unset and the executor runs as root: the agent never runs "
             "as root unless DISPATCH_RUN_AS=root; `dispatch init` sets dispatch-agent"
         )
+    try:
+        pwd.getpwnam(node.cfg.run_as)
+    except KeyError:
+        raise UsageError(
+            f"DISPATCH_RUN_AS={node.cfg.run_as}: no such user (the packages create "
+            "dispatch-agent; or `dispatch init --run-as USER`)"
+        ) from None
     return node.cfg.run_as
 
 

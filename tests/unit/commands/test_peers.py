@@ -81,6 +81,9 @@ def test_two_nodes_set_up_with_init_and_the_printed_command(tmp_path: Path) -> N
             str(home / "keys"),
             "--state-dir",
             str(home / "state"),
+            # The fake agent runs as this test's user; a node runs it as root only when told.
+            "--run-as",
+            "root" if os.geteuid() == 0 else "",
             "--set",
             f"DISPATCH_AGENT_BIN={agent}",
             "--set",

@@ -361,7 +361,7 @@ def test_the_agent_environment_holds_no_secret(
     agent.write_text("#!/bin/sh\nenv\n")
     agent.chmod(0o755)
     configure(pair.receiver, DISPATCH_AGENT_PROFILE="generic", DISPATCH_AGENT_BIN=str(agent))
-    obj = envelope(pair)
+    obj = envelope(pair, callback="none")  # no post to the (made-up) webhook
     drop(lane_in(pair), obj)
     drain(pair.receiver.node())
     res = result_json(lane_in(pair), obj["id"])
