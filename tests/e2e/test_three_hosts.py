@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from tests.e2e.cluster import SHARE
 from tests.e2e.conftest import ClusterFactory
+from tests.integration.dispatch_host import DISPATCH
 
 RING = (("a", "b"), ("b", "c"), ("c", "a"))
 
@@ -78,3 +80,43 @@ def test_killswitch_from_any_host_holds_every_host(make_cluster: ClusterFactory)
     for (_src, dst), task_id in sent.items():
         assert cluster[dst].ran(task_id) == 1
     assert cluster["b"].run(["test", "-e", f"{SHARE}/KILLSWITCH"], check=False).returncode != 0
+
+
+FORGE = """
+import json, os, sys
+from pathlib import Path
+from dispatch.core.keys import load_private
+from dispatch.core.wire import canonical, new_id, now_utc, rfc3339
+key = load_private(Path("/etc/dispatch/keys"), "a")  # a's own key: all a holds
+body = {"schema": 4, "kind": "task", "id": new_id(), "from": "c", "to": "b",
+        "created": rfc3339(now_utc()), "priority": "normal", "request": "forged as c",
+        "require_ack": False, "require_dangerous": False, "timeout_s": 60,
+        "max_output_bytes": 100000, "callback": "file", "parent": None, "hops": 0,
+        "kid": key.public.kid}
+body["sig"] = key.sign(canonical(body)).hex()
+lane = Path(sys.argv[1]) / "c-to-b"
+staged = lane / "tmp" / (body["id"] + ".json")
+staged.write_bytes(canonical(body) + b"\\n")
+os.rename(staged, lane / "inbox" / (body["id"] + ".json"))
+print(body["id"])
+"""
+
+
+def test_no_host_speaks_for_another(make_cluster: ClusterFactory) -> None:
+    """Host a holds only its own key: its signer will not sign as c, and a task a signs as
+    c's, written into c's lane to b through a's mount, is refused by b (not c's key)."""
+    cluster = make_cluster("a", "b", "c")
+    a, b = cluster["a"], cluster["b"]
+    proc = a.dispatch("send", "--from", "c", "--to", "b", "--request", "as c", check=False)
+    assert proc.returncode == 2 and "signs only as itself" in proc.stderr, proc.stderr
+    python = str(Path(DISPATCH).parent / "python")
+    task_id = a.run([python, "-c", FORGE, SHARE]).stdout.strip()
+    reason = f"{task_id}.json.reason.json"
+    b.wait_until(f"{task_id} refused on b", lambda: reason in b.lane_files("c-to-b", "rejected"))
+    record = json.loads(b.run(["cat", f"{SHARE}/c-to-b/rejected/{reason}"]).stdout)
+    assert record["reason"] == "unknown_key", record
+    assert f"{task_id}.result.json" not in b.lane_files("c-to-b", "done")  # nothing answered
+    assert b.agent_runs() == []
+    # b still takes c's own tasks.
+    genuine = cluster["c"].send("b", "from c itself")
+    assert cluster["c"].wait(genuine)["status"] == "ok"
