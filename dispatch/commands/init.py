@@ -9,6 +9,7 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.core.config import DEFAULT_AGENT_USER, DEFAULT_CONFIG
+from dispatch.core.errors import UsageError
 from dispatch.ops.bootstrap import init_node, reload_systemd
 
 
@@ -59,6 +60,12 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
     help="The unprivileged user the agent runs as (DISPATCH_RUN_AS); `root` only if you mean it.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="The root is on this host's own disk (one host, tests): without it, a root on the "
+    "same filesystem as / is refused, since that is what an unmounted share looks like.",
+)
 @pass_app
 def init(
     app: App,
@@ -72,9 +79,12 @@ def init(
     settings: tuple[str, ...],
     run_as: str,
     force: bool,
+    local: bool,
 ) -> int:
     """Create the shared layout, this node's key pair, local state and the config file;
     print the command that pins this node's public key on each peer."""
+    if not local:
+        refuse_local_root(root.absolute())
     extra = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -108,6 +118,24 @@ def init(
     click.echo(f"on each peer ({', '.join(report.peers)}), pin it (then compare the fingerprint):")
     click.echo(f"  {report.peer_command()}")
     return 0
+
+
+def refuse_local_root(root: Path) -> None:
+    """A share that is not mounted leaves its mount point on the root filesystem: a tree
+    created there would be this host's alone, and every task sent to it lost to the peer."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        same = os.stat(probe).st_dev == os.stat("/").st_dev
+    except OSError:
+        return  # nothing to compare; creating the tree will say what is wrong
+    if same:
+        raise UsageError(
+            f"--root {root} is on the same filesystem as / ({probe} is not a mount): is the "
+            "share mounted there? Mount it first, or give --local for a root on this host's "
+            "own disk"
+        )
 
 
 COMMANDS = [init]

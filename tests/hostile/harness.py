@@ -118,6 +118,7 @@ class HostileNode:
             [
                 DISPATCH,
                 "init",
+                "--local",
                 "--root",
                 ROOT,
                 "--node",
@@ -133,6 +134,7 @@ class HostileNode:
                 [
                     DISPATCH,
                     "init",
+                    "--local",
                     "--root",
                     ROOT,
                     "--node",

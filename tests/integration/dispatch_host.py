@@ -170,13 +170,25 @@ class DispatchHost:
         values.update(settings or {})
         sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
         out = h.run(
-            [DISPATCH, "init", "--root", ROOT, "--node", "gpubox", "--peers", "devbox", *sets]
+            [
+                DISPATCH,
+                "init",
+                "--local",
+                "--root",
+                ROOT,
+                "--node",
+                "gpubox",
+                "--peers",
+                "devbox",
+                *sets,
+            ]
         ).stdout
         self.kid = out.split("key ")[1].split()[0]
         h.run(
             [
                 DISPATCH,
                 "init",
+                "--local",
                 "--root",
                 ROOT,
                 "--node",

@@ -132,6 +132,7 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
         [
             "dispatch",
             "init",
+            "--local",
             "--root",
             SHARE,
             "--node",
@@ -154,6 +155,7 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
         [
             "dispatch",
             "init",
+            "--local",
             "--root",
             SHARE,
             "--node",

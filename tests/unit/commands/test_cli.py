@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dispatch.core.wire import new_id
 from tests.conftest import Pair
 from tests.unit.helpers import (
@@ -257,6 +259,7 @@ def test_init_command(tmp_path: Path) -> None:
     conf = tmp_path / "n1.conf"
     args = [
         "init",
+        "--local",
         "--root",
         str(tmp_path / "share"),
         "--node",
@@ -394,3 +397,19 @@ def test_colour_follows_color_and_no_color(pair: Pair) -> None:
     # NO_COLOR wins over the terminal check, not over an explicit --color=always.
     assert not red_or_green.search(cli(pair.sender, "status", NO_COLOR="1").stdout)
     assert red_or_green.search(cli(pair.sender, "--color=always", "status", NO_COLOR="1").stdout)
+
+
+def test_init_refuses_a_root_on_the_root_filesystem_unless_local(tmp_path: Path) -> None:
+    """An unmounted share looks like a directory on /: init must not quietly build the tree
+    there. (tmp_path is on the root filesystem here; skip where it is not.)"""
+    if os.stat(tmp_path).st_dev != os.stat("/").st_dev:
+        pytest.skip("tmp_path is not on the root filesystem here, so there is nothing to refuse")
+    share = tmp_path / "mnt" / "nfs" / "dispatch"
+    args = ["init", "--root", str(share), "--node", "n1", "--peers", "n2"]
+    args += ["--config", str(tmp_path / "n1.conf"), "--key-dir", str(tmp_path / "keys")]
+    args += ["--state-dir", str(tmp_path / "state")]
+    proc = cli(None, *args)
+    assert proc.returncode == 2 and "on the same filesystem as /" in proc.stderr
+    assert "is the share mounted there?" in proc.stderr and "--local" in proc.stderr
+    assert not share.exists() and not (tmp_path / "n1.conf").exists()
+    assert cli(None, *args, "--local").returncode == 0 and share.is_dir()

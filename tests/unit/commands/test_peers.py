@@ -69,6 +69,7 @@ def test_two_nodes_set_up_with_init_and_the_printed_command(tmp_path: Path) -> N
         proc = cli(
             None,
             "init",
+            "--local",
             "--root",
             str(tmp_path / "share"),
             "--node",
