@@ -45,7 +45,30 @@ def test_units_exist() -> None:
         "dispatch-heartbeat.service",
         "dispatch-notify.service",
         "dispatch-sensor.service",
+        "dispatch.target",
     }
+
+
+def test_one_target_wants_everything_a_node_runs() -> None:
+    """`systemctl enable --now dispatch.target` is the one command that enables a node: the
+    triggers, the heartbeat (nothing else starts its timer), the sensor and the notifier."""
+    text = (TOP / "units" / "dispatch.target").read_text()
+    wanted = {
+        unit
+        for line in text.splitlines()
+        if line.startswith("Wants=")
+        for unit in line.removeprefix("Wants=").split()
+    }
+    assert wanted == {
+        "dispatch-watch.path",
+        "dispatch-watch.timer",
+        "dispatch-heartbeat.timer",
+        "dispatch-sensor.service",
+        "dispatch-notify.service",
+    }
+    assert all((TOP / "units" / unit).exists() for unit in wanted)
+    assert "WantedBy=multi-user.target" in text
+    assert not any(line.startswith("Requires=") for line in text.splitlines())
 
 
 def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:

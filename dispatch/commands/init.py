@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from dispatch.cli import App, pass_app
-from dispatch.core.config import DEFAULT_AGENT_USER, DEFAULT_CONFIG
+from dispatch.core.config import DEFAULT_AGENT_USER, DEFAULT_CONFIG, systemd_is_pid1
 from dispatch.core.errors import UsageError
 from dispatch.ops.bootstrap import init_node, reload_systemd
 
@@ -61,6 +61,12 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
+    "--enable",
+    is_flag=True,
+    help="Also enable and start everything the node runs: systemctl enable --now "
+    "dispatch.target (under systemd).",
+)
+@click.option(
     "--local",
     is_flag=True,
     help="The root is on this host's own disk (one host, tests): without it, a root on the "
@@ -79,6 +85,7 @@ def init(
     settings: tuple[str, ...],
     run_as: str,
     force: bool,
+    enable: bool,
     local: bool,
 ) -> int:
     """Create the shared layout, this node's key pair, local state and the config file;
@@ -117,7 +124,23 @@ def init(
     click.echo(f"fingerprint: {report.key.fingerprint}")
     click.echo(f"on each peer ({', '.join(report.peers)}), pin it (then compare the fingerprint):")
     click.echo(f"  {report.peer_command()}")
+    if enable:
+        _enable()
+    else:
+        click.echo("then start the node: systemctl enable --now dispatch.target (or init --enable)")
     return 0
+
+
+def _enable() -> None:
+    if not systemd_is_pid1():
+        raise UsageError(
+            "--enable: systemd is not running here; run `dispatch watch` instead "
+            "(the node is set up)"
+        )
+    from dispatch.core.runner import systemctl
+
+    systemctl("enable", "--now", "dispatch.target", timeout=120)
+    click.echo("systemctl enable --now dispatch.target: watch path and timer, heartbeat, sensor")
 
 
 def refuse_local_root(root: Path) -> None:

@@ -413,3 +413,19 @@ def test_init_refuses_a_root_on_the_root_filesystem_unless_local(tmp_path: Path)
     assert "is the share mounted there?" in proc.stderr and "--local" in proc.stderr
     assert not share.exists() and not (tmp_path / "n1.conf").exists()
     assert cli(None, *args, "--local").returncode == 0 and share.is_dir()
+
+
+def test_init_enable_without_systemd_says_what_to_run(tmp_path: Path) -> None:
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd runs here: --enable would enable this machine's units")
+    args = ["init", "--local", "--root", str(tmp_path / "share"), "--node", "n1"]
+    args += ["--peers", "n2", "--config", str(tmp_path / "n1.conf")]
+    args += ["--key-dir", str(tmp_path / "keys"), "--state-dir", str(tmp_path / "state")]
+    plain = cli(None, *args)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.rstrip().endswith(
+        "then start the node: systemctl enable --now dispatch.target (or init --enable)"
+    )
+    proc = cli(None, *args, "--enable")
+    assert proc.returncode == 2 and "systemd is not running here" in proc.stderr
+    assert "dispatch watch" in proc.stderr and (tmp_path / "n1.conf").exists()
