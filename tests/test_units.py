@@ -3,6 +3,7 @@ generator's drop-ins, as a host would have them), hardening exposure, and the ge
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -169,6 +170,33 @@ def test_generator_cli_writes_nothing_without_config(
     monkeypatch.setenv("DISPATCH_CONFIG", str(tmp_path / "absent.conf"))
     assert generator.main([str(tmp_path / "out")]) == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_config_makes_the_watch_service_run_and_fail_visibly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not silence: the timer keeps starting dispatch-watch.service, whose `dispatch
+    promote` fails on the config and says why (the unit shows failed)."""
+    conf = tmp_path / "dispatch.conf"
+    conf.write_text("DISPATCH_ROOT=/srv/share\nDISPATCH_NODE=gpubox\nDISPATCH_PEERS=devbox\n")
+    conf.write_text(conf.read_text() + "DISPATCH_POLL_SEC=3s\n")
+    monkeypatch.setenv("DISPATCH_CONFIG", str(conf))
+    assert generator.main([str(tmp_path / "out")]) == 1
+    dropin = (tmp_path / "out/dispatch-watch.timer.d/50-poll.conf").read_text()
+    assert "OnUnitActiveSec=30s" in dropin
+    assert (
+        f"# {conf} is broken: invalid configuration: DISPATCH_POLL_SEC: must be a number" in dropin
+    )
+    # What the service then runs fails with the one-line reason, exit 2.
+    proc = subprocess.run(
+        [sys.executable, "-m", "dispatch", "promote"],
+        env={**os.environ, "DISPATCH_CONFIG": str(conf)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "DISPATCH_POLL_SEC" in proc.stderr
+    assert proc.stderr.count("\n") == 1
 
 
 def test_generator_rejects_root_with_spaces() -> None:
