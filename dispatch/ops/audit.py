@@ -99,6 +99,12 @@ class AuditReport:
 
 
 ADMITTED = (Stage.PENDING_ACK, Stage.QUEUED, Stage.RUNNING, Stage.DONE)
+# Where the ledger's live stages keep their file.
+LEDGER_HOME = {
+    Stage.PENDING_ACK: "pending-ack",
+    Stage.QUEUED: "processing",
+    Stage.RUNNING: "processing",
+}
 
 
 def audit(
@@ -241,6 +247,17 @@ def _check_id(
         for name, stage in live:
             if stage != "pending-ack":
                 report.add("unfinished", task_id, name, f"still in {stage}/")
+        # Local state is the only truth: at rest, a task file sits where its ledger says.
+        for entry in entries:
+            home = LEDGER_HOME.get(entry.stage) if entry.stage is not None else None
+            for name, stage in live:
+                if home is not None and name == entry.lane and stage != home:
+                    report.add(
+                        "stage_mismatch",
+                        task_id,
+                        name,
+                        f"in {stage}/, and the ledger says {entry.stage}",
+                    )
     if ran and not have_state and not (live or results or refusals or deferred is not None):
         report.add("ran_unadmitted", task_id, "", "the agent ran it, and no lane knows it")
     elif ran and not have_state and refusals and not (live or results or deferred is not None):

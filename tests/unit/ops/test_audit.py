@@ -263,3 +263,16 @@ def test_missing_inputs(pair: Pair, missing: str) -> None:
     else:
         proc = cli(pair.receiver, "audit", "--agent-log", str(pair.root / "nope.jsonl"))
         assert proc.returncode == 1 and proc.stdout.startswith("agent_log_unreadable")
+
+
+def test_a_stage_the_ledger_did_not_put_a_file_in(pair: Pair) -> None:
+    """Issue 12: at rest every task file sits where its ledger says."""
+    lane = lane_in(pair)
+    held = envelope(pair, require_ack=True)
+    drop(lane, held)
+    drain(pair.receiver.node())
+    assert run_audit(pair).ok
+    name = f"{held['id']}.json"
+    os.rename(lane.pending_ack / name, lane.processing / name)  # by hand, no pass since
+    assert "stage_mismatch" in kinds(run_audit(pair))
+    assert "stage_mismatch" not in kinds(run_audit(pair, settled=False))
