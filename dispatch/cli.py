@@ -59,6 +59,7 @@ COMMAND_MODULES = {
     "notify": "runtime",
     "demo": "demo",
     "mcp": "mcp",
+    "signer": "signer",
     "list": "listing",
     "clean": "listing",
 }

@@ -47,6 +47,8 @@ def test_units_exist() -> None:
         "dispatch-notify.service",
         "dispatch-sensor.service",
         "dispatch.target",
+        "dispatch-signer.socket",
+        "dispatch-signer.service",
     }
 
 
@@ -66,6 +68,7 @@ def test_one_target_wants_everything_a_node_runs() -> None:
         "dispatch-heartbeat.timer",
         "dispatch-sensor.service",
         "dispatch-notify.service",
+        "dispatch-signer.socket",
     }
     assert all((TOP / "units" / unit).exists() for unit in wanted)
     assert "WantedBy=multi-user.target" in text
@@ -97,6 +100,7 @@ def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
         ("dispatch-heartbeat.service", 2.5),
         ("dispatch-notify.service", 2.5),
         ("dispatch-sensor.service", 1.0),
+        ("dispatch-signer.service", 1.5),
         ("dispatch-exec@.service", 3.5),
     ],
 )

@@ -98,6 +98,10 @@ class Config:
     slurm_args: tuple[str, ...] = ()
     # Job input/output files: a directory the gateway and the compute nodes both see.
     slurm_dir: Path | None = None
+    # The local signer's socket: the one process that reads the private key listens there.
+    signer_socket: Path = Path("/run/dispatch/signer.sock")
+    # Peers an execution's agent may send child tasks to; empty: every peer.
+    chain_peers: tuple[str, ...] = ()
 
     def slurm_spool(self) -> Path:
         return self.slurm_dir or self.state_dir / "slurm"
@@ -230,6 +234,13 @@ def _str(text: str) -> str:
     return text.strip()
 
 
+def _node_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        _node(name)
+    return names
+
+
 def _slurm_name(text: str) -> str:
     # Partition and account names reach sbatch as one argument each; keep them to names.
     if text.strip() and not re.fullmatch(r"[A-Za-z0-9_.,-]{1,128}", text.strip()):
@@ -339,6 +350,8 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DISPATCH_SLURM_ACCOUNT": ("slurm_account", _slurm_name),
     "DISPATCH_SLURM_ARGS": ("slurm_args", _slurm_args),
     "DISPATCH_SLURM_DIR": ("slurm_dir", _abs_path),
+    "DISPATCH_SIGNER_SOCKET": ("signer_socket", _abs_path),
+    "DISPATCH_CHAIN_PEERS": ("chain_peers", _node_list),
 }
 # Read by other parts (node identity, peers, sender defaults), listed so the file check
 # does not call them unknown.

@@ -12,6 +12,7 @@ with `DISPATCH_ACCEPT_V3=1` during a migration, the original's schema 2 with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, NotFound, Rejection, UsageError
 from dispatch.core.fsio import write_new
-from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private
+from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private, private_key_path
 from dispatch.core.model import (
     HMAC_SCHEMA,
     KID_RE,
@@ -124,7 +125,14 @@ class NodeKeys:
 
     @cached_property
     def signer(self) -> Signer:
-        return LocalSigner(load_private(self.cfg.key_dir, self.cfg.node))
+        """In-process when this process may read the key (root: promote, exec, the signer
+        itself); else through the local signer's socket, which decides what it signs."""
+        path = private_key_path(self.cfg.key_dir, self.cfg.node)
+        if os.geteuid() == 0 or os.access(path, os.R_OK) or not self.cfg.signer_socket.exists():
+            return LocalSigner(load_private(self.cfg.key_dir, self.cfg.node))
+        from dispatch.signer.client import SocketSigner
+
+        return SocketSigner(self.cfg.signer_socket, self.cfg.node)
 
     @cached_property
     def pins(self) -> Pins:
@@ -181,6 +189,12 @@ def _legacy_gate(keys: NodeKeys, obj: dict[str, Any], what: str) -> None:
 
 def sign_envelope(keys: NodeKeys, envelope: Envelope) -> Envelope:
     signed = keys.signer.sign(envelope.body())
+    # The local signer sets an execution's chain fields itself: keep what it signed.
+    parent, hops = signed.get("parent"), signed.get("hops")
+    if (parent, hops) != (envelope.parent, envelope.hops):
+        if not (parent is None or isinstance(parent, str)) or not isinstance(hops, int):
+            raise UsageError("the signer returned chain fields of the wrong type")
+        envelope = dataclasses.replace(envelope, parent=parent, hops=hops)
     return envelope.signed(signed["kid"], signed["sig"])
 
 

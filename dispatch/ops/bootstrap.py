@@ -116,6 +116,11 @@ def init_node(
         # 0640 before a byte is written: it may hold a webhook URL with its token.
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         os.fchmod(fd, 0o640)
+        # Group `dispatch` (the packages' sysusers.d) reads it: its members send through the
+        # local signer and need the root, node and peers, never a key.
+        group = _sender_group()
+        if group is not None and os.geteuid() == 0:
+            os.fchown(fd, 0, group)
         with os.fdopen(fd, "w") as handle:
             handle.write(text + ("\n" + template if template else ""))
         written = True
@@ -123,6 +128,15 @@ def init_node(
     return InitReport(
         config_path, written, key, private_key_path(key_dir, node), created, lanes, tuple(peers)
     )
+
+
+def _sender_group() -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam("dispatch").gr_gid
+    except KeyError:
+        return None
 
 
 def reload_systemd(config_path: Path) -> bool:

@@ -112,6 +112,8 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
             "pid": os.getpid(),
             "pid_start": process_start_time(os.getpid()),
             "unit": unit,
+            # Read by the local signer: a child this execution sends is one hop further.
+            "hops": envelope.hops,
             # Read by recovery: this execution's work may outlive its executor.
             **({"launcher": "slurm"} if slurm else {}),
         },

@@ -22,6 +22,7 @@ from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
 from dispatch.core.wire import now_utc, rfc3339
 from dispatch.receive.agent import OutputReader
+from dispatch.signer.caller import forget_agent, record_agent
 
 GRACE_S = 5.0
 TIMEOUT_EXIT = 124
@@ -79,6 +80,8 @@ def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
     env["DISPATCH_TASK_ID"] = envelope.id
     env["DISPATCH_HOPS"] = str(envelope.hops)
     env["DISPATCH_NODE"] = node.name
+    # Where to ask for a child task's signature (the agent holds no key): not a secret.
+    env["DISPATCH_SIGNER_SOCKET"] = str(node.cfg.signer_socket)
     if node.cfg.run_as and os.geteuid() == 0:
         user = pwd.getpwnam(node.cfg.run_as)
         env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
@@ -118,6 +121,7 @@ def run_agent(
     node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
 ) -> Outcome:
     stop = _Stop()
+    agent_pgid = 0
     began = time.monotonic()
     timed_out = stalled = False
     stall_s = node.cfg.stall_s
@@ -152,6 +156,9 @@ def run_agent(
                 "",
                 log.close(),
             )
+        # The agent leads a new session: the local signer knows its processes by it.
+        record_agent(node.state, proc.pid, envelope.id)
+        agent_pgid = proc.pid
         if stdin is not None and proc.stdin is not None:
             _feed_stdin(proc.stdin, stdin)
         assert proc.stdout is not None
@@ -226,6 +233,8 @@ def run_agent(
             f"{' reason=' + reason if reason else ''}\n".encode()
         )
     finally:
+        if agent_pgid:
+            forget_agent(node.state, agent_pgid)
         stop.close()
         log_rest = log.close()
     return output.outcome(status, exit_code, reason, log_rest)

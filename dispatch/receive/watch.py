@@ -11,6 +11,7 @@ from dispatch.core.node import Node
 from dispatch.receive.launch import Launcher, make_launcher
 from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import PassReport, promote
+from dispatch.signer.server import serving_for_watch
 
 
 def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -> PassReport:
@@ -30,7 +31,7 @@ def watch(node: Node, *, once: bool = False, max_seconds: float | None = None) -
         )
     dirs = [d for lane in lanes for d in lane.watched_dirs()]
     began = time.monotonic()
-    with DirWatcher(dirs) as watcher:
+    with serving_for_watch(node), DirWatcher(dirs) as watcher:
         while True:
             report = promote(node, launcher)
             busy = launcher.running()

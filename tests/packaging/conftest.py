@@ -20,9 +20,10 @@ VERSION: str = tomllib.loads((TOP / "pyproject.toml").read_text())["project"]["v
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 UNITS = sorted(p.name for p in (TOP / "units").iterdir())
 # Enabled (and, on Debian, started) by the packages: they start everything else. The sensor
-# is resident, not a oneshot, so it is enabled the same way (it exits at once in timer mode).
+# is resident, not a oneshot, so it is enabled the same way (it exits at once in timer mode);
+# the signer's socket too (it starts the signer on the first request).
 TRIGGERS = sorted(
-    u for u in UNITS if u.endswith((".path", ".timer")) or u == "dispatch-sensor.service"
+    u for u in UNITS if u.endswith((".path", ".timer", ".socket")) or u == "dispatch-sensor.service"
 )
 
 BUILD_TOOLS = {

@@ -67,6 +67,7 @@ def test_deb_contents(deb: Path) -> None:
         "/usr/lib/tmpfiles.d/dispatch.conf",
         "/usr/lib/sysusers.d/dispatch.conf",
         "/usr/lib/python3/dist-packages/dispatch/cli.py",
+        "/usr/lib/python3/dist-packages/dispatch/signer/server.py",
         "/usr/share/doc/dispatch/copyright",
     ):
         assert path in files, f"{path} not in the .deb"
@@ -136,7 +137,10 @@ def test_sysusers_make_the_agent_user_that_init_configures() -> None:
         for line in (PACKAGING / "sysusers.d/dispatch.conf").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert [(fields[0], fields[1]) for fields in lines] == [("u", DEFAULT_AGENT_USER)]
+    assert [(fields[0], fields[1]) for fields in lines] == [
+        ("u", DEFAULT_AGENT_USER),
+        ("g", "dispatch"),  # the signer signs tasks and cancels for its members
+    ]
 
 
 # -- metadata and scripts -----------------------------------------------------------------
