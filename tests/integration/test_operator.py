@@ -18,7 +18,17 @@ from tests.integration.dispatch_host import MNT, ROOT, DispatchHost
 from tests.integration.sdhost import SystemdHost
 
 LANE = f"{ROOT}/devbox-to-gpubox"
-STATUS_KEYS = {"node", "root", "version", "killswitch", "lanes", "executions", "peers"}
+STATUS_KEYS = {
+    "node",
+    "root",
+    "version",
+    "killswitch",
+    "lanes",
+    "executions",
+    "peers",
+    "faults",
+    "root_problem",
+}
 EXEC_KEYS = {"id", "lane", "unit", "state", "started_at", "elapsed_s", "memory_bytes"}
 
 
