@@ -152,3 +152,48 @@ def test_a_group_member_sends_and_waits_and_a_stranger_is_refused(host: SystemdH
     assert "may not sign as devbox" in err[0] and "group 'dispatch'" in err[0]
     refusals = [e for e in events_of(host) if e.get("DISPATCH_EVENT") == "signer_refused"]
     assert refusals and refusals[-1].get("DISPATCH_UID") == uid_of(host, STRANGER)
+
+
+def test_an_agent_running_as_nobody_sends_a_child_through_the_signer(host: SystemdHost) -> None:
+    """The agent holds no key; the signer knows it by its dispatch-exec@<id> cgroup and signs
+    only a child of <id>, with the chain fields it sets from the started marker."""
+    d = DispatchHost(host)
+    d.setup(timer=False, exec_dropin="Environment=XDG_STATE_HOME=/tmp/agent-state\n")
+    host.systemctl("start", "dispatch-signer.socket")
+    # Not the signer's to solve (see the report of issue 13): the agent's `dispatch send`
+    # reads the node's settings and writes the outgoing lane like any sender.
+    host.run(["chmod", "644", "/etc/dispatch/dispatch.conf"])
+    host.run(["chmod", "-R", "a+w", f"{ROOT}/gpubox-to-devbox"])
+    task_id = d.send("relay send=devbox")
+    result = d.wait(task_id)
+    assert result["status"] == "ok", result
+    text = result["final_text"]
+    assert "sent " in text, text
+    child_id = text.split("sent ", 1)[1].split()[0]
+    name = f"{ROOT}/gpubox-to-devbox/inbox/{child_id}.json"
+    child = json.loads(host.run(["cat", name]).stdout)
+    assert (child["from"], child["parent"], child["hops"]) == ("gpubox", task_id, 1)
+    story = host.journalctl("-u", "dispatch-signer.service", "-o", "json")
+    events = [json.loads(line) for line in story.splitlines() if line.strip()]
+    signed = [e for e in events if e.get("DISPATCH_EVENT") == "signer_signed"]
+    assert [e.get("DISPATCH_EXECUTION") for e in signed] == [task_id]
+    assert signed[0].get("DISPATCH_UID") == uid_of(host, "nobody")
+    # The same user outside any execution, claiming that chain: a stranger, refused.
+    after = host.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            f"--regid={host.run(['id', '-g', 'nobody']).stdout.strip()}",
+            "--clear-groups",
+            DISPATCH,
+            "send",
+            "--to",
+            "devbox",
+            "--request",
+            "again",
+        ],
+        env={"DISPATCH_TASK_ID": task_id, "DISPATCH_HOPS": "0", "XDG_STATE_HOME": "/tmp"},
+        check=False,
+    )
+    assert after.returncode != 0
+    assert "the signer refused: uid" in after.stderr, after.stderr
