@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
 KICK_FILE = "/run/dispatch/kick"
+# Left by a pass that could not finish its work (the share failed, a result is deferred):
+# the sensor kicks again, backing off, until a pass ends without leaving it. Not watched by
+# the path unit, so in timer mode it is inert (the timer retries there).
+AGAIN_FILE = "/run/dispatch/again"
 HEARTBEAT_EVERY_S = 15.0  # as dispatch-heartbeat.timer's OnUnitActiveSec= in timer mode
 HEARTBEAT_RETRY_S = 2.0  # after a failure: the share came back, or the identity appeared
 # A directory's mtime has whole-second resolution on sshfs (SFTP v3): a second file landing
@@ -73,7 +77,7 @@ def signature(path: str) -> Signature:
 class Settings:
     """What to watch and where to write, from the generator's DISPATCH_SENSOR_* values."""
 
-    __slots__ = ("interval_s", "kick_file", "node", "peers", "root", "state_dir")
+    __slots__ = ("again_file", "interval_s", "kick_file", "node", "peers", "root", "state_dir")
 
     def __init__(
         self,
@@ -84,9 +88,11 @@ class Settings:
         state_dir: str,
         interval_s: float,
         kick_file: str = KICK_FILE,
+        again_file: str = AGAIN_FILE,
     ) -> None:
         self.root, self.node, self.peers = root, node, peers
         self.state_dir, self.interval_s, self.kick_file = state_dir, interval_s, kick_file
+        self.again_file = again_file
 
     def lanes_in(self) -> list[str]:
         return [f"{self.root}/{peer}-to-{self.node}" for peer in self.peers]
@@ -131,9 +137,13 @@ class ChangeDetector:
         self.rekick_gap = REKICK_FIRST_S
         self.kicks = 0
 
-    def step(self, signatures: list[Signature], now: float, consumed: bool) -> bool:
-        if consumed:
+    def step(
+        self, signatures: list[Signature], now: float, consumed: bool, again: bool = False
+    ) -> bool:
+        if consumed and not again:
             self.rekick_at, self.rekick_gap = None, REKICK_FIRST_S
+        if again and self.rekick_at is None:
+            self.rekick_at = now + self.rekick_gap
         if signatures != self.last:
             # The first sample is a change too: whatever arrived while no sensor ran.
             self.last = signatures
@@ -159,15 +169,24 @@ def kick(path: str) -> None:
     os.close(fd)
 
 
-def consume_kick(path: str = KICK_FILE) -> None:
+def consume_kick(path: str = KICK_FILE, again: str = AGAIN_FILE) -> None:
     """What a promote pass does first: everything that changed before this is in the pass;
     a kick the sensor makes after it is a new one, and one it sees still there was not
     taken, so it kicks again."""
-    # Not contextlib.suppress: the sensor imports this module, and contextlib is 0.5 MiB.
+    for name in (path, again):
+        # Not contextlib.suppress: the sensor imports this module, and contextlib is 0.5 MiB.
+        try:  # noqa: SIM105
+            os.unlink(name)
+        except OSError:
+            pass  # no sensor on this node, or nothing to take
+
+
+def want_again(path: str = AGAIN_FILE) -> None:
+    """What a pass that left work undone does last (see AGAIN_FILE)."""
     try:  # noqa: SIM105
-        os.unlink(path)
+        kick(path)
     except OSError:
-        pass  # no sensor on this node, or nothing to take
+        pass  # no /run/dispatch: no sensor on this node
 
 
 # ----------------------------------------------------------------------------- heartbeat
@@ -276,11 +295,12 @@ def run(
     done = 0
     while rounds is None or done < rounds:
         now = clock()
-        # Only while a kick is outstanding: one stat fewer per round the rest of the time.
+        # Local files in /run: a stat each costs next to nothing.
         consumed = detector.rekick_at is not None and not os.path.lexists(settings.kick_file)
+        again = os.path.lexists(settings.again_file)
         if done % SLOW_EVERY == 0:
             slow_sigs = [signature(p) for p in slow]
-        if detector.step([signature(p) for p in fast] + slow_sigs, now, consumed):
+        if detector.step([signature(p) for p in fast] + slow_sigs, now, consumed, again):
             try:
                 kick(settings.kick_file)
             except OSError as exc:

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.cluster import SHARE, Cluster, Node
+from tests.e2e.cluster import FORCED_WATCH_MODE, SHARE, Cluster, Node
 from tests.e2e.conftest import ClusterFactory
 
 Waited = Future[tuple[dict[str, Any], str]]
@@ -16,6 +16,11 @@ Waited = Future[tuple[dict[str, Any], str]]
 
 def _wait_bg(pool: ThreadPoolExecutor, node: Node, task_id: str) -> Waited:
     return pool.submit(node.wait_noting, task_id, 120)
+
+
+def timer_mode() -> bool:
+    """The nodes poll with the timer (DISPATCH_E2E_WATCH_MODE=timer), not the sensor."""
+    return FORCED_WATCH_MODE.get("DISPATCH_WATCH_MODE") == "timer"
 
 
 def _events(node: Node, task_id: str) -> list[str]:
@@ -72,7 +77,15 @@ def test_file_server_dies_mid_run_and_returns(make_cluster: ClusterFactory) -> N
         time.sleep(max(0.0, down_at + 9 - time.monotonic()))
         assert b.ran(second) == 0  # nothing new starts without the share
         watch_log = b.journal("-u", "dispatch-watch.service", "-o", "cat")
-        assert "Failed to set up mount namespacing" in watch_log, watch_log
+        if timer_mode():
+            assert "Failed to set up mount namespacing" in watch_log, watch_log
+        else:
+            # The sensor's stats fail too (EIO reads as a change): the pass it kicks finds
+            # the share unreachable, or cannot even set up its namespace.
+            assert (
+                "Failed to set up mount namespacing" in watch_log
+                or "Input/output error" in watch_log
+            ), watch_log
 
         cluster.server.start_sshd()  # the operator brings the server back; sshfs reconnects
         results = {task_id: future.result() for task_id, future in waits.items()}
@@ -127,5 +140,12 @@ def test_network_cut_to_one_host_hangs_nothing(make_cluster: ClusterFactory) -> 
         result = a.wait(task_id, timeout=90)
         assert result["status"] == "ok", json.dumps(result)
         assert b.ran(task_id) == 1
-    assert "result_deferred" in _events(b, running) or "log_write_failed" in _events(b, running)
+    events = _events(b, running)
+    if timer_mode():
+        assert "result_deferred" in events or "log_write_failed" in events, events
+    else:
+        # With the sensor's stats in flight when the link went, sshfs may hold the
+        # executor's writes until it is back instead of failing them: then the cut is not
+        # felt at all. Either way the task ran once and its one result arrived (above).
+        assert events.count("exec_end") == 1, events
     _settled(cluster)

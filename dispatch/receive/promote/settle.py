@@ -32,11 +32,17 @@ def run_unit_pass(node: Node) -> PassReport:
     from dispatch.receive.launch import make_launcher
 
     under_systemd = node.cfg.launcher is LauncherKind.SYSTEMD
-    if under_systemd:
-        from dispatch.receive.sensor import consume_kick
+    if not under_systemd:
+        return settle(node, make_launcher(node))
+    from dispatch.receive import sensor
 
-        consume_kick()
-    return settle(node, make_launcher(node), linger=under_systemd)
+    sensor.consume_kick()
+    report = settle(node, make_launcher(node), linger=True)
+    if node.state.deferred_results():
+        # A result waits for the share to come back: in sensor mode no timer comes soon,
+        # so ask the sensor for another pass (backing off) until it is published.
+        sensor.want_again()
+    return report
 
 
 def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassReport:

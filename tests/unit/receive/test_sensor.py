@@ -71,6 +71,20 @@ def test_a_kick_no_pass_took_is_repeated_less_and_less_often() -> None:
     assert not any(d.step(A, 200 + i / 4, consumed=True) for i in range(400))
 
 
+def test_a_pass_that_left_work_gets_another_until_it_stops_asking() -> None:
+    d = ChangeDetector()
+    d.step(A, 0.0, consumed=True)
+    d.step(A, SETTLE_KICK_S, consumed=True)
+    assert not any(d.step(A, 2 + i / 4, consumed=True) for i in range(40))
+    # A pass left the "again" file (a deferred result): kicks, backing off, while it stays.
+    kicks = [t / 4 for t in range(48, 400) if d.step(A, t / 4, consumed=True, again=True)]
+    assert kicks[0] == 12 + REKICK_FIRST_S
+    gaps = [b - a for a, b in itertools.pairwise(kicks)]
+    assert gaps == sorted(gaps) and max(gaps) <= REKICK_MAX_S + 0.25
+    # The pass that published it left nothing: quiet again.
+    assert not any(d.step(A, 100 + i / 4, consumed=True) for i in range(200))
+
+
 def test_signature_sees_entries_come_and_go_and_a_missing_path(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
