@@ -201,6 +201,9 @@ class DispatchHost:
                 "/etc/dispatch/devbox/keys",
                 "--state-dir",
                 "/var/lib/dispatch/devbox",
+                # This test machine has no dispatch-agent user (the packages make one).
+                "--run-as",
+                AGENT_USER,
             ]
         )
         pin_each_other(h, {"gpubox": None, "devbox": SENDER_CONF})

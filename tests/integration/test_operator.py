@@ -170,6 +170,7 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
         "config",
         "key",
         "root",
+        "agent user",
         "filesystem",
         "peer devbox",
         "peer-key devbox",
@@ -178,11 +179,14 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
         "killswitch",
     ]
     assert all(c["ok"] and set(c) == {"check", "ok", "detail", "hint"} for c in checks)
-    assert "mode 0600" in checks[1]["detail"]
-    assert "from stdin" in checks[5]["detail"]  # pinned with `dispatch peers add devbox -`
-    assert checks[6]["detail"] == "the path unit: active (waiting)"
+    by_name = {c["check"]: c for c in checks}
+    assert "mode 0600" in by_name["key"]["detail"]
+    # pinned with `dispatch peers add devbox -`
+    assert "from stdin" in by_name["peer-key devbox"]["detail"]
+    assert by_name["dispatch-watch.path"]["detail"] == "the path unit: active (waiting)"
     # The sender's side of the same share: its peer gpubox beats too.
-    assert d.dispatch("doctor", check=False).returncode == 0
+    sender_side = d.dispatch("doctor", check=False)
+    assert sender_side.returncode == 0, sender_side.stdout + sender_side.stderr
 
     node_host.systemctl("stop", "dispatch-watch.path")
     proc = d.dispatch("doctor", sender=False, check=False)

@@ -116,7 +116,7 @@ def test_man_page_renders_without_warnings() -> None:
         env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
     )
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
-    for alias in ("dispatch-send.1", "dispatch-ack.1"):
+    for alias in ("dispatch-send.1", "dispatch-ack.1", "dispatch-sensor.1"):
         assert (PACKAGING / "man" / alias).read_text() == ".so man1/dispatch.1\n"
 
 
