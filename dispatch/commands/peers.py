@@ -11,9 +11,9 @@ import click
 
 from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
-from dispatch.core.config import valid_node
 from dispatch.core.errors import DispatchError, UsageError
 from dispatch.core.keys import parse_line, published_mismatch
+from dispatch.core.knobs import valid_node
 from dispatch.core.node import Node
 
 

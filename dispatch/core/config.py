@@ -13,9 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.core.errors import ConfigError
+from dispatch.core.knobs import (
+    abs_path,
+    boolean,
+    enum_of,
+    int_at_least,
+    int_between,
+    memory,
+    node_list,
+    node_name,
+    percent,
+    positive_float,
+    slurm_args,
+    slurm_name,
+    text_value,
+    url,
+    valid_node,
+)
 
 DEFAULT_CONFIG = Path("/etc/dispatch/dispatch.conf")
-NODE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
 
 class LauncherKind(StrEnum):
@@ -43,10 +59,6 @@ class DangerousPolicy(StrEnum):
     ALLOW = "allow"
     ACK = "ack"
     DENY = "deny"
-
-
-def valid_node(name: str) -> bool:
-    return NODE_RE.fullmatch(name) is not None
 
 
 # The unprivileged user the packages create (sysusers.d) for the agent, and `dispatch init`
@@ -139,219 +151,49 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "yes", "true", "on"):
-        return True
-    if low in ("0", "no", "false", "off", ""):
-        return False
-    raise ValueError(f"expected a boolean (1/0, yes/no), got {text!r}")
-
-
-def _whole(text: str, shape: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"must be a whole number {shape} (no unit), got {text!r}") from None
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _whole(text, f"of at least {minimum}")
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _whole(text, f"from {low} to {high}")
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"must be a number of seconds such as 3 or 0.5 (no unit), got {text!r}"
-        ) from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _abs_path(text: str) -> Path:
-    path = Path(text.strip())
-    if not path.is_absolute():
-        raise ValueError(f"must be an absolute path, got {text!r}")
-    return path
-
-
-def _node(text: str) -> str:
-    if not valid_node(text.strip()):
-        raise ValueError(f"not a valid node name ([a-z0-9][a-z0-9_.-]{{0,62}}): {text!r}")
-    return text.strip()
-
-
-def _enum(kind: type[StrEnum]) -> Callable[[str], StrEnum]:
-    def parse(text: str) -> StrEnum:
-        try:
-            return kind(text.strip())
-        except ValueError:
-            choices = ", ".join(m.value for m in kind)
-            raise ValueError(f"must be one of {choices}, got {text!r}") from None
-
-    return parse
-
-
-def _memory(text: str) -> str:
-    if not re.fullmatch(r"(\d+[KMGT]?|\d+%|infinity)", text.strip()):
-        raise ValueError(f"expected bytes with K/M/G/T suffix, a percentage or infinity: {text!r}")
-    return text.strip()
-
-
-def _percent(text: str) -> str:
-    if not re.fullmatch(r"\d+%", text.strip()):
-        raise ValueError(f"expected a percentage such as 200%: {text!r}")
-    return text.strip()
-
-
-def _url(text: str) -> str:
-    text = text.strip()
-    if text and not re.fullmatch(r"https?://[^\s]+", text):
-        raise ValueError(f"expected an http(s) URL, got {text[:80]!r}")
-    return text
-
-
-def _str(text: str) -> str:
-    return text.strip()
-
-
-def _node_list(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    for name in names:
-        _node(name)
-    return names
-
-
-def _slurm_name(text: str) -> str:
-    # Partition and account names reach sbatch as one argument each; keep them to names.
-    if text.strip() and not re.fullmatch(r"[A-Za-z0-9_.,-]{1,128}", text.strip()):
-        raise ValueError(f"not a Slurm partition/account name: {text[:80]!r}")
-    return text.strip()
-
-
-# Options dispatch sets itself from the task and the other knobs: a site cannot override them
-# through DISPATCH_SLURM_ARGS (--requeue would break at-most-once, --output the log).
-SLURM_OWNED_OPTIONS = frozenset(
-    {
-        "--job-name",
-        "-J",
-        "--comment",
-        "--output",
-        "-o",
-        "--error",
-        "-e",
-        "--input",
-        "-i",
-        "--time",
-        "-t",
-        "--mem",
-        "--mem-per-cpu",
-        "--mem-per-gpu",
-        "--cpus-per-task",
-        "-c",
-        "--requeue",
-        "--no-requeue",
-        "--export",
-        "--export-file",
-        "--wrap",
-        "--parsable",
-        "--uid",
-        "--gid",
-        "--chdir",
-        "-D",
-        "--open-mode",
-        "--partition",
-        "-p",
-        "--account",
-        "-A",
-        "--array",
-        "-a",
-        "--wait",
-        "-W",
-        "--hold",
-        "-H",
-    }
-)
-
-
-def _slurm_args(text: str) -> tuple[str, ...]:
-    import shlex
-
-    try:
-        args = tuple(shlex.split(text))
-    except ValueError as exc:
-        raise ValueError(f"cannot split into arguments: {exc}") from None
-    for arg in args:
-        if not arg.startswith("-"):
-            raise ValueError(f"{arg!r} is not an option (write --opt=value as one word)")
-        if arg.split("=", 1)[0] in SLURM_OWNED_OPTIONS:
-            raise ValueError(f"{arg.split('=', 1)[0]} is set by dispatch and cannot be given")
-    return args
-
-
-# knob -> (field, parser). Knob names keep the original project's spelling.
 KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DISPATCH_ROOT": ("root", _abs_path),
-    "DISPATCH_NODE_A": ("node_a", _node),
-    "DISPATCH_NODE_B": ("node_b", _node),
-    "DISPATCH_KEY_DIR": ("key_dir", _abs_path),
-    "DISPATCH_PEERS_DIR": ("peer_keys_dir", _abs_path),
-    "DISPATCH_STATE_DIR": ("state_dir", _abs_path),
-    "DISPATCH_POLL_SEC": ("poll_sec", _positive_float),
-    "DISPATCH_WATCH_MODE": ("watch_mode", _enum(WatchMode)),
+    "DISPATCH_ROOT": ("root", abs_path),
+    "DISPATCH_NODE_A": ("node_a", node_name),
+    "DISPATCH_NODE_B": ("node_b", node_name),
+    "DISPATCH_KEY_DIR": ("key_dir", abs_path),
+    "DISPATCH_PEERS_DIR": ("peer_keys_dir", abs_path),
+    "DISPATCH_STATE_DIR": ("state_dir", abs_path),
+    "DISPATCH_POLL_SEC": ("poll_sec", positive_float),
+    "DISPATCH_WATCH_MODE": ("watch_mode", enum_of(WatchMode)),
     # Below 50 ms the sensor's stats would load the file server for nothing; above 10 s it
     # would be slower than the timer it replaces.
-    "DISPATCH_SENSOR_MS": ("sensor_ms", _int_between(50, 10000)),
-    "DISPATCH_MAX_PARALLEL": ("max_parallel", _int_at_least(1)),
-    "DISPATCH_LAUNCHER": ("launcher", _enum(LauncherKind)),
-    "DISPATCH_AGENT_BIN": ("agent_bin", _str),
-    "DISPATCH_AGENT_PROFILE": ("agent_profile", _enum(AgentProfile)),
-    "DISPATCH_ACCEPT_V2": ("accept_v2", _bool),
-    "DISPATCH_ACCEPT_V3": ("accept_v3", _bool),
-    "DISPATCH_V2_REQUIRE_ACK": ("v2_require_ack", _bool),
-    "DISPATCH_DANGEROUS": ("dangerous", _enum(DangerousPolicy)),
-    "DISPATCH_DEFAULT_TIMEOUT_S": ("default_timeout_s", _int_at_least(1)),
-    "DISPATCH_TIMEOUT_MAX_S": ("timeout_max_s", _int_at_least(1)),
-    "DISPATCH_DEFAULT_MAX_OUTPUT_BYTES": ("default_max_output_bytes", _int_at_least(1024)),
-    "DISPATCH_MAX_OUTPUT_BYTES_MAX": ("max_output_bytes_max", _int_at_least(1024)),
-    "DISPATCH_MAX_AGE_S": ("max_age_s", _int_at_least(1)),
-    "DISPATCH_CLOCK_SKEW_S": ("clock_skew_s", _int_at_least(0)),
-    "DISPATCH_RUN_AS": ("run_as", _str),
-    "DISPATCH_MEMORY_MAX": ("memory_max", _memory),
-    "DISPATCH_TASKS_MAX": ("tasks_max", _int_at_least(8)),
-    "DISPATCH_CPU_QUOTA": ("cpu_quota", _percent),
-    "DISPATCH_MAX_HOPS": ("max_hops", _int_at_least(0)),
-    "DISPATCH_DISCORD_WEBHOOK": ("discord_webhook", _url),
-    "DISPATCH_WEBHOOK_URL": ("webhook_url", _url),
-    "DISPATCH_ACK_TTL": ("ack_ttl_s", _int_at_least(1)),
-    "DISPATCH_RETAIN_DAYS": ("retain_days", _int_at_least(0)),
-    "DISPATCH_STALL_S": ("stall_s", _int_at_least(0)),
-    "DISPATCH_METRICS_FILE": ("metrics_file", _abs_path),
-    "DISPATCH_SLURM_PARTITION": ("slurm_partition", _slurm_name),
-    "DISPATCH_SLURM_ACCOUNT": ("slurm_account", _slurm_name),
-    "DISPATCH_SLURM_ARGS": ("slurm_args", _slurm_args),
-    "DISPATCH_SLURM_DIR": ("slurm_dir", _abs_path),
-    "DISPATCH_SIGNER_SOCKET": ("signer_socket", _abs_path),
-    "DISPATCH_CHAIN_PEERS": ("chain_peers", _node_list),
+    "DISPATCH_SENSOR_MS": ("sensor_ms", int_between(50, 10000)),
+    "DISPATCH_MAX_PARALLEL": ("max_parallel", int_at_least(1)),
+    "DISPATCH_LAUNCHER": ("launcher", enum_of(LauncherKind)),
+    "DISPATCH_AGENT_BIN": ("agent_bin", text_value),
+    "DISPATCH_AGENT_PROFILE": ("agent_profile", enum_of(AgentProfile)),
+    "DISPATCH_ACCEPT_V2": ("accept_v2", boolean),
+    "DISPATCH_ACCEPT_V3": ("accept_v3", boolean),
+    "DISPATCH_V2_REQUIRE_ACK": ("v2_require_ack", boolean),
+    "DISPATCH_DANGEROUS": ("dangerous", enum_of(DangerousPolicy)),
+    "DISPATCH_DEFAULT_TIMEOUT_S": ("default_timeout_s", int_at_least(1)),
+    "DISPATCH_TIMEOUT_MAX_S": ("timeout_max_s", int_at_least(1)),
+    "DISPATCH_DEFAULT_MAX_OUTPUT_BYTES": ("default_max_output_bytes", int_at_least(1024)),
+    "DISPATCH_MAX_OUTPUT_BYTES_MAX": ("max_output_bytes_max", int_at_least(1024)),
+    "DISPATCH_MAX_AGE_S": ("max_age_s", int_at_least(1)),
+    "DISPATCH_CLOCK_SKEW_S": ("clock_skew_s", int_at_least(0)),
+    "DISPATCH_RUN_AS": ("run_as", text_value),
+    "DISPATCH_MEMORY_MAX": ("memory_max", memory),
+    "DISPATCH_TASKS_MAX": ("tasks_max", int_at_least(8)),
+    "DISPATCH_CPU_QUOTA": ("cpu_quota", percent),
+    "DISPATCH_MAX_HOPS": ("max_hops", int_at_least(0)),
+    "DISPATCH_DISCORD_WEBHOOK": ("discord_webhook", url),
+    "DISPATCH_WEBHOOK_URL": ("webhook_url", url),
+    "DISPATCH_ACK_TTL": ("ack_ttl_s", int_at_least(1)),
+    "DISPATCH_RETAIN_DAYS": ("retain_days", int_at_least(0)),
+    "DISPATCH_STALL_S": ("stall_s", int_at_least(0)),
+    "DISPATCH_METRICS_FILE": ("metrics_file", abs_path),
+    "DISPATCH_SLURM_PARTITION": ("slurm_partition", slurm_name),
+    "DISPATCH_SLURM_ACCOUNT": ("slurm_account", slurm_name),
+    "DISPATCH_SLURM_ARGS": ("slurm_args", slurm_args),
+    "DISPATCH_SLURM_DIR": ("slurm_dir", abs_path),
+    "DISPATCH_SIGNER_SOCKET": ("signer_socket", abs_path),
+    "DISPATCH_CHAIN_PEERS": ("chain_peers", node_list),
 }
 # Read by other parts (node identity, peers, sender defaults), listed so the file check
 # does not call them unknown.
@@ -410,7 +252,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
         if raw.get(knob, ("", ""))[0].strip():
             text, where = raw[knob]
             try:
-                node = _node(text)
+                node = node_name(text)
             except ValueError as exc:
                 problems.append(f"{knob}: {exc} ({where})")
             break

@@ -16,9 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dispatch.core.config import valid_node
 from dispatch.core.errors import ConfigError, Rejection, UsageError
 from dispatch.core.fsio import atomic_write, read_regular, write_new
+from dispatch.core.knobs import valid_node
 from dispatch.core.wire import now_utc, rfc3339
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from dispatch.core.config import valid_node
 from dispatch.core.errors import Rejection
+from dispatch.core.knobs import valid_node
 
 MAX_FILE_BYTES = 1024 * 1024
 E = TypeVar("E", bound=StrEnum)

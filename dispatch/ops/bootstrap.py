@@ -19,6 +19,7 @@ from dispatch.core.keys import (
     publish,
     write_private,
 )
+from dispatch.core.knobs import valid_node
 from dispatch.core.spool import Spool
 from dispatch.core.state import NodeState
 
@@ -54,9 +55,7 @@ def init_node(
     """Create the layout, a key, local state and the config file. The agent runs as
     `run_as` (the packages' unprivileged dispatch-agent by default), never as root unless
     that says `root`."""
-    problems = [
-        f"not a valid node name: {n!r}" for n in [node, *peers] if not config_mod.valid_node(n)
-    ]
+    problems = [f"not a valid node name: {n!r}" for n in [node, *peers] if not valid_node(n)]
     if not peers:
         problems.append("at least one peer is needed (--peers)")
     if node in peers:

@@ -23,7 +23,8 @@ from dispatch.receive import publish
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch.process import execution_alive, process_start_time
-from dispatch.receive.supervise import Outcome, run_agent
+from dispatch.receive.output import Outcome
+from dispatch.receive.supervise import run_agent
 from dispatch.send import results
 
 

@@ -40,17 +40,13 @@ from dispatch.receive.agent import invocation
 from dispatch.receive.executor import _finish, conclude
 from dispatch.receive.launch import slurm as backend
 from dispatch.receive.launch.process import process_start_time
+from dispatch.receive.output import HEADER_END, Outcome, Output, ShareLog, log_header
 from dispatch.receive.supervise import (
-    HEADER_END,
     TIMEOUT_EXIT,
-    Outcome,
-    Output,
-    ShareLog,
     _host_stopping,
     _Stop,
     _stopped,
     agent_env,
-    log_header,
     stalled_outcome,
 )
 

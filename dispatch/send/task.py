@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core import events, history
-from dispatch.core.config import valid_node
 from dispatch.core.errors import UsageError
 from dispatch.core.fsio import DirRefused
+from dispatch.core.knobs import valid_node
 from dispatch.core.lanedirs import hold
 from dispatch.core.model import MAX_INT, SCHEMA, Callback, Envelope, Priority
 from dispatch.core.node import Node

@@ -12,9 +12,9 @@ from dispatch.core.config import (
     DangerousPolicy,
     LauncherKind,
     WatchMode,
-    valid_node,
 )
 from dispatch.core.errors import ConfigError
+from dispatch.core.knobs import valid_node
 
 
 def conf(tmp_path: Path, text: str = "") -> Path:
