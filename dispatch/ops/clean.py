@@ -20,6 +20,7 @@ from typing import Any
 
 from dispatch.core import history
 from dispatch.core.errors import Rejection
+from dispatch.core.lanedirs import held_lanes
 from dispatch.core.node import Node
 from dispatch.core.spool import LOG_SUFFIX, REASON_SUFFIX, RESULT_SUFFIX, Lane
 from dispatch.core.wire import parse_time, valid_id
@@ -156,12 +157,30 @@ def clean(
     cutoff = time.time() - older_than_s
     out: list[Cleaned] = []
     lanes = node.spool.lanes_out(node.cfg) + node.spool.lanes_in(node.cfg)
+    # Through the lanes' directories held open from the root down: a lane or stage planted
+    # as a symbolic link is refused (and recorded), never followed into what it names.
+    with held_lanes(node, lanes) as held:
+        _clean_lanes(node, held, out, peer, cutoff, statuses, dry_run, force, limit)
+    return out
+
+
+def _clean_lanes(
+    node: Node,
+    lanes: list[Lane],
+    out: list[Cleaned],
+    peer: str | None,
+    cutoff: float,
+    statuses: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+    limit: int | None,
+) -> None:
     for lane in lanes:
         if peer and peer not in (lane.from_, lane.to):
             continue
         for task_id in _result_ids(lane):
             if limit is not None and len(out) >= limit:
-                return out
+                return
             with contextlib.suppress(OSError):
                 done = _one_result(
                     node,
@@ -175,8 +194,7 @@ def clean(
                 if done is not None:
                     out.append(done)
         if lane.to == node.name and (not statuses or "rejected" in statuses):
-            out += _quarantine(lane, cutoff, dry_run)
-    return out
+            out.extend(_quarantine(lane, cutoff, dry_run))
 
 
 def retain(node: Node, limit: int = 500) -> list[Cleaned]:

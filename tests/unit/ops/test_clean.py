@@ -123,3 +123,27 @@ def test_the_heartbeat_applies_the_retention(pair: Pair) -> None:
     configure(pair.sender, DISPATCH_RETAIN_DAYS=0)
     proc = cli(pair.sender, "clean")
     assert proc.returncode == 2 and "give --older-than" in proc.stderr
+
+
+def test_clean_never_follows_a_lane_directory_planted_as_a_link(pair: Pair) -> None:
+    task_id = _send(pair, "fine")
+    drain(pair.receiver.node())
+    lane = lane_in(pair)
+    # Someone who can write the share swaps done/ for a link to a directory of theirs that
+    # holds a same-named result: clean must not reach into it.
+    elsewhere = lane.root.parent / "canary"
+    elsewhere.mkdir()
+    for name in (f"{task_id}.result.json", f"{task_id}.log"):
+        (elsewhere / name).write_bytes((lane.done / name).read_bytes())
+    real_done = lane.path / "done.real"
+    (lane.path / "done").rename(real_done)
+    (lane.path / "done").symlink_to(elsewhere)
+    proc = cli(pair.sender, "clean", "--json", "--older-than", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        f"{task_id}.log",
+        f"{task_id}.result.json",
+    ]
+    status = json.loads(cli(pair.sender, "status", "--json").stdout)
+    assert any("symbolic link" in str(f) for f in status["faults"]), status["faults"]
