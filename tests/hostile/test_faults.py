@@ -190,9 +190,10 @@ def test_share_unmounted_and_mounted_again(node: HostileNode) -> None:
     underneath = node.host.binds["/mnt/dispatch"] / "share"
     # Nothing was created on the local disk under the mount point.
     assert sorted(os.listdir(underneath)) == [], sorted(os.listdir(underneath))
-    # The executions that ended meanwhile kept their signed results on this host.
+    # The executions that ended meanwhile either kept their signed results on this host or,
+    # holding their lane's directories open from before the (lazy) unmount, wrote them into
+    # the share itself: either way each task ends with its one result once it is back.
     deferred = [n for n in node.outbox() if n.endswith(".json")]
-    assert deferred, "no result was deferred while the share was away"
     node.mount_share()
     results = node.wait_results(ids, timeout=180)
     statuses = Counter(r["status"] for r in results.values())

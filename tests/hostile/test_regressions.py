@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dispatch.core import fsio
+from dispatch.core import fsio, spool
 from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Stage
 from dispatch.receive import publish
@@ -121,17 +121,19 @@ def test_a_rejection_cut_short_never_leaves_a_file_without_its_reason(
     # its reason written after; dying in between lost the reason (invariant 3).
     lane = lane_in(pair)
     drop(lane, b"junk", name="junk.json")
-    real_rename = os.rename
+    real_move = fsio.rename_new
 
-    def rename_then_die(src: Any, dst: Any) -> None:
-        real_rename(src, dst)
-        if "/rejected/" in str(dst):
+    def move_then_die(src: Any, dst: Any, **kwargs: Any) -> None:
+        # The lane's directories are held open, so the target is /proc/self/fd/N/junk.json:
+        # the name tells the move into rejected/ (the reason file has its own name).
+        real_move(src, dst, **kwargs)
+        if Path(dst).name == "junk.json":
             raise Died
 
-    monkeypatch.setattr(os, "rename", rename_then_die)
+    monkeypatch.setattr(spool, "rename_new", move_then_die)
     with pytest.raises(Died):
         promote_once(pair.receiver.node())
-    monkeypatch.setattr(os, "rename", real_rename)
+    monkeypatch.setattr(spool, "rename_new", real_move)
     promote_once(pair.receiver.node())
     names = sorted(os.listdir(lane.rejected))
     assert names == ["junk.json", "junk.json.reason.json"], names
