@@ -2,8 +2,9 @@
 call.
 
 Built on the official `mcp` SDK (`pip install 'dispatch[mcp]'`), imported only here and only
-when the server starts: the rest of dispatch never pays for it. The tools call the same code
-as the commands (`sender`, `waiting`, `results`, `overview`), so a task sent through MCP is
+when the server starts: the rest of dispatch never pays for it. This module is the SDK side:
+each tool's arguments, schema and description, run off the event loop. What a tool does is
+`dispatch.mcp.calls` (the same code as the commands), so a task sent through MCP is
 signed, delivered, chained (`parent`, `hops` from DISPATCH_TASK_ID/DISPATCH_HOPS when the
 agent itself runs inside an execution) and verified exactly like one sent with `dispatch send`.
 
@@ -19,29 +20,17 @@ one-line message, and the server keeps serving.
 
 import functools
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from dispatch import __version__
-from dispatch.core.errors import DispatchError, NotFound, Rejection, UsageError, WaitTimeout
+from dispatch.core.errors import DispatchError, UsageError
 from dispatch.core.model import MAX_INT, Priority
 from dispatch.core.node import Node
 from dispatch.core.wire import valid_id
-from dispatch.mcp.schema import (
-    CancelOut,
-    LogsOut,
-    SendOut,
-    StatusOut,
-    TaskOut,
-    task_out,
-)
-from dispatch.ops import logs as logs_mod
+from dispatch.mcp import calls
+from dispatch.mcp.schema import CancelOut, LogsOut, SendOut, StatusOut, TaskOut
 from dispatch.ops import overview
-from dispatch.send import cancel as cancel_mod
-from dispatch.send import results, waiting
-from dispatch.send import task as sender
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -61,87 +50,6 @@ def load_sdk() -> None:
         import mcp.server.mcpserver  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"dispatch mcp needs the MCP Python SDK ({exc}): {SDK_HINT}") from None
-
-
-def stage_now(node: Node, task_id: str) -> str:
-    lane = results.find_task_lane(node, task_id)
-    return "unknown" if lane is None else waiting.stage_of(lane, task_id)
-
-
-def wait_task(
-    node: Node, task_id: str, timeout: float, tick: Callable[[str, float], None] | None = None
-) -> TaskOut:
-    """Block up to `timeout` seconds; a task still on its way is an answer, not an error."""
-    try:
-        result = waiting.wait(
-            node,
-            task_id,
-            timeout=timeout,
-            tick=tick,
-            note=lambda message: print(f"dispatch mcp: {message}", file=sys.stderr, flush=True),
-        )
-    except WaitTimeout:
-        return task_out(task_id, stage_now(node, task_id), None)
-    return task_out(task_id, "done", result)
-
-
-def get_task(node: Node, task_id: str) -> TaskOut:
-    """The verified result now, or where the task is (a refused task is an error)."""
-    located = results.locate(node, task_id)
-    if located is not None:
-        return task_out(task_id, "done", results.read_bound(node, located.lane, task_id))
-    lane = results.find_task_lane(node, task_id)
-    if lane is None:
-        raise NotFound(f"no task {task_id} in this node's records (sent or received)")
-    # An unsigned record in rejected/ is a hint, never the outcome: the stage says it.
-    return task_out(task_id, waiting.stage_of(lane, task_id), None)
-
-
-LOGS_MAX_BYTES = 256 * 1024
-
-
-def read_logs(node: Node, task_id: str, offset: int, max_bytes: int) -> LogsOut:
-    """Up to `max_bytes` of the task's log from `offset`; call again from `next_offset`."""
-    lane = results.find_task_lane(node, task_id)
-    if lane is None:
-        raise NotFound(f"no task {task_id} in this node's records (sent or received)")
-    finished = os.path.lexists(lane.result_path(task_id))  # before the read: then it is whole
-    try:
-        data = logs_mod.read_from(lane.log_path(task_id), offset, max_bytes)
-    except FileNotFoundError:
-        data = b""
-    more = len(data) == max_bytes
-    # Whole characters only: a UTF-8 sequence cut by the read (or by a writer mid-write)
-    # waits for the next call, unless nothing more is coming.
-    text, consumed = (
-        (data.decode("utf-8", "replace"), len(data)) if finished and not more else _prefix(data)
-    )
-    return {
-        "id": task_id,
-        "offset": offset,
-        "next_offset": offset + consumed,
-        "text": text,
-        "done": finished and not more,
-        "stage": waiting.stage_of(lane, task_id),
-    }
-
-
-def _prefix(data: bytes) -> tuple[str, int]:
-    """The longest prefix of `data` that is whole UTF-8 (within the last 3 bytes), and its
-    length; bytes that are not UTF-8 at all are replaced."""
-    for cut in range(min(4, len(data) + 1)):
-        try:
-            return data[: len(data) - cut].decode("utf-8"), len(data) - cut
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", "replace"), len(data)
-
-
-def tool_message(exc: DispatchError) -> str:
-    """The one line a tool error carries: what the CLI would print, minus `dispatch: `."""
-    if isinstance(exc, Rejection) and exc.reason != "rejected":
-        return f"verification failed ({exc.reason}): {exc}"
-    return str(exc)
 
 
 def build_server(node: Node) -> "MCPServer[Any]":
@@ -178,7 +86,7 @@ def build_server(node: Node) -> "MCPServer[Any]":
         try:
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
         except DispatchError as exc:
-            raise ToolError(tool_message(exc)) from None
+            raise ToolError(calls.tool_message(exc)) from None
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             raise ToolError(f"error:{where}: {exc.strerror or exc}") from None
@@ -299,37 +207,21 @@ def build_server(node: Node) -> "MCPServer[Any]":
         is that task's child (parent, hops+1); peers refuse chains deeper than their
         DISPATCH_MAX_HOPS."""
 
-        def send() -> SendOut:
-            envelope = sender.build(
-                node,
-                to=to,
-                request=request,
-                priority=Priority(priority),
-                require_ack=require_ack,
-                timeout_s=timeout_s,
-            )
-            sent = sender.deliver(node, envelope)
-            return {
-                "id": envelope.id,
-                "from": envelope.from_,
-                "to": envelope.to,
-                "parent": envelope.parent,
-                "hops": envelope.hops,
-                "kid": envelope.kid,
-                "path": str(sent.path),
-                "waited": False,
-                "done": False,
-                "stage": "inbox",
-                "signature_verified": False,
-                "result": None,
-            }
-
+        send = functools.partial(
+            calls.send_task,
+            node,
+            to=to,
+            request=request,
+            priority=Priority(priority),
+            require_ack=require_ack,
+            timeout_s=timeout_s,
+        )
         out = await in_thread(send)
         if wait:
             bound = float((timeout_s or node.cfg.default_timeout_s) + WAIT_GRACE_S)
             task = await in_thread(
                 functools.partial(
-                    wait_task, node, out["id"], bound, progress(ctx, out["id"], bound)
+                    calls.wait_task, node, out["id"], bound, progress(ctx, out["id"], bound)
                 )
             )
             out["waited"] = True
@@ -362,7 +254,7 @@ def build_server(node: Node) -> "MCPServer[Any]":
         (inbox, pending-ack, queued, running, ...). A task the peer refused, or a result whose
         signature fails, is a tool error."""
         return await in_thread(
-            functools.partial(wait_task, node, id, timeout, progress(ctx, id, timeout))
+            functools.partial(calls.wait_task, node, id, timeout, progress(ctx, id, timeout))
         )
 
     @tool(reading("A task's verified result"))
@@ -376,7 +268,7 @@ def build_server(node: Node) -> "MCPServer[Any]":
         """A task's signature-verified result if it has one (done=true), else where it is
         (done=false, stage). An id this node never sent or received, a task the peer
         refused, or a result whose signature fails is a tool error."""
-        return await in_thread(functools.partial(get_task, node, id))
+        return await in_thread(functools.partial(calls.get_task, node, id))
 
     @tool(
         ToolAnnotations(
@@ -402,17 +294,7 @@ def build_server(node: Node) -> "MCPServer[Any]":
         it ends with a `cancelled` result (dispatch_wait returns it). A task that already
         finished is left alone: requested=false and `finished` holds its status."""
 
-        def request() -> CancelOut:
-            sent = cancel_mod.request(node, id)
-            return {
-                "id": id,
-                "requested": not sent.finished,
-                "lane": sent.lane,
-                "path": None if sent.path is None else str(sent.path),
-                "finished": sent.finished or None,
-            }
-
-        return await in_thread(request)
+        return await in_thread(functools.partial(calls.cancel_task, node, id))
 
     @tool(reading("Follow a task's output"))
     async def dispatch_logs(
@@ -426,13 +308,13 @@ def build_server(node: Node) -> "MCPServer[Any]":
             Field(ge=0, description="Where to read from: 0, then the last call's next_offset."),
         ] = 0,
         max_bytes: Annotated[
-            int, Field(ge=1, le=LOGS_MAX_BYTES, description="At most this much text a call.")
+            int, Field(ge=1, le=calls.LOGS_MAX_BYTES, description="At most this much text a call.")
         ] = 64 * 1024,
     ) -> LogsOut:
         """The agent's output on the peer, as it runs (the task's log on the share), from
         `offset`: call again from `next_offset` to follow it. done=true once the result is
         there and everything before it was read; then dispatch_result returns the result."""
-        return await in_thread(functools.partial(read_logs, node, id, offset, max_bytes))
+        return await in_thread(functools.partial(calls.read_logs, node, id, offset, max_bytes))
 
     @tool(reading("This node's status"))
     async def dispatch_status() -> StatusOut:

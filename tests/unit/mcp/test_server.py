@@ -383,7 +383,7 @@ def test_without_the_sdk_dispatch_mcp_says_how_to_install_it(pair: Pair, tmp_pat
             "-c",
             "import sys, dispatch.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('mcp', 'pydantic') or m == 'dispatch.mcp.server'))",
+            "('mcp', 'pydantic') or m in ('dispatch.mcp.server', 'dispatch.mcp.calls')))",
         ],
         capture_output=True,
         text=True,
