@@ -17,6 +17,7 @@ from dispatch.core.config import Config, WatchMode
 from dispatch.core.errors import ConfigError
 from dispatch.core.mounts import fstab_mount_of, mount_of
 from dispatch.core.spool import WATCHED_DIRS
+from dispatch.receive.looks import LOOKED_FILE
 
 # Above the largest allowed timeout_s: the executor's own watchdog and its grace period
 # (SIGTERM, then SIGKILL after 5 s) always fire first; this ceiling is for an executor
@@ -112,6 +113,10 @@ def render(cfg: Config, mode: WatchMode | None = None) -> dict[str, str]:
             header
             + "[Timer]\nOnUnitActiveSec=\nOnBootSec=2s\n"
             + f"OnUnitActiveSec={_seconds(SENSOR_SWEEP_S)}\n"
+        )
+        # A pass ends with a settled look it leaves for the sensor (promote/last_look.py).
+        dropins["dispatch-watch.service.d/50-sensor.conf"] = (
+            header + f"[Service]\nEnvironment=DISPATCH_SENSOR_LOOKED={LOOKED_FILE}\n"
         )
     return dropins | {
         "dispatch-watch.path.d/50-lanes.conf": header + "[Path]\n" + "\n".join(watched) + "\n",

@@ -3,10 +3,12 @@ Python start per poll period.
 
 inotify sees no write another host makes on NFS, SMB or sshfs, so such a node used to start a
 sandboxed `dispatch promote` every DISPATCH_POLL_SEC whether or not anything had arrived.
-This loop instead stats a few directories every DISPATCH_SENSOR_MS, and when one changed it
-touches the kick file that `dispatch-watch.path` watches: the promote pass runs only when
-there is something to do. It also writes this node's heartbeat (the same content as
-`dispatch heartbeat`), which used to cost another Python start every 15 s.
+This loop instead looks at a few directories every DISPATCH_SENSOR_MS (through descriptors
+held open, receive/looks.py), and when one changed it touches the kick file that
+`dispatch-watch.path` watches: the promote pass runs only when there is something to do. A
+pass leaves its last look behind, so the pass's own moves kick no other pass. It also writes
+this node's heartbeat (the same content as `dispatch heartbeat`), which used to cost
+another Python start every 15 s.
 
 It holds no key and reads no secret (its unit makes the key ring and the ack secret
 inaccessible), writes nothing but the heartbeat and the kick file, and follows nothing on
@@ -25,11 +27,23 @@ import os
 import sys
 import time
 
+from dispatch.receive.looks import (
+    ABSENT,
+    LOOKED_FILE,
+    ChangeDetector,
+    Held,
+    LookedFile,
+    Signature,
+    signature,
+    watched_paths,
+)
+
 # typing.TYPE_CHECKING without importing typing (2.2 MiB resident): mypy treats any name
 # TYPE_CHECKING as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+
 
 KICK_FILE = "/run/dispatch/kick"
 # Left by a pass that could not finish its work (the share failed, a result is deferred):
@@ -38,46 +52,27 @@ KICK_FILE = "/run/dispatch/kick"
 AGAIN_FILE = "/run/dispatch/again"
 HEARTBEAT_EVERY_S = 15.0  # as dispatch-heartbeat.timer's OnUnitActiveSec= in timer mode
 HEARTBEAT_RETRY_S = 2.0  # after a failure: the share came back, or the identity appeared
-# A directory's mtime has whole-second resolution on sshfs (SFTP v3): a second file landing
-# in the same second as the first changes nothing a stat can see. One more kick after the
-# change, once that second is surely over (the write came before we saw it), covers them.
-SETTLE_KICK_S = 1.2
-# A kick the promote pass did not consume (it was running: systemd does not watch while the
-# service runs, and settle's last look may have come just before) is repeated, less and
-# less often, until a pass removes the file.
-REKICK_FIRST_S = 1.0
-REKICK_MAX_S = 8.0
-
-# (mtime, ctime, size, nlink, inode), or a marker for "absent" / "unreadable (errno)".
-Signature = tuple[int, ...]
-ABSENT: Signature = (-1,)
-# The lane directories other hosts write into and a pass must act on (core/spool.py's
-# names; tests/unit/receive/test_sensor.py keeps them in step): tasks, acks, cancel requests.
-# processing/ is written by this node alone, which needs no sensor to know.
-WATCHED = ("inbox", "pending-ack", "cancel")
-# Every stat on a network share is a round trip that costs CPU here and in the filesystem
-# client (sshfs: about 0.1 ms in the caller and 0.4 ms in sshfs per stat, bench/RESULTS.md).
 # New tasks are what latency is measured on: inbox/ every round. Acks, cancels and the
 # KILLSWITCH can wait a second: every SLOW_EVERY rounds.
 SLOW_EVERY = 4
-
-
-def signature(path: str) -> Signature:
-    """What a stat can tell of a directory or file changing. Missing: ABSENT; any other
-    failure its errno, so an unmount or a hung share that recovers reads as a change."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ABSENT
-    except OSError as exc:
-        return (-2, exc.errno or 0)
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink, st.st_ino)
+# How often (in rounds) each held descriptor is checked against its path: a path's stat
+# costs a lookup per component on the server, so not every round (40: every 10 s).
+RECHECK_EVERY = 40
 
 
 class Settings:
     """What to watch and where to write, from the generator's DISPATCH_SENSOR_* values."""
 
-    __slots__ = ("again_file", "interval_s", "kick_file", "node", "peers", "root", "state_dir")
+    __slots__ = (
+        "again_file",
+        "interval_s",
+        "kick_file",
+        "looked_file",
+        "node",
+        "peers",
+        "root",
+        "state_dir",
+    )
 
     def __init__(
         self,
@@ -89,25 +84,25 @@ class Settings:
         interval_s: float,
         kick_file: str = KICK_FILE,
         again_file: str = AGAIN_FILE,
+        looked_file: str = LOOKED_FILE,
     ) -> None:
         self.root, self.node, self.peers = root, node, peers
         self.state_dir, self.interval_s, self.kick_file = state_dir, interval_s, kick_file
-        self.again_file = again_file
+        self.again_file, self.looked_file = again_file, looked_file
 
     def lanes_in(self) -> list[str]:
         return [f"{self.root}/{peer}-to-{self.node}" for peer in self.peers]
 
     def watched(self) -> list[str]:
         """What another host writes that a pass must act on: tasks (inbox/), acks
-        (pending-ack/), cancel requests (cancel/), and the KILLSWITCH."""
+        (pending-ack/), cancel requests (cancel/), and the root (the KILLSWITCH)."""
         return self.every_round() + self.every_slow_round()
 
     def every_round(self) -> list[str]:
-        return [f"{lane}/inbox" for lane in self.lanes_in()]
+        return watched_paths(self.root, self.node, self.peers)[0]
 
     def every_slow_round(self) -> list[str]:
-        paths = [f"{lane}/{sub}" for lane in self.lanes_in() for sub in WATCHED if sub != "inbox"]
-        return [*paths, f"{self.root}/KILLSWITCH"]
+        return watched_paths(self.root, self.node, self.peers)[1]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings | None:
@@ -124,43 +119,6 @@ class Settings:
             state_dir=env["DISPATCH_SENSOR_STATE_DIR"],
             interval_s=interval_ms / 1000,
         )
-
-
-class ChangeDetector:
-    """Decides, sample by sample, when to kick. Pure: `step` takes the signatures and the
-    time, and `consumed` whether the last kick file is gone (a pass removed it)."""
-
-    def __init__(self) -> None:
-        self.last: list[Signature] | None = None
-        self.settle_at: float | None = None
-        self.rekick_at: float | None = None
-        self.rekick_gap = REKICK_FIRST_S
-        self.kicks = 0
-
-    def step(
-        self, signatures: list[Signature], now: float, consumed: bool, again: bool = False
-    ) -> bool:
-        if consumed and not again:
-            self.rekick_at, self.rekick_gap = None, REKICK_FIRST_S
-        if again and self.rekick_at is None:
-            self.rekick_at = now + self.rekick_gap
-        if signatures != self.last:
-            # The first sample is a change too: whatever arrived while no sensor ran.
-            self.last = signatures
-            self.settle_at = now + SETTLE_KICK_S
-            return self._kick(now)
-        if self.settle_at is not None and now >= self.settle_at:
-            self.settle_at = None
-            return self._kick(now)
-        if self.rekick_at is not None and now >= self.rekick_at:
-            self.rekick_gap = min(self.rekick_gap * 2, REKICK_MAX_S)
-            return self._kick(now)
-        return False
-
-    def _kick(self, now: float) -> bool:
-        self.kicks += 1
-        self.rekick_at = now + self.rekick_gap
-        return True
 
 
 def kick(path: str) -> None:
@@ -287,7 +245,10 @@ def run(
     sleep: Callable[[float], None] = time.sleep,
     rounds: int | None = None,
 ) -> ChangeDetector:
-    fast, slow = settings.every_round(), settings.every_slow_round()
+    paths = settings.watched()
+    fast = [Held(p) for p in settings.every_round()]
+    slow = [Held(p) for p in settings.every_slow_round()]
+    looked = LookedFile(settings.looked_file)
     slow_sigs: list[Signature] = []
     detector = ChangeDetector()
     next_beat = clock()
@@ -298,9 +259,17 @@ def run(
         # Local files in /run: a stat each costs next to nothing.
         consumed = detector.rekick_at is not None and not os.path.lexists(settings.kick_file)
         again = os.path.lexists(settings.again_file)
-        if done % SLOW_EVERY == 0:
-            slow_sigs = [signature(p) for p in slow]
-        if detector.step([signature(p) for p in fast] + slow_sigs, now, consumed, again):
+        if done % RECHECK_EVERY == RECHECK_EVERY - 1:
+            for held in fast + slow:
+                held.recheck()
+        seen = looked.fresh()
+        if done % SLOW_EVERY == 0 or seen is not None:
+            slow_sigs = [h.signature() for h in slow]
+        sigs = [h.signature() for h in fast] + slow_sigs
+        if seen is not None and detector.adopt([seen.get(p) for p in paths], sigs):
+            # The pass that left this look saw everything a waiting kick was made for.
+            _take_back(settings.kick_file)
+        if detector.step(sigs, now, consumed, again):
             try:
                 kick(settings.kick_file)
             except OSError as exc:
@@ -320,6 +289,13 @@ def run(
         done += 1
         sleep(settings.interval_s)
     return detector
+
+
+def _take_back(path: str) -> None:
+    try:  # noqa: SIM105
+        os.unlink(path)
+    except OSError:
+        pass  # a pass took it meanwhile
 
 
 def _report(previous: str, message: str) -> str:

@@ -37,7 +37,14 @@ def run_unit_pass(node: Node) -> PassReport:
     from dispatch.receive import sensor
 
     sensor.consume_kick()
-    report = settle(node, make_launcher(node), linger=True)
+    launcher = make_launcher(node)
+    report = settle(node, launcher, linger=True)
+    looked_file = os.environ.get("DISPATCH_SENSOR_LOOKED", "")
+    if looked_file:
+        # A sensor node (dispatch-generator sets it): see promote/last_look.py.
+        from dispatch.receive.promote.last_look import end_with_settled_look
+
+        report = end_with_settled_look(node, launcher, report, looked_file)
     if node.state.deferred_results():
         # A result waits for the share to come back: in sensor mode no timer comes soon,
         # so ask the sensor for another pass (backing off) until it is published.

@@ -1,9 +1,9 @@
-"""dispatch-sensor: when it kicks (change detection, the settle kick for whole-second mtimes,
-kicks a pass did not take), what it stats, and that its heartbeat is `dispatch heartbeat`'s."""
+"""dispatch-sensor: its loop (what it looks at and how often, the kick a pass takes, a pass's
+look taken as seen), and that its heartbeat is `dispatch heartbeat`'s. When a change kicks
+is tests/unit/receive/test_looks.py."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -16,87 +16,12 @@ import pytest
 from dispatch.core.spool import set_killswitch
 from dispatch.core.wire import rfc3339
 from dispatch.ops import overview
-from dispatch.receive import sensor
-from dispatch.receive.sensor import (
-    ABSENT,
-    REKICK_FIRST_S,
-    REKICK_MAX_S,
-    SETTLE_KICK_S,
-    ChangeDetector,
-    Settings,
-    Signature,
-    signature,
-)
+from dispatch.receive import looks, sensor
+from dispatch.receive.looks import write_looked
+from dispatch.receive.sensor import Settings
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import drain
-
-A: list[Signature] = [(1, 1, 1, 1, 1)]
-B: list[Signature] = [(2, 2, 1, 1, 1)]
-
-
-def test_the_first_sample_kicks_then_nothing_while_nothing_changes() -> None:
-    d = ChangeDetector()
-    assert d.step(A, 0.0, consumed=False)  # what arrived while no sensor ran
-    assert d.step(A, 0.25, consumed=True) is False
-    assert d.step(A, 0.5, consumed=True) is False
-    # The settle kick is due, then quiet for good.
-    assert d.step(A, SETTLE_KICK_S, consumed=True)
-    assert not any(d.step(A, SETTLE_KICK_S + 0.25 * i, consumed=True) for i in range(1, 400))
-
-
-def test_a_change_kicks_at_once_and_again_once_its_second_is_over() -> None:
-    d = ChangeDetector()
-    d.step(A, 0.0, consumed=True)
-    d.step(A, 2.0, consumed=True)  # settle kick of the first sample
-    assert d.step(B, 10.0, consumed=True)
-    assert d.step(B, 10.25, consumed=True) is False
-    # A second file in the same mtime second leaves the stat unchanged: the settle kick,
-    # after that second is surely over, is what makes a pass see it.
-    assert d.step(B, 10.0 + SETTLE_KICK_S, consumed=True)
-    assert d.step(B, 13.0, consumed=True) is False
-
-
-def test_a_kick_no_pass_took_is_repeated_less_and_less_often() -> None:
-    d = ChangeDetector()
-    d.step(A, 0.0, consumed=False)
-    d.step(A, SETTLE_KICK_S, consumed=False)
-    kicks_at = [t / 100 for t in range(200, 20000, 5) if d.step(A, t / 100, consumed=False)]
-    gaps = [round(b - a, 2) for a, b in itertools.pairwise(kicks_at)]
-    assert gaps[0] >= REKICK_FIRST_S
-    assert gaps == sorted(gaps), gaps  # backing off
-    assert max(gaps) <= REKICK_MAX_S + 0.05
-    assert gaps[-1] >= REKICK_MAX_S - 0.05
-    # Once a pass removed the kick file, no more.
-    assert not any(d.step(A, 200 + i / 4, consumed=True) for i in range(400))
-
-
-def test_a_pass_that_left_work_gets_another_until_it_stops_asking() -> None:
-    d = ChangeDetector()
-    d.step(A, 0.0, consumed=True)
-    d.step(A, SETTLE_KICK_S, consumed=True)
-    assert not any(d.step(A, 2 + i / 4, consumed=True) for i in range(40))
-    # A pass left the "again" file (a deferred result): kicks, backing off, while it stays.
-    kicks = [t / 4 for t in range(48, 400) if d.step(A, t / 4, consumed=True, again=True)]
-    assert kicks[0] == 12 + REKICK_FIRST_S
-    gaps = [b - a for a, b in itertools.pairwise(kicks)]
-    assert gaps == sorted(gaps) and max(gaps) <= REKICK_MAX_S + 0.25
-    # The pass that published it left nothing: quiet again.
-    assert not any(d.step(A, 100 + i / 4, consumed=True) for i in range(200))
-
-
-def test_signature_sees_entries_come_and_go_and_a_missing_path(tmp_path: Path) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    empty = signature(str(inbox))
-    (inbox / "t.json").write_text("{}")
-    one = signature(str(inbox))
-    assert one != empty
-    (inbox / "t.json").unlink()
-    assert signature(str(inbox)) != one
-    assert signature(str(tmp_path / "KILLSWITCH")) == ABSENT
-    (tmp_path / "KILLSWITCH").write_text("")
-    assert signature(str(tmp_path / "KILLSWITCH")) != ABSENT
 
 
 def _settings(pair: Pair, kick: Path) -> Settings:
@@ -114,7 +39,9 @@ def _settings(pair: Pair, kick: Path) -> Settings:
 def test_it_watches_what_peers_write_on_every_incoming_lane(pair: Pair, tmp_path: Path) -> None:
     node = pair.receiver.node()
     watched = set(_settings(pair, tmp_path / "kick").watched())
-    expected = {str(node.spool.killswitch_path)}
+    # The KILLSWITCH comes and goes as an entry of the root: the root's own look shows it.
+    assert node.spool.killswitch_path.parent == node.cfg.root
+    expected = {str(node.cfg.root)}
     for lane in node.spool.lanes_in(node.cfg):
         expected |= {str(lane.inbox), str(lane.pending_ack), str(lane.cancel)}
     assert watched == expected
@@ -142,15 +69,76 @@ def test_the_loop_kicks_on_an_arrival_and_a_pass_takes_the_kick(pair: Pair, tmp_
             sender.deliver(tx, sender.build(tx, to="gpubox", request="wake up"))
 
     sensor.run(settings, clock=lambda: next(clock), sleep=sleep, rounds=30)
-    # Start-up kick and its settle kick; then the arrival's kick and its settle kick.
+    # The start-up kick, then the arrival's: a local disk keeps nanoseconds, so no settle
+    # kick follows either (that is for whole-second mtimes, test_looks.py).
     assert events[0] == "kick"
-    assert events[1:4] == ["-", "-", "-"]
-    assert "kick" not in events[6:12]
+    assert "kick" not in events[1:12]
     assert events[12] == "kick"
-    assert events[13:16] == ["-", "-", "-"]
-    assert events[12:].count("kick") == 2
+    assert events[12:].count("kick") == 1
     beat = json.loads(rx.spool.heartbeat_path("gpubox").read_text())
     assert beat["node"] == "gpubox"
+
+
+def test_a_pass_that_leaves_its_look_kicks_no_second_pass(pair: Pair, tmp_path: Path) -> None:
+    """What a pass does to inbox/ (moving the task out) is a change too; the look the pass
+    leaves at its end says it saw it, and the kick made for it meanwhile is taken back."""
+    kick, looked = tmp_path / "kick", tmp_path / "looked"
+    settings = _settings(pair, kick)
+    settings.looked_file = str(looked)
+    rx, tx = pair.receiver.node(), pair.sender.node()
+    lane = rx.spool.lane("devbox", "gpubox")
+    clock = iter(i * 0.25 for i in range(1000))
+    events: list[str] = []
+    moved: list[int] = []
+
+    def sleep(_s: float) -> None:
+        n = len(events)
+        events.append("kick" if kick.exists() else "-")
+        if n == 4:
+            sensor.consume_kick(str(kick))  # the start-up pass
+            write_looked({p: looks.signature(p) for p in settings.watched()}, str(looked))
+        if n == 8:
+            sender.deliver(tx, sender.build(tx, to="gpubox", request="move me"))
+        if n == 10 and kick.exists():
+            # The pass starts (takes the kick), moves the task on, and ends with its look.
+            sensor.consume_kick(str(kick))
+            name = next(iter(os.listdir(lane.inbox)))
+            os.rename(lane.inbox / name, lane.processing / name)
+            moved.append(n)
+        if n == 12:
+            write_looked({p: looks.signature(p) for p in settings.watched()}, str(looked))
+
+    sensor.run(settings, clock=lambda: next(clock), sleep=sleep, rounds=40)
+    assert moved == [10]
+    # The arrival's kick (seen at round 9); the move at round 10 kicked once more, while
+    # the pass ran; the look left at round 12 took that kick back, and nothing followed.
+    assert events[9] == "kick"
+    assert events[11] == "kick"
+    assert "kick" not in events[13:], events
+
+
+def test_a_look_that_does_not_cover_the_latest_change_is_not_taken(
+    pair: Pair, tmp_path: Path
+) -> None:
+    kick, looked = tmp_path / "kick", tmp_path / "looked"
+    settings = _settings(pair, kick)
+    settings.looked_file = str(looked)
+    tx = pair.sender.node()
+    clock = iter(i * 0.25 for i in range(1000))
+    events: list[str] = []
+
+    def sleep(_s: float) -> None:
+        n = len(events)
+        events.append("kick" if kick.exists() else "-")
+        if n == 2:
+            sensor.consume_kick(str(kick))
+            # A look taken before the next task landed: stale when the sensor reads it.
+            stale = {p: looks.signature(p) for p in settings.watched()}
+            sender.deliver(tx, sender.build(tx, to="gpubox", request="after the look"))
+            write_looked(stale, str(looked))
+
+    sensor.run(settings, clock=lambda: next(clock), sleep=sleep, rounds=12)
+    assert events[3] == "kick"  # the arrival is news, whatever the look said
 
 
 def test_inboxes_every_round_the_rest_every_slow_round(pair: Pair, tmp_path: Path) -> None:
@@ -175,6 +163,7 @@ def test_inboxes_every_round_the_rest_every_slow_round(pair: Pair, tmp_path: Pat
     sensor.run(settings, clock=lambda: next(clock), sleep=sleep, rounds=40)
     assert rounds[0] == 1  # the start-up kick
     # The cancel request waits for the next slow round (4 rounds later), the task does not.
+    # (A new entry in the lane changes the root's mtime only for the KILLSWITCH.)
     assert min(r for r in rounds if r > 9) == 9 + sensor.SLOW_EVERY
     assert min(r for r in rounds if r > 21) == 22
 
