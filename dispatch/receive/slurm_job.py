@@ -1,7 +1,7 @@
 """The executor's side of a Slurm execution (DISPATCH_LAUNCHER=slurm): submit the task's one
-batch job, follow its output file into the capped share log, stop it at the deadline or on
-request (scancel), and read how it ended from Slurm. `follow_again` is the executor that
-takes over a job whose first executor died (gateway crash or reboot).
+batch job and follow it (`slurm_follow`: its output into the capped share log, the guards,
+how it ended). `follow_again` is the executor that takes over a job whose first executor
+died (gateway crash or reboot).
 
 At most once, across crashes: the started marker (node-local, fsynced, created exclusively)
 is written before sbatch runs, and every later executor of the task finds it and never
@@ -16,12 +16,9 @@ lookup covers the window before. A job can vanish only by being forgotten by slu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 import pwd
-import select
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -41,21 +38,8 @@ from dispatch.receive.executor import _finish, conclude
 from dispatch.receive.launch import slurm as backend
 from dispatch.receive.launch.process import process_start_time
 from dispatch.receive.output import HEADER_END, Outcome, Output, ShareLog, log_header
-from dispatch.receive.supervise import (
-    TIMEOUT_EXIT,
-    _host_stopping,
-    _Stop,
-    _stopped,
-    agent_env,
-    stalled_outcome,
-)
-
-POLL_S = 1.0  # one scontrol call per running job per second
-READ_S = 0.2  # how often the output file is read
-# After scancel: Slurm's KillWait (SIGTERM, then SIGKILL) plus its bookkeeping. Past this the
-# end is taken as unconfirmed rather than waited for forever.
-CANCEL_WAIT_S = 120.0
-TAIL_BYTES = 8192
+from dispatch.receive.slurm_follow import follow_job
+from dispatch.receive.supervise import agent_env
 
 
 def run_job(
@@ -136,7 +120,7 @@ def run_job(
         task_id=task_id,
         slurm_job=job_id,
     )
-    return _follow(node, envelope, job_id, out, log, output, _deadline(started_at, envelope))
+    return follow_job(node, envelope, job_id, out, log, output, _deadline(started_at, envelope))
 
 
 def follow_again(
@@ -209,7 +193,7 @@ def follow_again(
         else:
             log.created = True  # append to what the first executor wrote
         out, _ = backend.spool_paths(node.cfg, task_id)
-        outcome = _follow(
+        outcome = follow_job(
             node,
             envelope,
             job.job_id,
@@ -232,208 +216,6 @@ def follow_again(
             perm_mode=invocation(node.cfg, envelope).perm_mode,
             unit="",
         )
-
-
-def _follow(
-    node: Node,
-    envelope: Envelope,
-    job_id: str,
-    out: Path,
-    log: ShareLog,
-    output: Output,
-    deadline: float,
-    *,
-    already_logged: int = 0,
-) -> Outcome | None:
-    task_id = envelope.id
-    stop = _Stop()
-    began = time.monotonic()
-    timed_out = False
-    cancel_at: float | None = None
-    last_cancel = 0.0
-    job: backend.JobInfo | None = None
-    known = True
-    next_poll = 0.0
-    tail = bytearray()
-    reader = _FileTail(out, already_logged, output)
-    stall_s = node.cfg.stall_s
-    stalled = False
-    # The stall guard's clock: from the job's start (a pending job is silent by nature),
-    # then from its latest output.
-    last_output: float | None = None
-    try:
-        while True:
-            chunk = reader.read()
-            tail += chunk
-            del tail[:-TAIL_BYTES]
-            log.flush()
-            now = time.monotonic()
-            if chunk and last_output is not None:
-                last_output = now
-            if now >= next_poll:
-                # Asked before any deadline or stop is acted on: a job that ended while no
-                # executor watched (a restart) is concluded from how it ended.
-                next_poll = now + POLL_S
-                try:
-                    job = backend.show_job(job_id)
-                except backend.SlurmUnavailable:
-                    pass  # the last state stands; the deadline still holds
-                else:
-                    if job is None:
-                        known = False
-                        break
-                    if job.terminal:
-                        break
-                    if last_output is None and job.state != "PENDING":
-                        last_output = now
-            if not (timed_out or stalled or stop.signum) and now >= deadline:
-                timed_out = True
-            if stall_s and last_output is not None and not (timed_out or stalled or stop.signum):
-                stalled = now - last_output >= stall_s
-            if stop.signum and cancel_at is None and _host_stopping():
-                # A gateway shutting down must not take the job with it: leave the marker
-                # and the job; the executor after the reboot follows it (follow_again).
-                node.emit(
-                    "slurm_detached",
-                    f"gateway shutting down; Slurm job {job_id} runs on and is followed again "
-                    "after the restart",
-                    task_id=task_id,
-                    level=events.NOTICE,
-                )
-                log.close()
-                return None
-            wanted = (
-                timed_out or stalled or stop.signum or node.state.cancel_reason(task_id) is not None
-            )
-            # scancel again every 10 s until Slurm reports the end (a lost request).
-            if wanted and (cancel_at is None or now - last_cancel > 10):
-                try:
-                    backend.cancel([job_id])
-                except backend.SlurmUnavailable as exc:
-                    node.emit("slurm_cancel_failed", str(exc), task_id=task_id, level=events.ERR)
-                cancel_at = now if cancel_at is None else cancel_at
-                last_cancel = now
-                next_poll = min(next_poll, now + 0.5)
-            if cancel_at is not None and now - cancel_at > CANCEL_WAIT_S:
-                break
-            with contextlib.suppress(InterruptedError):
-                select.select([stop.read_fd], [], [], READ_S)
-            with contextlib.suppress(BlockingIOError):
-                os.read(stop.read_fd, 512)
-        tail += reader.drain()
-        del tail[:-TAIL_BYTES]
-        if stalled and (job is None or not job.terminal or job.state == "CANCELLED"):
-            status, exit_code, reason = stalled_outcome(stall_s, output.reader.output_tail())
-        else:
-            status, exit_code, reason = _classify(
-                node, task_id, job, known, timed_out, stop.signum, envelope, bytes(tail), began
-            )
-        log.write(
-            f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
-            f"{' reason=' + reason if reason else ''}\n".encode()
-        )
-    finally:
-        stop.close()
-        reader.close()
-    rest = log.close()
-    if job is None or job.terminal:
-        # The capped output is in the share log (or goes with the result): the job's files
-        # would only pile up in DISPATCH_SLURM_DIR, the prompt with them.
-        for path in backend.spool_paths(node.cfg, task_id):
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
-    done = output.outcome(status, exit_code, reason, rest)
-    return dataclasses.replace(done, unit=f"slurm:{job_id}")
-
-
-def _classify(
-    node: Node,
-    task_id: str,
-    job: backend.JobInfo | None,
-    known: bool,
-    timed_out: bool,
-    signum: int,
-    envelope: Envelope,
-    tail: bytes,
-    began: float,
-) -> tuple[Status, int, str]:
-    ended_by_us = job is None or not job.terminal or job.state == "CANCELLED"
-    if not known:
-        return (
-            Status.INTERRUPTED,
-            -1,
-            "Slurm job vanished while followed (no longer known to Slurm); not run again",
-        )
-    if timed_out and ended_by_us:
-        return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={envelope.timeout_s}"
-    if signum and ended_by_us:
-        return _stopped(node, task_id, -signal.SIGTERM, signum, time.monotonic() - began)
-    assert job is not None
-    if job.state == "CANCELLED" or not job.terminal:
-        cancelled = node.state.cancel_reason(task_id)
-        if cancelled is not None:
-            return Status.CANCELLED, -job.signal or -15, cancelled
-        killswitch = node.spool.killswitch()
-        if killswitch.hard:
-            return Status.KILLED, -job.signal or -15, f"hard KILLSWITCH: {killswitch.reason}"
-        if not job.terminal:
-            return (
-                Status.KILLED,
-                -1,
-                f"Slurm job {job.job_id} did not confirm its end after scancel ({job.state})",
-            )
-    return backend.outcome(job, memory_max=node.cfg.memory_max, output_tail=tail)
-
-
-class _FileTail:
-    """Reads the job's output file as it grows (written by slurmstepd on the compute node)."""
-
-    def __init__(self, path: Path, already_logged: int, output: Output) -> None:
-        self.path = path
-        self.output = output
-        self.skip = already_logged
-        self.fd: int | None = None
-
-    def read(self) -> bytes:
-        if self.fd is None:
-            try:
-                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError:
-                return b""
-        got = bytearray()
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            if self.skip:
-                seen, chunk = chunk[: self.skip], chunk[self.skip :]
-                self.skip -= len(seen)
-                self.output.feed(seen, already_logged=True)
-            if chunk:
-                self.output.feed(chunk)
-                got += chunk
-        return bytes(got)
-
-    def drain(self) -> bytes:
-        """After the job's end: a shared filesystem may show the last writes late, so read
-        until the size holds still for a moment."""
-        got = bytearray()
-        deadline = time.monotonic() + 3.0
-        quiet = 0
-        while time.monotonic() < deadline and quiet < 2:
-            chunk = self.read()
-            got += chunk
-            quiet = 0 if chunk else quiet + 1
-            time.sleep(0.1)
-        return bytes(got)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 def _logged_body(log_path: Path, cap: int) -> int | None:

@@ -9,6 +9,7 @@ import os
 import pwd
 import selectors
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import IO
@@ -17,12 +18,19 @@ from dispatch.core.errors import UsageError
 from dispatch.core.model import Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
-from dispatch.core.wire import now_utc, rfc3339
+from dispatch.receive.follow import (
+    TIMEOUT_EXIT,
+    Phase,
+    StopSignals,
+    ended_line,
+    follow,
+    stalled_outcome,
+    stopped_outcome,
+)
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
 from dispatch.signer.caller import forget_agent, record_agent
 
 GRACE_S = 5.0
-TIMEOUT_EXIT = 124
 
 
 AGENT_KEEPS = ("DISPATCH_CONFIG", "DISPATCH_FAKE_AGENT_LOG")
@@ -67,43 +75,89 @@ def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
     return env
 
 
-class _Stop:
-    """SIGTERM/SIGINT/SIGHUP (systemctl stop, hard killswitch, cancel) become a request to
-    end the agent and still publish a `killed` result."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.old_fd = signal.set_wakeup_fd(self.write_fd)
-        self.old_handlers = {
-            signum: signal.signal(signum, self._handle)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        }
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signum = signum
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self.old_fd)
-        for signum, handler in self.old_handlers.items():
-            signal.signal(signum, handler)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
-
-
 def _killpg(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
 
 
+class _Child:
+    """The agent as a child process leading its own session: ended when it exited and its
+    output pipe closed; asked to end with SIGTERM to its process group, SIGKILL after
+    GRACE_S."""
+
+    polls_cancel = False  # a cancel stops the unit: the signal reaches us, then the group
+
+    def __init__(self, proc: subprocess.Popen[bytes], output: Output, stop: StopSignals) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.output = output
+        self.out_fd = proc.stdout.fileno()
+        os.set_blocking(self.out_fd, False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.out_fd, selectors.EVENT_READ)
+        self.stop_fd = stop.read_fd
+        self.sel.register(self.stop_fd, selectors.EVENT_READ)
+        self.last_output: float | None = time.monotonic()
+        self.kill_at: float | None = None
+        self.exited_at: float | None = None
+        self.eof = False
+
+    def poll(self, now: float) -> Phase:
+        if self.exited_at is None and self.proc.poll() is not None:
+            self.exited_at = now
+            # Children the agent left behind would hold the pipe open forever.
+            _killpg(self.proc.pid, signal.SIGKILL)
+        if self.exited_at is None:
+            return Phase.RUNNING
+        return Phase.ENDED if self.eof or now - self.exited_at > 2.0 else Phase.EXITING
+
+    def end(self, now: float) -> None:
+        if self.kill_at is None:
+            _killpg(self.proc.pid, signal.SIGTERM)
+            self.kill_at = now + GRACE_S
+        if now >= self.kill_at:
+            _killpg(self.proc.pid, signal.SIGKILL)
+            self.kill_at = float("inf")
+
+    def gave_up(self, now: float) -> bool:
+        return False  # SIGKILL is not refused: the process is reaped below
+
+    def detach(self) -> bool:
+        return False  # a child dies with its unit; the shutdown is in its status
+
+    def wait(self, wake_in: float) -> None:
+        waits = [1.0, wake_in]
+        if self.kill_at is not None and self.kill_at != float("inf"):
+            waits.append(self.kill_at - time.monotonic())
+        if self.eof:
+            waits.append(0.05)
+        for key, _ in self.sel.select(max(0.0, min(waits))):
+            if key.fd == self.stop_fd:
+                continue  # the follow loop reads the signal
+            try:
+                chunk = os.read(self.out_fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.eof = True
+                self.sel.unregister(self.out_fd)
+                continue
+            self.last_output = time.monotonic()
+            self.output.feed(chunk)
+
+    def reap(self) -> int:
+        self.sel.close()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return self.proc.wait()
+
+
 def run_agent(
     node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
 ) -> Outcome:
-    stop = _Stop()
+    stop = StopSignals()
     agent_pgid = 0
     began = time.monotonic()
-    timed_out = stalled = False
-    stall_s = node.cfg.stall_s
     log = ShareLog(node, envelope.id, log_path)
     output = Output(node, envelope, log)
     try:
@@ -140,94 +194,32 @@ def run_agent(
         agent_pgid = proc.pid
         if stdin is not None and proc.stdin is not None:
             _feed_stdin(proc.stdin, stdin)
-        assert proc.stdout is not None
-        out_fd = proc.stdout.fileno()
-        os.set_blocking(out_fd, False)
-        sel = selectors.DefaultSelector()
-        sel.register(out_fd, selectors.EVENT_READ)
-        sel.register(stop.read_fd, selectors.EVENT_READ)
+        child = _Child(proc, output, stop)
         deadline = time.monotonic() + envelope.timeout_s
-        last_output = time.monotonic()
-        kill_at: float | None = None
-        exited_at: float | None = None
-        eof = False
-        while True:
-            now = time.monotonic()
-            if not (timed_out or stalled or stop.signum) and now >= deadline:
-                timed_out = True
-            if stall_s and not (timed_out or stalled or stop.signum) and exited_at is None:
-                stalled = now - last_output >= stall_s
-            if (timed_out or stalled or stop.signum) and kill_at is None:
-                _killpg(proc.pid, signal.SIGTERM)
-                kill_at = now + GRACE_S
-            if kill_at is not None and now >= kill_at:
-                _killpg(proc.pid, signal.SIGKILL)
-                kill_at = float("inf")
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-                # Children the agent left behind would hold the pipe open forever.
-                _killpg(proc.pid, signal.SIGKILL)
-            if exited_at is not None and (eof or now - exited_at > 2.0):
-                break
-            waits = [1.0, deadline - now]
-            if stall_s:
-                waits.append(last_output + stall_s - now)
-            if kill_at is not None and kill_at != float("inf"):
-                waits.append(kill_at - now)
-            if eof:
-                waits.append(0.05)
-            for key, _ in sel.select(max(0.0, min(waits))):
-                if key.fd == stop.read_fd:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(stop.read_fd, 512)
-                    continue
-                try:
-                    chunk = os.read(out_fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    eof = True
-                    sel.unregister(out_fd)
-                    continue
-                last_output = time.monotonic()
-                output.feed(chunk)
-            log.flush()
-        sel.close()
-        proc.stdout.close()
-        returncode = proc.wait()
-        if stalled:
-            status, exit_code, reason = stalled_outcome(stall_s, output.reader.output_tail())
+        ending = follow(node, envelope.id, child, stop, deadline, log)
+        assert ending is not None  # a child never detaches
+        returncode = child.reap()
+        if ending.stalled:
+            status, exit_code, reason = stalled_outcome(
+                node.cfg.stall_s, output.reader.output_tail()
+            )
         else:
             status, exit_code, reason = _classify(
                 node,
                 envelope.id,
                 returncode,
-                timed_out,
-                stop.signum,
+                ending.timed_out,
+                ending.signum,
                 envelope.timeout_s,
                 time.monotonic() - began,
             )
-        log.write(
-            f"\n# ended {rfc3339(now_utc())} status={status} exit={exit_code}"
-            f"{' reason=' + reason if reason else ''}\n".encode()
-        )
+        log.write(ended_line(status, exit_code, reason))
     finally:
         if agent_pgid:
             forget_agent(node.state, agent_pgid)
         stop.close()
         log_rest = log.close()
     return output.outcome(status, exit_code, reason, log_rest)
-
-
-def stalled_outcome(stall_s: int, tail: str) -> tuple[Status, int, str]:
-    """A task ended by the stall guard, with the agent's last line of output."""
-    last = tail.rstrip("\n").rpartition("\n")[2]
-    return (
-        Status.STALLED,
-        TIMEOUT_EXIT,
-        f"no output for {stall_s}s (DISPATCH_STALL_S); last output: "
-        + (repr(last[-200:]) if last else "none"),
-    )
 
 
 def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
@@ -242,44 +234,6 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
     threading.Thread(target=feed, daemon=True).start()
 
 
-def _stopped(
-    node: Node, task_id: str, returncode: int, signum: int, elapsed: float
-) -> tuple[Status, int, str]:
-    """Why were we asked to stop? The answer decides the result's status."""
-    cancelled = node.state.cancel_reason(task_id)
-    if cancelled is not None:
-        return Status.CANCELLED, returncode, cancelled
-    ceiling = os.environ.get("DISPATCH_RUNTIME_MAX_S", "")
-    if ceiling.isdigit() and elapsed >= int(ceiling) - 1:
-        return (
-            Status.TIMEOUT,
-            TIMEOUT_EXIT,
-            f"unit RuntimeMaxSec={ceiling} reached (the hard ceiling above timeout_s)",
-        )
-    killswitch = node.spool.killswitch()
-    if killswitch.hard:
-        return Status.KILLED, returncode, f"hard KILLSWITCH: {killswitch.reason}"
-    if _host_stopping():
-        return (
-            Status.INTERRUPTED,
-            returncode,
-            "host shutting down: execution stopped; not run again",
-        )
-    return Status.KILLED, returncode, f"execution stopped by {signal.Signals(signum).name}"
-
-
-def _host_stopping() -> bool:
-    """systemd says `stopping` while it shuts the system down."""
-    if not os.environ.get("INVOCATION_ID"):
-        return False  # not started by systemd
-    from dispatch.core.runner import run
-
-    try:
-        return run(["systemctl", "is-system-running"], timeout=5).stdout.strip() == "stopping"
-    except Exception:
-        return False
-
-
 def _classify(
     node: Node,
     task_id: str,
@@ -292,7 +246,7 @@ def _classify(
     if timed_out:
         return Status.TIMEOUT, TIMEOUT_EXIT, f"exceeded timeout_s={timeout_s}"
     if signum:
-        return _stopped(node, task_id, returncode, signum, elapsed)
+        return stopped_outcome(node, task_id, returncode, signum, elapsed)
     if returncode < 0:
         name = signal.Signals(-returncode).name
         why = f"agent killed by {name}"

@@ -18,8 +18,9 @@ from dispatch.core.model import Stage, Status
 from dispatch.core.spool import Lane, set_killswitch
 from dispatch.core.wire import new_id
 from dispatch.receive.executor import execute
+from dispatch.receive.follow import TIMEOUT_EXIT
 from dispatch.receive.launch.process import process_start_time
-from dispatch.receive.supervise import GRACE_S, TIMEOUT_EXIT
+from dispatch.receive.supervise import GRACE_S
 from dispatch.send import results
 from tests.conftest import Pair
 from tests.unit.helpers import (
