@@ -250,6 +250,7 @@ def test_generator_in_sensor_mode(tmp_path: Path) -> None:
         "Environment=DISPATCH_SENSOR_NODE=gpubox",
         "Environment=DISPATCH_SENSOR_PEERS=devbox,laptop",
         "Environment=DISPATCH_SENSOR_MS=400",
+        "Environment=DISPATCH_SENSOR_IDLE_MS=1000",
         "ReadWritePaths=/srv/share/heartbeats",
         "InaccessiblePaths=-/etc/dispatch/keys",
         "InaccessiblePaths=-/var/lib/dispatch/ack.secret",
@@ -257,6 +258,10 @@ def test_generator_in_sensor_mode(tmp_path: Path) -> None:
         assert line + "\n" in sensor
     # Not the whole share: the heartbeat is all it writes there.
     assert "ReadWritePaths=/srv/share\n" not in sensor
+    # Its passes end with a settled look they leave for the sensor; in timer mode they don't.
+    looked = "Environment=DISPATCH_SENSOR_LOOKED=/run/dispatch/looked\n"
+    assert looked in files["dispatch-watch.service.d/50-sensor.conf"]
+    assert "dispatch-watch.service.d/50-sensor.conf" not in generator.render(cfg, WatchMode.TIMER)
     sweep = f"OnUnitActiveSec={generator.SENSOR_SWEEP_S}s\n"
     assert sweep in files["dispatch-watch.timer.d/50-poll.conf"]
     # The unit's 15 s is reset, not added to.

@@ -80,6 +80,7 @@ class Config:
     poll_sec: float = 3.0
     watch_mode: WatchMode = WatchMode.AUTO
     sensor_ms: int = 250
+    sensor_idle_ms: int = 1000
     max_parallel: int = 2
     launcher: LauncherKind = LauncherKind.PROCESS
     agent_bin: str = "claude"
@@ -163,6 +164,9 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     # Below 50 ms the sensor's stats would load the file server for nothing; above 10 s it
     # would be slower than the timer it replaces.
     "DISPATCH_SENSOR_MS": ("sensor_ms", int_between(50, 10000)),
+    # Once nothing changed for a while (sensor.ACTIVE_S): each look is a network round trip,
+    # 4 times a second for months on an idle node otherwise.
+    "DISPATCH_SENSOR_IDLE_MS": ("sensor_idle_ms", int_between(50, 10000)),
     "DISPATCH_MAX_PARALLEL": ("max_parallel", int_at_least(1)),
     "DISPATCH_LAUNCHER": ("launcher", enum_of(LauncherKind)),
     "DISPATCH_AGENT_BIN": ("agent_bin", text_value),

@@ -275,8 +275,9 @@ def _watch_mode(node: Node) -> Check:
     return Check(
         "watch-mode",
         active,
-        f"sensor ({why}): {unit} {'active' if active else 'NOT active'}, stats the lanes "
-        f"every {cfg.sensor_ms} ms; dispatch-watch.timer sweeps every {SENSOR_SWEEP_S}s",
+        f"sensor ({why}): {unit} {'active' if active else 'NOT active'}, looks at the lanes "
+        f"every {cfg.sensor_ms} ms ({max(cfg.sensor_idle_ms, cfg.sensor_ms)} ms once idle); "
+        f"dispatch-watch.timer sweeps every {SENSOR_SWEEP_S}s",
         "" if active else f"systemctl enable --now {unit}; journalctl -u {unit}",
     )
 

@@ -55,6 +55,13 @@ HEARTBEAT_RETRY_S = 2.0  # after a failure: the share came back, or the identity
 # New tasks are what latency is measured on: inbox/ every round. Acks, cancels and the
 # KILLSWITCH can wait a second: every SLOW_EVERY rounds.
 SLOW_EVERY = 4
+# After this long with nothing changed, nothing kicked and no look left by a pass, look
+# every DISPATCH_SENSOR_IDLE_MS instead of DISPATCH_SENSOR_MS: on sshfs each look is a round
+# trip through the ssh client, about 160 us of its CPU when it comes alone (bench/RESULTS.md),
+# which 4 times a second is most of an idle node's cost. The first change brings the fast
+# rate back; the price is the first task after a quiet spell, which waits half the idle
+# period on average instead of half the fast one.
+ACTIVE_S = 30.0
 # How often (in rounds) each held descriptor is checked against its path: a path's stat
 # costs a lookup per component on the server, so not every round (40: every 10 s).
 RECHECK_EVERY = 40
@@ -65,6 +72,7 @@ class Settings:
 
     __slots__ = (
         "again_file",
+        "idle_interval_s",
         "interval_s",
         "kick_file",
         "looked_file",
@@ -82,6 +90,7 @@ class Settings:
         peers: tuple[str, ...],
         state_dir: str,
         interval_s: float,
+        idle_interval_s: float | None = None,
         kick_file: str = KICK_FILE,
         again_file: str = AGAIN_FILE,
         looked_file: str = LOOKED_FILE,
@@ -89,6 +98,7 @@ class Settings:
         self.root, self.node, self.peers = root, node, peers
         self.state_dir, self.interval_s, self.kick_file = state_dir, interval_s, kick_file
         self.again_file, self.looked_file = again_file, looked_file
+        self.idle_interval_s = max(idle_interval_s or interval_s, interval_s)
 
     def lanes_in(self) -> list[str]:
         return [f"{self.root}/{peer}-to-{self.node}" for peer in self.peers]
@@ -112,12 +122,14 @@ class Settings:
             return None
         peers = tuple(p for p in env.get("DISPATCH_SENSOR_PEERS", "").split(",") if p)
         interval_ms = int(env.get("DISPATCH_SENSOR_MS", "250"))
+        idle_ms = int(env.get("DISPATCH_SENSOR_IDLE_MS", str(interval_ms)))
         return cls(
             root=root,
             node=env["DISPATCH_SENSOR_NODE"],
             peers=peers,
             state_dir=env["DISPATCH_SENSOR_STATE_DIR"],
             interval_s=interval_ms / 1000,
+            idle_interval_s=idle_ms / 1000,
         )
 
 
@@ -251,7 +263,7 @@ def run(
     looked = LookedFile(settings.looked_file)
     slow_sigs: list[Signature] = []
     detector = ChangeDetector()
-    next_beat = clock()
+    next_beat = active_until = clock()
     problem = ""
     done = 0
     while rounds is None or done < rounds:
@@ -269,7 +281,10 @@ def run(
         if seen is not None and detector.adopt([seen.get(p) for p in paths], sigs):
             # The pass that left this look saw everything a waiting kick was made for.
             _take_back(settings.kick_file)
+        if seen is not None:
+            active_until = now + ACTIVE_S
         if detector.step(sigs, now, consumed, again):
+            active_until = now + ACTIVE_S
             try:
                 kick(settings.kick_file)
             except OSError as exc:
@@ -287,7 +302,7 @@ def run(
             else:
                 problem = ""
         done += 1
-        sleep(settings.interval_s)
+        sleep(settings.interval_s if now < active_until else settings.idle_interval_s)
     return detector
 
 
@@ -333,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"dispatch-sensor: under {settings.root}, {len(settings.every_round())} inboxes every "
         f"{settings.interval_s * 1000:.0f} ms, {len(settings.every_slow_round())} other paths "
-        f"every {settings.interval_s * SLOW_EVERY * 1000:.0f} ms",
+        f"every {settings.interval_s * SLOW_EVERY * 1000:.0f} ms; "
+        f"{settings.idle_interval_s * 1000:.0f} and "
+        f"{settings.idle_interval_s * SLOW_EVERY * 1000:.0f} ms once idle for {ACTIVE_S:.0f} s",
         flush=True,
     )
     run(settings)

@@ -232,3 +232,30 @@ def test_consume_kick_removes_the_file_and_ignores_its_absence(tmp_path: Path) -
     sensor.consume_kick(str(kick))
     assert not kick.exists()
     sensor.consume_kick(str(kick))  # nothing to take: no error
+
+
+def test_it_slows_down_once_idle_and_speeds_up_at_the_first_change(
+    pair: Pair, tmp_path: Path
+) -> None:
+    kick = tmp_path / "kick"
+    settings = _settings(pair, kick)
+    settings.idle_interval_s = 1.0
+    tx = pair.sender.node()
+    now = [0.0]
+    slept: list[tuple[float, float]] = []
+
+    def sleep(s: float) -> None:
+        slept.append((now[0], s))
+        sensor.consume_kick(str(kick))
+        now[0] += s
+        if len(slept) == 200:
+            sender.deliver(tx, sender.build(tx, to="gpubox", request="wake up"))
+
+    sensor.run(settings, clock=lambda: now[0], sleep=sleep, rounds=260)
+    # Fast while the start-up kick is recent, idle once ACTIVE_S passed with nothing new.
+    assert all(s == 0.25 for t, s in slept if t < sensor.ACTIVE_S)
+    quiet = [s for t, s in slept[:200] if t >= sensor.ACTIVE_S + 0.25]
+    assert quiet and set(quiet) == {1.0}
+    # The arrival is seen within one idle period, and the fast rate is back at once.
+    assert slept[200][1] == 0.25
+    assert [s for _t, s in slept[200:230]] == [0.25] * 30
