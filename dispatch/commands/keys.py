@@ -11,8 +11,8 @@ from dispatch.cli import App, pass_app
 from dispatch.commands.output import print_json
 from dispatch.core.errors import UsageError
 from dispatch.core.keys import load_private, publish, published_path, write_private
+from dispatch.core.legacy_hmac import Keyring, fingerprint, read_key, write_key
 from dispatch.core.node import Node
-from dispatch.core.signing import Keyring, fingerprint, read_key, write_key
 
 
 @click.group()

@@ -157,22 +157,6 @@ ENVELOPE_FIELDS = {
 }
 # Schema 3: no kind, an HMAC where schema 4 has its signature.
 HMAC_ENVELOPE_FIELDS = (ENVELOPE_FIELDS - {"kind", "sig"}) | {"hmac"}
-V2_FIELDS = {
-    "schema",
-    "id",
-    "from",
-    "to",
-    "created",
-    "priority",
-    "request",
-    "require_ack",
-    "require_dangerous",
-    "timeout_s",
-    "max_output_bytes",
-    "callback",
-    "hmac",
-}
-V2_REQUIRED = {"schema", "id", "from", "to", "created", "priority", "request", "hmac"}
 MAX_INT = 2**53  # beyond this, JSON numbers stop round-tripping through other languages
 
 
@@ -226,55 +210,6 @@ def parse_envelope(obj: dict[str, Any]) -> Envelope:
         kid=kid,
         sig=sig,
         schema=schema,
-    )
-
-
-@dataclass(frozen=True)
-class V2Envelope:
-    """The original project's envelope: only six fields are signed."""
-
-    id: str
-    from_: str
-    to: str
-    created: str
-    priority: Priority
-    request: str
-    callback: Callback
-    hmac: str
-
-    def signed_text(self) -> bytes:
-        return "|".join(
-            [self.id, self.from_, self.to, self.created, self.priority.value, self.request]
-        ).encode("utf-8")
-
-
-def parse_v2(obj: dict[str, Any]) -> V2Envelope:
-    """Check a schema-2 envelope's shape. Its unsigned fields are type-checked, then ignored:
-    the receiving node's policy decides them."""
-    exact_fields(obj, V2_FIELDS, V2_REQUIRED, "schema-2 envelope")
-    for name, kind in (
-        ("require_ack", bool),
-        ("require_dangerous", bool),
-        ("timeout_s", int),
-        ("max_output_bytes", int),
-    ):
-        if name in obj:
-            require(obj, name, kind)
-    mac: str = require(obj, "hmac", str)
-    if not HEX64_RE.fullmatch(mac):
-        raise Rejection("malformed", "field 'hmac' is not 64 lowercase hex digits")
-    request: str = require(obj, "request", str)
-    if not request.strip():
-        raise Rejection("malformed", "field 'request' is empty")
-    return V2Envelope(
-        id=id_field(obj, "id"),
-        from_=node_field(obj, "from"),
-        to=node_field(obj, "to"),
-        created=time_field(obj, "created"),
-        priority=enum_field(obj, "priority", Priority),
-        request=request,
-        callback=enum_field(obj, "callback", Callback) if "callback" in obj else Callback.FILE,
-        hmac=mac,
     )
 
 

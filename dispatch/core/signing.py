@@ -6,8 +6,8 @@ signature verifies only against a key pinned on this host for the node that must
 it: a task's `from`, a result's `to` (the lane's receiver, also its `answered_by`), a
 cancel's `from`. So no node can speak for another, and no key signs for another lane.
 
-The HMAC key ring (`DISPATCH_KEY_DIR/<kid>.key`) is read only for older peers: schema 3
-with `DISPATCH_ACCEPT_V3=1` during a migration, the original's schema 2 with
+The HMAC key ring (`DISPATCH_KEY_DIR/<kid>.key`, `legacy_hmac`) is read only for older
+peers: schema 3 with `DISPATCH_ACCEPT_V3=1` during a migration, the original's schema 2 with
 `DISPATCH_ACCEPT_V2=1`. Nothing here signs with it."""
 
 from __future__ import annotations
@@ -16,26 +16,20 @@ import dataclasses
 import hashlib
 import hmac
 import os
-import secrets
-import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Protocol
 
 from dispatch.core.config import Config
-from dispatch.core.errors import ConfigError, NotFound, Rejection, UsageError
-from dispatch.core.fsio import write_new
+from dispatch.core.errors import Rejection, UsageError
 from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private, private_key_path
+from dispatch.core.legacy_hmac import Keyring, verify_object
 from dispatch.core.model import (
     HMAC_SCHEMA,
-    KID_RE,
     SCHEMA,
     Envelope,
     Kind,
     Result,
-    V2Envelope,
     parse_envelope,
     parse_result,
     signature_field,
@@ -248,132 +242,6 @@ def verify_cancel(keys: NodeKeys, obj: dict[str, Any]) -> None:
         verify_signed(keys, obj, Kind.CANCEL, "cancel request")
 
 
-# The HMAC ring of schemas 2 and 3, verification only.
-
-
-@dataclass(frozen=True)
-class Key:
-    kid: str
-    secret: bytes
-    path: Path
-    mtime: float
-
-
-def fingerprint(secret: bytes) -> str:
-    """Default key id: the same key gives the same id on every host that holds it."""
-    return "k" + hashlib.sha256(b"dispatch-kid:" + secret).hexdigest()[:12]
-
-
-def read_key(path: Path) -> bytes:
-    # O_NOFOLLOW: a key ring entry swapped for a symlink must not redirect us.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"key {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"key {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                f"it must be readable by its owner only: chmod 600 {path}"
-            )
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    # The original keyed HMAC with the file's stripped text; keep that so its keys work.
-    secret = data.strip()
-    if len(secret) < 32:
-        raise ConfigError(f"key {path} is shorter than 32 bytes")
-    return secret
-
-
-@dataclass(frozen=True)
-class Keyring:
-    keys: tuple[Key, ...]
-    fallback: bool = False
-
-    @classmethod
-    def load(cls, cfg: Config, *, required: bool = False) -> Keyring:
-        keys: list[Key] = []
-        if cfg.key_dir.is_dir():
-            try:
-                entries = sorted(cfg.key_dir.glob("*.key"))
-            except PermissionError as exc:
-                raise ConfigError(f"cannot read key directory {cfg.key_dir}: {exc}") from None
-            for path in entries:
-                kid = path.name[: -len(".key")]
-                if not KID_RE.fullmatch(kid):
-                    raise ConfigError(f"key file name {path.name!r} is not a valid key id")
-                try:
-                    secret = read_key(path)
-                except PermissionError as exc:
-                    raise ConfigError(f"cannot read key {path}: {exc.strerror}") from None
-                keys.append(Key(kid, secret, path, path.stat().st_mtime))
-        fallback = False
-        if not keys:
-            legacy = cfg.root / "keys" / "hmac.key"
-            if legacy.is_file():
-                secret = read_key(legacy)
-                keys.append(Key(fingerprint(secret), secret, legacy, legacy.stat().st_mtime))
-                fallback = True
-        if required and not keys:
-            raise ConfigError(f"no HMAC key in {cfg.key_dir} (`dispatch keys import`)")
-        return cls(tuple(keys), fallback)
-
-    def get(self, kid: str) -> Key:
-        for key in self.keys:
-            if key.kid == kid:
-                return key
-        raise NotFound(f"unknown key id {kid!r}")
-
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self.keys)
-
-
-def _mac(secret: bytes, payload: bytes) -> str:
-    return hmac.new(secret, payload, hashlib.sha256).hexdigest()
-
-
-def verify_object(ring: Keyring, obj: dict[str, Any], what: str) -> None:
-    """Schema 3: the MAC over the object exactly as received (minus `hmac`)."""
-    try:
-        key = ring.get(str(obj.get("kid")))
-    except NotFound:
-        raise Rejection(
-            "unknown_key", f"{what} is signed with unknown key id {str(obj.get('kid'))[:64]!r}"
-        ) from None
-    body = {k: v for k, v in obj.items() if k != "hmac"}
-    expected = _mac(key.secret, canonical(body))
-    if not hmac.compare_digest(expected, str(obj.get("hmac", ""))):
-        raise Rejection("bad_signature", f"{what} signature does not verify")
-
-
-def verify_v2(ring: Keyring, envelope: V2Envelope) -> None:
-    """Schema 2 carries no key id: any key of the ring may have signed it."""
-    payload = envelope.signed_text()
-    for key in ring:
-        if hmac.compare_digest(_mac(key.secret, payload), envelope.hmac):
-            return
-    raise Rejection("bad_signature", "schema-2 envelope signature does not verify")
-
-
 def mac_text(secret: bytes, text: str) -> str:
-    return _mac(secret, text.encode("utf-8"))
-
-
-def new_secret() -> bytes:
-    return secrets.token_hex(32).encode("ascii")
-
-
-def write_key(key_dir: Path, secret: bytes, kid: str = "") -> Key:
-    """Add an HMAC key to the ring (`dispatch keys import`: an original peer's key)."""
-    kid = kid or fingerprint(secret)
-    if not KID_RE.fullmatch(kid):
-        raise ConfigError(f"not a valid key id: {kid!r}")
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = key_dir / f"{kid}.key"
-    if path.exists():
-        raise ConfigError(f"key {path} already exists")
-    tmp = key_dir / f".{kid}.key.tmp"
-    write_new(tmp, secret + b"\n", 0o600)
-    os.rename(tmp, path)
-    return Key(kid, secret, path, path.stat().st_mtime)
+    """An HMAC-SHA256 of `text` (the node-local ack MAC)."""
+    return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()

@@ -11,8 +11,9 @@ from typing import Any
 
 from dispatch.core.config import Config, DangerousPolicy
 from dispatch.core.errors import Rejection
-from dispatch.core.model import Envelope, parse_v2
-from dispatch.core.signing import NodeKeys, verify_envelope, verify_v2
+from dispatch.core.legacy_hmac import parse_v2, verify_v2
+from dispatch.core.model import Envelope
+from dispatch.core.signing import NodeKeys, verify_envelope
 from dispatch.core.spool import Lane
 from dispatch.core.wire import loads_strict, now_utc
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatch.core.errors import Rejection
-from dispatch.core.model import Priority, Status, parse_envelope, parse_result, parse_v2
+from dispatch.core.model import Priority, Status, parse_envelope, parse_result
 from dispatch.core.wire import MAX_FILE_BYTES, canonical, loads_strict, parse_time, valid_id
 
 
@@ -218,34 +218,6 @@ def test_parse_envelope_requires_every_field(field: str) -> None:
     obj = envelope_obj()
     del obj[field]
     assert reason(parse_envelope, obj) == "malformed"
-
-
-def test_parse_v2_types_its_unsigned_fields_then_drops_them() -> None:
-    obj: dict[str, Any] = {
-        "schema": 2,
-        "id": str(uuid.uuid4()),
-        "from": "devbox",
-        "to": "gpubox",
-        "created": "2025-01-02T03:04:05.123456+00:00",
-        "priority": "low",
-        "request": "x",
-        "callback": "file",
-        "require_ack": False,
-        "require_dangerous": True,
-        "timeout_s": 999999,
-        "max_output_bytes": 5,
-        "hmac": "a" * 64,
-    }
-    env = parse_v2(obj)
-    assert (
-        env.signed_text()
-        == "|".join([obj["id"], "devbox", "gpubox", obj["created"], "low", "x"]).encode()
-    )
-    assert not hasattr(env, "require_dangerous")
-    assert reason(parse_v2, {**obj, "require_dangerous": 1}) == "malformed"
-    assert reason(parse_v2, {**obj, "timeout_s": True}) == "malformed"
-    assert reason(parse_v2, {**obj, "kid": "k1"}) == "malformed"  # not a v2 field
-    assert parse_v2({k: v for k, v in obj.items() if k != "callback"}).callback.value == "file"
 
 
 def test_parse_result_is_strict() -> None:

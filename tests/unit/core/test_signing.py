@@ -5,9 +5,8 @@ for the node that must have made it. Schema 3 (HMAC) only behind DISPATCH_ACCEPT
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +14,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dispatch.core.config import Config
-from dispatch.core.errors import ConfigError, Rejection, UsageError
+from dispatch.core.errors import Rejection, UsageError
 from dispatch.core.keys import Pins, load_private, write_private
-from dispatch.core.model import Callback, Envelope, Priority, Result, Status, parse_v2
-from dispatch.core.node import Node
+from dispatch.core.legacy_hmac import new_secret, write_key
+from dispatch.core.model import Callback, Envelope, Priority, Result, Status
 from dispatch.core.signing import (
-    Keyring,
     NodeKeys,
-    fingerprint,
-    new_secret,
-    read_key,
     sign_envelope,
     sign_object,
     sign_result,
     verify_cancel,
     verify_envelope,
     verify_result,
-    verify_v2,
-    write_key,
 )
 from dispatch.core.wire import canonical, now_utc, rfc3339
-from tests.unit.helpers import hmac_signed, kid_of, mac, sign_v2, signed
+from tests.unit.helpers import hmac_signed, kid_of, mac, signed
 
 NODES = ("devbox", "gpubox", "c")
 
@@ -372,82 +365,3 @@ def test_schema3_is_refused_unless_the_migration_knob_is_on(tmp_path: Path) -> N
     assert rejection(verify_result, off, result, LANE) == "schema3_disabled"
     assert verify_result(on, result, LANE).schema == 3
     assert result["hmac"] == mac(secret, result)
-
-
-def test_v2_signature(tmp_path: Path) -> None:
-    secret = new_secret()
-    write_key(tmp_path / "gpubox" / "keys", secret, "k1")
-    ring = Keyring.load(make_cfg(tmp_path))
-    fields = {
-        "id": str(uuid.uuid4()),
-        "from": "devbox",
-        "to": "gpubox",
-        "created": "2025-01-02T03:04:05.123456+00:00",
-        "priority": "normal",
-        "request": "old style",
-    }
-    obj = {"schema": 2, **fields, "hmac": sign_v2(secret, fields)}
-    verify_v2(ring, parse_v2(obj))
-    assert rejection(verify_v2, ring, parse_v2(dict(obj, request="new style"))) == "bad_signature"
-
-
-# -- the HMAC ring of schemas 2 and 3 --------------------------------------------------------
-
-
-def test_hmac_key_files_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
-    key = write_key(tmp_path / "keys", new_secret())
-    assert key.kid == fingerprint(key.secret)
-    assert os.stat(key.path).st_mode & 0o777 == 0o600
-    assert read_key(key.path) == key.secret
-    with pytest.raises(ConfigError, match="already exists"):
-        write_key(tmp_path / "keys", new_secret(), key.kid)
-    with pytest.raises(ConfigError, match="not a valid key id"):
-        write_key(tmp_path / "keys", new_secret(), "../evil")
-
-
-def test_hmac_key_readable_by_others_short_or_symlinked_is_refused(tmp_path: Path) -> None:
-    cfg = replace(make_cfg(tmp_path), key_dir=tmp_path / "keys")
-    key = write_key(tmp_path / "keys", new_secret(), "k1")
-    os.chmod(key.path, 0o644)
-    with pytest.raises(ConfigError, match=r"mode 0644.*chmod 600"):
-        Keyring.load(cfg)
-    os.unlink(key.path)
-    fd = os.open(tmp_path / "keys" / "short.key", os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, b"tooshort\n")
-    os.close(fd)
-    with pytest.raises(ConfigError, match="shorter than 32 bytes"):
-        Keyring.load(cfg)
-    os.unlink(tmp_path / "keys" / "short.key")
-    real = write_key(tmp_path / "elsewhere", new_secret(), "real")
-    os.symlink(real.path, tmp_path / "keys" / "link.key")
-    with pytest.raises((ConfigError, OSError)):
-        Keyring.load(cfg)
-
-
-def test_share_hmac_key_is_a_fallback_with_a_warning(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cfg = make_cfg(tmp_path, accept_v2=True)
-    cfg.key_dir.mkdir(parents=True)  # empty ring
-    (cfg.root / "logs").mkdir(parents=True)
-    legacy = cfg.root / "keys" / "hmac.key"
-    legacy.parent.mkdir()
-    secret = new_secret()
-    fd = os.open(legacy, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, secret + b"\n")
-    os.close(fd)
-    ring = Node(cfg).keys.legacy
-    assert ring.fallback is True and [k.secret for k in ring] == [secret]
-    assert "key_fallback" in capsys.readouterr().err
-    audit = (cfg.root / "logs" / "gpubox.jsonl").read_text()
-    assert '"event": "key_fallback"' in audit
-    # Without a migration knob the share's key is not even read.
-    _ = Node(replace(cfg, accept_v2=False)).keys
-    assert "key_fallback" not in capsys.readouterr().err
-    os.chmod(legacy, 0o644)
-    with pytest.raises(ConfigError, match="chmod 600"):
-        Keyring.load(cfg)
-    os.chmod(legacy, 0o600)
-    write_key(cfg.key_dir, new_secret(), "own")
-    ring = Keyring.load(cfg)
-    assert ring.fallback is False and [k.kid for k in ring] == ["own"]
