@@ -48,15 +48,24 @@ def agent_start(system: System, request: str, timeout: float = 10) -> float:
     return wait_for(find, timeout, 0.02, f"the agent's start record for {request!r}")
 
 
-def latency(system: System, n: int, poll_sec: int, seed: int, timeout: float = 60) -> Latency:
+def latency(
+    system: System,
+    n: int,
+    poll_sec: int,
+    seed: int,
+    timeout: float = 60,
+    quiet_s: float = 0.0,
+) -> Latency:
     """Sequential sends, each after a random pause in [0, poll_sec) (the same pauses for
-    both systems), so a poller's phase is sampled evenly rather than locked to the sends."""
+    both systems), so a poller's phase is sampled evenly rather than locked to the sends.
+    With `quiet_s`, each pause is that much longer: the first task after a quiet spell
+    (dispatch-sensor looks less often once nothing changed for a while)."""
     rng = random.Random(seed)
     out = Latency(n)
     system.start(cap=2, agent="fake-agent", poll_sec=poll_sec)
     try:
         for i in range(n):
-            time.sleep(rng.uniform(0, poll_sec))
+            time.sleep(quiet_s + rng.uniform(0, poll_sec))
             request = f"bench latency {i} {uuid.uuid4().hex[:12]}"
             began = time.time()
             sent = system.send(request)
