@@ -11,6 +11,7 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +28,7 @@ from dispatch.receive.follow import (
     stalled_outcome,
     stopped_outcome,
 )
+from dispatch.receive.courier import Courier, start_courier
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
 from dispatch.signer.caller import forget_agent, record_agent
 
@@ -87,8 +89,15 @@ class _Child:
 
     polls_cancel = False  # a cancel stops the unit: the signal reaches us, then the group
 
-    def __init__(self, proc: subprocess.Popen[bytes], output: Output, stop: StopSignals) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        output: Output,
+        stop: StopSignals,
+        courier: Courier | None = None,
+    ) -> None:
         assert proc.stdout is not None
+        self.courier = courier
         self.proc = proc
         self.output = output
         self.out_fd = proc.stdout.fileno()
@@ -144,6 +153,8 @@ class _Child:
                 continue
             self.last_output = time.monotonic()
             self.output.feed(chunk)
+        if self.courier is not None:
+            self.courier.sweep()
 
     def reap(self) -> int:
         self.sel.close()
@@ -157,6 +168,7 @@ def run_agent(
 ) -> Outcome:
     stop = StopSignals()
     agent_pgid = 0
+    courier: Courier | None = None
     began = time.monotonic()
     log = ShareLog(node, envelope.id, log_path)
     output = Output(node, envelope, log)
@@ -169,10 +181,14 @@ def run_agent(
             return Outcome(
                 Status.ERROR, 126, f"agent not started: {exc}", 0, False, "", "", log.close()
             )
+        env = agent_env(node, envelope)
+        courier = start_courier(node, envelope, user, _note(log))
+        if courier is not None:
+            env.update(courier.agent_settings())
         try:
             proc = spawn_agent(
                 argv,
-                env=agent_env(node, envelope),
+                env=env,
                 cwd=None,
                 user=user,
                 with_stdin=stdin is not None,
@@ -194,7 +210,7 @@ def run_agent(
         agent_pgid = proc.pid
         if stdin is not None and proc.stdin is not None:
             _feed_stdin(proc.stdin, stdin)
-        child = _Child(proc, output, stop)
+        child = _Child(proc, output, stop, courier)
         deadline = time.monotonic() + envelope.timeout_s
         ending = follow(node, envelope.id, child, stop, deadline, log)
         assert ending is not None  # a child never detaches
@@ -215,11 +231,17 @@ def run_agent(
             )
         log.write(ended_line(status, exit_code, reason))
     finally:
+        if courier is not None:
+            courier.close()
         if agent_pgid:
             forget_agent(node.state, agent_pgid)
         stop.close()
         log_rest = log.close()
     return output.outcome(status, exit_code, reason, log_rest)
+
+
+def _note(log: ShareLog) -> Callable[[str], None]:
+    return lambda line: log.write(line.encode("utf-8", "replace") + b"\n")
 
 
 def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
