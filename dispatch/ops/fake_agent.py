@@ -15,6 +15,10 @@ The request may carry directives, each `word` or `word=value`, anywhere in it:
              the child's request is this one with `send=` naming this node, so the task
              bounces between the two nodes until a receiver refuses it at DISPATCH_MAX_HOPS
   chain=N    with send=: send only while this task's DISPATCH_HOPS is below N
+  via=mcp    with send=: send through `dispatch mcp` (its dispatch_send tool over stdio)
+  parent=ID  with send=: claim another parent (DISPATCH_TASK_ID=ID) for the child
+  hops=N     with send=: claim DISPATCH_HOPS=N for the child
+  late=S     leave behind a process that sends (send=) S seconds after the agent ended
   answer=N   make the final answer N characters long
 The request comes after -p, or (as the claude CLI reads it in print mode) on stdin when -p
 has no prompt after it.
@@ -50,15 +54,35 @@ def directives(request: str) -> dict[str, str]:
             "send",
             "chain",
             "answer",
+            "via",
+            "parent",
+            "hops",
+            "late",
         ):
             found[key] = value
     return found
 
 
-def send_child(request: str, peer: str) -> tuple[str, str]:
+def _child_env(d: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    if d.get("parent"):
+        env["DISPATCH_TASK_ID"] = d["parent"]
+    if d.get("hops"):
+        env["DISPATCH_HOPS"] = d["hops"]
+    return env
+
+
+def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tuple[str, str]:
     """`dispatch send` from inside the execution: (child id, "") or ("", why it failed)."""
+    d = d or {}
     here = os.environ.get("DISPATCH_NODE", "")
-    words = [f"send={here}" if word.startswith("send=") else word for word in request.split()]
+    words = [
+        f"send={here}" if word.startswith("send=") else word
+        for word in request.split()
+        if not word.startswith(("late=", "parent=", "hops="))
+    ]
+    if d.get("via") == "mcp":
+        return _send_by_mcp(" ".join(words), peer, _child_env(d))
     argv = [
         sys.executable,
         "-m",
@@ -71,7 +95,9 @@ def send_child(request: str, peer: str) -> tuple[str, str]:
         "--json",
     ]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=_child_env(d)
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "", str(exc)
     if proc.returncode != 0:
@@ -80,6 +106,71 @@ def send_child(request: str, peer: str) -> tuple[str, str]:
         return str(json.loads(proc.stdout)["id"]), ""
     except (ValueError, KeyError, TypeError):
         return "", f"unexpected output: {proc.stdout[:200]!r}"
+
+
+def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str]:
+    """The MCP server's dispatch_send tool, driven over stdio as an agent CLI would."""
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "fake-agent", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "dispatch_send", "arguments": {"to": peer, "request": request}},
+        },
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            for message in messages:
+                proc.stdin.write(json.dumps(message) + "\n")
+                proc.stdin.flush()
+            for line in proc.stdout:
+                answer = json.loads(line)
+                if answer.get("id") == 2:
+                    break
+            else:
+                return "", "the MCP server ended without an answer"
+        finally:
+            proc.kill()
+    result = answer.get("result") or {}
+    if answer.get("error") or result.get("isError"):
+        texts = [c.get("text", "") for c in result.get("content", [])]
+        return "", (" ".join(texts) or str(answer.get("error")))[:500]
+    structured = result.get("structuredContent") or {}
+    return str(structured.get("id", "")), ""
+
+
+def _leave_sender(request: str, peer: str, d: dict[str, str], after_s: float) -> None:
+    """A process the agent leaves behind, which sends once the execution is over."""
+    if os.fork() != 0:
+        return
+    os.setsid()
+    time.sleep(after_s)
+    child, failure = send_child(request, peer, d)
+    log = os.environ.get("DISPATCH_FAKE_AGENT_LOG")
+    if log:
+        with open(log, "a") as handle:
+            record = {"late_of": os.environ.get("DISPATCH_TASK_ID"), "sent": child or None}
+            handle.write(json.dumps({**record, "send_failure": failure}) + "\n")
+    os._exit(0)
 
 
 def main(argv: list[str]) -> int:
@@ -106,11 +197,14 @@ def main(argv: list[str]) -> int:
         "uid": os.getuid(),
         "hops": os.environ.get("DISPATCH_HOPS"),
     }
-    if d.get("send"):
+    if d.get("send") and d.get("late"):
+        _leave_sender(request, d["send"], d, float(d["late"]))
+    elif d.get("send"):
         limit = int(d["chain"]) if d.get("chain") else None
         if limit is None or int(os.environ.get("DISPATCH_HOPS") or 0) < limit:
-            child, failure = send_child(request, d["send"])
+            child, failure = send_child(request, d["send"], d)
             record["sent"] = child or None
+            record["send_failure"] = failure
             notes.append(
                 f"sent {child} to {d['send']}"
                 if child

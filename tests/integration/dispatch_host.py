@@ -155,7 +155,12 @@ class DispatchHost:
 
     # -- set-up --------------------------------------------------------------------------
     def setup(
-        self, *, timer: bool = False, settings: dict[str, str] | None = None, exec_dropin: str = ""
+        self,
+        *,
+        timer: bool = False,
+        settings: dict[str, str] | None = None,
+        exec_dropin: str = "",
+        peers: str = "devbox",
     ) -> None:
         h = self.host
         h.run(["mkdir", "-p", ROOT])
@@ -179,7 +184,7 @@ class DispatchHost:
                 "--node",
                 "gpubox",
                 "--peers",
-                "devbox",
+                peers,
                 *sets,
             ]
         ).stdout

@@ -87,8 +87,8 @@ def as_user(h: SystemdHost, user: str, *args: str, check: bool = True) -> Any:
     return h.run(argv, env=env, check=check)
 
 
-def events_of(h: SystemdHost) -> list[dict[str, Any]]:
-    story = h.journalctl("-u", "devbox-signer.service", "-o", "json")
+def events_of(h: SystemdHost, unit: str = "devbox-signer.service") -> list[dict[str, Any]]:
+    story = h.journalctl("-u", unit, "-o", "json")
     return [json.loads(line) for line in story.splitlines() if line.strip()]
 
 
@@ -154,46 +154,111 @@ def test_a_group_member_sends_and_waits_and_a_stranger_is_refused(host: SystemdH
     assert refusals and refusals[-1].get("DISPATCH_UID") == uid_of(host, STRANGER)
 
 
-def test_an_agent_running_as_nobody_sends_a_child_through_the_signer(host: SystemdHost) -> None:
-    """The agent holds no key; the signer knows it by its dispatch-exec@<id> cgroup and signs
-    only a child of <id>, with the chain fields it sets from the started marker."""
-    d = DispatchHost(host)
-    d.setup(timer=False, exec_dropin="Environment=XDG_STATE_HOME=/tmp/agent-state\n")
-    host.systemctl("start", "dispatch-signer.socket")
-    # Not the signer's to solve (see the report of issue 13): the agent's `dispatch send`
-    # reads the node's settings and writes the outgoing lane like any sender.
-    host.run(["chmod", "644", "/etc/dispatch/dispatch.conf"])
-    host.run(["chmod", "-R", "a+w", f"{ROOT}/gpubox-to-devbox"])
-    task_id = d.send("relay send=devbox")
-    result = d.wait(task_id)
-    assert result["status"] == "ok", result
-    text = result["final_text"]
+def child_of(result: dict[str, Any]) -> str:
+    text = str(result["final_text"])
     assert "sent " in text, text
-    child_id = text.split("sent ", 1)[1].split()[0]
-    name = f"{ROOT}/gpubox-to-devbox/inbox/{child_id}.json"
-    child = json.loads(host.run(["cat", name]).stdout)
-    assert (child["from"], child["parent"], child["hops"]) == ("gpubox", task_id, 1)
-    story = host.journalctl("-u", "dispatch-signer.service", "-o", "json")
-    events = [json.loads(line) for line in story.splitlines() if line.strip()]
-    signed = [e for e in events if e.get("DISPATCH_EVENT") == "signer_signed"]
-    assert [e.get("DISPATCH_EXECUTION") for e in signed] == [task_id]
-    assert signed[0].get("DISPATCH_UID") == uid_of(host, "nobody")
-    # The same user outside any execution, claiming that chain: a stranger, refused.
-    after = host.run(
-        [
-            "setpriv",
-            "--reuid=nobody",
-            f"--regid={host.run(['id', '-g', 'nobody']).stdout.strip()}",
-            "--clear-groups",
-            DISPATCH,
-            "send",
-            "--to",
-            "devbox",
-            "--request",
-            "again",
-        ],
-        env={"DISPATCH_TASK_ID": task_id, "DISPATCH_HOPS": "0", "XDG_STATE_HOME": "/tmp"},
-        check=False,
+    return text.split("sent ", 1)[1].split()[0]
+
+
+def failure_of(d: DispatchHost, task_id: str) -> str:
+    """The one line the agent's `dispatch send` printed when it was refused."""
+    runs = [r for r in d.agent_runs() if r.get("task_id") == task_id]
+    assert len(runs) == 1 and runs[0].get("sent") is None, runs
+    failure = str(runs[0].get("send_failure"))
+    assert "\n" not in failure
+    return failure
+
+
+def refusals_for(h: SystemdHost, task_id: str) -> list[str]:
+    return [
+        str(e.get("MESSAGE"))
+        for e in events_of(h, "dispatch-signer.service")
+        if e.get("DISPATCH_EVENT") == "signer_refused" and e.get("DISPATCH_EXECUTION") == task_id
+    ]
+
+
+def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
+    host: SystemdHost,
+) -> None:
+    """The agent (nobody, in dispatch-exec@<id>.service) holds no key, cannot read the
+    node's config and cannot write the share: the signer knows it by its cgroup and signs
+    only a child of <id> (chain fields it sets itself), and the executor's courier delivers
+    it from the execution's outbox. Nothing is loosened by hand."""
+    d = DispatchHost(host)
+    # A second peer, c, outside the chain set: the agent may not send there.
+    d.setup(timer=False, peers="devbox,c", settings={"DISPATCH_CHAIN_PEERS": "devbox"})
+    host.systemctl("start", "dispatch-signer.socket")
+    assert host.run(["stat", "-c", "%a", "/etc/dispatch/dispatch.conf"]).stdout.strip() == "640"
+    lane = f"{ROOT}/gpubox-to-devbox"
+
+    # Through `dispatch send`, and through the MCP server's dispatch_send tool.
+    children = {}
+    for via in ("", " via=mcp"):
+        task_id = d.send(f"relay send=devbox chain=1{via}")
+        result = d.wait(task_id)
+        assert result["status"] == "ok", result
+        log = host.run(["cat", f"{ROOT}/devbox-to-gpubox/done/{task_id}.log"]).stdout
+        assert "sent " in str(result["final_text"]), log
+        child_id = child_of(result)
+        child = json.loads(host.run(["cat", f"{lane}/inbox/{child_id}.json"]).stdout)
+        assert (child["from"], child["parent"], child["hops"]) == ("gpubox", task_id, 1)
+        assert f"# child task {child_id} delivered to devbox" in log
+        children[task_id] = child_id
+    signer_events = events_of(host, "dispatch-signer.service")
+    signed = [e for e in signer_events if e.get("DISPATCH_EVENT") == "signer_signed"]
+    assert sorted(str(e.get("DISPATCH_EXECUTION")) for e in signed) == sorted(children)
+    assert {e.get("DISPATCH_UID") for e in signed} == {uid_of(host, "nobody")}
+    # The node recorded what it sent for its agent (its own sent log, root's).
+    for child_id in children.values():
+        host.run(["test", "-f", f"/var/lib/dispatch/sent/{child_id}"])
+    # The peer accepts them: one promote pass of devbox admits both as genuine.
+    host.run(
+        [DISPATCH, "promote"],
+        env={"DISPATCH_CONFIG": SENDER_CONF, "DISPATCH_LAUNCHER": "process"},
     )
-    assert after.returncode != 0
-    assert "the signer refused: uid" in after.stderr, after.stderr
+    for child_id in children.values():
+        entry = json.loads(host.run(["cat", f"/var/lib/dispatch/devbox/seen/{child_id}"]).stdout)
+        assert entry["stage"] not in ("rejected", "inbox"), entry
+
+    # What it may not sign: each refused with one line, and recorded by the signer.
+    forged_parent = "0b6d1b8e-2f4a-4c1e-9d7a-3f5e6a7b8c9d"
+    cases = {
+        f"relay send=devbox parent={forged_parent}": "may sign only its own children",
+        "relay send=devbox hops=5": "children are at hops 1, not 6",
+        "relay send=c": "may send children to devbox (DISPATCH_CHAIN_PEERS), not 'c'",
+    }
+    for request, why in cases.items():
+        task_id = d.send(request)
+        result = d.wait(task_id)
+        assert result["status"] == "ok", result
+        failure = failure_of(d, task_id)
+        assert failure.startswith("dispatch: the signer refused: execution "), failure
+        assert why in failure, failure
+        assert [why in line for line in refusals_for(host, task_id)] == [True], request
+    # Nothing of theirs reached the lane (devbox's pass took the two children in).
+    assert host.run(["ls", "-A", f"{lane}/inbox"]).stdout.split() == []
+
+    # After its execution ended: a process the agent left behind (systemd would kill it
+    # with the unit; KillMode=process lets it outlive the execution, to try) is refused.
+    host.write_file(
+        "/run/systemd/system/dispatch-exec@.service.d/95-leftover.conf",
+        "[Service]\nKillMode=process\n",
+    )
+    host.daemon_reload()
+    task_id = d.send("relay send=devbox late=3")
+    assert d.wait(task_id)["status"] == "ok"
+
+    def late() -> list[dict[str, Any]]:
+        return [r for r in d.agent_runs() if r.get("late_of") == task_id]
+
+    attempt = d.wait_until("the leftover process's send", late, timeout=30)[0]
+    assert attempt["sent"] is None
+    assert "is not running here: it may sign nothing" in attempt["send_failure"], attempt
+    assert "\n" not in attempt["send_failure"]
+    assert any("is not running here" in line for line in refusals_for(host, task_id))
+    # A later execution of the same id does not run: its agent (and its chain) never starts.
+    first = next(iter(children))
+    host.systemctl("start", f"dispatch-exec@{first}.service", check=False)
+    assert [r.get("task_id") for r in d.agent_runs()].count(first) == 1
+    # The boxes went with their executions.
+    assert host.run(["ls", "-A", "/run/dispatch/exec"]).stdout.split() == []
