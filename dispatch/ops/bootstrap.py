@@ -20,7 +20,7 @@ from dispatch.core.keys import (
     write_private,
 )
 from dispatch.core.knobs import valid_node
-from dispatch.core.spool import Spool
+from dispatch.core.spool import Spool, sender_group
 from dispatch.core.state import NodeState
 
 
@@ -117,7 +117,7 @@ def init_node(
         os.fchmod(fd, 0o640)
         # Group `dispatch` (the packages' sysusers.d) reads it: its members send through the
         # local signer and need the root, node and peers, never a key.
-        group = _sender_group()
+        group = sender_group()
         if group is not None and os.geteuid() == 0:
             os.fchown(fd, 0, group)
         with os.fdopen(fd, "w") as handle:
@@ -127,15 +127,6 @@ def init_node(
     return InitReport(
         config_path, written, key, private_key_path(key_dir, node), created, lanes, tuple(peers)
     )
-
-
-def _sender_group() -> int | None:
-    import grp
-
-    try:
-        return grp.getgrnam("dispatch").gr_gid
-    except KeyError:
-        return None
 
 
 def reload_systemd(config_path: Path) -> bool:

@@ -30,7 +30,7 @@ from dispatch.receive.follow import (
 )
 from dispatch.receive.courier import Courier, start_courier
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
-from dispatch.signer.caller import forget_agent, record_agent
+from dispatch.signer.caller import forget_agent, mark_agent_ended, record_agent
 
 GRACE_S = 5.0
 
@@ -231,6 +231,8 @@ def run_agent(
             )
         log.write(ended_line(status, exit_code, reason))
     finally:
+        # Before the courier closes: what a leftover process asks the signer now is refused.
+        mark_agent_ended(node.state, envelope.id)
         if courier is not None:
             courier.close()
         if agent_pgid:

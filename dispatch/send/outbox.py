@@ -28,6 +28,11 @@ def from_env() -> Path | None:
 def hand_over(node: Node, envelope: Envelope, outbox: Path, wait_s: float = VERDICT_WAIT_S) -> Path:
     """Put the signed child in the outbox and wait for the courier: the inbox path it was
     delivered to, or UsageError with the courier's reason."""
+    if not outbox.is_dir():
+        raise UsageError(
+            f"this execution's outbox {outbox} is gone: the execution has ended, and "
+            "nothing more can be sent from it"
+        )
     # Recorded first, as any sender does: `dispatch wait` from the agent follows this record.
     node.sent.record(envelope.id, envelope.from_, envelope.to)
     name = f"{envelope.id}.json"

@@ -4,6 +4,7 @@ caller says about itself is used."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -15,6 +16,7 @@ from dispatch.core.state import NodeState
 from dispatch.core.wire import valid_id
 from dispatch.signer.rules import Caller, Execution
 
+AGENT_ENDED = "agent_ended"
 _EXEC_UNIT = re.compile(r"/dispatch-exec@([0-9a-f-]{36})\.service(?:/|$)")
 
 
@@ -77,6 +79,16 @@ def forget_agent(state: NodeState, pgid: int) -> None:
     agent_path(state, pgid).unlink(missing_ok=True)
 
 
+def mark_agent_ended(state: NodeState, task_id: str) -> None:
+    """The agent has ended: from now on nothing of its execution is signed, although its
+    result is not published yet (a process it left behind may still ask)."""
+    marker = state.started(task_id)
+    if marker is None:
+        return
+    with contextlib.suppress(OSError):
+        state.update_started(task_id, {**marker, AGENT_ENDED: True})
+
+
 def process_execution(state: NodeState, pid: int) -> str:
     """The task whose agent session holds `pid`: a process can move only to a process group
     of its own session, and the agent leads its session, so pgid = sid = the agent's pid."""
@@ -104,7 +116,7 @@ def execution_info(state: NodeState, task_id: str) -> Execution | None:
     if marker is None:
         return Execution(task_id, None, False)
     entry = state.entry(task_id)
-    running = entry is not None and entry.stage is not Stage.DONE
+    running = entry is not None and entry.stage is not Stage.DONE and not marker.get(AGENT_ENDED)
     hops = marker.get("hops")
     valid_hops = isinstance(hops, int) and not isinstance(hops, bool) and hops >= 0
     return Execution(task_id, hops if valid_hops else None, running)

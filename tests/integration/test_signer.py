@@ -17,6 +17,7 @@ from tests.integration.dispatch_host import (
     ROOT,
     SENDER_CONF,
     TOP,
+    VENV_BIN,
     DispatchHost,
     sandbox_dropin,
 )
@@ -73,9 +74,6 @@ def sender_signer(h: SystemdHost) -> None:
     h.run(["sh", "-c", f"echo DISPATCH_SIGNER_SOCKET={SOCKET} >> {SENDER_CONF}"])
     h.daemon_reload()
     h.systemctl("start", "devbox-signer.socket")
-    # README: the sender's outgoing lane writable by the group.
-    lane = f"{ROOT}/devbox-to-gpubox"
-    h.run(["sh", "-c", f"chgrp -R dispatch {lane} && chmod -R g+w {lane}"])
 
 
 def as_user(h: SystemdHost, user: str, *args: str, check: bool = True) -> Any:
@@ -85,6 +83,23 @@ def as_user(h: SystemdHost, user: str, *args: str, check: bool = True) -> Any:
     gid = h.run(["id", "-g", user]).stdout.strip()
     argv = ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *args]
     return h.run(argv, env=env, check=check)
+
+
+AUDIT_OUT = "/run/key-opens.txt"  # the host's own /run: nothing of an earlier host in it
+
+
+def start_key_audit(h: SystemdHost, key: str) -> None:
+    """fanotify on the key file (tests/integration/open_audit.py) as a transient unit."""
+    script = str(TOP / "tests/integration/open_audit.py")
+    h.run(["systemd-run", "--unit", "key-audit", str(VENV_BIN / "python"), script, key, AUDIT_OUT])
+    h.wait_for(lambda: "ready" in h.run(["cat", AUDIT_OUT], check=False).stdout, 30)
+
+
+def key_openers(h: SystemdHost) -> list[str]:
+    """The command line of every process that opened the key since the audit started."""
+    h.systemctl("stop", "key-audit.service")
+    lines = h.run(["cat", AUDIT_OUT]).stdout.splitlines()
+    return [line.split(" ", 1)[1].rsplit(" [", 1)[0] for line in lines if line != "ready"]
 
 
 def events_of(h: SystemdHost, unit: str = "devbox-signer.service") -> list[dict[str, Any]]:
@@ -99,9 +114,16 @@ def uid_of(h: SystemdHost, user: str) -> str:
 def test_a_group_member_sends_and_waits_and_a_stranger_is_refused(host: SystemdHost) -> None:
     d = DispatchHost(host)
     d.setup(timer=False)
+    # Every open of devbox's key from here on, by whom: the signer starts (and reads the key)
+    # on the first request, so all of its opens are seen too.
+    start_key_audit(host, KEY)
     sender_signer(host)
     key_mode = host.run(["stat", "-c", "%a %U", KEY]).stdout.split()
     assert key_mode == ["600", "root"]
+    # `dispatch init` gave the outgoing lane's sender directories to the group: no chgrp.
+    lane = f"{ROOT}/devbox-to-gpubox"
+    modes = host.run(["stat", "-c", "%a %G", f"{lane}/tmp", f"{lane}/inbox", f"{lane}/cancel"])
+    assert modes.stdout.split("\n")[:3] == ["2775 dispatch"] * 3, modes.stdout
     # The member cannot read the key...
     denied = as_user(host, MEMBER, "cat", KEY, check=False)
     assert denied.returncode != 0
@@ -119,6 +141,9 @@ def test_a_group_member_sends_and_waits_and_a_stranger_is_refused(host: SystemdH
         ]
     ).stdout
     assert holders.strip() == ""
+    openers = key_openers(host)
+    assert openers, "the audit saw no open at all: it would prove nothing"
+    assert all(" signer --idle" in line for line in openers), "\n".join(openers)
     signed = [e for e in events_of(host) if e.get("DISPATCH_EVENT") == "signer_signed"]
     assert signed and signed[0].get("DISPATCH_UID") == uid_of(host, MEMBER)
     # Outside the group: one clear line. The config is the group's (0640 root:dispatch), so
@@ -190,6 +215,7 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
     host.systemctl("start", "dispatch-signer.socket")
     assert host.run(["stat", "-c", "%a", "/etc/dispatch/dispatch.conf"]).stdout.strip() == "640"
     lane = f"{ROOT}/gpubox-to-devbox"
+    start_key_audit(host, "/etc/dispatch/keys/gpubox.ed25519")
 
     # Through `dispatch send`, and through the MCP server's dispatch_send tool.
     children = {}
@@ -204,6 +230,12 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
         assert (child["from"], child["parent"], child["hops"]) == ("gpubox", task_id, 1)
         assert f"# child task {child_id} delivered to devbox" in log
         children[task_id] = child_id
+    # The key was opened by root's processes only (the signer; the executor signing its
+    # result): never by the agent, its `dispatch send` or its MCP server.
+    openers = key_openers(host)
+    assert any("dispatch signer" in line for line in openers), openers
+    agents = [o for o in openers if "fake_agent" in o or " send " in o or o.endswith(" mcp")]
+    assert agents == [], openers
     signer_events = events_of(host, "dispatch-signer.service")
     signed = [e for e in signer_events if e.get("DISPATCH_EVENT") == "signer_signed"]
     assert sorted(str(e.get("DISPATCH_EXECUTION")) for e in signed) == sorted(children)
@@ -245,7 +277,7 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
         "[Service]\nKillMode=process\n",
     )
     host.daemon_reload()
-    task_id = d.send("relay send=devbox late=3")
+    task_id = d.send("relay send=devbox late=5")
     assert d.wait(task_id)["status"] == "ok"
 
     def late() -> list[dict[str, Any]]:
@@ -253,7 +285,12 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
 
     attempt = d.wait_until("the leftover process's send", late, timeout=30)[0]
     assert attempt["sent"] is None
-    assert "is not running here: it may sign nothing" in attempt["send_failure"], attempt
+    story = [
+        (e.get("DISPATCH_EVENT"), e.get("MESSAGE"))
+        for e in events_of(host, "dispatch-signer.service")
+        if e.get("DISPATCH_EXECUTION") == task_id
+    ]
+    assert "is not running here: it may sign nothing" in attempt["send_failure"], (attempt, story)
     assert "\n" not in attempt["send_failure"]
     assert any("is not running here" in line for line in refusals_for(host, task_id))
     # A later execution of the same id does not run: its agent (and its chain) never starts.

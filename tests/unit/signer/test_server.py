@@ -22,7 +22,7 @@ from dispatch.core.keys import Pins, load_private, write_private
 from dispatch.core.model import SCHEMA, Kind, Stage
 from dispatch.core.node import Node
 from dispatch.core.signing import NodeKeys, verify_signed
-from dispatch.signer.caller import forget_agent, record_agent
+from dispatch.signer.caller import forget_agent, mark_agent_ended, record_agent
 from dispatch.signer.server import SignerServer, bind_socket
 
 pytestmark = pytest.mark.skipif(
@@ -166,6 +166,25 @@ def test_an_agents_session_signs_only_children_of_its_running_execution(
     state.mark(parent, Stage.DONE)
     ended = signer.ask(task(parent=parent, hops=2), uid=NOBODY, gid=NOBODY, agent_of=parent)
     assert "not running" in ended["error"]
+
+
+def test_nothing_is_signed_once_the_agent_ended_even_before_its_result(
+    signer: Running,
+) -> None:
+    """The executor marks the agent's end before it publishes the result: a process the
+    agent left behind gets nothing in that window."""
+    parent = str(uuid.uuid4())
+    state = signer.node.state
+    state.claim(parent, "0" * 64, "c-to-devbox")
+    state.mark_started(parent, {"hops": 0, "pid": 1})
+    state.mark(parent, Stage.RUNNING)
+    assert "signed" in signer.ask(
+        task(parent=parent, hops=1), uid=NOBODY, gid=NOBODY, agent_of=parent
+    )
+    mark_agent_ended(state, parent)
+    assert state.started(parent) == {"hops": 0, "pid": 1, "agent_ended": True}
+    late = signer.ask(task(parent=parent, hops=1), uid=NOBODY, gid=NOBODY, agent_of=parent)
+    assert "is not running here" in late["error"], late
 
 
 def test_max_hops_bounds_a_chain(signer: Running) -> None:
