@@ -19,6 +19,7 @@ from dispatch.core.errors import UsageError
 from dispatch.core.model import Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
+from dispatch.receive.courier import Courier, start_courier
 from dispatch.receive.follow import (
     TIMEOUT_EXIT,
     Phase,
@@ -28,7 +29,6 @@ from dispatch.receive.follow import (
     stalled_outcome,
     stopped_outcome,
 )
-from dispatch.receive.courier import Courier, start_courier
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
 from dispatch.signer.caller import forget_agent, mark_agent_ended, record_agent
 
