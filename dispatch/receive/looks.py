@@ -129,10 +129,18 @@ def watched_paths(root: str, node: str, peers: Iterable[str]) -> tuple[list[str]
     return [f"{lane}/inbox" for lane in lanes], [*slow, root]
 
 
+def _names(directory: str) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(os.listdir(directory)))
+    except OSError:
+        return ()
+
+
 def settled_look(
     paths: list[str],
     *,
     on_change: Callable[[], None],
+    listed: list[str] | None = None,
     settled: dict[str, Signature] | None = None,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
@@ -141,21 +149,30 @@ def settled_look(
     """Look until the look is settled: no coarse timestamp changed for SETTLED_AFTER_S, or
     it is what an earlier settled look (`settled`, the last one left) showed. `on_change`
     runs (a promote pass) whenever something changed meanwhile, so an arrival is handled at
-    once by the pass that is already running. Returns the settled look."""
+    once by the pass that is already running. While it waits it also lists the `listed`
+    directories (the inboxes): a task landing in the same whole second as the last change
+    shows in a listing, not in a stat. Returns the settled look."""
     known = settled or {}
     clock, sleep = clock or time.monotonic, sleep or time.sleep
     held = [Held(p) for p in paths]
+    listed = listed or []
     try:
         look = [h.signature() for h in held]
+        names = [_names(d) for d in listed]
         since = clock()
         while clock() - since < SETTLED_AFTER_S and any(
             coarse(sig) and known.get(path) != sig for path, sig in zip(paths, look, strict=True)
         ):
             sleep(every_s)
-            again = [h.signature() for h in held]
-            if again != look:
-                look, since = again, clock()
+            again, names_again = [h.signature() for h in held], [_names(d) for d in listed]
+            if again != look or names_again != names:
                 on_change()
+                # What the pass did (moving the task out) is part of the look to settle.
+                look, names, since = (
+                    [h.signature() for h in held],
+                    [_names(d) for d in listed],
+                    clock(),
+                )
         return dict(zip(paths, look, strict=True))
     finally:
         for h in held:

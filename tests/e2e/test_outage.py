@@ -55,7 +55,14 @@ def test_file_server_dies_mid_run_and_returns(make_cluster: ClusterFactory) -> N
         }
         b.wait_until("first running on b", lambda: b.ran(first) == 1)
         a.wait_until("back running on a", lambda: a.ran(back) == 1)
-        assert f"{second}.json" in b.lane_files("a-to-b", "processing")
+        # Admitted by the pass that started `first` or by the next (over sshfs the two
+        # sends may land a second apart): queued, not run.
+        b.wait_until(
+            "second queued on b",
+            lambda: f"{second}.json" in b.lane_files("a-to-b", "processing"),
+            timeout=10,
+        )
+        assert b.ran(second) == 0
 
         down_at = time.monotonic()
         assert cluster.server.kill_sshd()

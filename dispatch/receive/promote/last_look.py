@@ -39,7 +39,10 @@ def end_with_settled_look(
 
     for _ in range(MAX_ROUNDS):
         look = looks.settled_look(
-            paths, on_change=handle_change, settled=looks.LookedFile(looked_file).fresh()
+            paths,
+            on_change=handle_change,
+            listed=fast,
+            settled=looks.LookedFile(looked_file).fresh(),
         )
         # Lists inbox/, pending-ack/, cancel/ and the KILLSWITCH after the look: whatever
         # came before the look is handled by now.

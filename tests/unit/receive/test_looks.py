@@ -238,3 +238,35 @@ def test_the_looked_file_is_read_once_per_look_left(tmp_path: Path) -> None:
     Path(path).write_text("garbage\n/srv/d\tx y\n/ok\t1 2\n")
     assert LookedFile(path).fresh() == {"/ok": (1, 2)}
     write_looked(look, str(tmp_path / "no-such-dir" / "looked"))  # no sensor: no error
+
+
+def test_a_task_landing_in_the_same_second_shows_in_the_listing(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    os.utime(inbox, ns=(5_000_000_000, 5_000_000_000))
+    t = FakeTime()
+    passes: list[float] = []
+
+    def sleep(s: float) -> None:
+        t.sleep(s)
+        if 0.25 < t.now < 0.35:  # lands; the mtime keeps its whole second, as on sshfs
+            (inbox / "same-second.json").write_text("{}")
+            os.utime(inbox, ns=(5_000_000_000, 5_000_000_000))
+
+    def handle() -> None:
+        passes.append(t.now)
+        for name in os.listdir(inbox):  # the pass moves it on
+            (inbox / name).unlink()
+        os.utime(inbox, ns=(5_000_000_000, 5_000_000_000))
+
+    settled_look([str(inbox)], on_change=handle, listed=[str(inbox)], clock=t.clock, sleep=sleep)
+    assert len(passes) == 1 and passes[0] < 0.45  # at the next poll, not a second later
+    # What was there when the look began is not news: the pass before it listed it.
+    inbox2 = tmp_path / "inbox2"
+    inbox2.mkdir()
+    (inbox2 / "x.json").write_text("{}")
+    os.utime(inbox2, ns=(5_000_000_000, 5_000_000_000))
+    t2 = FakeTime()
+    unseen: list[float] = []
+    settled_look([str(inbox2)], on_change=lambda: unseen.append(1), clock=t2.clock, sleep=t2.sleep)
+    assert unseen == []
