@@ -18,6 +18,7 @@ The request may carry directives, each `word` or `word=value`, anywhere in it:
   via=mcp    with send=: send through `dispatch mcp` (its dispatch_send tool over stdio)
   parent=ID  with send=: claim another parent (DISPATCH_TASK_ID=ID) for the child
   hops=N     with send=: claim DISPATCH_HOPS=N for the child
+  wait=S     with send=: `dispatch send --wait --timeout S`, and report the child's status
   late=S     leave behind a process that sends (send=) S seconds after the agent ended
   answer=N   make the final answer N characters long
 The request comes after -p, or (as the claude CLI reads it in print mode) on stdin when -p
@@ -58,6 +59,7 @@ def directives(request: str) -> dict[str, str]:
             "parent",
             "hops",
             "late",
+            "wait",
         ):
             found[key] = value
     return found
@@ -79,7 +81,7 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
     words = [
         f"send={here}" if word.startswith("send=") else word
         for word in request.split()
-        if not word.startswith(("late=", "parent=", "hops="))
+        if not word.startswith(("late=", "parent=", "hops=", "wait="))
     ]
     if d.get("via") == "mcp":
         return _send_by_mcp(" ".join(words), peer, _child_env(d))
@@ -93,17 +95,27 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
         "--request",
         " ".join(words),
         "--json",
+        *(["--wait", "--timeout", d["wait"]] if d.get("wait") else []),
     ]
     try:
         proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=60, check=False, env=_child_env(d)
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60 + float(d.get("wait") or 0),
+            check=False,
+            env=_child_env(d),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return "", str(exc)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not (d.get("wait") and proc.stdout.strip()):
         return "", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     try:
-        return str(json.loads(proc.stdout)["id"]), ""
+        out = json.loads(proc.stdout)
+        if d.get("wait"):
+            # The child's verified result, as `dispatch send --wait` followed it.
+            return f"{out['id']} (child ended {out['result']['status']})", ""
+        return str(out["id"]), ""
     except (ValueError, KeyError, TypeError):
         return "", f"unexpected output: {proc.stdout[:200]!r}"
 

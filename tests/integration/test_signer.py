@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dispatch_host import (
+    AGENT_LOG,
     DISPATCH,
     ROOT,
     SENDER_CONF,
@@ -215,7 +216,9 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
     host.systemctl("start", "dispatch-signer.socket")
     assert host.run(["stat", "-c", "%a", "/etc/dispatch/dispatch.conf"]).stdout.strip() == "640"
     lane = f"{ROOT}/gpubox-to-devbox"
-    start_key_audit(host, "/etc/dispatch/keys/gpubox.ed25519")
+    node_key = "/etc/dispatch/keys/gpubox.ed25519"
+    assert host.run(["stat", "-c", "%a %U", node_key]).stdout.split() == ["600", "root"]
+    start_key_audit(host, node_key)
 
     # Through `dispatch send`, and through the MCP server's dispatch_send tool.
     children = {}
@@ -251,6 +254,34 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
     for child_id in children.values():
         entry = json.loads(host.run(["cat", f"/var/lib/dispatch/devbox/seen/{child_id}"]).stdout)
         assert entry["stage"] not in ("rejected", "inbox"), entry
+
+    # The agent follows its child to its end (`dispatch send --wait`): its own sent record
+    # is in its box, and the result on the share verifies with the pinned public keys.
+    host.run(
+        [
+            "systemd-run",
+            "--unit",
+            "devbox-watch",
+            "-E",
+            f"DISPATCH_CONFIG={SENDER_CONF}",
+            "-E",
+            "DISPATCH_LAUNCHER=process",
+            "-E",
+            f"DISPATCH_FAKE_AGENT_LOG={AGENT_LOG}",
+            "-E",
+            f"DISPATCH_AGENT_BIN={VENV_BIN / 'python'} -m dispatch.ops.fake_agent",
+            DISPATCH,
+            "watch",
+        ]
+    )
+    try:
+        task_id = d.send("relay send=devbox chain=1 wait=90")
+        result = d.wait(task_id, timeout=150)
+    finally:
+        host.systemctl("stop", "devbox-watch.service", check=False)
+    waited_for = child_of(result)
+    answer = host.run(["cat", f"{lane}/done/{waited_for}.result.json"]).stdout
+    assert "(child ended ok) to devbox" in result["final_text"], answer
 
     # What it may not sign: each refused with one line, and recorded by the signer.
     forged_parent = "0b6d1b8e-2f4a-4c1e-9d7a-3f5e6a7b8c9d"
