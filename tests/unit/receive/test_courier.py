@@ -164,3 +164,36 @@ def test_the_agents_send_waits_for_the_couriers_verdict(pair: Pair, tmp_path: Pa
         thread.join()
     with pytest.raises(UsageError, match="not delivered within 0 s"):
         outbox.hand_over(agent, child(node, courier.parent.id, 1), courier.box.outbox, wait_s=0)
+
+
+def test_oversized_files_and_fifos_are_refused_without_blocking(pair: Pair, tmp_path: Path) -> None:
+    _, courier, notes = setup(pair, tmp_path)
+    big = str(uuid.uuid4())
+    (courier.box.outbox / f"{big}.json").write_bytes(b" " * (1024 * 1024 + 1))
+    fifo = str(uuid.uuid4())
+    os.mkfifo(courier.box.outbox / f"{fifo}.json")
+    courier.sweep()  # a FIFO opened without O_NONBLOCK would hang here
+    assert verdict(courier.box, big)["refused"] == "too_large"
+    assert verdict(courier.box, fifo)["refused"] == "not_regular"
+    assert os.listdir(courier.box.outbox) == []
+    assert len(notes) == 2
+
+
+def test_the_agent_gets_settings_and_never_a_secret(pair: Pair, tmp_path: Path) -> None:
+    node, courier, _ = setup(pair, tmp_path)
+    settings = courier.agent_settings()
+    assert settings["DISPATCH_CONFIG"] == "/dev/null"  # not the node's 0640 config
+    assert settings["DISPATCH_STATE_DIR"] == str(courier.box.state)
+    assert settings["DISPATCH_OUTBOX"] == str(courier.box.outbox)
+    # Nothing that names the node's state (the ack secret) or carries a token.
+    assert not any(str(node.cfg.state_dir) in value for value in settings.values())
+    assert not any("WEBHOOK" in key or "SECRET" in key for key in settings)
+    # The box: the agent's user owns outbox/ and state/, root keeps the rest.
+    assert (
+        courier.box.outbox.stat().st_mode & 0o777,
+        courier.box.state.stat().st_mode & 0o777,
+    ) == (
+        0o700,
+        0o700,
+    )
+    assert courier.box.verdicts.stat().st_uid == os.getuid()
