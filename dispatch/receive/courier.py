@@ -40,6 +40,8 @@ from dispatch.send.outbox import OUTBOX_ENV
 
 EXEC_RUN_DIR = Path("/run/dispatch/exec")
 TASK_SUFFIX = ".json"
+# Refused children kept (file, reason, log line, event) per execution; the rest are counted.
+KEEP_REFUSED = 50
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Courier:
         self.parent = parent
         self.box = box
         self.note = note
+        self.refused = 0
 
     def agent_settings(self) -> dict[str, str]:
         return settings_for(self.node, self.box)
@@ -146,6 +149,13 @@ class Courier:
                 self._read(name),
                 Rejection("execution_ended", "left in the outbox when its execution ended"),
             )
+        if self.refused > KEEP_REFUSED:
+            line = (
+                f"{self.refused - KEEP_REFUSED} more child tasks refused, not kept "
+                f"(the first {KEEP_REFUSED} are)"
+            )
+            self.note(f"# {line}")
+            self.node.emit("chain_refused", line, task_id=self.parent.id, level=events.WARNING)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.box.base)
 
@@ -211,6 +221,14 @@ class Courier:
 
     def _refuse(self, name: str, data: bytes, why: Rejection) -> None:
         task_id = name.removesuffix(TASK_SUFFIX)
+        self.refused += 1
+        if valid_id(task_id):
+            self._verdict(task_id, {"refused": why.reason, "detail": str(why)})
+        if self.refused > KEEP_REFUSED:
+            # An agent flooding its outbox must not fill the node's disk or the log: past
+            # the first ones, refusals are only counted (close() reports how many).
+            self._remove(name)
+            return
         kept = self.node.state.path / "chains" / "refused" / self.parent.id
         with contextlib.suppress(OSError):
             kept.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -220,8 +238,6 @@ class Courier:
             fsio.atomic_write(kept / f"{safe}.reason.json", fsio.dump_json(record), mode=0o600)
         self._remove(name)
         line = f"child task refused ({why.reason}): {why}"
-        if valid_id(task_id):
-            self._verdict(task_id, {"refused": why.reason, "detail": str(why)})
         self.note(f"# {line}")
         self.node.emit(
             "chain_refused",

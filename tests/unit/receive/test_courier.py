@@ -18,7 +18,7 @@ from dispatch.core import config as config_mod
 from dispatch.core.errors import UsageError
 from dispatch.core.model import Envelope
 from dispatch.core.node import Node
-from dispatch.receive.courier import ChainBox, Courier, open_box
+from dispatch.receive.courier import KEEP_REFUSED, ChainBox, Courier, open_box
 from dispatch.send import outbox
 from dispatch.send import task as sender
 from tests.conftest import Pair
@@ -197,3 +197,15 @@ def test_the_agent_gets_settings_and_never_a_secret(pair: Pair, tmp_path: Path) 
         0o700,
     )
     assert courier.box.verdicts.stat().st_uid == os.getuid()
+
+
+def test_a_flood_of_junk_is_counted_not_kept(pair: Pair, tmp_path: Path) -> None:
+    node, courier, notes = setup(pair, tmp_path)
+    for _ in range(KEEP_REFUSED + 7):
+        (courier.box.outbox / f"{uuid.uuid4()}.json").write_bytes(b"junk")
+    courier.sweep()
+    courier.close()
+    kept = node.state.path / "chains" / "refused" / courier.parent.id
+    assert len(list(kept.glob("*.reason.json"))) == KEEP_REFUSED
+    assert len(notes) == KEEP_REFUSED + 1
+    assert notes[-1] == f"# 7 more child tasks refused, not kept (the first {KEEP_REFUSED} are)"
