@@ -70,6 +70,10 @@ class Status(StrEnum):
     STALLED = "stalled"
 
 
+# A result's exit_code when a guard ended it (timeout, stall), as timeout(1) reports it.
+TIMEOUT_EXIT = 124
+
+
 class Stage(StrEnum):
     """A task's stage as this node knows it: the one lifecycle vocabulary (its end is a
     `Status`). On a receiver the ledger records it; senders read it off the share."""

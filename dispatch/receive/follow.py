@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from dispatch.core.model import Status
+from dispatch.core.model import TIMEOUT_EXIT, Status
 from dispatch.core.node import Node
 from dispatch.core.wire import now_utc, rfc3339
 from dispatch.receive.output import ShareLog
-
-TIMEOUT_EXIT = 124
 
 
 class StopSignals:

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 from dispatch.core import events
-from dispatch.core.model import Envelope, Status
+from dispatch.core.model import TIMEOUT_EXIT, Envelope, Status
 from dispatch.core.node import Node
 from dispatch.receive.follow import (
-    TIMEOUT_EXIT,
     Phase,
     StopSignals,
     ended_line,

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import IO
 
 from dispatch.core.errors import UsageError
-from dispatch.core.model import Envelope, Status
+from dispatch.core.model import TIMEOUT_EXIT, Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
 from dispatch.receive.courier import Courier, start_courier
 from dispatch.receive.follow import (
-    TIMEOUT_EXIT,
     Phase,
     StopSignals,
     ended_line,

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core.config import Config
-from dispatch.core.model import Status
+from dispatch.core.model import TIMEOUT_EXIT, Status
 
 JOB_PREFIX = "dispatch-"
-TIMEOUT_EXIT = 124
 # Base states (the first word of JobState) after which the job holds nothing any more.
 TERMINAL = frozenset(
     {
