@@ -68,7 +68,7 @@ def follow_job(
                 node.cfg.stall_s, output.reader.output_tail()
             )
         else:
-            status, exit_code, reason = _classify(
+            status, exit_code, reason = classify_job(
                 node,
                 task_id,
                 info,
@@ -176,7 +176,7 @@ class _FollowedJob:
             select.select([self.stop_fd], [], [], READ_S)
 
 
-def _classify(
+def classify_job(
     node: Node,
     task_id: str,
     job: backend.JobInfo | None,
@@ -187,6 +187,9 @@ def _classify(
     tail: bytes,
     began: float,
 ) -> tuple[Status, int, str]:
+    """How a followed job ended: a guard that fired counts only if the job did not end by
+    itself first (Slurm says how then); `job` is the last state Slurm gave, None when it
+    forgot the job (`known` False) or never answered."""
     ended_by_us = job is None or not job.terminal or job.state == "CANCELLED"
     if not known:
         return (
