@@ -21,7 +21,7 @@ from typing import Protocol
 from dispatch.core.model import TIMEOUT_EXIT, Status
 from dispatch.core.node import Node
 from dispatch.core.wire import now_utc, rfc3339
-from dispatch.receive.output import ShareLog
+from dispatch.receive.output import Output, ShareLog
 
 
 class StopSignals:
@@ -146,13 +146,13 @@ def follow(
     return Ending(timed_out, stalled, stop.signum)
 
 
-def stalled_outcome(stall_s: int, tail: str) -> tuple[Status, int, str]:
+def stalled_outcome(node: Node, output: Output) -> tuple[Status, int, str]:
     """A task ended by the stall guard, with the agent's last line of output."""
-    last = tail.rstrip("\n").rpartition("\n")[2]
+    last = output.reader.output_tail().rstrip("\n").rpartition("\n")[2]
     return (
         Status.STALLED,
         TIMEOUT_EXIT,
-        f"no output for {stall_s}s (DISPATCH_STALL_S); last output: "
+        f"no output for {node.cfg.stall_s}s (DISPATCH_STALL_S); last output: "
         + (repr(last[-200:]) if last else "none"),
     )
 

@@ -64,9 +64,7 @@ def follow_job(
         del job.tail[:-TAIL_BYTES]
         info = job.info
         if ending.stalled and (info is None or not info.terminal or info.state == "CANCELLED"):
-            status, exit_code, reason = stalled_outcome(
-                node.cfg.stall_s, output.reader.output_tail()
-            )
+            status, exit_code, reason = stalled_outcome(node, output)
         else:
             status, exit_code, reason = classify_job(
                 node,

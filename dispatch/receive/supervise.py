@@ -215,9 +215,7 @@ def run_agent(
         assert ending is not None  # a child never detaches
         returncode = child.reap()
         if ending.stalled:
-            status, exit_code, reason = stalled_outcome(
-                node.cfg.stall_s, output.reader.output_tail()
-            )
+            status, exit_code, reason = stalled_outcome(node, output)
         else:
             status, exit_code, reason = _classify(
                 node,
