@@ -65,6 +65,11 @@ def wait(
         while True:
             try:
                 stage = stage_of(lane, task_id)
+                if outage:
+                    # Said before the result is read: the first look after an outage may
+                    # already find it.
+                    note(f"share reachable again; waiting for {task_id}")
+                    outage = ""
                 if os.path.lexists(lane.result_path(task_id)):
                     try:
                         return results.read_bound(node, lane, task_id)
@@ -91,10 +96,6 @@ def wait(
                         f"for {task_id}"
                     )
                 outage = stage
-            else:
-                if outage:
-                    note(f"share reachable again; waiting for {task_id}")
-                outage = ""
             elapsed = time.monotonic() - began
             if tick is not None:
                 tick(stage, elapsed)
