@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dispatch.core import journal
 from dispatch.core.wire import now_utc, rfc3339
 
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
+JOURNAL_SOCKET = journal.SOCKET
 # syslog levels, as journald's PRIORITY field wants them
 ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
 
@@ -28,16 +29,7 @@ def set_echo(enabled: bool) -> None:
 def _journal_send(message: str, fields: dict[str, str]) -> bool:
     if not os.path.exists(JOURNAL_SOCKET):
         return False
-    try:
-        # Imported here: it costs ~27 ms and most commands never log.
-        from systemd import journal
-    except ImportError:
-        return False
-    try:
-        journal.send(message, SYSLOG_IDENTIFIER="dispatch", **fields)
-    except OSError:
-        return False
-    return True
+    return journal.send(message, {"SYSLOG_IDENTIFIER": "dispatch", **fields}, JOURNAL_SOCKET)
 
 
 def emit(
