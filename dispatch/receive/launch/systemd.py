@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dispatch.core import events
+from dispatch.core.dbus import DBusError
+from dispatch.core.errors import DispatchError
 from dispatch.core.node import Node
 from dispatch.core.runner import systemctl
+from dispatch.receive.launch.systemd_bus import Manager
 
 TEMPLATE = "dispatch-exec@{}.service"
 PATH_UNIT = "dispatch-watch.path"
@@ -77,13 +80,54 @@ def active_since_us(props: dict[str, str]) -> int | None:
 
 
 class SystemdLauncher:
+    """Over systemd's private socket when it can (root, systemd as PID 1): no `systemctl`
+    process per call, which cost 31 to 54 ms of each pass that starts an execution. Should
+    that connection fail, this launcher and every later call use `systemctl`."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
         self.started: set[str] = set()
+        self._bus: Manager | None = None
+        self._connected = False
+
+    def _manager(self) -> Manager | None:
+        if not self._connected:
+            self._connected = True
+            self._bus = Manager.connect()
+        return self._bus
+
+    def _bus_failed(self, exc: OSError) -> None:
+        if self._bus is not None:
+            self._bus.close()
+        self._bus = None
+        self.node.emit(
+            "systemd_bus_lost",
+            f"systemd's private socket failed ({exc}); using systemctl",
+            level=events.WARNING,
+        )
 
     def running(self) -> set[str]:
         """Busy instances: any not inactive or failed, plus any with a start job queued
         (after `start --no-block` a unit stays inactive until systemd runs its job)."""
+        states, job_units = self._unit_states()
+        ids = {
+            task_id
+            for unit, state in states.items()
+            if (task_id := instance_of(unit)) and state not in IDLE_STATES
+        }
+        ids.update(task_id for unit in job_units if (task_id := instance_of(unit)))
+        if states.get(PATH_UNIT) == "failed":
+            self._revive_path_unit()
+        return ids
+
+    def _unit_states(self) -> tuple[dict[str, str], set[str]]:
+        """(unit -> ActiveState for the exec instances and the path unit, units with a job)."""
+        bus = self._manager()
+        if bus is not None:
+            try:
+                return bus.units("dispatch-exec@*.service", PATH_UNIT), bus.job_units()
+            except OSError as exc:
+                self._bus_failed(exc)
         out = systemctl(
             "list-units",
             "--all",
@@ -93,18 +137,11 @@ class SystemdLauncher:
             "dispatch-exec@*.service",
             PATH_UNIT,
         ).stdout
-        ids = set()
-        path_failed = False
+        states = {}
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) < 4:
-                continue
-            if parts[0] == PATH_UNIT:
-                path_failed = parts[2] == "failed"
-                continue
-            task_id = instance_of(parts[0])
-            if task_id and parts[2] not in IDLE_STATES:
-                ids.add(task_id)
+            if len(parts) >= 4:
+                states[parts[0]] = parts[2]
         jobs = systemctl(
             "list-jobs",
             "--plain",
@@ -113,13 +150,8 @@ class SystemdLauncher:
             "dispatch-exec@*.service",
             check=False,
         ).stdout
-        for line in jobs.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and (task_id := instance_of(parts[1])):
-                ids.add(task_id)
-        if path_failed:
-            self._revive_path_unit()
-        return ids
+        job_units = {parts[1] for line in jobs.splitlines() if len(parts := line.split()) >= 2}
+        return states, job_units
 
     def _revive_path_unit(self) -> None:
         """Invariant 6 belt and braces: should the path unit ever fail, the next pass (from
@@ -127,15 +159,45 @@ class SystemdLauncher:
         self.node.emit(
             "path_unit_failed", f"{PATH_UNIT} had failed; starting it again", level=events.WARNING
         )
+        bus = self._manager()
+        if bus is not None:
+            try:
+                bus.reset_failed(PATH_UNIT)
+                bus.start(PATH_UNIT)
+                return
+            except DBusError:
+                return  # as systemctl's check=False: the next pass tries again
+            except OSError as exc:
+                self._bus_failed(exc)
         systemctl("reset-failed", PATH_UNIT, check=False)
         systemctl("start", "--no-block", PATH_UNIT, check=False)
 
     def start(self, task_id: str) -> None:
         # --no-block: promote is a oneshot that must return; the unit runs on its own.
+        bus = self._manager()
+        if bus is not None:
+            try:
+                bus.start(unit_name(task_id))
+            except DBusError as exc:
+                raise DispatchError(f"cannot start {unit_name(task_id)}: {exc}") from None
+            except OSError as exc:
+                self._bus_failed(exc)
+            else:
+                self.started.add(task_id)
+                return
         systemctl("start", "--no-block", unit_name(task_id))
         self.started.add(task_id)
 
     def stop(self, task_id: str) -> None:
+        bus = self._manager()
+        if bus is not None:
+            try:
+                bus.stop(unit_name(task_id))
+                return
+            except DBusError:
+                return  # not loaded: nothing to stop (systemctl's check=False)
+            except OSError as exc:
+                self._bus_failed(exc)
         systemctl("stop", "--no-block", unit_name(task_id), check=False)
 
     def resume(self, task_id: str, marker: Mapping[str, object]) -> bool:
