@@ -132,3 +132,21 @@ def test_unreadable_killswitch_fails_closed(tmp_path: Path) -> None:
     spool.killswitch_path.mkdir()  # exists, cannot be read as a file
     ks = spool.killswitch()
     assert ks.on and "unreadable" in ks.reason
+
+
+def test_an_outgoing_lane_is_opened_to_the_senders_group(tmp_path: Path) -> None:
+    """What group `dispatch` members write (tmp/, inbox/, cancel/) becomes the group's,
+    setgid; nothing else changes, and a stage directory swapped for a link is not followed."""
+    lane = Lane(tmp_path / "root", "devbox", "gpubox")
+    lane.ensure()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(mode=0o700)
+    os.rmdir(lane.cancel)
+    os.symlink(outside, lane.cancel)
+    gid = os.getgid()
+    lane.open_to_group(gid)
+    for sub in ("tmp", "inbox"):
+        info = os.stat(lane.path / sub)
+        assert (info.st_mode & 0o7777, info.st_gid) == (0o2775, gid)
+    assert os.stat(lane.done).st_mode & 0o7777 != 0o2775
+    assert os.stat(outside).st_mode & 0o7777 == 0o700
