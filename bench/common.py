@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
 import os
@@ -143,3 +144,10 @@ def machine() -> dict[str, str]:
 
 def clk_tck() -> int:
     return os.sysconf("SC_CLK_TCK")
+
+
+def compile_checkout() -> None:
+    """Byte-compile the checkout, as a package install does: the units' sandboxes cannot
+    write __pycache__, and a module compiled at every start costs its time each start and
+    keeps about 1 MiB more resident (measured on dispatch-sensor)."""
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "dispatch"), quiet=1)

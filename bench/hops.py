@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import log
+from bench.common import compile_checkout, log
 from bench.figures import agent_start
 from bench.sites import local_site, sshfs_site
 
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "(or, with BENCH_WATCH_MODE=timer, the timer's) delay",
     )
     args = parser.parse_args(argv)
+    compile_checkout()
     make_site = sshfs_site if args.site == "sshfs" else local_site
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     workdir.chmod(0o755)

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from bench import idle as idle_mod
-from bench.common import fmt_ratio, fmt_seconds, log, machine, ratio
+from bench.common import compile_checkout, fmt_ratio, fmt_seconds, log, machine, ratio
 from bench.figures import drain, latency, throughput
 from bench.sites import local_site, sshfs_site
 from bench.systems import original_missing
@@ -480,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
+    compile_checkout()
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     workdir.chmod(0o755)
     began = time.monotonic()
