@@ -10,7 +10,7 @@ import click
 from dispatch.cli import App, pass_app
 from dispatch.core.config import DEFAULT_AGENT_USER, DEFAULT_CONFIG, systemd_is_pid1
 from dispatch.core.errors import UsageError
-from dispatch.ops.bootstrap import init_node, reload_systemd
+from dispatch.ops.bootstrap import InitReport, Made, init_node, reload_systemd
 
 
 @click.command()
@@ -59,6 +59,13 @@ from dispatch.ops.bootstrap import init_node, reload_systemd
     metavar="USER",
     help="The unprivileged user the agent runs as (DISPATCH_RUN_AS); `root` only if you mean it.",
 )
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Import this node's existing private key (PEM Ed25519, e.g. a backup of "
+    "/etc/dispatch/keys/NODE.ed25519 from the host it moves from) instead of making one: "
+    "the peers' pins of it stay valid.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option(
     "--enable",
@@ -84,6 +91,7 @@ def init(
     peers_dir: Path | None,
     settings: tuple[str, ...],
     run_as: str,
+    key_file: Path | None,
     force: bool,
     enable: bool,
     local: bool,
@@ -111,24 +119,81 @@ def init(
         force=force,
         run_as=run_as,
         extra=extra,
+        key_file=key_file,
     )
-    verb = "wrote" if report.config_written else "kept"
-    click.echo(f"{verb} {report.config_path}")
-    click.echo(
-        f"key {report.key.kid} ({'created' if report.key_created else 'kept'}): {report.key_path}"
-    )
-    click.echo(f"lanes: {', '.join(report.lanes)}")
-    if report.config_written and reload_systemd(report.config_path):
-        click.echo("systemctl daemon-reload: units now watch these lanes")
-    click.echo(f"public key: {report.key.line()}")
-    click.echo(f"fingerprint: {report.key.fingerprint}")
-    click.echo(f"on each peer ({', '.join(report.peers)}), pin it (then compare the fingerprint):")
-    click.echo(f"  {report.peer_command()}")
+    reloaded = report.config_written and reload_systemd(report.config_path)
+    for line in report_lines(report, reloaded=reloaded):
+        click.echo(line)
     if enable:
         _enable()
-    else:
-        click.echo("then start the node: systemctl enable --now dispatch.target (or init --enable)")
+    for line in next_steps(report, enabled=enable):
+        click.echo(line)
     return 0
+
+
+def report_lines(report: InitReport, *, reloaded: bool) -> list[str]:
+    """What init did, thing by thing, and where each came from."""
+    config_why = {
+        Made.CREATED: "created",
+        Made.FILLED: "filled in the package's template",
+        Made.OVERWRITTEN: "overwritten (--force)",
+        Made.KEPT: "kept: it already configures this node",
+    }[report.config_made]
+    key_why = {
+        Made.CREATED: "created",
+        Made.IMPORTED: f"imported from {report.key_source}",
+        Made.KEPT: "kept: already there"
+        + (f", the same key as {report.key_source}" if report.key_source else ""),
+    }[report.key_made]
+    created = set(report.lanes_created)
+    lanes_why = (
+        "created"
+        if created == set(report.lanes)
+        else "already there"
+        if not created
+        else f"created {', '.join(report.lanes_created)}; the rest already there"
+    )
+    pinned, unpinned = report.peers_pinned, report.peers_unpinned()
+    peers_why = "; ".join(
+        part
+        for part in (
+            f"{', '.join(pinned)} pinned here already" if pinned else "",
+            f"{', '.join(unpinned)} not pinned yet (see below)" if unpinned else "",
+        )
+        if part
+    )
+    lines = [
+        f"config {report.config_path} ({config_why})",
+        f"key {report.key.kid} ({key_why}): {report.key_path}",
+        f"peers: {peers_why}",
+        f"lanes: {', '.join(report.lanes)} ({lanes_why})",
+    ]
+    if reloaded:
+        lines.append("systemctl daemon-reload: units now watch these lanes")
+    lines += [f"public key: {report.key.line()}", f"fingerprint: {report.key.fingerprint}"]
+    return lines
+
+
+def next_steps(report: InitReport, *, enabled: bool) -> list[str]:
+    """The exact commands left to run, on each peer and here, in order."""
+    lines = [
+        "",
+        f"on each peer ({', '.join(report.peers)}), pin it (then compare the fingerprint):",
+        f"  {report.peer_command()}",
+    ]
+    here = [
+        f"  echo '<the public key line {peer}'s init printed>' | dispatch peers add {peer} -"
+        for peer in report.peers_unpinned()
+    ]
+    if enabled:
+        pass
+    elif systemd_is_pid1():
+        here.append("  systemctl enable --now dispatch.target   # (or init --enable)")
+    else:
+        here.append("  dispatch watch   # no systemd here: the same passes, in the foreground")
+    here.append("  dispatch doctor   # every line pass once each peer is set up too")
+    lines += ["then on this host:", *here]
+    return lines
 
 
 def _enable() -> None:

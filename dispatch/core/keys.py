@@ -152,6 +152,26 @@ def load_private(key_dir: Path, node: str) -> NodeKey:
     return NodeKey(node, path, Ed25519PrivateKey.from_private_bytes(seed))
 
 
+def read_private_file(source: Path, node: str) -> NodeKey:
+    """This node's key pair from a PEM file made elsewhere (a backup, the host it moves
+    from): peers' pins of it stay valid. Read only, never followed if it is a link."""
+    try:
+        data = read_regular(source, 8192)
+    except FileNotFoundError:
+        raise UsageError(f"--key-file {source}: no such file") from None
+    except (OSError, Rejection) as exc:
+        raise UsageError(f"--key-file {source}: cannot read it: {exc}") from None
+    seed = _pkcs8_seed(data)
+    if seed is None:
+        raise UsageError(
+            f"--key-file {source}: not an unencrypted PEM Ed25519 private key "
+            "(what /etc/dispatch/keys/<node>.ed25519 holds)"
+        )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return NodeKey(node, source, Ed25519PrivateKey.from_private_bytes(seed))
+
+
 # RFC 8410: an Ed25519 PKCS#8 key is this DER prefix and the 32-byte seed. Parsed here, the
 # PEM needs no part of the library but Ed25519 itself: every signing process loads less.
 PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")

@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from dispatch.core import config as config_mod
 from dispatch.core.config import DEFAULT_AGENT_USER, Config
 from dispatch.core.errors import ConfigError, UsageError
 from dispatch.core.keys import (
+    NodeKey,
     Pins,
     PublicKey,
     load_private,
     private_key_path,
     publish,
+    read_private_file,
     write_private,
 )
 from dispatch.core.knobs import valid_node
@@ -24,19 +27,39 @@ from dispatch.core.spool import Spool, sender_group
 from dispatch.core.state import NodeState
 
 
+class Made(StrEnum):
+    """What init did to each thing it sets up: the operator must know what came from where."""
+
+    CREATED = "created"
+    IMPORTED = "imported"
+    FILLED = "filled in"  # the package's commented template
+    OVERWRITTEN = "overwritten"
+    KEPT = "kept"
+
+
 @dataclass(frozen=True)
 class InitReport:
     config_path: Path
-    config_written: bool
+    config_made: Made
     key: PublicKey
     key_path: Path
-    key_created: bool
+    key_made: Made
+    key_source: Path | None  # the --key-file it came from
     lanes: list[str]
+    lanes_created: tuple[str, ...]
     peers: tuple[str, ...]
+    peers_pinned: tuple[str, ...]  # peers with a key pinned here already (a re-run)
+
+    @property
+    def config_written(self) -> bool:
+        return self.config_made is not Made.KEPT
 
     def peer_command(self) -> str:
         """What to run on each peer to pin this node's key (public: safe to copy)."""
         return f"echo '{self.key.line()}' | dispatch peers add {self.key.node} -"
+
+    def peers_unpinned(self) -> tuple[str, ...]:
+        return tuple(p for p in self.peers if p not in self.peers_pinned)
 
 
 def init_node(
@@ -51,10 +74,12 @@ def init_node(
     force: bool = False,
     run_as: str = DEFAULT_AGENT_USER,
     extra: Mapping[str, str] | None = None,
+    key_file: Path | None = None,
 ) -> InitReport:
     """Create the layout, a key, local state and the config file. The agent runs as
     `run_as` (the packages' unprivileged dispatch-agent by default), never as root unless
-    that says `root`."""
+    that says `root`. `key_file`: this node's existing private key, imported instead of
+    making one."""
     problems = [f"not a valid node name: {n!r}" for n in [node, *peers] if not valid_node(n)]
     if not peers:
         problems.append("at least one peer is needed (--peers)")
@@ -87,6 +112,10 @@ def init_node(
         config_path=config_path,
     )
     spool = Spool(root)
+    imported = read_private_file(key_file, node) if key_file is not None else None
+    lanes_before = {
+        lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg) if lane.path.is_dir()
+    }
     try:
         spool.ensure(cfg)
     except OSError as exc:
@@ -97,7 +126,8 @@ def init_node(
     NodeState(state_dir).ensure()
     os.chmod(state_dir, 0o700)
     NodeState(state_dir).ack_secret()
-    key, created = ensure_key(cfg)
+    key, key_made = ensure_key(cfg, imported)
+    pinned = tuple(p for p in peers if _pinned(cfg, p))
     values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node, "DISPATCH_PEERS": ",".join(peers)}
     if key_dir != Path("/etc/dispatch/keys"):
         values["DISPATCH_KEY_DIR"] = str(key_dir)
@@ -108,8 +138,11 @@ def init_node(
     if run_as:
         values["DISPATCH_RUN_AS"] = run_as
     values.update(extra or {})
-    written = False
+    config_made = Made.KEPT
     if force or template or not config_path.exists():
+        config_made = (
+            Made.FILLED if template else Made.OVERWRITTEN if config_path.exists() else Made.CREATED
+        )
         config_path.parent.mkdir(parents=True, exist_ok=True)
         text = config_mod.render(values)
         # 0640 before a byte is written: it may hold a webhook URL with its token.
@@ -122,11 +155,26 @@ def init_node(
             os.fchown(fd, 0, group)
         with os.fdopen(fd, "w") as handle:
             handle.write(text + ("\n" + template if template else ""))
-        written = True
     lanes = [lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg)]
     return InitReport(
-        config_path, written, key, private_key_path(key_dir, node), created, lanes, tuple(peers)
+        config_path=config_path,
+        config_made=config_made,
+        key=key,
+        key_path=private_key_path(key_dir, node),
+        key_made=key_made,
+        key_source=key_file,
+        lanes=lanes,
+        lanes_created=tuple(name for name in lanes if name not in lanes_before),
+        peers=tuple(peers),
+        peers_pinned=pinned,
     )
+
+
+def _pinned(cfg: Config, peer: str) -> bool:
+    try:
+        return bool(Pins(cfg.peers_dir).keys_of(peer))
+    except ConfigError:
+        return False  # a pin file that does not parse pins nothing: doctor says why
 
 
 def reload_systemd(config_path: Path) -> bool:
@@ -139,13 +187,26 @@ def reload_systemd(config_path: Path) -> bool:
     return True
 
 
-def ensure_key(cfg: Config) -> tuple[PublicKey, bool]:
-    """This node's key pair (made when absent), its public key pinned here as its own and
-    published on the share for peers' `doctor` to compare (never to trust)."""
+def ensure_key(cfg: Config, imported: NodeKey | None = None) -> tuple[PublicKey, Made]:
+    """This node's key pair (made when absent, or `imported`), its public key pinned here as
+    its own and published on the share for peers' `doctor` to compare (never to trust)."""
     path = private_key_path(cfg.key_dir, cfg.node)
-    created = not path.exists()
-    key = write_private(cfg.key_dir, cfg.node) if created else load_private(cfg.key_dir, cfg.node)
+    if path.exists():
+        key = load_private(cfg.key_dir, cfg.node)
+        if imported is not None and imported.public.raw != key.public.raw:
+            raise UsageError(
+                f"{path} already holds another key ({key.public.kid}) than --key-file "
+                f"{imported.path} ({imported.public.kid}): remove it first, or rotate with "
+                "`dispatch keys rotate`"
+            )
+        made = Made.KEPT
+    elif imported is not None:
+        key = write_private(cfg.key_dir, cfg.node, imported.private)
+        made = Made.IMPORTED
+    else:
+        key = write_private(cfg.key_dir, cfg.node)
+        made = Made.CREATED
     public = key.public
     Pins(cfg.peers_dir).add(public, f"this node's own key {path}")
     publish(cfg.root, public)
-    return public, created
+    return public, made

@@ -423,8 +423,9 @@ def test_init_enable_without_systemd_says_what_to_run(tmp_path: Path) -> None:
     args += ["--key-dir", str(tmp_path / "keys"), "--state-dir", str(tmp_path / "state")]
     plain = cli(None, *args)
     assert plain.returncode == 0, plain.stderr
+    assert "  dispatch watch   # no systemd here" in plain.stdout
     assert plain.stdout.rstrip().endswith(
-        "then start the node: systemctl enable --now dispatch.target (or init --enable)"
+        "dispatch doctor   # every line pass once each peer is set up too"
     )
     proc = cli(None, *args, "--enable")
     assert proc.returncode == 2 and "systemd is not running here" in proc.stderr
