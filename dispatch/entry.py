@@ -54,11 +54,18 @@ def guarded(call: Callable[[], int], debug: bool) -> int:
 
 
 def _promote() -> int:
-    from dispatch.core import config
+    from dispatch.core import broken_config, config
+    from dispatch.core.errors import ConfigError
     from dispatch.core.node import Node
     from dispatch.receive.promote import run_unit_pass
 
-    run_unit_pass(Node(config.load()))
+    try:
+        cfg = config.load()
+    except ConfigError as exc:
+        broken_config.record(str(exc))  # for the heartbeats: peers see why nothing moves
+        raise
+    broken_config.clear(cfg.state_dir)
+    run_unit_pass(Node(cfg))
     return 0
 
 

@@ -267,3 +267,22 @@ def test_generator_in_sensor_mode(tmp_path: Path) -> None:
     # The unit's 15 s is reset, not added to.
     beat_timer = files["dispatch-heartbeat.timer.d/50-sensor.conf"]
     assert "OnUnitActiveSec=\nOnBootSec=2s\n" + sweep in beat_timer
+
+
+def test_a_broken_config_still_lets_the_heartbeat_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat unit's sandbox (ProtectSystem=strict) needs the generator's drop-in to
+    write the share: with a broken config it still gets `<root>/heartbeats`, even when the
+    file does not parse, so peers read why the node takes no task."""
+    conf = tmp_path / "dispatch.conf"
+    monkeypatch.setenv("DISPATCH_CONFIG", str(conf))
+    for broken in ("DISPATCH_POLL_SEC=3s\n", "no equals sign on this line\n"):
+        conf.write_text("DISPATCH_ROOT=/srv/share\nDISPATCH_NODE=gpubox\n" + broken)
+        out = tmp_path / f"out{len(broken)}"
+        assert generator.main([str(out)]) == 1
+        dropin = (out / "dispatch-heartbeat.service.d/50-root.conf").read_text()
+        assert "RequiresMountsFor=/srv/share\n" in dropin
+        assert "ReadWritePaths=-/srv/share/heartbeats\n" in dropin
+        # Nothing else of the share: the lanes stay read-only to it.
+        assert "ReadWritePaths=/srv/share\n" not in dropin

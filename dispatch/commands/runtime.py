@@ -60,9 +60,17 @@ def watch(app: App, once: bool, quiet: bool) -> int:
 @pass_app
 def heartbeat(app: App, as_json: bool) -> int:
     """Write heartbeats/<node>.json on the share."""
+    from dispatch.core import broken_config
+    from dispatch.core.errors import ConfigError
     from dispatch.ops import overview
 
-    beat = overview.heartbeat(app.node())
+    try:
+        node = app.node()
+    except ConfigError as exc:
+        # The beat still goes out, saying why: peers show it instead of "no heartbeat".
+        broken_config.record(str(exc))
+        raise
+    beat = overview.heartbeat(node)
     if as_json:
         print_json(beat)
     return 0

@@ -63,6 +63,9 @@ def _print_status(data: dict[str, Any]) -> None:
         age = peer["heartbeat_age_s"]
         text = "no heartbeat" if age is None else f"heartbeat {age:.0f}s ago"
         flag = " STALE" if peer["stale"] else ""
+        if peer["config_problem"]:
+            # What the peer says of itself: shown, not trusted for anything.
+            flag += click.style(" FAIL", fg="red") + f" config broken: {peer['config_problem']}"
         click.echo(f"peer {peer['node']}: {text}{flag}")
         if peer["key_problem"]:
             click.echo(f"  key: {peer['key_problem']}")

@@ -106,6 +106,8 @@ class PeerOut(TypedDict):
     heartbeat_age_s: float | None
     stale: bool
     key_problem: str
+    # What the peer's own heartbeat says is wrong with its config ("" for nothing): a claim.
+    config_problem: str
     version: NotRequired[str | None]
     killswitch: NotRequired[bool | None]
 

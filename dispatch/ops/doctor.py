@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispatch.core import broken_config
 from dispatch.core import config as config_mod
 from dispatch.core.config import LauncherKind
 from dispatch.core.errors import DispatchError, Rejection
@@ -203,6 +204,10 @@ def _peers(node: Node) -> list[Check]:
             kids = {k.kid for k in pins.keys_of(peer)}
         if kids and beat.get("kid") and beat["kid"] not in kids:
             problems.append(f"signs with key {beat['kid']}, which is not pinned here")
+        claim = broken_config.claimed(beat) if isinstance(beat, dict) else ""
+        if claim:
+            # Its own word about itself: reported here, changes nothing.
+            problems.append(f"config broken: {claim}")
         out.append(
             Check(
                 f"peer {peer}",
@@ -223,6 +228,10 @@ def _peer_hint(peer: str, problems: list[str]) -> str:
         hints.append(f"pin {peer}'s new key: dispatch peers add {peer} KEYFILE")
     if any(p.startswith("stale") for p in problems):
         hints.append(f"is dispatch-heartbeat.timer running on {peer}?")
+    if any(p.startswith("config broken") for p in problems):
+        hints.append(
+            f"on {peer}: fix its config (dispatch doctor there), then systemctl daemon-reload"
+        )
     return "; ".join(hints)
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatch import __version__
-from dispatch.core import events
+from dispatch.core import broken_config, events
 from dispatch.core.config import LauncherKind
 from dispatch.core.errors import ConfigError, DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
@@ -75,6 +75,7 @@ def peers(node: Node) -> list[dict[str, Any]]:
             "heartbeat_age_s": None,
             "stale": True,
             "key_problem": key_problem(node, peer),
+            "config_problem": "",
         }
         try:
             # read_regular: a FIFO planted on the share must not block `status`.
@@ -85,6 +86,8 @@ def peers(node: Node) -> list[dict[str, Any]]:
                 stale=age > heartbeat_stale_after(node),
                 version=beat.get("version"),
                 killswitch=beat.get("killswitch"),
+                # The peer's own claim, shown and never acted on.
+                config_problem=broken_config.claimed(beat),
             )
         except (OSError, ValueError, KeyError, TypeError, Rejection):
             pass
@@ -257,6 +260,7 @@ def heartbeat(node: Node) -> dict[str, Any]:
         "kid": node.keys.own_kid(),
     }
     node.state.record_identity(beat["version"], beat["kid"])
+    broken_config.clear(node.state.path)
     path = node.spool.heartbeat_path(node.name)
     if not path.parent.is_dir():
         raise ConfigError(

@@ -205,10 +205,21 @@ def read_identity(state_dir: str) -> dict[str, str] | None:
     return values if "kid" in values and "version" in values else None
 
 
+def read_config_problem(state_dir: str) -> str:
+    """Why this node's config does not load, as `dispatch promote` or `dispatch heartbeat`
+    last recorded it (core/broken_config.py); "" while it loads. A sensor started before the
+    config broke keeps running on its old settings: its heartbeats must say so too."""
+    try:
+        with open(f"{state_dir}/config.problem", encoding="utf-8", errors="replace") as handle:
+            return handle.read(400).strip()
+    except OSError:
+        return ""
+
+
 def heartbeat(settings: Settings, identity: dict[str, str], unix: float) -> bytes:
     """The bytes `dispatch heartbeat` writes (ops/overview.heartbeat, fsio.dump_json), from
     the same sources: processing/ and pending-ack/ listings, the node-local started markers,
-    the KILLSWITCH."""
+    the KILLSWITCH; and a broken config's reason (core/broken_config.py)."""
     running = queued = pending_ack = 0
     for lane in settings.lanes_in():
         for name in _names(f"{lane}/processing"):
@@ -230,6 +241,9 @@ def heartbeat(settings: Settings, identity: dict[str, str], unix: float) -> byte
         ("killswitch", "true" if killswitch else "false"),
         ("kid", _json_str(identity["kid"])),
     ]
+    problem = read_config_problem(settings.state_dir)
+    if problem:
+        fields.append(("config_problem", _json_str(problem)))
     body = ",\n".join(f"  {_json_str(k)}: {v}" for k, v in fields)
     return ("{\n" + body + "\n}\n").encode("ascii")
 

@@ -97,7 +97,13 @@ def test_status_json_schema_and_counts(pair: Pair) -> None:
 def test_a_peer_without_heartbeat(pair: Pair) -> None:
     data = json.loads(cli(pair.receiver, "status", "--json").stdout)
     assert data["peers"] == [
-        {"node": "devbox", "heartbeat_age_s": None, "stale": True, "key_problem": ""}
+        {
+            "node": "devbox",
+            "heartbeat_age_s": None,
+            "stale": True,
+            "key_problem": "",
+            "config_problem": "",
+        }
     ]
     assert "peer devbox: no heartbeat STALE" in cli(pair.receiver, "status").stdout
 
