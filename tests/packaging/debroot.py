@@ -163,9 +163,14 @@ class DebianRootHost(SystemdHost):
     """A SystemdHost whose namespace runs systemd in `root` (a Debian tree) instead of on
     the machine's own file system."""
 
-    def __init__(self, name: str, workdir: Path, root: Path) -> None:
+    def __init__(
+        self, name: str, workdir: Path, root: Path, root_binds: dict[str, Path] | None = None
+    ) -> None:
         super().__init__(name, workdir)
         self.root = Path(root).resolve()
+        # Path inside the Debian root -> directory on the machine bound there (a share that
+        # two roots mount, each at its own path).
+        self.root_binds = {t: Path(s).resolve() for t, s in (root_binds or {}).items()}
 
     def _write_boot_files(self) -> Path:
         boot = super()._write_boot_files()
@@ -191,6 +196,10 @@ class DebianRootHost(SystemdHost):
             "# the masks and journald settings above), /sys with the private /sys/fs/cgroup,",
             "# and /dev move in with it; /etc/hostname and /etc/machine-id are the root's own.",
             f"mount --bind {r} {r}",
+            *(
+                f"mkdir -p {r}{q(target)} && mount --bind {q(str(source))} {r}{q(target)}"
+                for target, source in sorted(self.root_binds.items())
+            ),
             f"mount -t proc proc {r}/proc",
             f"mount --rbind /sys {r}/sys",
             f"mount --rbind /dev {r}/dev",
