@@ -5,7 +5,7 @@ is). The commands come from the README itself: every line starting with `devbox#
 `gpubox# ` in the fenced blocks that follow a `<!-- readme-walk -->` marker, run in order.
 Only what cannot be written in advance is filled in: each node's public key line (what its
 own `dispatch init` printed) and the package file's version. It ends with `dispatch doctor`
-all `pass` on both hosts."""
+all `pass` on both hosts. Then one host's config breaks, and the other's doctor says so."""
 
 from __future__ import annotations
 
@@ -120,6 +120,7 @@ def test_readme_two_host_setup_ends_with_doctor_all_pass(
         assert proc.returncode == 0, (
             f"{name}# {command}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
+        print(f"{name}# {command}\n{proc.stdout}{proc.stderr}")  # pytest -s: for the README
         printed = re.search(r"^public key: (dispatch-ed25519 \S+ (\w+))$", proc.stdout, re.M)
         if printed:
             assert printed.group(2) == name
@@ -130,4 +131,18 @@ def test_readme_two_host_setup_ends_with_doctor_all_pass(
         checks = [line for line in lines if not line.startswith(" ")]
         assert checks and all(line.startswith("pass  ") for line in checks), f"{name}:\n{out}"
         assert any(line.split()[1:3] == ["peer", HOSTS[1 - HOSTS.index(name)]] for line in checks)
-        print(f"{name}# dispatch doctor\n{out}")  # what the README shows, from this run
+
+    # Then gpubox's config breaks (a typo, then daemon-reload): under its units' sandboxes its
+    # heartbeat still reaches the share, saying why, and devbox's doctor fails for that peer.
+    gpubox, devbox = hosts["gpubox"], hosts["devbox"]
+    gpubox.run("echo DISPATCH_POLL_SEC=3s >> /etc/dispatch/dispatch.conf")
+    gpubox.daemon_reload()
+    beat = gpubox.systemctl("start", "dispatch-heartbeat.service", check=False)
+    assert beat.returncode != 0  # the unit fails visibly on the host itself
+    assert "DISPATCH_POLL_SEC" in gpubox.journalctl("-u", "dispatch-heartbeat.service")
+    proc = devbox.run(["dispatch", "doctor"], check=False)
+    peer = next(x for x in proc.stdout.splitlines() if x.split()[1:3] == ["peer", "gpubox"])
+    assert proc.returncode == 1 and peer.startswith("FAIL  "), proc.stdout
+    assert "config broken: " in peer and "DISPATCH_POLL_SEC" in peer, proc.stdout
+    status = devbox.run(["dispatch", "status"], check=False).stdout
+    assert " FAIL config broken: " in status, status
