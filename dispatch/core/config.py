@@ -3,7 +3,6 @@ environment. Every value is checked at once, so an operator sees every problem i
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -227,6 +226,8 @@ def load(environ: Mapping[str, str] | None = None, *, need_root: bool = True) ->
         try:
             for key, value in parse_env_file(path).items():
                 if key not in KNOBS and key not in OTHER_KNOBS:
+                    import difflib  # only for a typo: not an import of every hop
+
                     close = difflib.get_close_matches(key, [*KNOBS, *OTHER_KNOBS], n=1, cutoff=0.8)
                     hint = f"; did you mean {close[0]}?" if close else ""
                     problems.append(f"{key}: unknown setting ({path}){hint}")

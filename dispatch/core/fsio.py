@@ -5,11 +5,9 @@ it, append. Nothing here follows a symbolic link at the last component."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     in `.tmp`, which every reader of the share ignores. With `overwrite=False` an existing
     target is left alone and False returned (link(2) is not available on every share, so this
     check-then-rename relies on one writer per target, which the layout guarantees)."""
-    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name[:200]}.{os.urandom(4).hex()}.tmp")
     write_new(tmp, data, mode)
     if not overwrite and os.path.lexists(path):
         os.unlink(tmp)
@@ -55,7 +53,7 @@ def link_new(path: Path, data: bytes, mode: int = 0o600) -> bool:
     """Create `path` whole or not at all: written aside, then linked into place (link(2)
     fails if the name exists). A crash at any point leaves no file or a whole one, never an
     empty one. False when the name was taken. Node-local state only (shares may lack link)."""
-    tmp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name[:200]}.{os.urandom(4).hex()}.tmp")
     write_new(tmp, data, mode)
     try:
         os.link(tmp, path)
@@ -74,6 +72,8 @@ _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno
 
 def _renameat2(src: str, dst: str, src_dir_fd: int | None, dst_dir_fd: int | None) -> bool:
     """renameat2(RENAME_NOREPLACE); False when this kernel, libc or filesystem lacks it."""
+    import ctypes  # here: 6 M instructions, and most hops never move a file
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         call = libc.renameat2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,6 +202,8 @@ def verify_v2(ring: Keyring, envelope: V2Envelope) -> None:
 
 
 def new_secret() -> bytes:
+    import secrets  # keys are made rarely: not an import of every hop
+
     return secrets.token_hex(32).encode("ascii")
 
 

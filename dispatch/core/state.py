@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,6 +247,8 @@ class NodeState:
             return path.read_bytes().strip()
         except FileNotFoundError:
             pass
+        import secrets  # made once per node: not an import of every hop
+
         secret = secrets.token_hex(32).encode()
         try:
             write_new(path, secret, 0o600)

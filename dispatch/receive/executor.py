@@ -19,13 +19,11 @@ from dispatch.core.node import Node
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
 from dispatch.core.wire import now_utc, rfc3339, valid_id
-from dispatch.receive import publish
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch.process import execution_alive, process_start_time
 from dispatch.receive.output import Outcome
 from dispatch.receive.supervise import run_agent
-from dispatch.send import results
 
 
 def locate(node: Node, task_id: str) -> HeldLane | None:
@@ -58,6 +56,8 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
         raise UsageError(f"not a task id: {task_id[:60]!r}")
     lane = locate(node, task_id)
     if lane is None:
+        from dispatch.send import results
+
         if results.locate(node, task_id) is not None:
             node.emit("exec_skipped", "already has a result", task_id=task_id)
             return None
@@ -92,6 +92,10 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
         return None
     cancelled = node.state.cancel_reason(task_id)
     if cancelled is not None:
+        # Publishing (history, webhooks) is imported where a result is due: not on the
+        # way to the agent.
+        from dispatch.receive import publish
+
         publish.verdict(
             node,
             lane,
@@ -136,6 +140,8 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
             level=events.WARNING,
         )
         prev_start = previous.get("started_at")
+        from dispatch.receive import publish
+
         publish.verdict(
             node,
             lane,
@@ -253,6 +259,8 @@ def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
     except FileNotFoundError:
         raise NotFound(f"task {task_id} is not queued on this node") from None
     except Rejection as exc:
+        from dispatch.receive import publish
+
         # The result first: a sender's `wait` that sees the file in rejected/ must find it.
         if entry is not None:
             publish.verdict(node, lane, task_id, "", Status.REJECTED, f"{exc.reason}: {exc}")
@@ -278,6 +286,8 @@ def _publish(
     share does not answer (its server restarting, the network cut), the agent's work is
     done all the same: keep the result in node-local state, and the next promote pass
     publishes it once the share is back (invariant 2). False when deferred."""
+    from dispatch.receive import publish
+
     signed = sign_result(node.keys, result, lane).to_json()
     log_rest = fsio.append(lane.log_path(result.id), log_rest)
     try:
