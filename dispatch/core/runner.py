@@ -11,10 +11,25 @@ from typing import IO, Any
 
 from dispatch.core.errors import DispatchError
 
+# Where this dispatch was imported from. The rpm keeps it in a directory of its own that no
+# interpreter searches by default (/usr/share/dispatch: packaging/rpm/install-wheel), so a
+# child `python3 -m dispatch` would not find it there.
+PACKAGE_TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """`python3 -m MODULE ARGS` with this interpreter and this install of dispatch. No quote
+    in the code: it also goes into DISPATCH_AGENT_BIN (the demo's agent), which holds none."""
+    code = (
+        "import runpy, sys; top = sys.argv.pop(1); top in sys.path or sys.path.insert(0, top); "
+        "runpy.run_module(sys.argv.pop(1), run_name=__name__, alter_sys=True)"
+    )
+    return [sys.executable, "-c", code, PACKAGE_TOP, module, *args]
+
 
 def dispatch_argv(*args: str) -> list[str]:
     """Run this same dispatch, whichever interpreter and install it came from."""
-    return [sys.executable, "-m", "dispatch", *args]
+    return module_argv("dispatch", *args)
 
 
 def run(

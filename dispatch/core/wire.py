@@ -91,9 +91,9 @@ def loads_strict(data: bytes, *, allow_nul: bool = False) -> dict[str, Any]:
 
 
 def _bad_string(obj: Any, allow_nul: bool) -> str:
-    """JSON escapes get past the checks on the raw text: `\u0000` (a NUL in a request
+    """JSON escapes get past the checks on the raw text: `\\u0000` (a NUL in a request
     would make the agent's argv unusable: ValueError from exec, not OSError) and a lone
-    surrogate such as `\ud800` (not text: canonical JSON cannot encode it, so verifying
+    surrogate such as `\\ud800` (not text: canonical JSON cannot encode it, so verifying
     the signature would raise instead of refusing)."""
     stack = [obj]  # iterative: the parser already bounded the depth, no recursion here
     while stack:

@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from dispatch.core import config as config_mod
 from dispatch.core.keys import Pins
 from dispatch.core.model import Result
 from dispatch.core.node import Node
-from dispatch.core.runner import dispatch_argv
+from dispatch.core.runner import dispatch_argv, module_argv
 from dispatch.ops.bootstrap import init_node
 from dispatch.send import task as sender
 from dispatch.send import waiting
@@ -61,7 +60,7 @@ def run_demo(request: str, say: Callable[[str], None], keep: bool = False) -> De
 
 def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
     root = base / "share"
-    agent = f"{shlex.quote(sys.executable)} -m dispatch.ops.fake_agent"
+    agent = shlex.join(module_argv("dispatch.ops.fake_agent"))
     envs: dict[str, dict[str, str]] = {}
     public = {}
     for name, peer in ((SENDER, RECEIVER), (RECEIVER, SENDER)):

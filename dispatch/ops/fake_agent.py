@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from dispatch.core.runner import dispatch_argv
+
 
 def _emit(obj: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
@@ -85,10 +87,7 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
     ]
     if d.get("via") == "mcp":
         return _send_by_mcp(" ".join(words), peer, _child_env(d))
-    argv = [
-        sys.executable,
-        "-m",
-        "dispatch",
+    argv = dispatch_argv(
         "send",
         "--to",
         peer,
@@ -96,7 +95,7 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
         " ".join(words),
         "--json",
         *(["--wait", "--timeout", d["wait"]] if d.get("wait") else []),
-    ]
+    )
     try:
         proc = subprocess.run(
             argv,
@@ -142,7 +141,7 @@ def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str
         },
     ]
     with subprocess.Popen(
-        [sys.executable, "-m", "dispatch", "mcp"],
+        dispatch_argv("mcp"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -1,9 +1,10 @@
-"""A clean Debian 12 root for the package tests, booted with systemd as PID 1.
+"""A clean Debian root for the package tests (Debian 12 by default, any release in
+`RELEASES`), booted with systemd as PID 1.
 
 The root is made with debootstrap once and kept as a tarball under /var/cache/dispatch-test,
-keyed by what goes into it and by the ISO week (so security and point-release updates are
-picked up weekly); each test unpacks a fresh copy. The tarball also holds the apt lists and
-the downloaded, not installed, dependencies of the package, so that `apt-get install
+keyed by the release, by what goes into it and by the ISO week (so security and point-release
+updates are picked up weekly); each test unpacks a fresh copy. The tarball also holds the apt
+lists and the downloaded, not installed, dependencies of the package, so that `apt-get install
 ./dispatch.deb` resolves them through apt as on a real machine without a download per run.
 
 `DebianRootHost` is tests/integration/sdhost.py's SystemdHost (private PID, mount, UTS and IPC
@@ -30,7 +31,9 @@ from pathlib import Path
 from tests.integration.sdhost import DEFAULT_ENV, SystemdHost
 
 CACHE_DIR = Path(os.environ.get("DISPATCH_TEST_CACHE", "/var/cache/dispatch-test"))
+# The default release, and every release the package tests install on (suite: version).
 SUITE = "bookworm"
+RELEASES = {"bookworm": "12", "trixie": "13"}
 MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
 # What booting the root needs; everything else comes from the package's dependencies.
@@ -49,10 +52,10 @@ RECIPE = 1
 _BUILD_TIMEOUT = 1200
 
 
-def cache_key(week: str | None = None) -> str:
-    recipe = json.dumps([RECIPE, SUITE, MIRROR, VARIANT, INCLUDE, PREFETCH])
+def cache_key(week: str | None = None, suite: str = SUITE) -> str:
+    recipe = json.dumps([RECIPE, suite, MIRROR, VARIANT, INCLUDE, PREFETCH])
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    return f"{SUITE}-{VARIANT}-{digest}-{week or time.strftime('%G-W%V')}"
+    return f"{suite}-{VARIANT}-{digest}-{week or time.strftime('%G-W%V')}"
 
 
 def _run(argv: list[str], timeout: float = _BUILD_TIMEOUT, **kw: object) -> None:
@@ -84,9 +87,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def root_tarball() -> Path:
-    """The cached root for this week, made first if needed (a few minutes)."""
-    key = cache_key()
+def root_tarball(suite: str = SUITE) -> Path:
+    """The cached root of `suite` for this week, made first if needed (a few minutes)."""
+    if suite not in RELEASES:
+        raise AssertionError(f"no recipe for a {suite!r} root: RELEASES has {sorted(RELEASES)}")
+    key = cache_key(suite=suite)
     tarball = CACHE_DIR / f"{key}.tar"
     with _locked(CACHE_DIR / ".lock"):
         if tarball.exists():
@@ -102,7 +107,7 @@ def root_tarball() -> Path:
                     "debootstrap",
                     f"--variant={VARIANT}",
                     f"--include={','.join(INCLUDE)}",
-                    SUITE,
+                    suite,
                     str(root),
                     MIRROR,
                 ]
@@ -128,15 +133,15 @@ def root_tarball() -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         # Older roots (another week, another recipe) are not needed any more.
-        for old in CACHE_DIR.glob(f"{SUITE}-*.tar"):
+        for old in CACHE_DIR.glob(f"{suite}-*.tar"):
             if old != tarball:
                 old.unlink(missing_ok=True)
     return tarball
 
 
-def unpack_root(dest: Path) -> Path:
-    """A fresh copy of the cached root at `dest`, ready to boot."""
-    tarball = root_tarball()
+def unpack_root(dest: Path, suite: str = SUITE) -> Path:
+    """A fresh copy of the cached root of `suite` at `dest`, ready to boot."""
+    tarball = root_tarball(suite)
     dest.mkdir(parents=True)
     _run(["tar", "--numeric-owner", "-C", str(dest), "-xf", str(tarball)], timeout=300)
     # apt in the booted root may need the mirror for anything not in its cache.
