@@ -14,7 +14,7 @@ def mcp(app: App) -> int:
     """Serve dispatch's tools to an agent over MCP (stdio).
 
     Tools: dispatch_send, dispatch_wait, dispatch_result, dispatch_status. Needs the MCP
-    Python SDK: pip install 'dispatch[mcp]'."""
+    Python SDK: without it, says how to install it."""
     from dispatch.mcp import server as mcp_server
 
     mcp_server.load_sdk()

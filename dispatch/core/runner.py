@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from dispatch.core.errors import DispatchError
 
@@ -17,14 +17,15 @@ from dispatch.core.errors import DispatchError
 PACKAGE_TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def module_argv(module: str, *args: str) -> list[str]:
-    """`python3 -m MODULE ARGS` with this interpreter and this install of dispatch. No quote
-    in the code: it also goes into DISPATCH_AGENT_BIN (the demo's agent), which holds none."""
+def module_argv(module: str, *args: str, python: str = sys.executable) -> list[str]:
+    """`python3 -m MODULE ARGS` with this interpreter (or `python`) and this install of
+    dispatch. No quote in the code: it also goes into DISPATCH_AGENT_BIN (the demo's agent),
+    which holds none."""
     code = (
         "import runpy, sys; top = sys.argv.pop(1); top in sys.path or sys.path.insert(0, top); "
         "runpy.run_module(sys.argv.pop(1), run_name=__name__, alter_sys=True)"
     )
-    return [sys.executable, "-c", code, PACKAGE_TOP, module, *args]
+    return [python, "-c", code, PACKAGE_TOP, module, *args]
 
 
 def dispatch_argv(*args: str) -> list[str]:
@@ -74,6 +75,13 @@ def slurm(
     """One Slurm client call (sbatch, squeue, scontrol, scancel, sacct, sinfo). Never
     `check`: the callers read Slurm's refusals from stderr."""
     return run([command, *args], timeout=timeout, env=env)
+
+
+def replace_with(argv: Sequence[str]) -> NoReturn:
+    """This process becomes `argv` (same pid, stdin and stdout: an MCP client's pipes)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], list(argv))
 
 
 def spawn_detached(

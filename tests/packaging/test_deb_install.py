@@ -1,8 +1,10 @@
-"""The .deb's whole life on a clean Debian 12 root booted with systemd (tests/packaging/
-debroot.py): apt installs it and its dependencies; the fresh install starts nothing and fails
-nothing; `dispatch init`, `systemctl start dispatch-watch.path` and a `dispatch send --wait`
-from a second node identity give a verified result, and the journal of dispatch-exec@ tells
-the task; `apt purge` then leaves no unit, file or process of the package."""
+"""The .deb's whole life on a clean Debian root booted with systemd (tests/packaging/
+debroot.py; Debian 12, and the run-and-purge test on every release in RELEASES): apt installs
+it and its dependencies; the fresh install starts nothing and fails nothing; the release's own
+systemd-analyze passes the units; `dispatch init`, `systemctl start dispatch-watch.path` and a
+`dispatch send --wait` from a second node identity give a verified result, and the journal of
+dispatch-exec@ tells the task; `apt purge` then leaves no unit, file or process of the
+package."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import TRIGGERS
-from tests.packaging.debroot import DebianRootHost, unpack_root
+from tests.packaging.conftest import TRIGGERS, UNITS
+from tests.packaging.debroot import RELEASES, SUITE, DebianRootHost, unpack_root
 
 SHARE = "/srv/dispatch-share"
 SENDER = "/etc/dispatch/devbox"
@@ -31,9 +33,11 @@ LEFTOVER_SCAN = (
 
 @pytest.fixture
 def debian_host(
-    tmp_path: Path, deb: Path, systemd_host_prerequisites: None
+    request: pytest.FixtureRequest, tmp_path: Path, deb: Path, systemd_host_prerequisites: None
 ) -> Iterator[DebianRootHost]:
-    root = unpack_root(tmp_path / "root")
+    """A booted root of Debian 12, or of the release a test names with
+    `@pytest.mark.parametrize("debian_host", [...], indirect=True)`."""
+    root = unpack_root(tmp_path / "root", getattr(request, "param", SUITE))
     shutil.copy(deb, root / "tmp" / deb.name)
     host = DebianRootHost("debian-pkgtest", tmp_path / "sdhost", root)
     try:
@@ -85,6 +89,59 @@ def _apt(host: DebianRootHost, *args: str) -> None:
     assert proc.returncode == 0, f"{argv}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
+MACHINE_CA = "/etc/ssl/certs/ca-certificates.crt"
+MCP_TOOLS = {
+    "dispatch_send",
+    "dispatch_wait",
+    "dispatch_result",
+    "dispatch_cancel",
+    "dispatch_logs",
+    "dispatch_status",
+}
+MCP_SESSION = "".join(
+    json.dumps(message) + "\n"
+    for message in (
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "package-test", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    )
+)
+
+
+def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
+    """Without the SDK (no distribution packages it), `dispatch mcp` prints how to install
+    it; that, done word for word on the stock root, makes the package's `dispatch mcp` answer
+    `initialize` and `tools/list` over stdio."""
+    from dispatch.mcp.server import SDK_HINT, SDK_VENV
+
+    proc = h.run(["dispatch", "mcp"], env=env, check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert len(proc.stderr.splitlines()) == 1 and SDK_HINT in proc.stderr, proc.stderr
+    # The hint's "Debian and Ubuntu: apt install python3-venv first".
+    assert "apt install python3-venv" in proc.stderr
+    _apt(h, "install", "python3-venv")
+    # pip in the root fetches from PyPI; the machine's own CA bundle, which a TLS-intercepting
+    # proxy may need, is the only thing the test adds to the hint's environment.
+    shutil.copyfile(MACHINE_CA, h.root / "tmp/machine-ca.pem")
+    h.run(["sh", "-c", SDK_HINT], env={"PIP_CERT": "/tmp/machine-ca.pem"}, timeout=600)
+    served = h.run(["dispatch", "mcp"], env=env, input=MCP_SESSION, timeout=60)
+    replies = {reply["id"]: reply for reply in map(json.loads, served.stdout.splitlines())}
+    assert replies[1]["result"]["serverInfo"]["name"] == "dispatch", replies[1]
+    assert {tool["name"] for tool in replies[2]["result"]["tools"]} == MCP_TOOLS, replies[2]
+    # Not the package's: the purge below must not be blamed for it.
+    h.run(["rm", "-rf", SDK_VENV])
+
+
+@pytest.mark.parametrize("debian_host", sorted(RELEASES), indirect=True)
 def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> None:
     h = debian_host
     failed_before = _failed(h)
@@ -125,6 +182,8 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     conffiles = h.run(["cat", "/var/lib/dpkg/info/dispatch.conffiles"]).stdout
     assert "/etc/dispatch/dispatch.conf" in conffiles.split()
     h.run(["test", "-x", "/usr/lib/systemd/system-generators/dispatch-generator"])
+    # The units as this release's systemd reads them (Debian 13: 257; the machine's is 252).
+    h.run(["systemd-analyze", "verify", "--man=no", *(u.replace("@.", "@check.") for u in UNITS)])
     h.run(["test", "-s", "/usr/share/man/man1/dispatch.1.gz"])
 
     # -- dispatch init, the path unit, a task from a second node identity ---------------------
@@ -209,6 +268,9 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
     assert f"DISPATCH_TASK_ID={task_id}" in journal, journal[-3000:]
     assert f"dispatch-exec@{task_id}.service" in journal
 
+    # -- the MCP server, by the hint it prints ----------------------------------------------
+    _mcp_by_its_hint(h, {"DISPATCH_CONFIG": SENDER_CONF})
+
     # -- purge: no unit, file or process of the package left -----------------------------------
     _apt(h, "purge", "dispatch")
     assert h.run(["dpkg-query", "-W", "-f", "${Status}", "dispatch"], check=False).stdout in (
@@ -226,5 +288,7 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
         time.sleep(0.2)
     assert not _dispatch_processes(h)
     after = set(h.run(["sh", "-c", LEFTOVER_SCAN]).stdout.split())
-    assert not after - before, f"left behind by the package: {sorted(after - before)}"
+    # (less what another package installed since, e.g. python3-venv's openssl man pages)
+    left = [p for p in sorted(after - before) if h.run(["dpkg", "-S", p], check=False).returncode]
+    assert not left, f"left behind by the package: {left}"
     assert _failed(h) == failed_before
