@@ -15,9 +15,11 @@ def mcp(app: App) -> int:
 
     Tools: dispatch_send, dispatch_wait, dispatch_result, dispatch_status. Needs the MCP
     Python SDK: without it, says how to install it."""
+    from dispatch.mcp import sdk
+
+    sdk.load_sdk()
     from dispatch.mcp import server as mcp_server
 
-    mcp_server.load_sdk()
     mcp_server.serve(app.node())
     return 0
 

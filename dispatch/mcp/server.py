@@ -4,10 +4,10 @@ call.
 Built on the official `mcp` SDK, imported only here and only when the server starts: the rest
 of dispatch never pays for it. Where dispatch came from pip, `pip install 'dispatch[mcp]'`;
 where it came from the distribution's package (which has no SDK to depend on, and whose
-Python refuses `pip install`), the SDK goes into a venv of its own, SDK_VENV, that also sees
-the system's packages, and `dispatch mcp` runs itself there. This module is the SDK side:
-each tool's arguments, schema and description, run off the event loop. What a tool does is
-`dispatch.mcp.calls` (the same code as the commands), so a task sent through MCP is
+Python refuses `pip install`), the SDK goes into a venv of its own that also sees the
+system's packages, and `dispatch mcp` runs itself there (`dispatch.mcp.sdk`). This module is
+the SDK side: each tool's arguments, schema and description, run off the event loop. What a
+tool does is `dispatch.mcp.calls` (the same code as the commands), so a task sent through MCP is
 signed, delivered, chained (`parent`, `hops` from DISPATCH_TASK_ID/DISPATCH_HOPS when the
 agent itself runs inside an execution) and verified exactly like one sent with `dispatch send`.
 
@@ -23,54 +23,28 @@ one-line message, and the server keeps serving.
 
 import functools
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 from dispatch import __version__
-from dispatch.core import runner
-from dispatch.core.errors import DispatchError, UsageError
+from dispatch.core.errors import DispatchError
 from dispatch.core.model import MAX_INT, Priority
 from dispatch.core.node import Node
 from dispatch.core.wire import valid_id
 from dispatch.mcp import calls
 from dispatch.mcp.schema import CancelOut, LogsOut, SendOut, StatusOut, TaskOut
+from dispatch.mcp.sdk import load_sdk
 from dispatch.ops import overview
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
-# pyproject.toml's `mcp` extra says the same (a test checks).
-SDK_REQUIREMENT = "mcp>=2,<3"
-SDK_VENV = "/usr/local/lib/dispatch-mcp"
-SDK_HINT = (
-    f"python3 -m venv --system-site-packages {SDK_VENV} && "
-    f"{SDK_VENV}/bin/pip install '{SDK_REQUIREMENT}'"
-)
 # dispatch_send with wait: give up (and say where the task is) after its own timeout plus this.
 WAIT_GRACE_S = 60
 UUID4_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def load_sdk() -> None:
-    """Run in SDK_VENV when this Python lacks the SDK and that venv exists; else fail with one
-    line (exit 2) that says how to make it."""
-    try:
-        import mcp.server.mcpserver  # noqa: F401
-    except ImportError as exc:
-        venv_python = os.path.join(SDK_VENV, "bin", "python3")
-        in_venv = os.path.realpath(sys.prefix) == os.path.realpath(SDK_VENV)
-        if not in_venv and os.access(venv_python, os.X_OK):
-            runner.replace_with(runner.module_argv("dispatch", *sys.argv[1:], python=venv_python))
-        raise UsageError(
-            f"dispatch mcp needs the MCP Python SDK ({exc}); install it as root with: {SDK_HINT}"
-            " (Debian and Ubuntu: apt install python3-venv first; where dispatch itself came"
-            " from pip: pip install 'dispatch[mcp]')"
-        ) from None
 
 
 def build_server(node: Node) -> "MCPServer[Any]":

@@ -121,7 +121,7 @@ def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
     """Without the SDK (no distribution packages it), `dispatch mcp` prints how to install
     it; that, done word for word on the stock root, makes the package's `dispatch mcp` answer
     `initialize` and `tools/list` over stdio."""
-    from dispatch.mcp.server import SDK_HINT, SDK_VENV
+    from dispatch.mcp.sdk import SDK_HINT, SDK_VENV
 
     proc = h.run(["dispatch", "mcp"], env=env, check=False)
     assert proc.returncode == 2 and proc.stdout == "", proc

@@ -27,7 +27,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult, InitializeResult, TextContent
 
 from dispatch.core.signing import verify_envelope
-from dispatch.mcp import server as mcp_server
+from dispatch.mcp import sdk as mcp_sdk
 from tests.conftest import NodeSetup, Pair
 from tests.unit.helpers import (
     BIN,
@@ -380,9 +380,9 @@ def test_without_the_sdk_dispatch_mcp_says_how_to_install_it(pair: Pair, tmp_pat
     assert len(lines) == 1 and "pip install 'dispatch[mcp]'" in lines[0], proc.stderr
     # What works where the system's Python refuses pip (Debian 12, Fedora): a venv of its own
     # (followed word for word on clean roots by tests/packaging/test_deb_install.py).
-    assert f"install it as root with: {mcp_server.SDK_HINT} (" in lines[0], proc.stderr
+    assert f"install it as root with: {mcp_sdk.SDK_HINT} (" in lines[0], proc.stderr
     extra = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
-    assert extra["project"]["optional-dependencies"]["mcp"] == [mcp_server.SDK_REQUIREMENT]
+    assert extra["project"]["optional-dependencies"]["mcp"] == [mcp_sdk.SDK_REQUIREMENT]
     # The rest of dispatch never imports the SDK.
     probe = subprocess.run(
         [
