@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatch.core import events
+from dispatch.core.config import Config
 from dispatch.core.fsio import DirRefused, held, open_dir
 from dispatch.core.node import Node
-from dispatch.core.spool import LANE_DIRS, Lane
+from dispatch.core.spool import LANE_DIRS, SENDER_DIRS, Lane, Spool
 
 FAULT_PREFIX = "lane:"
 
@@ -156,3 +157,38 @@ def held_lanes(node: Node, lanes: list[Lane]) -> Iterator[list[Lane]]:
     finally:
         for held_lane in opened:
             held_lane.close()
+
+
+def make_layout(spool: Spool, cfg: Config, group: int | None = None) -> None:
+    """What `dispatch init` makes: the root's directories and every lane in and out, each
+    made inside its parent held open, so a lane or stage planted on the share as a link is
+    refused (DirRefused), never followed: init runs as root. With `group`, outgoing lanes
+    are opened to it (see `_open_to_group`)."""
+    spool.ensure(cfg)
+    gid = group
+    for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg):
+        root_fd = open_dir(lane.root, follow=True)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(lane.name, dir_fd=root_fd)
+        finally:
+            os.close(root_fd)
+        held_lane = hold(lane)
+        try:
+            if gid is not None and lane.from_ == cfg.node:
+                _open_to_group(held_lane, gid)
+        finally:
+            held_lane.close()
+
+
+def _open_to_group(lane: HeldLane, gid: int) -> None:
+    """An outgoing lane: members of group `dispatch` send through the local signer and
+    must write tmp/, inbox/ and cancel/ themselves (setgid, so what they write stays the
+    group's). Through the directories held open; best effort: a share that refuses (root
+    squashed) keeps its modes, and `dispatch send` then says which directory it cannot
+    write."""
+    fds = dict(lane.fds)
+    for sub in SENDER_DIRS:
+        with contextlib.suppress(OSError):
+            os.fchown(fds[sub], -1, gid)
+            os.fchmod(fds[sub], 0o2775)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
-from dispatch.core.fsio import atomic_write, dump_json, open_dir, rename_new, write_new
+from dispatch.core.fsio import atomic_write, dump_json, rename_new, write_new
 from dispatch.core.model import Stage
 from dispatch.core.wire import now_utc, rfc3339, valid_id
 
@@ -92,20 +92,6 @@ class Lane:
     def ensure(self) -> None:
         for sub in LANE_DIRS:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
-
-    def open_to_group(self, gid: int) -> None:
-        """An outgoing lane: members of group `dispatch` send through the local signer and
-        must write tmp/, inbox/ and cancel/ themselves (setgid, so what they write stays the
-        group's). Best effort: a share that refuses (root squashed) keeps its modes, and
-        `dispatch send` then says which directory it cannot write."""
-        for sub in SENDER_DIRS:
-            with contextlib.suppress(OSError, Rejection):
-                fd = open_dir(self.path / sub)
-                try:
-                    os.fchown(fd, -1, gid)
-                    os.fchmod(fd, 0o2775)
-                finally:
-                    os.close(fd)
 
     def watched_dirs(self) -> list[Path]:
         return [self.path / sub for sub in WATCHED_DIRS]
@@ -322,14 +308,9 @@ class Spool:
         return self.root / "logs" / f"{node}.jsonl"
 
     def ensure(self, cfg: Config) -> None:
+        """The root's own directories; the lanes are lanedirs.make_layout's (init)."""
         for sub in ("heartbeats", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for lane in self.lanes_in(cfg) + self.lanes_out(cfg):
-            lane.ensure()
-        gid = sender_group() if os.geteuid() == 0 else None
-        if gid is not None:
-            for lane in self.lanes_out(cfg):
-                lane.open_to_group(gid)
 
 
 def sender_group(name: str = "dispatch") -> int | None:

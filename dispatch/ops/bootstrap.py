@@ -12,6 +12,7 @@ from pathlib import Path
 from dispatch.core import config as config_mod
 from dispatch.core.config import DEFAULT_AGENT_USER, Config
 from dispatch.core.errors import ConfigError, UsageError
+from dispatch.core.fsio import DirRefused
 from dispatch.core.keys import (
     NodeKey,
     Pins,
@@ -23,6 +24,7 @@ from dispatch.core.keys import (
     write_private,
 )
 from dispatch.core.knobs import valid_node
+from dispatch.core.lanedirs import make_layout
 from dispatch.core.spool import Spool, sender_group
 from dispatch.core.state import NodeState
 
@@ -117,7 +119,13 @@ def init_node(
         lane.name for lane in spool.lanes_in(cfg) + spool.lanes_out(cfg) if lane.path.is_dir()
     }
     try:
-        spool.ensure(cfg)
+        # Group `dispatch` may send without a key (the signer); only root can give it the lanes.
+        make_layout(spool, cfg, sender_group() if os.geteuid() == 0 else None)
+    except DirRefused as exc:
+        raise ConfigError(
+            f"cannot create the layout under {root}: {exc} (something on the share is not "
+            "what `dispatch init` makes: look at it, move it away, run init again)"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"cannot create the layout under {root}: {exc.strerror} "

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.core.config import Config
 from dispatch.core.fsio import DirRefused
-from dispatch.core.lanedirs import FAULT_PREFIX, hold
-from dispatch.core.spool import LANE_DIRS, Lane
+from dispatch.core.lanedirs import FAULT_PREFIX, hold, make_layout
+from dispatch.core.spool import LANE_DIRS, Lane, Spool
 from tests.conftest import Pair
 from tests.unit.helpers import (
     cli,
@@ -156,3 +157,39 @@ def test_status_and_doctor_show_a_refused_lane(pair: Pair) -> None:
     assert f"fault {FAULT_PREFIX}{lane.name}" in proc.stdout
     proc = cli(pair.receiver, "doctor")
     assert proc.returncode != 0 and f"lane {lane.name}" in proc.stdout + proc.stderr
+
+
+def test_init_opens_an_outgoing_lane_to_the_senders_group(tmp_path: Path) -> None:
+    """What group `dispatch` members write (tmp/, inbox/, cancel/) becomes the group's,
+    setgid; nothing else changes."""
+    cfg = Config(root=tmp_path / "root", node="devbox", peers=("gpubox",))
+    gid = os.getgid()
+    make_layout(Spool.of(cfg), cfg, gid)
+    lane = Spool.of(cfg).lane("devbox", "gpubox")
+    for sub in ("tmp", "inbox", "cancel"):
+        info = os.stat(lane.path / sub)
+        assert (info.st_mode & 0o7777, info.st_gid) == (0o2775, gid)
+    assert os.stat(lane.done).st_mode & 0o7777 != 0o2775
+    incoming = Spool.of(cfg).lane("gpubox", "devbox")
+    assert os.stat(incoming.inbox).st_mode & 0o7777 != 0o2775
+
+
+@pytest.mark.parametrize("planted", ["lane", "stage"])
+def test_init_follows_no_link_planted_on_the_share(tmp_path: Path, planted: str) -> None:
+    """init runs as root: a lane, or a stage of one, planted as a link to a host directory
+    is refused, and that directory keeps its modes and gains nothing."""
+    cfg = Config(root=tmp_path / "root", node="devbox", peers=("gpubox",))
+    outside = tmp_path / "host-dir"
+    outside.mkdir(mode=0o1777)
+    os.chmod(outside, 0o1777)
+    lane = Spool.of(cfg).lane("devbox", "gpubox")
+    if planted == "lane":
+        lane.root.mkdir(parents=True)
+        os.symlink(outside, lane.path)
+    else:
+        lane.path.mkdir(parents=True)
+        os.symlink(outside, lane.path / "inbox")
+    with pytest.raises(DirRefused):
+        make_layout(Spool.of(cfg), cfg, os.getgid())
+    assert os.stat(outside).st_mode & 0o7777 == 0o1777
+    assert os.listdir(outside) == []

@@ -10,6 +10,7 @@ from pathlib import Path
 from dispatch.core.config import Config
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import atomic_write
+from dispatch.core.lanedirs import make_layout
 from dispatch.core.spool import LANE_DIRS, Lane, Spool, clear_killswitch, set_killswitch
 
 
@@ -21,7 +22,7 @@ def a_lane(tmp_path: Path) -> Lane:
 
 def test_layout(tmp_path: Path) -> None:
     cfg = Config(root=tmp_path, node="hub", peers=("w1", "w2"))
-    Spool.of(cfg).ensure(cfg)
+    make_layout(Spool.of(cfg), cfg)
     for name in ("w1-to-hub", "w2-to-hub", "hub-to-w1", "hub-to-w2"):
         for sub in LANE_DIRS:
             assert (tmp_path / name / sub).is_dir(), (name, sub)
@@ -132,21 +133,3 @@ def test_unreadable_killswitch_fails_closed(tmp_path: Path) -> None:
     spool.killswitch_path.mkdir()  # exists, cannot be read as a file
     ks = spool.killswitch()
     assert ks.on and "unreadable" in ks.reason
-
-
-def test_an_outgoing_lane_is_opened_to_the_senders_group(tmp_path: Path) -> None:
-    """What group `dispatch` members write (tmp/, inbox/, cancel/) becomes the group's,
-    setgid; nothing else changes, and a stage directory swapped for a link is not followed."""
-    lane = Lane(tmp_path / "root", "devbox", "gpubox")
-    lane.ensure()
-    outside = tmp_path / "elsewhere"
-    outside.mkdir(mode=0o700)
-    os.rmdir(lane.cancel)
-    os.symlink(outside, lane.cancel)
-    gid = os.getgid()
-    lane.open_to_group(gid)
-    for sub in ("tmp", "inbox"):
-        info = os.stat(lane.path / sub)
-        assert (info.st_mode & 0o7777, info.st_gid) == (0o2775, gid)
-    assert os.stat(lane.done).st_mode & 0o7777 != 0o2775
-    assert os.stat(outside).st_mode & 0o7777 == 0o700

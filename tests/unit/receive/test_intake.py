@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dispatch.core.keys import Pins, PublicKey
+from dispatch.core.lanedirs import make_layout
 from dispatch.core.model import Stage, Status
 from dispatch.core.wire import new_id, now_utc, rfc3339
 from dispatch.send import results
@@ -242,7 +243,7 @@ def test_a_node_cannot_send_as_a_third(pair: Pair) -> None:
     Pins(pair.receiver.home / "peers").add(PublicKey("third", raw_public(third)), "test")
     kid, devbox = node_key(pair.sender)
     rx = pair.receiver.node(DISPATCH_PEERS="devbox,third")
-    rx.spool.ensure(rx.cfg)
+    make_layout(rx.spool, rx.cfg)
     lane = rx.spool.lane("third", "gpubox")
     for claimed in (kid, kid_of(third)):
         obj = signed(devbox, {**envelope(pair, sign=False, **{"from": "third"}), "kid": claimed})
