@@ -145,13 +145,16 @@ def settled_look(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] | None = None,
     every_s: float = 0.1,
-) -> dict[str, Signature]:
+    give_up_s: float = 10.0,
+) -> dict[str, Signature] | None:
     """Look until the look is settled: no coarse timestamp changed for SETTLED_AFTER_S, or
     it is what an earlier settled look (`settled`, the last one left) showed. `on_change`
     runs (a promote pass) whenever something changed meanwhile, so an arrival is handled at
     once by the pass that is already running. While it waits it also lists the `listed`
     directories (the inboxes): a task landing in the same whole second as the last change
-    shows in a listing, not in a stat. Returns the settled look."""
+    shows in a listing, not in a stat. Returns the settled look, or None when the lanes
+    kept changing for `give_up_s` (a peer sending without pause): then the pass ends with
+    no look, and the sensor's own kicks carry on."""
     known = settled or {}
     clock, sleep = clock or time.monotonic, sleep or time.sleep
     held = [Held(p) for p in paths]
@@ -159,7 +162,7 @@ def settled_look(
     try:
         look = [h.signature() for h in held]
         names = [_names(d) for d in listed]
-        since = clock()
+        since = began = clock()
         while clock() - since < SETTLED_AFTER_S and any(
             coarse(sig) and known.get(path) != sig for path, sig in zip(paths, look, strict=True)
         ):
@@ -173,6 +176,8 @@ def settled_look(
                     [_names(d) for d in listed],
                     clock(),
                 )
+                if since - began >= give_up_s:
+                    return None
         return dict(zip(paths, look, strict=True))
     finally:
         for h in held:

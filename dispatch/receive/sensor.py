@@ -28,15 +28,14 @@ import sys
 import time
 
 from dispatch.receive.looks import (
-    ABSENT,
     LOOKED_FILE,
     ChangeDetector,
     Held,
     LookedFile,
     Signature,
-    signature,
     watched_paths,
 )
+from dispatch.receive.sensor_heartbeat import heartbeat, read_identity, write_heartbeat
 
 # typing.TYPE_CHECKING without importing typing (2.2 MiB resident): mypy treats any name
 # TYPE_CHECKING as true.
@@ -62,9 +61,9 @@ SLOW_EVERY = 4
 # rate back; the price is the first task after a quiet spell, which waits half the idle
 # period on average instead of half the fast one.
 ACTIVE_S = 30.0
-# How often (in rounds) each held descriptor is checked against its path: a path's stat
-# costs a lookup per component on the server, so not every round (40: every 10 s).
-RECHECK_EVERY = 40
+# How often each held descriptor is checked against its path: a path's stat costs a lookup
+# per component on the server, so not every round.
+RECHECK_S = 10.0
 
 
 class Settings:
@@ -159,108 +158,6 @@ def want_again(path: str = AGAIN_FILE) -> None:
         pass  # no /run/dispatch: no sensor on this node
 
 
-# ----------------------------------------------------------------------------- heartbeat
-
-
-def _names(directory: str) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except OSError:
-        return []
-
-
-def _json_str(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch < " " or not ch.isascii():
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _rfc3339(unix: float) -> str:
-    whole = int(unix)
-    micro = round((unix - whole) * 1e6)
-    if micro == 1_000_000:
-        whole, micro = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
-
-
-def read_identity(state_dir: str) -> dict[str, str] | None:
-    """version and kid, as `dispatch heartbeat` last recorded them in the node-local state
-    (`heartbeat.identity`: KEY=VALUE lines); None before it first ran."""
-    try:
-        with open(f"{state_dir}/heartbeat.identity", encoding="utf-8") as handle:
-            text = handle.read(4096)
-    except OSError:
-        return None
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values if "kid" in values and "version" in values else None
-
-
-def read_config_problem(state_dir: str) -> str:
-    """Why this node's config does not load, as `dispatch promote` or `dispatch heartbeat`
-    last recorded it (core/broken_config.py); "" while it loads. A sensor started before the
-    config broke keeps running on its old settings: its heartbeats must say so too."""
-    try:
-        with open(f"{state_dir}/config.problem", encoding="utf-8", errors="replace") as handle:
-            return handle.read(400).strip()
-    except OSError:
-        return ""
-
-
-def heartbeat(settings: Settings, identity: dict[str, str], unix: float) -> bytes:
-    """The bytes `dispatch heartbeat` writes (ops/overview.heartbeat, fsio.dump_json), from
-    the same sources: processing/ and pending-ack/ listings, the node-local started markers,
-    the KILLSWITCH; and a broken config's reason (core/broken_config.py)."""
-    running = queued = pending_ack = 0
-    for lane in settings.lanes_in():
-        for name in _names(f"{lane}/processing"):
-            if name.endswith(".json"):
-                if os.path.exists(f"{settings.state_dir}/started/{name[:-5]}"):
-                    running += 1
-                else:
-                    queued += 1
-        pending_ack += sum(1 for n in _names(f"{lane}/pending-ack") if n.endswith(".json"))
-    killswitch = signature(f"{settings.root}/KILLSWITCH") != ABSENT
-    fields = [
-        ("node", _json_str(settings.node)),
-        ("ts", _json_str(_rfc3339(unix))),
-        ("unix", repr(unix)),
-        ("version", _json_str(identity["version"])),
-        ("running", str(running)),
-        ("queued", str(queued)),
-        ("pending_ack", str(pending_ack)),
-        ("killswitch", "true" if killswitch else "false"),
-        ("kid", _json_str(identity["kid"])),
-    ]
-    problem = read_config_problem(settings.state_dir)
-    if problem:
-        fields.append(("config_problem", _json_str(problem)))
-    body = ",\n".join(f"  {_json_str(k)}: {v}" for k, v in fields)
-    return ("{\n" + body + "\n}\n").encode("ascii")
-
-
-def write_heartbeat(settings: Settings, data: bytes) -> None:
-    """Write then rename (the same as fsio.atomic_write), so a reader sees a whole file."""
-    final = f"{settings.root}/heartbeats/{settings.node}.json"
-    tmp = f"{settings.root}/heartbeats/.{settings.node}.json.sensor.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -278,6 +175,7 @@ def run(
     slow_sigs: list[Signature] = []
     detector = ChangeDetector()
     next_beat = active_until = clock()
+    recheck_at = next_beat + RECHECK_S
     problem = ""
     done = 0
     while rounds is None or done < rounds:
@@ -285,7 +183,8 @@ def run(
         # Local files in /run: a stat each costs next to nothing.
         consumed = detector.rekick_at is not None and not os.path.lexists(settings.kick_file)
         again = os.path.lexists(settings.again_file)
-        if done % RECHECK_EVERY == RECHECK_EVERY - 1:
+        if now >= recheck_at:
+            recheck_at = now + RECHECK_S
             for held in fast + slow:
                 held.recheck()
         seen = looked.fresh()

@@ -57,8 +57,11 @@ def hand_over(node: Node, envelope: Envelope, outbox: Path, wait_s: float = VERD
                 f"({verdict.get('refused')}): {str(verdict.get('detail'))[:300]}"
             )
         if time.monotonic() >= deadline:
+            # Not "not delivered": the courier may still take it (a slow share), and an
+            # agent told it failed would send the same work again under a new id.
             raise UsageError(
-                f"child task {envelope.id} was not delivered within {wait_s:.0f} s: its "
-                "execution's courier did not answer (has the execution ended?)"
+                f"child task {envelope.id} is not confirmed after {wait_s:.0f} s: it may "
+                f"still be delivered (do not send it again; `dispatch wait {envelope.id}` "
+                "follows it if so), or the execution has ended"
             )
         time.sleep(0.1)

@@ -21,8 +21,9 @@ from dispatch.receive.launch import Launcher
 from dispatch.receive.promote.pass_ import promote
 from dispatch.receive.promote.report import PassReport
 
-# Looks that keep changing (a peer sending without pause): leave no look after this many
-# rounds, and the sensor's own kicks take over.
+# Passes that keep moving what the look shows: leave no look after this many rounds, and
+# the sensor's own kicks take over (settled_look gives up by itself on lanes that never
+# stop changing).
 MAX_ROUNDS = 4
 
 
@@ -44,6 +45,8 @@ def end_with_settled_look(
             listed=fast,
             settled=looks.LookedFile(looked_file).fresh(),
         )
+        if look is None:
+            break
         # Lists inbox/, pending-ack/, cancel/ and the KILLSWITCH after the look: whatever
         # came before the look is handled by now.
         latest = promote(node, launcher)

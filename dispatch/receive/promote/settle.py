@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from dispatch.core import events
 from dispatch.core.node import Node
 from dispatch.receive.launch import Launcher
 from dispatch.receive.promote import queue
@@ -44,7 +45,15 @@ def run_unit_pass(node: Node) -> PassReport:
         # A sensor node (dispatch-generator sets it): see promote/last_look.py.
         from dispatch.receive.promote.last_look import end_with_settled_look
 
-        report = end_with_settled_look(node, launcher, report, looked_file)
+        try:
+            report = end_with_settled_look(node, launcher, report, looked_file)
+        except OSError as exc:
+            # The pass itself is done; without a look the sensor kicks once more.
+            node.emit(
+                "settled_look_failed",
+                f"the pass's last look failed ({exc.strerror or exc}); the sensor kicks again",
+                level=events.WARNING,
+            )
     if node.state.deferred_results():
         # A result waits for the share to come back: in sensor mode no timer comes soon,
         # so ask the sensor for another pass (backing off) until it is published.

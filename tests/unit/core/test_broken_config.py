@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dispatch.core import broken_config
 from dispatch.core.fsio import atomic_write, dump_json
-from dispatch.receive import sensor
+from dispatch.receive import sensor, sensor_heartbeat
 from tests.conftest import Pair
 from tests.unit.helpers import cli, configure
 
@@ -67,17 +67,15 @@ def test_the_sensor_beat_carries_the_recorded_problem(tmp_path: Path) -> None:
     settings = sensor.Settings(
         root=str(tmp_path), node="gpubox", peers=("devbox",), state_dir=str(state), interval_s=1
     )
-    healthy = json.loads(sensor.heartbeat(settings, sensor.read_identity(str(state)) or {}, 5.0))
+    healthy = json.loads(beat_of(settings, state))
     assert "config_problem" not in healthy
     env = {"DISPATCH_STATE_DIR": str(state), "DISPATCH_CONFIG": str(tmp_path / "none")}
     broken_config.record('DISPATCH_POLL_SEC: bad "3s"\n\x1b[31m', env)
-    beat = json.loads(sensor.heartbeat(settings, sensor.read_identity(str(state)) or {}, 5.0))
+    beat = json.loads(beat_of(settings, state))
     assert beat["config_problem"] == 'DISPATCH_POLL_SEC: bad "3s" [31m'  # no escape
     assert beat["running"] == 0 and beat["kid"] == "ed0123456789abcdef"
     broken_config.clear(state)
-    assert "config_problem" not in json.loads(
-        sensor.heartbeat(settings, sensor.read_identity(str(state)) or {}, 5.0)
-    )
+    assert "config_problem" not in json.loads(beat_of(settings, state))
 
 
 def test_old_heartbeats_still_read_and_a_claim_is_only_shown(pair: Pair) -> None:
@@ -102,3 +100,9 @@ def test_old_heartbeats_still_read_and_a_claim_is_only_shown(pair: Pair) -> None
         atomic_write(beat_path, dump_json({**old, "config_problem": kind}))
         (peer,) = json.loads(cli(pair.sender, "status", "--json").stdout)["peers"]
         assert peer["config_problem"] == ""
+
+
+def beat_of(settings: sensor.Settings, state: Path) -> bytes:
+    return sensor_heartbeat.heartbeat(
+        settings, sensor_heartbeat.read_identity(str(state)) or {}, 5.0
+    )

@@ -192,7 +192,7 @@ def test_a_look_at_fine_timestamps_is_settled_at_once(tmp_path: Path) -> None:
     look = settled_look(
         [str(tmp_path / "inbox")], on_change=lambda: None, clock=t.clock, sleep=t.sleep
     )
-    assert look[str(tmp_path / "inbox")][0] == 5_000_000_123
+    assert look is not None and look[str(tmp_path / "inbox")][0] == 5_000_000_123
     assert t.now == 0.0
 
 
@@ -215,7 +215,7 @@ def test_a_coarse_look_waits_out_its_second_and_handles_what_lands_meanwhile(
         [str(inbox)], on_change=lambda: passes.append(t.now), clock=t.clock, sleep=sleep
     )
     assert len(passes) == 1  # handled at once, by the pass already running
-    assert look[str(inbox)][0] == 6_000_000_000
+    assert look is not None and look[str(inbox)][0] == 6_000_000_000
     assert t.now >= passes[0] + SETTLED_AFTER_S  # then settled after the change
     # What an earlier settled look showed needs no new wait.
     t2 = FakeTime()
@@ -270,3 +270,23 @@ def test_a_task_landing_in_the_same_second_shows_in_the_listing(tmp_path: Path) 
     unseen: list[float] = []
     settled_look([str(inbox2)], on_change=lambda: unseen.append(1), clock=t2.clock, sleep=t2.sleep)
     assert unseen == []
+
+
+def test_a_look_at_lanes_that_never_stop_changing_gives_up(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    t = FakeTime()
+    second = [10]
+
+    def sleep(s: float) -> None:
+        t.sleep(s)
+        second[0] += 1  # a peer sending without pause: every look differs
+        os.utime(inbox, ns=(second[0] * 1_000_000_000,) * 2)
+
+    os.utime(inbox, ns=(10_000_000_000,) * 2)
+    passes: list[float] = []
+    look = settled_look(
+        [str(inbox)], on_change=lambda: passes.append(t.now), clock=t.clock, sleep=sleep
+    )
+    assert look is None  # no look left: the sensor's own kicks carry on
+    assert 9.5 < t.now < 11 and len(passes) > 50

@@ -16,7 +16,7 @@ import pytest
 from dispatch.core.spool import set_killswitch
 from dispatch.core.wire import rfc3339
 from dispatch.ops import overview
-from dispatch.receive import looks, sensor
+from dispatch.receive import looks, sensor, sensor_heartbeat
 from dispatch.receive.looks import write_looked
 from dispatch.receive.sensor import Settings
 from dispatch.send import task as sender
@@ -180,10 +180,10 @@ def test_its_heartbeat_is_the_python_heartbeat(pair: Pair, tmp_path: Path) -> No
 
     promote(rx, ProcessLauncher(rx))
     python_beat = overview.heartbeat(rx)  # also records the identity the sensor uses
-    identity = sensor.read_identity(str(rx.cfg.state_dir))
+    identity = sensor_heartbeat.read_identity(str(rx.cfg.state_dir))
     assert identity == {"version": python_beat["version"], "kid": python_beat["kid"]}
     settings = _settings(pair, tmp_path / "kick")
-    data = sensor.heartbeat(settings, identity, 1796000000.25)
+    data = sensor_heartbeat.heartbeat(settings, identity, 1796000000.25)
     beat = json.loads(data)
     assert list(beat) == list(python_beat)  # same keys, same order
     assert {k: v for k, v in beat.items() if k not in ("ts", "unix")} == {
@@ -196,7 +196,7 @@ def test_its_heartbeat_is_the_python_heartbeat(pair: Pair, tmp_path: Path) -> No
     from dispatch.core.fsio import dump_json
 
     assert data == dump_json(beat)
-    sensor.write_heartbeat(settings, data)
+    sensor_heartbeat.write_heartbeat(settings, data)
     assert rx.spool.heartbeat_path("gpubox").read_bytes() == data
     assert overview.peers(pair.sender.node())[0]["heartbeat_age_s"] is not None
 
