@@ -202,11 +202,12 @@ class Connection:
     def __init__(self, path: str = PRIVATE_SOCKET, timeout: float = 30) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
+        self.timeout = timeout
         self.serial = 0
         try:
             self.sock.connect(path)
             self._authenticate()
-            self._first_answer(timeout)
+            self._first_answer()
         except BaseException:
             self.sock.close()
             raise
@@ -230,26 +231,36 @@ class Connection:
         return self.serial
 
     def _reply(self, serials: set[int]) -> tuple[int, dict[int, Any], list[Any]]:
+        # A deadline of its own: systemd's signals would otherwise keep each recv alive.
+        deadline = time.monotonic() + self.timeout
         while True:
             kind, fields, body = parse(self._receive())
             if fields.get(F_REPLY_SERIAL) in serials:
                 return kind, fields, body
             # else a signal (systemd sends them on its private socket), or an old answer
+            if time.monotonic() > deadline:
+                raise TimeoutError("no answer from systemd's private socket")
 
-    def _first_answer(self, timeout: float) -> None:
+    def _first_answer(self) -> None:
         """Ping until the server answers. systemd 252 can read BEGIN and the first message
         in one read and then leave that message unprocessed until more bytes arrive (seen
         in tests/integration: 6 connections of 12 stuck until their timeout); each further
-        ping is such bytes. Once it answers, it reads one message at a time."""
-        deadline = time.monotonic() + timeout
+        ping is such bytes. Signals it sends meanwhile are not an answer: after a boot
+        they come by the hundred (tests/hostile, a power cut). Once it answers, it reads
+        one message at a time."""
+        deadline = time.monotonic() + self.timeout
         pings: set[int] = set()
         wait = 0.005
         while True:
             pings.add(self._send("/", PEER, "Ping", "", []))
-            ready, _, _ = select.select([self.sock], [], [], wait)
-            if ready:
-                self._reply(pings)
-                return
+            until = time.monotonic() + wait
+            # Read what comes for `wait` seconds, then ping again (signals included).
+            while select.select([self.sock], [], [], max(until - time.monotonic(), 0))[0]:
+                _kind, fields, _body = parse(self._receive())
+                if fields.get(F_REPLY_SERIAL) in pings:
+                    return
+                if time.monotonic() >= until:
+                    break
             if time.monotonic() > deadline:
                 raise TimeoutError("systemd's private socket does not answer")
             wait = min(wait * 2, 0.25)

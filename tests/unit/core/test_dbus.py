@@ -111,12 +111,25 @@ def reply(serial: int, kind: int, signature: str, values: list[Any], error: str 
     return header + b"\0" * (-len(header) % 8) + body
 
 
+def signal() -> bytes:
+    """A signal as systemd broadcasts them on its private socket (no reply serial)."""
+    body = dbus.marshal("uo", [1, "/org/freedesktop/systemd1/job/1"])
+    fields: list[tuple[int, tuple[str, Any]]] = [
+        (dbus.F_PATH, ("o", "/org/freedesktop/systemd1")),
+        (dbus.F_MEMBER, ("s", "JobNew")),
+        (dbus.F_SIGNATURE, ("g", "uo")),
+    ]
+    header = dbus.marshal("yyyyuua(yv)", [ord("l"), 4, 1, 1, len(body), 7, fields])
+    return header + b"\0" * (-len(header) % 8) + body
+
+
 Answer = Callable[[int, dict[int, Any], list[Any]], bytes]
 
 
 class Server:
     """A socket speaking the protocol: it checks EXTERNAL auth, answers pings (leaving the
-    first `stuck` of them unanswered, as systemd does with a message read along with BEGIN)
+    first `stuck` of them unanswered but for signals, as systemd does with a message read
+    along with BEGIN)
     and each other call with the next function in `answers`, recording the calls."""
 
     def __init__(self, path: str) -> None:
@@ -148,6 +161,8 @@ class Server:
                 if fields[dbus.F_MEMBER] == "Ping":
                     if self.stuck:
                         self.stuck -= 1
+                        # What systemd sends every connection meanwhile (after a boot, many).
+                        conn.sendall(signal() * 3)
                     else:
                         conn.sendall(reply(serial, dbus.METHOD_RETURN, "", []))
                     continue
