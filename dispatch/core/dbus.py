@@ -234,7 +234,7 @@ class Connection:
         # A deadline of its own: systemd's signals would otherwise keep each recv alive.
         deadline = time.monotonic() + self.timeout
         while True:
-            kind, fields, body = parse(self._receive())
+            kind, fields, body = _parsed(self._receive())
             if fields.get(F_REPLY_SERIAL) in serials:
                 return kind, fields, body
             # else a signal (systemd sends them on its private socket), or an old answer
@@ -256,7 +256,7 @@ class Connection:
             until = time.monotonic() + wait
             # Read what comes for `wait` seconds, then ping again (signals included).
             while select.select([self.sock], [], [], max(until - time.monotonic(), 0))[0]:
-                _kind, fields, _body = parse(self._receive())
+                _kind, fields, _body = _parsed(self._receive())
                 if fields.get(F_REPLY_SERIAL) in pings:
                     return
                 if time.monotonic() >= until:
@@ -277,7 +277,10 @@ class Connection:
 
     def _receive(self) -> bytes:
         head = self._read(16)
-        size = message_size(head)
+        try:
+            size = message_size(head)
+        except (ValueError, struct.error) as exc:
+            raise ConnectionError(f"a message from the bus that is not D-Bus: {exc}") from None
         if size > MAX_MESSAGE:
             raise ConnectionError(f"a {size}-byte message from the bus")
         return head + self._read(size - 16)
@@ -294,3 +297,13 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _parsed(data: bytes) -> tuple[int, dict[int, Any], list[Any]]:
+    """A message the bus sent that does not parse is a broken connection (an OSError, so
+    the launcher falls back to systemctl), never an exception that ends the pass."""
+    try:
+        return parse(data)
+    except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        raise ConnectionError(f"a message from the bus that does not parse: {exc!r:.120}") from None
+

@@ -236,3 +236,20 @@ def test_a_refused_authentication_is_one_error(tmp_path: Path) -> None:
         with pytest.raises(ConnectionError, match="refused authentication"):
             dbus.Connection(path, timeout=5)
         thread.join(timeout=5)
+
+
+def test_a_reply_that_does_not_parse_is_a_broken_connection(server: Server) -> None:
+    """An OSError (the launcher falls back to systemctl), not a ValueError that ends the pass."""
+
+    def garbled(serial: int, fields: dict[int, Any], body: list[Any]) -> bytes:
+        good = reply(serial, dbus.METHOD_RETURN, "s", ["fine"])
+        # The right length, a body that claims a string running past the end.
+        return good[:-9] + b"\xff\xff\xff\x00" + good[-5:]
+
+    server.answers.append(garbled)
+    conn = dbus.Connection(server.path, timeout=5)
+    try:
+        with pytest.raises(ConnectionError, match="does not parse"):
+            conn.call("/org/x", "org.x.I", "Start", "s", "x")
+    finally:
+        conn.close()
