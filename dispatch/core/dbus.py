@@ -306,4 +306,3 @@ def _parsed(data: bytes) -> tuple[int, dict[int, Any], list[Any]]:
         return parse(data)
     except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
         raise ConnectionError(f"a message from the bus that does not parse: {exc!r:.120}") from None
-

@@ -117,6 +117,23 @@ def private_key_path(key_dir: Path, node: str) -> Path:
     return key_dir / f"{node}{PRIVATE_SUFFIX}"
 
 
+def read_owner_only(fd: int, path: Path, limit: int) -> bytes:
+    """A key file's bytes (and the descriptor closed): a regular file no one but its owner
+    can read, or one ConfigError that says how to fix it."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"key {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"key {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+                f"it must be readable by its owner only: chmod 600 {path}"
+            )
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def load_private(key_dir: Path, node: str) -> NodeKey:
     path = private_key_path(key_dir, node)
     try:
@@ -132,18 +149,7 @@ def load_private(key_dir: Path, node: str) -> NodeKey:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot open key {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"key {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"key {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                f"it must be readable by its owner only: chmod 600 {path}"
-            )
-        data = os.read(fd, 8192)
-    finally:
-        os.close(fd)
+    data = read_owner_only(fd, path, 8192)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     seed = _pkcs8_seed(data)

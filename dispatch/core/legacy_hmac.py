@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, NotFound, Rejection
 from dispatch.core.fsio import write_new
+from dispatch.core.keys import read_owner_only
 from dispatch.core.model import HEX64_RE, KID_RE, Callback, Priority
 from dispatch.core.wire import (
     canonical,
@@ -112,18 +112,7 @@ def fingerprint(secret: bytes) -> str:
 def read_key(path: Path) -> bytes:
     # O_NOFOLLOW: a key ring entry swapped for a symlink must not redirect us.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"key {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigError(
-                f"key {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                f"it must be readable by its owner only: chmod 600 {path}"
-            )
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
+    data = read_owner_only(fd, path, 4096)
     # The original keyed HMAC with the file's stripped text; keep that so its keys work.
     secret = data.strip()
     if len(secret) < 32:
