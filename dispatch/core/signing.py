@@ -13,8 +13,6 @@ peers: schema 3 with `DISPATCH_ACCEPT_V3=1` during a migration, the original's s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -240,8 +238,3 @@ def verify_cancel(keys: NodeKeys, obj: dict[str, Any]) -> None:
         _legacy_gate(keys, obj, "cancel request")
     else:
         verify_signed(keys, obj, Kind.CANCEL, "cancel request")
-
-
-def mac_text(secret: bytes, text: str) -> str:
-    """An HMAC-SHA256 of `text` (the node-local ack MAC)."""
-    return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()

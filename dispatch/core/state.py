@@ -1,6 +1,6 @@
 """The one place that knows node-local state (`DISPATCH_STATE_DIR`, systemd's
-`StateDirectory=`): the replay ledger, started markers, the queue index, the ack secret and
-the promoter's lock. None of it is on the share: a peer cannot forge or erase it."""
+`StateDirectory=`): the replay ledger, started markers, the queue index and the promoter's
+lock. None of it is on the share: a peer cannot forge or erase it."""
 
 from __future__ import annotations
 
@@ -239,22 +239,6 @@ class NodeState:
         except OSError:
             pass
         atomic_write(path, data, mode=0o600)
-
-    # -- ack secret -----------------------------------------------------------------
-    def ack_secret(self) -> bytes:
-        path = self.path / "ack.secret"
-        try:
-            return path.read_bytes().strip()
-        except FileNotFoundError:
-            pass
-        import secrets  # made once per node: not an import of every hop
-
-        secret = secrets.token_hex(32).encode()
-        try:
-            write_new(path, secret, 0o600)
-        except FileExistsError:  # another pass made it first
-            return path.read_bytes().strip()
-        return secret
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

@@ -133,7 +133,6 @@ def init_node(
         ) from None
     NodeState(state_dir).ensure()
     os.chmod(state_dir, 0o700)
-    NodeState(state_dir).ack_secret()
     key, key_made = ensure_key(cfg, imported)
     pinned = tuple(p for p in peers if _pinned(cfg, p))
     values = {"DISPATCH_ROOT": str(root), "DISPATCH_NODE": node, "DISPATCH_PEERS": ",".join(peers)}

@@ -62,8 +62,8 @@ def lanes_held(node: Node) -> list[Finding]:
 
 
 def agent_user(node: Node) -> Finding:
-    """The agent is not trusted: it must not run as root, so it cannot read the keys, the
-    ack secret or the state, nor rewrite them."""
+    """The agent is not trusted: it must not run as root, so it cannot read the keys or
+    the state, nor rewrite them."""
     run_as = node.cfg.run_as
     fix = "set DISPATCH_RUN_AS=dispatch-agent (`dispatch init --run-as USER`)"
     if not run_as:
@@ -88,8 +88,8 @@ def agent_user(node: Node) -> Finding:
         return Finding(
             "agent user",
             False,
-            f"DISPATCH_RUN_AS={run_as}: THE AGENT RUNS AS ROOT and can read this node's keys, "
-            "ack secret and state",
+            f"DISPATCH_RUN_AS={run_as}: THE AGENT RUNS AS ROOT and can read this node's keys "
+            "and state",
             fix,
         )
     return Finding("agent user", True, f"the agent runs as {run_as} (uid {uid})")

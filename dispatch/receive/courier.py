@@ -11,7 +11,7 @@ under /run/dispatch/exec/<id>/ (root's, 0755):
     state/     the agent's (0700): its sent records, so its `dispatch wait` can follow
 
 and the non-secret settings its `dispatch send` needs, in its environment
-(`agent_settings`): never the config file, the ack secret, a webhook token or a key.
+(`agent_settings`): never the config file, the node state, a webhook token or a key.
 Each supervise tick the courier verifies what is in outbox/ as a receiver would (signed by
 this node's key, a task, parent = this execution, hops = its hops + 1, an allowed chain
 peer, within the size limit, never sent before) and delivers it with the normal send path;

@@ -78,8 +78,8 @@ def _sensor_dropin(cfg: Config, root: str) -> str:
         f"Environment=DISPATCH_SENSOR_IDLE_MS={max(cfg.sensor_idle_ms, cfg.sensor_ms)}\n"
         # The one place on the share it writes: its own heartbeat (write, then rename).
         f"ReadWritePaths={root}/heartbeats\n"
-        # It holds no key and no secret: the key ring and the ack secret are not there.
-        f"InaccessiblePaths=-{keys}\nInaccessiblePaths=-{state}/ack.secret\n"
+        # It holds no key: the key ring is not there.
+        f"InaccessiblePaths=-{keys}\n"
     )
 
 

@@ -10,8 +10,8 @@ pass leaves its last look behind, so the pass's own moves kick no other pass. It
 this node's heartbeat (the same content as `dispatch heartbeat`), which used to cost
 another Python start every 15 s.
 
-It holds no key and reads no secret (its unit makes the key ring and the ack secret
-inaccessible), writes nothing but the heartbeat and the kick file, and follows nothing on
+It holds no key and reads no secret (its unit makes the key ring inaccessible), writes
+nothing but the heartbeat and the kick file (which it may take back), and follows nothing on
 the share: what it reads there only decides *whether* to kick, never what happens.
 
 Standard library only, and only `os`, `sys`, `time`: it stays resident, and every import is

@@ -52,7 +52,7 @@ def local_state(node: HostileNode) -> dict[str, str]:
     """The receiver's own state that a hostile share must never touch, file by file (the
     senders' state directories under it change as they send)."""
     state = node.ns(STATE)
-    files = {"ack.secret": hashlib.sha256((state / "ack.secret").read_bytes()).hexdigest()}
+    files: dict[str, str] = {}
     for sub in ("seen", "started"):
         for name in sorted(os.listdir(state / sub)):
             files[f"{sub}/{name}"] = hashlib.sha256((state / sub / name).read_bytes()).hexdigest()

@@ -162,8 +162,8 @@ def test_agent_cannot_read_keys_or_state(node_host: SystemdHost) -> None:
     d.setup()
     key = "/etc/dispatch/keys/gpubox.ed25519"
     r1 = d.wait(d.send(f"steal read={key}"))
-    r2 = d.wait(d.send("steal read=/var/lib/dispatch/ack.secret"))
-    for result, path in ((r1, key), (r2, "/var/lib/dispatch/ack.secret")):
+    r2 = d.wait(d.send("steal read=/var/lib/dispatch/history.jsonl"))
+    for result, path in ((r1, key), (r2, "/var/lib/dispatch/history.jsonl")):
         assert result["status"] == "ok"  # and `wait` verified its signature
         assert f"read {path}: denied" in result["final_text"], result["final_text"]
 

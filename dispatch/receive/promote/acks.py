@@ -1,10 +1,10 @@
-"""Acks, given and checked in one place. An ack is valid only with a MAC under this host's
-own ack secret (node-local state), so a `<id>.ack` file dropped on the share by anyone else
-releases nothing (invariant 5)."""
+"""Acks, given and checked in one place. An ack is a schema-4 object of kind `ack`, signed
+with this host's own key (the one that signs its results) for one task, its lane and the
+digest of the envelope it admitted, so a `<id>.ack` file dropped on the share by anyone
+else, or copied to another task or lane, releases nothing (invariant 5)."""
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from dataclasses import dataclass
@@ -13,9 +13,9 @@ from pathlib import Path
 from dispatch.core import ids
 from dispatch.core.errors import NotFound, Rejection
 from dispatch.core.fsio import atomic_write, dump_json, read_regular, rename_new
-from dispatch.core.model import Stage, Status
+from dispatch.core.model import SCHEMA, Kind, Stage, Status
 from dispatch.core.node import Node
-from dispatch.core.signing import mac_text
+from dispatch.core.signing import sign_object, verify_signed
 from dispatch.core.spool import ACK_SUFFIX, Lane
 from dispatch.core.wire import loads_strict, now_utc, rfc3339
 from dispatch.receive.promote import placement, recovery
@@ -30,8 +30,18 @@ class Acked:
     path: Path
 
 
-def ack_mac(node: Node, lane: Lane, task_id: str, sha256: str) -> str:
-    return mac_text(node.state.ack_secret(), f"ack:{node.name}:{lane.name}:{task_id}:{sha256}")
+def ack_body(lane: Lane, task_id: str, sha256: str) -> dict[str, object]:
+    """What an ack says, before its signature: this task, in this lane into this node, as
+    the envelope of this digest."""
+    return {
+        "schema": SCHEMA,
+        "kind": Kind.ACK.value,
+        "id": task_id,
+        "from": lane.from_,
+        "to": lane.to,
+        "sha256": sha256,
+        "acked_at": rfc3339(now_utc()),
+    }
 
 
 def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
@@ -39,14 +49,24 @@ def write_ack(node: Node, lane: Lane, task_id: str) -> Path:
     if entry is None:
         raise Rejection("not_admitted", f"task {task_id} was never admitted on this node")
     path = lane.ack_path(task_id)
-    record = {
-        "id": task_id,
-        "node": node.name,
-        "acked_at": rfc3339(now_utc()),
-        "mac": ack_mac(node, lane, task_id, entry.sha256),
-    }
-    atomic_write(path, dump_json(record))
+    atomic_write(path, dump_json(sign_object(node.keys, ack_body(lane, task_id, entry.sha256))))
     return path
+
+
+def genuine(node: Node, lane: Lane, task_id: str, sha256: str, record: object) -> bool:
+    """An ack this node gave for exactly this task, lane and envelope."""
+    if not isinstance(record, dict):
+        return False
+    said = (record.get("kind"), record.get("id"), record.get("from"), record.get("to"))
+    if said != (Kind.ACK.value, task_id, lane.from_, lane.to) or lane.to != node.name:
+        return False
+    if record.get("sha256") != sha256:
+        return False
+    try:
+        verify_signed(node.keys, record, Kind.ACK, "ack")
+    except Rejection:
+        return False
+    return True
 
 
 def give_ack(node: Node, prefix: str) -> Acked:
@@ -111,8 +131,8 @@ def _release(run: Pass, lane: Lane, name: str, present: set[str]) -> None:
     entry = run.node.state.entry(task_id) if lane.valid_task_id(task_id) else None
     forged = Rejection(
         "forged_ack",
-        "ack not signed by this host's ack secret: only "
-        "`dispatch ack` on the receiving host releases a task",
+        "ack not signed by this host's key for this task: only "
+        "`dispatch ack` on the receiving host releases a task (re-run it there)",
     )
     if entry is None or lane.task_name(task_id) not in present:
         orphan = Rejection("orphan_ack", "ack for no pending task")
@@ -123,8 +143,7 @@ def _release(run: Pass, lane: Lane, name: str, present: set[str]) -> None:
     except Rejection:
         run.refuse(lane, name, forged, source=lane.pending_ack)
         return
-    expected = ack_mac(run.node, lane, task_id, entry.sha256)
-    if not hmac.compare_digest(str(record.get("mac", "")), expected):
+    if not genuine(run.node, lane, task_id, entry.sha256, record):
         run.refuse(lane, name, forged, source=lane.pending_ack)
         return
     if entry.stage is not Stage.PENDING_ACK:

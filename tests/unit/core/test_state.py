@@ -1,4 +1,4 @@
-"""Node-local state: replay ledger, started markers, queue index, ack secret, lock."""
+"""Node-local state: replay ledger, started markers, queue index, lock."""
 
 from __future__ import annotations
 
@@ -88,14 +88,6 @@ def test_queue_index_orders_by_rank_then_age(tmp_path: Path) -> None:
     assert len(state.index_names()) == 3
     assert parse_index("garbage") is None
     assert parse_index("1-2-short") is None
-
-
-def test_ack_secret_is_stable_and_private(tmp_path: Path) -> None:
-    state = a_state(tmp_path)
-    secret = state.ack_secret()
-    assert len(secret) == 64 and state.ack_secret() == secret
-    assert (state.path / "ack.secret").stat().st_mode & 0o777 == 0o600
-    assert NodeState(tmp_path / "other").path != state.path
 
 
 def test_lock_excludes_another_process(tmp_path: Path) -> None:

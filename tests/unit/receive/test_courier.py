@@ -185,7 +185,7 @@ def test_the_agent_gets_settings_and_never_a_secret(pair: Pair, tmp_path: Path) 
     assert settings["DISPATCH_CONFIG"] == "/dev/null"  # not the node's 0640 config
     assert settings["DISPATCH_STATE_DIR"] == str(courier.box.state)
     assert settings["DISPATCH_OUTBOX"] == str(courier.box.outbox)
-    # Nothing that names the node's state (the ack secret) or carries a token.
+    # Nothing that names the node's state (the replay ledger) or carries a token.
     assert not any(str(node.cfg.state_dir) in value for value in settings.values())
     assert not any("WEBHOOK" in key or "SECRET" in key for key in settings)
     # The box: the agent's user owns outbox/ and state/, root keeps the rest.

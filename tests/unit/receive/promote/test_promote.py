@@ -15,7 +15,7 @@ from dispatch.core.spool import set_killswitch
 from dispatch.core.wire import new_id, parse_time
 from dispatch.receive.launch.process import ProcessLauncher
 from dispatch.receive.promote import promote
-from dispatch.receive.promote.acks import ack_mac
+from dispatch.receive.promote.acks import ack_body
 from dispatch.send import task as sender
 from tests.conftest import Pair
 from tests.unit.helpers import (
@@ -27,10 +27,12 @@ from tests.unit.helpers import (
     env_for,
     envelope,
     lane_in,
+    node_key,
     promote_once,
     reason_of,
     result_json,
     runs_of,
+    signed,
     wait_for,
 )
 
@@ -61,25 +63,24 @@ def test_require_ack_waits_and_forged_acks_are_refused(pair: Pair) -> None:
     assert len(rejected) == len(forged_contents)
     for name in rejected:
         assert json.loads((lane.rejected / name).read_text())["reason"] == "forged_ack"
-    # A well-formed ack made with another host's ack secret (the sender's) is forged too,
-    # and so is a symlink to anything.
+    # A well-formed ack signed with another host's key (the sender's) is forged, and so is
+    # the receiver's own genuine ack for another envelope digest; so is a symlink.
     entry = pair.receiver.node().state.entry(task_id)
     assert entry is not None
-    tx = pair.sender.node()
-    fake = {
-        "id": task_id,
-        "node": "gpubox",
-        "acked_at": "2025-01-01T00:00:00Z",
-        "mac": ack_mac(tx, lane, task_id, entry.sha256),
-    }
-    for plant in ("file", "symlink"):
-        if plant == "file":
-            (lane.pending_ack / f"{task_id}.ack").write_text(json.dumps(fake))
-        else:
-            os.symlink("/dev/null", lane.pending_ack / f"{task_id}.ack")
+    kid, devbox = node_key(pair.sender)
+    body = {**ack_body(lane, task_id, entry.sha256), "kid": kid}
+    fake = signed(devbox, body)
+    rx_kid, gpubox = node_key(pair.receiver)
+    other_digest = signed(gpubox, {**body, "kid": rx_kid, "sha256": "0" * 64})
+    for planted in (fake, other_digest):
+        (lane.pending_ack / f"{task_id}.ack").write_text(json.dumps(planted))
         promote_once(pair.receiver.node())
-        assert not os.path.lexists(lane.pending_ack / f"{task_id}.ack")
+        assert not (lane.pending_ack / f"{task_id}.ack").exists()
         assert (lane.pending_ack / f"{task_id}.json").exists()
+    os.symlink("/dev/null", lane.pending_ack / f"{task_id}.ack")
+    promote_once(pair.receiver.node())
+    assert not os.path.lexists(lane.pending_ack / f"{task_id}.ack")
+    assert (lane.pending_ack / f"{task_id}.json").exists()
     assert pair.agent_runs() == []
 
     # The sender cannot ack: the task is not in any of its incoming lanes.
