@@ -211,8 +211,10 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
     only a child of <id> (chain fields it sets itself), and the executor's courier delivers
     it from the execution's outbox. Nothing is loosened by hand."""
     d = DispatchHost(host)
-    # A second peer, c, outside the chain set: the agent may not send there.
-    d.setup(timer=False, peers="devbox,c", settings={"DISPATCH_CHAIN_PEERS": "devbox"})
+    # A second peer, c, outside the chain set: the agent may not send there. With the timer,
+    # as a node runs: each send here follows the last result at once, while the pass the
+    # execution's end started may be ending, and a path unit's start merges into it.
+    d.setup(timer=True, peers="devbox,c", settings={"DISPATCH_CHAIN_PEERS": "devbox"})
     host.systemctl("start", "dispatch-signer.socket")
     assert host.run(["stat", "-c", "%a", "/etc/dispatch/dispatch.conf"]).stdout.strip() == "640"
     lane = f"{ROOT}/gpubox-to-devbox"
