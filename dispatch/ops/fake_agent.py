@@ -169,13 +169,27 @@ def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str
     return str(structured.get("id", "")), ""
 
 
-def _leave_sender(request: str, peer: str, d: dict[str, str], after_s: float) -> None:
-    """A process the agent leaves behind, which sends once the execution is over."""
+def _leave_sender(request: str, peer: str, after_s: float) -> None:
+    """A process the agent leaves behind, which asks for a child's signature once the
+    execution is over. It asks in-process, with what it loaded while the execution ran: by
+    then the unit's private /tmp, where the checkout (and the interpreter a new `dispatch
+    send` would start) may live, is gone."""
+    from dispatch.core import config
+    from dispatch.core.errors import DispatchError
+    from dispatch.core.node import Node
+    from dispatch.send import task as sender
+
+    node = Node(config.load())
+    assert node.keys.signer is not None  # the signer's client, loaded now
+    words = [w for w in request.split() if not w.startswith(("late=", "send="))]
     if os.fork() != 0:
         return
     os.setsid()
     time.sleep(after_s)
-    child, failure = send_child(request, peer, d)
+    try:
+        child, failure = sender.build(node, to=peer, request=" ".join(words)).id, ""
+    except DispatchError as exc:
+        child, failure = "", f"dispatch: {exc}"
     log = os.environ.get("DISPATCH_FAKE_AGENT_LOG")
     if log:
         with open(log, "a") as handle:
@@ -209,7 +223,7 @@ def main(argv: list[str]) -> int:
         "hops": os.environ.get("DISPATCH_HOPS"),
     }
     if d.get("send") and d.get("late"):
-        _leave_sender(request, d["send"], d, float(d["late"]))
+        _leave_sender(request, d["send"], float(d["late"]))
     elif d.get("send"):
         limit = int(d["chain"]) if d.get("chain") else None
         if limit is None or int(os.environ.get("DISPATCH_HOPS") or 0) < limit:
