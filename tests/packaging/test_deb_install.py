@@ -115,6 +115,20 @@ MCP_SESSION = "".join(
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
     )
 )
+# A client as agents are: each request written after the answer before it, stdin kept open
+# until the last answer (the SDK may drop what is still in flight when stdin closes: seen on
+# Debian 13, tools/list unanswered when the whole session came at once).
+MCP_CLIENT = """
+import subprocess, sys
+lines = open(sys.argv[1]).read().splitlines(keepends=True)
+proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+proc.stdin.write(lines[0]); proc.stdin.flush()
+print(proc.stdout.readline(), end="", flush=True)
+proc.stdin.write("".join(lines[1:])); proc.stdin.flush()
+print(proc.stdout.readline(), end="", flush=True)
+proc.stdin.close()
+proc.wait(30)
+"""
 
 
 def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
@@ -133,7 +147,13 @@ def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
     # proxy may need, is the only thing the test adds to the hint's environment.
     shutil.copyfile(MACHINE_CA, h.root / "tmp/machine-ca.pem")
     h.run(["sh", "-c", SDK_HINT], env={"PIP_CERT": "/tmp/machine-ca.pem"}, timeout=600)
-    served = h.run(["dispatch", "mcp"], env=env, input=MCP_SESSION, timeout=60)
+    (h.root / "tmp/mcp-session.jsonl").write_text(MCP_SESSION)
+    (h.root / "tmp/mcp-client.py").write_text(MCP_CLIENT)
+    served = h.run(
+        ["python3", "/tmp/mcp-client.py", "/tmp/mcp-session.jsonl", "dispatch", "mcp"],
+        env=env,
+        timeout=90,
+    )
     replies = {reply["id"]: reply for reply in map(json.loads, served.stdout.splitlines())}
     assert replies[1]["result"]["serverInfo"]["name"] == "dispatch", replies[1]
     assert {tool["name"] for tool in replies[2]["result"]["tools"]} == MCP_TOOLS, replies[2]
