@@ -13,9 +13,6 @@ from dispatch.receive.promote.pass_ import promote
 from dispatch.receive.promote.report import PassReport
 
 MAX_SETTLE_PASSES = 20
-# Looks for arrivals just before the process exits (run_unit_pass); bounded, since a peer
-# may send without pause.
-LATE_LOOKS = 3
 
 
 # How long one promote process may stay to hand freed slots to a backlog: well under the
@@ -57,13 +54,6 @@ def run_unit_pass(node: Node) -> PassReport:
                 f"the pass's last look failed ({exc.strerror or exc}); the sensor kicks again",
                 level=events.WARNING,
             )
-    # A task that lands after the pass's last look but before this process exits is lost to
-    # the path unit: systemd merges its start into this oneshot, still running (seen in
-    # tests/integration with the timer off). One more look, as late as possible.
-    for _ in range(LATE_LOOKS):
-        if not _new_in_inbox(node, report):
-            break
-        report = settle(node, launcher, linger=True)
     if node.state.deferred_results():
         # A result waits for the share to come back: in sensor mode no timer comes soon,
         # so ask the sensor for another pass (backing off) until it is published.
@@ -136,7 +126,7 @@ def _backlog(node: Node, report: PassReport) -> bool:
     return len(report.queued) > len(report.started) and not node.spool.killswitch().on
 
 
-def _new_in_inbox(node: Node, report: PassReport) -> bool:
+def _changed_since(node: Node, launcher: Launcher, report: PassReport) -> bool:
     for lane in node.spool.lanes_in(node.cfg):
         try:
             names = os.listdir(lane.inbox)
@@ -145,12 +135,6 @@ def _new_in_inbox(node: Node, report: PassReport) -> bool:
         # An entry the pass saw and could not move is not news: only new arrivals are.
         if any(not n.endswith(".tmp") and f"{lane.name}/{n}" not in report.seen for n in names):
             return True
-    return False
-
-
-def _changed_since(node: Node, launcher: Launcher, report: PassReport) -> bool:
-    if _new_in_inbox(node, report):
-        return True
     waiting = len(report.queued) - len(report.started)
     if waiting <= 0 or node.spool.killswitch().on:
         return False
