@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from dispatch.core.runner import dispatch_argv
 
@@ -119,29 +120,28 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
         return "", f"unexpected output: {proc.stdout[:200]!r}"
 
 
-def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str]:
-    """The MCP server's dispatch_send tool, driven over stdio as an agent CLI would."""
-    messages = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "fake-agent", "version": "0"},
-            },
+def mcp_session(
+    argv: list[str], calls: list[dict[str, Any]], env: dict[str, str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Drive an MCP server over stdio as an agent CLI does: `initialize`, and once it is
+    answered `notifications/initialized` and each of `calls` (`method`, `params`; ids from
+    2 on), stdin kept open until the last answer (a server may drop what is still in flight
+    when its stdin closes). The answers by id; those that never came are missing."""
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "fake-agent", "version": "0"},
         },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "dispatch_send", "arguments": {"to": peer, "request": request}},
-        },
-    ]
+    }
+    rest: list[dict[str, Any]] = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    rest += [{"jsonrpc": "2.0", "id": i, **call} for i, call in enumerate(calls, start=2)]
+    answers: dict[int, dict[str, Any]] = {}
     with subprocess.Popen(
-        dispatch_argv("mcp"),
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -150,17 +150,32 @@ def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str
     ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            for message in messages:
-                proc.stdin.write(json.dumps(message) + "\n")
+            for batch, last in (([hello], 1), (rest, len(calls) + 1)):
+                for message in batch:
+                    proc.stdin.write(json.dumps(message) + "\n")
                 proc.stdin.flush()
-            for line in proc.stdout:
-                answer = json.loads(line)
-                if answer.get("id") == 2:
-                    break
-            else:
-                return "", "the MCP server ended without an answer"
+                for line in proc.stdout:
+                    answer = json.loads(line)
+                    if isinstance(answer.get("id"), int):
+                        answers[answer["id"]] = answer
+                    if last in answers:
+                        break
+                if last not in answers:
+                    break  # the server ended
         finally:
             proc.kill()
+    return answers
+
+
+def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str]:
+    """The MCP server's dispatch_send tool, driven over stdio as an agent CLI would."""
+    call = {
+        "method": "tools/call",
+        "params": {"name": "dispatch_send", "arguments": {"to": peer, "request": request}},
+    }
+    answer = mcp_session(dispatch_argv("mcp"), [call], env).get(2)
+    if answer is None:
+        return "", "the MCP server ended without an answer"
     result = answer.get("result") or {}
     if answer.get("error") or result.get("isError"):
         texts = [c.get("text", "") for c in result.get("content", [])]

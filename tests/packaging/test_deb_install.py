@@ -98,37 +98,12 @@ MCP_TOOLS = {
     "dispatch_logs",
     "dispatch_status",
 }
-MCP_SESSION = "".join(
-    json.dumps(message) + "\n"
-    for message in (
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "package-test", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-    )
+# The installed package's own stand-in for an agent CLI drives the session
+# (fake_agent.mcp_session: each request after the answer before it, stdin open till the end).
+MCP_CLIENT = (
+    "import json; from dispatch.ops.fake_agent import mcp_session; "
+    "print(json.dumps(mcp_session(['dispatch', 'mcp'], [{'method': 'tools/list'}])))"
 )
-# A client as agents are: each request written after the answer before it, stdin kept open
-# until the last answer (the SDK may drop what is still in flight when stdin closes: seen on
-# Debian 13, tools/list unanswered when the whole session came at once).
-MCP_CLIENT = """
-import subprocess, sys
-lines = open(sys.argv[1]).read().splitlines(keepends=True)
-proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-proc.stdin.write(lines[0]); proc.stdin.flush()
-print(proc.stdout.readline(), end="", flush=True)
-proc.stdin.write("".join(lines[1:])); proc.stdin.flush()
-print(proc.stdout.readline(), end="", flush=True)
-proc.stdin.close()
-proc.wait(30)
-"""
 
 
 def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
@@ -147,14 +122,8 @@ def _mcp_by_its_hint(h: DebianRootHost, env: dict[str, str]) -> None:
     # proxy may need, is the only thing the test adds to the hint's environment.
     shutil.copyfile(MACHINE_CA, h.root / "tmp/machine-ca.pem")
     h.run(["sh", "-c", SDK_HINT], env={"PIP_CERT": "/tmp/machine-ca.pem"}, timeout=600)
-    (h.root / "tmp/mcp-session.jsonl").write_text(MCP_SESSION)
-    (h.root / "tmp/mcp-client.py").write_text(MCP_CLIENT)
-    served = h.run(
-        ["python3", "/tmp/mcp-client.py", "/tmp/mcp-session.jsonl", "dispatch", "mcp"],
-        env=env,
-        timeout=90,
-    )
-    replies = {reply["id"]: reply for reply in map(json.loads, served.stdout.splitlines())}
+    served = h.run(["python3", "-c", MCP_CLIENT], env=env, timeout=90)
+    replies = {int(k): v for k, v in json.loads(served.stdout).items()}
     assert replies[1]["result"]["serverInfo"]["name"] == "dispatch", replies[1]
     assert {tool["name"] for tool in replies[2]["result"]["tools"]} == MCP_TOOLS, replies[2]
     # Not the package's: the purge below must not be blamed for it.
