@@ -95,15 +95,27 @@ def settle(node: Node, launcher: Launcher, *, linger: bool = False) -> PassRepor
         return queue.refill(node, launcher)
 
     with DirWatcher(dirs) as watcher:
+        # Executions may have ended while the watch was being set up: look once at once.
+        changed = True
+        report = queue.refill(node, launcher)
         while _backlog(node, report) and time.monotonic() < deadline:
-            changed = watcher.wait(min(node.cfg.poll_sec, 1.0))
-            report = next_pass()
-            # An execution ended (its task file went) but its unit may still be stopping:
-            # look again shortly, for a moment, rather than at the next event.
+            # An execution ended (its task file went) but its unit is still stopping (the
+            # executor exits, ExecStopPost= runs: ~50-100 ms): look again shortly, for a
+            # moment, while a slot is free or about to be. Stopping at the first start
+            # left a slot whose unit went a moment later empty until the next event: at
+            # cap 2 the backlog drained one task at a time.
             retry_until = time.monotonic() + SLOT_RETRY_WINDOW_S if changed else 0.0
-            while _backlog(node, report) and not report.started and time.monotonic() < retry_until:
+            while (
+                _backlog(node, report)
+                and (not _slots_full(node, report) or _stopping(node, report))
+                and time.monotonic() < retry_until
+            ):
                 watcher.wait(SLOT_RETRY_S)
                 report = queue.refill(node, launcher)
+            if not _backlog(node, report):
+                break
+            changed = watcher.wait(min(node.cfg.poll_sec, 1.0))
+            report = next_pass()
     return report
 
 
@@ -124,6 +136,17 @@ def _arrivals(node: Node) -> bool:
 def _backlog(node: Node, report: PassReport) -> bool:
     """Tasks wait that a freed slot could start."""
     return len(report.queued) > len(report.started) and not node.spool.killswitch().on
+
+
+def _slots_full(node: Node, report: PassReport) -> bool:
+    return len(report.running) + len(report.started) >= node.cfg.max_parallel
+
+
+def _stopping(node: Node, report: PassReport) -> bool:
+    """A slot is about to free: an execution still holds one whose task file is gone from
+    processing/ (its executor finished; systemd is stopping the unit)."""
+    present = {t for lane in node.spool.lanes_in(node.cfg) for t in lane.task_ids(lane.processing)}
+    return bool(report.running - present)
 
 
 def _changed_since(node: Node, launcher: Launcher, report: PassReport) -> bool:
