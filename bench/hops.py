@@ -27,6 +27,7 @@ from bench.sites import local_site, sshfs_site
 
 # (label, predicate on a journal entry) in the order they happen
 MARKS: tuple[tuple[str, str, str], ...] = (
+    # Absent (0 ms) when a promoter that stays after a busy pass took the task.
     ("path unit starts the promote pass", "MESSAGE_PREFIX", "Starting dispatch-watch.service"),
     ("promote admits the task (task_queued)", "DISPATCH_EVENT", "task_queued"),
     ("promote asked systemd to start it (exec_launched)", "DISPATCH_EVENT", "exec_launched"),

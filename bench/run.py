@@ -28,12 +28,14 @@ from bench.common import compile_checkout, fmt_ratio, fmt_seconds, log, machine,
 from bench.figures import drain, latency, throughput
 from bench.sites import local_site, sshfs_site
 from bench.systems import original_missing
+from dispatch.core.config import Config
 from dispatch.receive.sensor import ACTIVE_S
 
 TOP = Path(__file__).resolve().parent.parent
 FIGURES = ("latency-local", "throughput", "drain", "latency-sshfs", "idle")
-# Longer than dispatch-sensor's fast period after a change (sensor.ACTIVE_S).
-QUIET_S = ACTIVE_S + 5
+# Longer than dispatch-sensor's fast period after a change (sensor.ACTIVE_S) and than the
+# promoter's stay after a busy pass (DISPATCH_PROMOTE_LINGER_S): what an idle node costs.
+QUIET_S = max(ACTIVE_S, Config.promote_linger_s) + 5
 
 
 @dataclass(frozen=True)

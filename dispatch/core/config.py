@@ -80,6 +80,7 @@ class Config:
     watch_mode: WatchMode = WatchMode.AUTO
     sensor_ms: int = 250
     sensor_idle_ms: int = 1000
+    promote_linger_s: int = 20
     max_parallel: int = 2
     launcher: LauncherKind = LauncherKind.PROCESS
     agent_bin: str = "claude"
@@ -166,6 +167,9 @@ KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
     # Once nothing changed for a while (sensor.ACTIVE_S): each look is a network round trip,
     # 4 times a second for months on an idle node otherwise.
     "DISPATCH_SENSOR_IDLE_MS": ("sensor_idle_ms", int_between(50, 10000)),
+    # After a pass that did something, `dispatch promote` stays this long for the next task
+    # (receive/promote/linger.py); 0: one pass per process.
+    "DISPATCH_PROMOTE_LINGER_S": ("promote_linger_s", int_between(0, 120)),
     "DISPATCH_MAX_PARALLEL": ("max_parallel", int_at_least(1)),
     "DISPATCH_LAUNCHER": ("launcher", enum_of(LauncherKind)),
     "DISPATCH_AGENT_BIN": ("agent_bin", text_value),

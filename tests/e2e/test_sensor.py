@@ -38,6 +38,13 @@ def test_remote_writes_reach_the_receiver_by_the_sensor(make_cluster: ClusterFac
         assert b.ran(task_id) == 1
     passes = _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat")) - before
     assert 1 <= passes <= 12, passes
+    # The promoter stays a while after those passes, then goes: it does not spin on its own
+    # moves or on the sensor's kicks.
+    b.wait_until(
+        "b's promoter gone after its stay",
+        lambda: b.host.unit_property("dispatch-watch.service", "ActiveState") == "inactive",
+        timeout=60,
+    )
     # Idle again: no pass at all while nothing arrives (the sensor only stats).
     time.sleep(3)
     idle_from = _passes(b.journal("-u", "dispatch-watch.service", "-o", "cat"))

@@ -26,19 +26,49 @@ SLOT_RETRY_WINDOW_S = 0.5
 
 
 def run_unit_pass(node: Node) -> PassReport:
-    """What `dispatch promote` does: under systemd, take the sensor's kick first (whatever
-    changed before is in this pass; a later change kicks again), then settle, lingering
-    while a backlog waits for slots."""
+    """What `dispatch promote` does: under systemd, a round (below), then, when it did
+    something, stay for DISPATCH_PROMOTE_LINGER_S to run the next rounds in this process
+    (promote/linger.py)."""
     from dispatch.core.config import LauncherKind
     from dispatch.receive.launch import make_launcher
 
-    under_systemd = node.cfg.launcher is LauncherKind.SYSTEMD
-    if not under_systemd:
-        return settle(node, make_launcher(node))
+    launcher = make_launcher(node)
+    if node.cfg.launcher is not LauncherKind.SYSTEMD:
+        return settle(node, launcher)
+    from dispatch.receive.promote import linger
+
+    lingering = node.cfg.promote_linger_s > 0
+    before = linger.snapshot(node) if lingering else None
+    report = _unit_round(node, launcher)
+    if before is None or not _did_something(report):
+        return report
+    # On a sensor node the sensor kicks for other hosts' writes; on a timer node the timer
+    # would, and its starts are absorbed while this process runs: rounds every period.
+    periodic = None if os.environ.get("DISPATCH_SENSOR_LOOKED", "") else node.cfg.poll_sec
+    return linger.linger(
+        node,
+        lambda: _unit_round(node, launcher),
+        before,
+        report,
+        linger_s=node.cfg.promote_linger_s,
+        periodic_s=periodic,
+    )
+
+
+def _did_something(report: PassReport) -> bool:
+    # A pass that found nothing (a timer tick, a kick for a file another pass took) ends the
+    # process: lingering is for a node that is busy now, and the idle node costs nothing.
+    return bool(
+        report.admitted or report.started or report.rejected or report.released or report.recovered
+    )
+
+
+def _unit_round(node: Node, launcher: Launcher) -> PassReport:
+    """Take the sensor's kick first (whatever changed before is in this round; a later
+    change kicks again), then settle, lingering while a backlog waits for slots."""
     from dispatch.receive import sensor
 
     sensor.consume_kick()
-    launcher = make_launcher(node)
     report = settle(node, launcher, linger=True)
     looked_file = os.environ.get("DISPATCH_SENSOR_LOOKED", "")
     if looked_file:

@@ -1,0 +1,117 @@
+"""A promoter that stays a while after it had work: the next task needs no new process.
+
+Under systemd a pass is a oneshot: the path unit (or the sensor's kick) starts
+dispatch-watch.service, which pays a sandboxed unit start and a Python start-up (about half
+of a local task's way to its agent, bench/RESULTS.md) before it looks at anything. After a
+round that did something, `dispatch promote` stays for DISPATCH_PROMOTE_LINGER_S and watches
+what the path unit watches (systemd does not while its service runs): the lanes' watched
+directories, the root (KILLSWITCH), and /run/dispatch (the sensor's and the executions'
+kicks). Then it exits: an idle node keeps no dispatch process resident.
+
+A wake-up is news only when something appeared that the last round did not see before it
+began: the round's own moves wake the watch too, and an entry that cannot be handled (an
+unmovable file) must not make the promoter spin. On a timer-mode node, whose share may take
+writes from other hosts that inotify never reports, a round also runs every poll period
+(the timer's starts are absorbed while this runs)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dispatch.core.node import Node
+from dispatch.receive.promote.report import PassReport
+
+# Well under dispatch-watch.service's TimeoutStartSec= (5 min): a node that is never quiet
+# still gets a fresh process now and then, and the unit never times out.
+RUN_MAX_S = 180.0
+KICK_DIR = Path("/run/dispatch")
+# The sensor's kick and the one an execution's ExecStopPost= leaves. Not the sensor's
+# "again" file: every round that leaves a deferred result writes it, and it is the
+# sensor's to repeat, backing off; taken as news here it would make rounds back to back.
+KICK_NAME = "kick"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What could be seen at one moment: the entries waiting in each lane, the kick (its
+    identity and time, so a kick that could not be removed is not news twice), and the
+    KILLSWITCH."""
+
+    entries: frozenset[str]
+    kick: tuple[int, int] | None
+    killswitch: bool
+
+    def news_since(self, before: Snapshot) -> bool:
+        return (
+            bool(self.entries - before.entries)
+            or (self.kick is not None and self.kick != before.kick)
+            or self.killswitch != before.killswitch
+        )
+
+
+def snapshot(node: Node, kick_dir: Path = KICK_DIR) -> Snapshot:
+    entries: set[str] = set()
+    for lane in node.spool.lanes_in(node.cfg):
+        for directory in (lane.inbox, lane.cancel, lane.pending_ack):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            where = f"{lane.name}/{lane.dir_name(directory)}/"
+            entries.update(where + n for n in names if not n.endswith(".tmp"))
+    try:
+        st = os.stat(kick_dir / KICK_NAME)
+        kick: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        kick = None
+    return Snapshot(frozenset(entries), kick, node.spool.killswitch().on)
+
+
+def watched_dirs(node: Node, kick_dir: Path = KICK_DIR) -> list[Path]:
+    dirs = [d for lane in node.spool.lanes_in(node.cfg) for d in lane.watched_dirs()]
+    return [*dirs, node.cfg.root, kick_dir]
+
+
+def linger(
+    node: Node,
+    round_: Callable[[], PassReport],
+    before: Snapshot,
+    report: PassReport,
+    *,
+    linger_s: float,
+    periodic_s: float | None,
+    kick_dir: Path = KICK_DIR,
+) -> PassReport:
+    """After a first round (which returned `report`; `before` was taken as it began), run
+    `round_` again whenever there is news, until `linger_s` pass without any, or RUN_MAX_S
+    in all. `periodic_s`: also a round that often (timer mode), not counted as activity."""
+    from dispatch.core.inotify import DirWatcher
+
+    began = last_round = time.monotonic()
+    quiet_until = began + linger_s
+    with DirWatcher(watched_dirs(node, kick_dir)) as watcher:
+        while True:
+            # Also right after a round and after the watch was set up: what arrived after
+            # the round's last look is news the watch may not have seen.
+            current = snapshot(node, kick_dir)
+            if current.news_since(before):
+                before = current
+                report = round_()
+                last_round = time.monotonic()
+                quiet_until = last_round + linger_s
+                continue
+            now = time.monotonic()
+            if now >= quiet_until or now - began >= RUN_MAX_S:
+                return report
+            timeout = quiet_until - now
+            if periodic_s is not None:
+                timeout = min(timeout, max(0.0, last_round + periodic_s - now))
+            woke = watcher.wait(timeout)
+            if not woke and periodic_s is not None and time.monotonic() - last_round >= periodic_s:
+                before = snapshot(node, kick_dir)
+                report = round_()
+                last_round = time.monotonic()

@@ -1,0 +1,103 @@
+"""The promoter's stay after a busy pass: a round for each piece of news (a new entry, a
+kick), none for its own moves or for an entry it could not handle, rounds every period on
+a timer node, and an end once nothing happened for the linger time."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from dispatch.receive.promote.linger import linger, snapshot
+from dispatch.receive.promote.report import PassReport
+from tests.conftest import Pair
+from tests.unit.helpers import lane_in
+
+
+class Rounds:
+    """A stand-in for a promote round: counts, and does what a round's own file operations
+    do to the watched directories (writes and removes a file in processing/)."""
+
+    def __init__(self, pair: Pair, also: Callable[[], None] | None = None) -> None:
+        self.lane = lane_in(pair)
+        self.count = 0
+        self.also = also
+
+    def __call__(self) -> PassReport:
+        self.count += 1
+        scratch = self.lane.processing / f"own-{self.count}.json"
+        scratch.write_bytes(b"{}")
+        scratch.unlink()
+        if self.also is not None:
+            self.also()
+        return PassReport(admitted=self.count)
+
+
+def later(seconds: float, action: Callable[[], object]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+def test_news_runs_a_round_and_its_own_moves_do_not(pair: Pair, tmp_path: Path) -> None:
+    node = pair.receiver.node()
+    lane = lane_in(pair)
+    (lane.inbox / "stuck.json").write_bytes(b"cannot be moved")
+    before = snapshot(node, tmp_path)  # as the first round began: the stuck entry was there
+    rounds = Rounds(pair)
+    arrival = later(0.3, lambda: (lane.inbox / "new.json").write_bytes(b"{}"))
+    report = linger(
+        node, rounds, before, PassReport(), linger_s=1.5, periodic_s=None, kick_dir=tmp_path
+    )
+    arrival.join()
+    # One round for the arrival; the stand-in leaves it in place (as a round leaves an
+    # entry it cannot move), and neither that nor the round's own writes made another.
+    assert rounds.count == 1
+    assert report.admitted == 1
+
+
+def test_a_kick_runs_a_round_each_time_and_the_stay_ends(pair: Pair, tmp_path: Path) -> None:
+    node = pair.receiver.node()
+    kick = tmp_path / "kick"
+    rounds = Rounds(pair, also=lambda: kick.unlink(missing_ok=True))  # a round takes it
+    before = snapshot(node, tmp_path)
+    kicks = [later(0.2, kick.touch), later(0.9, kick.touch)]
+    linger(node, rounds, before, PassReport(), linger_s=1.2, periodic_s=None, kick_dir=tmp_path)
+    for timer in kicks:
+        timer.join()
+    assert rounds.count == 2
+    assert not kick.exists()
+
+
+def test_a_kick_no_round_could_remove_is_news_once(pair: Pair, tmp_path: Path) -> None:
+    node = pair.receiver.node()
+    rounds = Rounds(pair)  # takes nothing
+    before = snapshot(node, tmp_path)
+    kick = later(0.2, (tmp_path / "kick").touch)
+    linger(node, rounds, before, PassReport(), linger_s=1.0, periodic_s=None, kick_dir=tmp_path)
+    kick.join()
+    assert rounds.count == 1
+
+
+def test_a_timer_node_runs_rounds_every_period_without_staying_longer(
+    pair: Pair, tmp_path: Path
+) -> None:
+    node = pair.receiver.node()
+    rounds = Rounds(pair)
+    before = snapshot(node, tmp_path)
+    linger(node, rounds, before, PassReport(), linger_s=1.0, periodic_s=0.3, kick_dir=tmp_path)
+    # About three periods fit in the stay; periodic rounds are not activity, so it ended.
+    assert 2 <= rounds.count <= 4, rounds.count
+
+
+def test_the_killswitch_is_news(pair: Pair, tmp_path: Path) -> None:
+    node = pair.receiver.node()
+    rounds = Rounds(pair)
+    before = snapshot(node, tmp_path)
+    switch = node.spool.killswitch_path
+    flip = later(0.2, lambda: switch.write_text("hold\n"))
+    linger(node, rounds, before, PassReport(), linger_s=1.0, periodic_s=None, kick_dir=tmp_path)
+    flip.join()
+    os.unlink(switch)
+    assert rounds.count == 1
