@@ -45,6 +45,12 @@ class Snapshot:
     kick: tuple[int, int] | None
     killswitch: bool
 
+    def kicked(self) -> bool:
+        """Someone asked for a pass: the sensor saw a change, an execution ended, an
+        operator touched the kick. (Not an entry that merely waits: an unmovable one would
+        keep a promoter resident on an idle node.)"""
+        return self.kick is not None
+
     def news_since(self, before: Snapshot) -> bool:
         return (
             bool(self.entries - before.entries)

@@ -30,6 +30,14 @@ class PassReport:
     # lane/name of every inbox entry this pass looked at, moved or not
     seen: set[str] = field(default_factory=set)
 
+    def include(self, earlier: PassReport) -> None:
+        """Count what an earlier pass of the same round did in this, the last one's."""
+        self.admitted += earlier.admitted
+        self.rejected += earlier.rejected
+        self.released += earlier.released
+        self.recovered += earlier.recovered
+        self.started = [*earlier.started, *self.started]
+
 
 @dataclass
 class Pass:

@@ -40,7 +40,7 @@ def run_unit_pass(node: Node) -> PassReport:
     lingering = node.cfg.promote_linger_s > 0
     before = linger.snapshot(node) if lingering else None
     report = _unit_round(node, launcher)
-    if before is None or not _did_something(report):
+    if before is None or not (before.kicked() or _did_something(report)):
         return report
     # On a sensor node the sensor kicks for other hosts' writes; on a timer node the timer
     # would, and its starts are absorbed while this process runs: rounds every period.
@@ -56,8 +56,8 @@ def run_unit_pass(node: Node) -> PassReport:
 
 
 def _did_something(report: PassReport) -> bool:
-    # A pass that found nothing (a timer tick, a kick for a file another pass took) ends the
-    # process: lingering is for a node that is busy now, and the idle node costs nothing.
+    # A timer tick that finds nothing ends the process: lingering is for a node that is
+    # busy now, and an idle node costs nothing.
     return bool(
         report.admitted or report.started or report.rejected or report.released or report.recovered
     )
@@ -76,7 +76,10 @@ def _unit_round(node: Node, launcher: Launcher) -> PassReport:
         from dispatch.receive.promote.last_look import end_with_settled_look
 
         try:
+            settled = report
             report = end_with_settled_look(node, launcher, report, looked_file)
+            if report is not settled:
+                report.include(settled)  # what the whole round did, for the linger
         except OSError as exc:
             # The pass itself is done; without a look the sensor kicks once more.
             node.emit(

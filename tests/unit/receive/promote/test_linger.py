@@ -101,3 +101,11 @@ def test_the_killswitch_is_news(pair: Pair, tmp_path: Path) -> None:
     flip.join()
     os.unlink(switch)
     assert rounds.count == 1
+
+
+def test_a_kick_is_a_reason_to_stay_and_a_waiting_entry_is_not(pair: Pair, tmp_path: Path) -> None:
+    node = pair.receiver.node()
+    (lane_in(pair).inbox / "unmovable.json").write_bytes(b"{}")
+    assert not snapshot(node, tmp_path).kicked()
+    (tmp_path / "kick").touch()
+    assert snapshot(node, tmp_path).kicked()
