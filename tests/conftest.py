@@ -71,6 +71,8 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",
                 "DISPATCH_POLL_SEC": "0.2",
+                # Signed in-process (no signer socket there), whatever runs on this machine.
+                "DISPATCH_SIGNER_SOCKET": str(home / "no-signer.sock"),
             },
         )
         public[name] = report.key

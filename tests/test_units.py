@@ -160,6 +160,11 @@ def test_generator_covers_every_lane_and_limit(tmp_path: Path) -> None:
     ):
         assert line in limits
     assert "OnUnitActiveSec=1.5s" in files["dispatch-watch.timer.d/50-poll.conf"]
+    # Only the signer reads the private key: hidden from every other unit of the node.
+    hidden = "InaccessiblePaths=-/etc/dispatch/keys/gpubox.ed25519\n"
+    for unit in ("dispatch-watch", "dispatch-heartbeat"):
+        assert hidden in files[f"{unit}.service.d/50-root.conf"]
+    assert hidden in limits
     # ProtectSystem=strict: the heartbeat may write the metrics textfile's directory only.
     heartbeat = files["dispatch-heartbeat.service.d/50-root.conf"]
     assert "ReadWritePaths=/srv/share\n" in heartbeat

@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     VERIFICATION = 3
     WAIT_TIMEOUT = 4
+    SIGNER = 5  # the local signer did not sign: unreachable, hung, or it refused
     INTERRUPTED = 130  # 128 + SIGINT: the shell's own convention for Ctrl-C
 
 
@@ -42,6 +43,13 @@ class Rejection(DispatchError):
         self.reason = reason
         # The envelope's id when it named a valid one: lets the receiver answer the sender.
         self.task_id: str | None = None
+
+
+class SigningFailed(DispatchError):
+    """Nothing was signed: the local signer could not be reached, did not answer in time,
+    or refused. Whoever asked keeps what it wanted signed (or writes nothing) and says so."""
+
+    exit_code = ExitCode.SIGNER
 
 
 class WaitTimeout(DispatchError):

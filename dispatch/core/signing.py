@@ -13,14 +13,13 @@ peers: schema 3 with `DISPATCH_ACCEPT_V3=1` during a migration, the original's s
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
 from dispatch.core.config import Config
-from dispatch.core.errors import Rejection, UsageError
-from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private, private_key_path
+from dispatch.core.errors import ConfigError, Rejection, SigningFailed, UsageError
+from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private
 from dispatch.core.legacy_hmac import Keyring, verify_object
 from dispatch.core.model import (
     HMAC_SCHEMA,
@@ -117,14 +116,23 @@ class NodeKeys:
 
     @cached_property
     def signer(self) -> Signer:
-        """In-process when this process may read the key (root: promote, exec, the signer
-        itself); else through the local signer's socket, which decides what it signs."""
-        path = private_key_path(self.cfg.key_dir, self.cfg.node)
-        if os.geteuid() == 0 or os.access(path, os.R_OK) or not self.cfg.signer_socket.exists():
-            return LocalSigner(load_private(self.cfg.key_dir, self.cfg.node))
-        from dispatch.signer.client import SocketSigner
+        """Through the local signer whenever its socket exists (systemd's
+        dispatch-signer.socket, or the one `dispatch watch` gives its executions): then the
+        signer is the one process that reads the private key, root's callers included, and
+        when it cannot sign, nothing is signed (`SigningFailed`), never in-process instead.
+        In-process only where no signer socket exists at all: `dispatch watch` itself,
+        `dispatch demo`, a host without the units."""
+        if self.cfg.signer_socket.exists():
+            from dispatch.signer.client import SocketSigner
 
-        return SocketSigner(self.cfg.signer_socket, self.cfg.node)
+            return SocketSigner(self.cfg.signer_socket, self.cfg.node)
+        try:
+            return LocalSigner(load_private(self.cfg.key_dir, self.cfg.node))
+        except ConfigError as exc:
+            raise SigningFailed(
+                f"{exc} (and no local signer at {self.cfg.signer_socket}: "
+                "systemctl start dispatch-signer.socket)"
+            ) from None
 
     @cached_property
     def pins(self) -> Pins:

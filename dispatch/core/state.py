@@ -177,8 +177,9 @@ class NodeState:
     def defer_result(
         self, task_id: str, lane: str, result: dict[str, Any], log_rest: bytes
     ) -> None:
-        """Keep a signed result (and the end of its log) that could not be written to the
-        share, so the task still ends with its one real result once the share is back."""
+        """Keep a result (and the end of its log) that could not be written to the share,
+        or not signed (no `sig`: the local signer did not answer), so the task still ends
+        with its one real result once the share, or the signer, is back."""
         outbox = self._outbox()
         outbox.mkdir(mode=0o700, exist_ok=True)
         if log_rest:
@@ -190,7 +191,8 @@ class NodeState:
         )
 
     def deferred_results(self) -> list[tuple[str, str, dict[str, Any], bytes]]:
-        """(task id, lane, signed result, log rest) of every deferred result."""
+        """(task id, lane, result, log rest) of every deferred result; a result without
+        `sig` is still to be signed."""
         outbox = self._outbox()
         try:
             names = sorted(os.listdir(outbox))

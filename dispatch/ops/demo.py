@@ -79,6 +79,9 @@ def _run(base: Path, request: str, say: Callable[[str], None]) -> DemoRun:
                 "DISPATCH_AGENT_BIN": agent,
                 "DISPATCH_LAUNCHER": "process",
                 "DISPATCH_POLL_SEC": "0.2",
+                # No signer socket: the demo's nodes sign in-process, never through the
+                # signer of the host it runs on, which signs only as that host's node.
+                "DISPATCH_SIGNER_SOCKET": str(home / "no-signer.sock"),
             },
         )
         public[name] = report.key

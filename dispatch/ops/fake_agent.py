@@ -8,7 +8,7 @@ The request may carry directives, each `word` or `word=value`, anywhere in it:
   spam=N     print N bytes of filler
   mem=M      hold M MiB of memory
   exit=C     exit with status C
-  read=PATH  try to read PATH and report whether it could
+  read=PATH  try to read PATH and report whether it could (allowed, empty, denied)
   fork=S     leave a child process behind that sleeps S seconds
   send=PEER  from inside the execution, run `dispatch send --to PEER` (no --wait) with the
              environment the executor gave it, so the child task carries parent and hops+1;
@@ -298,8 +298,9 @@ def main(argv: list[str]) -> int:
     if "read" in d:
         try:
             with open(d["read"], "rb") as handle:
-                handle.read(1)
-            notes.append(f"read {d['read']}: allowed")
+                got = handle.read(1)
+            # Opened but empty: what InaccessiblePaths= leaves root (a mode-0 empty file).
+            notes.append(f"read {d['read']}: {'allowed' if got else 'empty'}")
         except OSError as exc:
             notes.append(f"read {d['read']}: denied ({exc.strerror})")
     answer = f"fake agent ({mode}) did: {request.strip()[:200]}"

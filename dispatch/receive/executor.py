@@ -11,7 +11,7 @@ import time
 
 from dispatch.core import events, fsio
 from dispatch.core.config import LauncherKind
-from dispatch.core.errors import NotFound, Rejection, UsageError
+from dispatch.core.errors import NotFound, Rejection, SigningFailed, UsageError
 from dispatch.core.fsio import read_regular
 from dispatch.core.lanedirs import HeldLane, hold
 from dispatch.core.model import Callback, Envelope, Result, Stage, Status
@@ -24,6 +24,7 @@ from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch.process import execution_alive, process_start_time
 from dispatch.receive.output import Outcome
 from dispatch.receive.supervise import run_agent
+from dispatch.signer.caller import forget_executor, record_executor
 
 
 def locate(node: Node, task_id: str) -> HeldLane | None:
@@ -62,9 +63,13 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
             node.emit("exec_skipped", "already has a result", task_id=task_id)
             return None
         raise NotFound(f"task {task_id} is not queued on this node")
+    # Before anything of the task runs: the signer signs this process (and no other of the
+    # execution, its agent included) the task's result.
+    record_executor(node.state, task_id)
     try:
         return _execute(node, lane, task_id, unit)
     finally:
+        forget_executor(node.state, task_id)
         lane.close()
 
 
@@ -288,7 +293,11 @@ def _publish(
     publishes it once the share is back (invariant 2). False when deferred."""
     from dispatch.receive import publish
 
-    signed = sign_result(node.keys, result, lane).to_json()
+    try:
+        signed = sign_result(node.keys, result, lane).to_json()
+    except SigningFailed as exc:
+        publish.keep_unsigned(node, lane, result, log_rest, exc)
+        return False
     log_rest = fsio.append(lane.log_path(result.id), log_rest)
     try:
         written = publish.write_signed(node, lane, result.id, signed, callback)

@@ -7,22 +7,14 @@ import contextlib
 import os
 from typing import Any
 
-from dispatch.core import events, history
-from dispatch.core.errors import Rejection
+from dispatch.core import events, fsio, history
+from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.fsio import atomic_write, dump_json, read_regular
 from dispatch.core.model import Callback, Result, Status
 from dispatch.core.node import Node
 from dispatch.core.signing import sign_result, verify_result
 from dispatch.core.spool import Lane
 from dispatch.core.wire import loads_strict, now_utc, rfc3339
-
-
-def write(node: Node, lane: Lane, result: Result, callback: Callback | None = None) -> bool:
-    """Sign and publish a result. False if the lane already holds one for this id: a task
-    has exactly one result (invariant 2), so the first one stands."""
-    return write_signed(
-        node, lane, result.id, sign_result(node.keys, result, lane).to_json(), callback
-    )
 
 
 def write_signed(
@@ -56,6 +48,26 @@ def write_signed(
     return True
 
 
+def keep_unsigned(
+    node: Node, lane: Lane, result: Result, log_rest: bytes, failed: SigningFailed
+) -> None:
+    """An execution's result the local signer did not sign: the work is done, only its
+    signature is missing. Kept unsigned on this host (the executor never reads the key);
+    the next promote pass signs and publishes it (recovery.publish_deferred)."""
+    log_rest = fsio.append(lane.log_path(result.id), log_rest)
+    body = result.for_lane(lane.from_, lane.to).body()
+    node.state.defer_result(result.id, lane.name, body, log_rest)
+    node.emit(
+        "result_unsigned",
+        f"{failed}; the {result.status} result is kept on this host, and the next promote "
+        "pass signs and publishes it",
+        task_id=result.id,
+        from_=lane.from_,
+        to=lane.to,
+        level=events.ERR,
+    )
+
+
 def verdict(
     node: Node,
     lane: Lane,
@@ -69,7 +81,25 @@ def verdict(
     callback: Callback | None = None,
 ) -> bool:
     """A result for a task that did not (or did not finish to) run: rejected, interrupted,
-    cancelled, or killed before it started."""
+    cancelled, or killed before it started. Signed before anything is written: when the
+    signer does not sign (`SigningFailed`), nothing is."""
+    signed = signed_verdict(
+        node, lane, task_id, request, status, reason, started_at=started_at, unit=unit
+    )
+    return write_signed(node, lane, task_id, signed, callback)
+
+
+def signed_verdict(
+    node: Node,
+    lane: Lane,
+    task_id: str,
+    request: str,
+    status: Status,
+    reason: str,
+    *,
+    started_at: str | None = None,
+    unit: str = "",
+) -> dict[str, Any]:
     result = Result(
         id=task_id,
         answered_by=node.name,
@@ -90,7 +120,7 @@ def verdict(
         kid="",
         sig="",
     )
-    return write(node, lane, result, callback)
+    return sign_result(node.keys, result, lane).to_json()
 
 
 def result_standing(node: Node, lane: Lane, task_id: str) -> bool:

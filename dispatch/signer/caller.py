@@ -11,9 +11,11 @@ import socket
 import struct
 from pathlib import Path
 
+from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Stage
 from dispatch.core.state import NodeState
 from dispatch.core.wire import valid_id
+from dispatch.receive.launch.process import process_start_time
 from dispatch.signer.rules import Caller, Execution
 
 AGENT_ENDED = "agent_ended"
@@ -79,6 +81,32 @@ def forget_agent(state: NodeState, pgid: int) -> None:
     agent_path(state, pgid).unlink(missing_ok=True)
 
 
+def executor_path(state: NodeState, task_id: str) -> Path:
+    return state.path / "executors" / task_id
+
+
+def record_executor(state: NodeState, task_id: str) -> None:
+    """`dispatch exec` says it is this task's executor (its pid and kernel start time),
+    before anything of the task runs: the signer signs that process, and no other of its
+    execution, the task's result (rules._own_result). Removed when it ends."""
+    pid = os.getpid()
+    path = executor_path(state, task_id)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    atomic_write(path, f"{pid} {process_start_time(pid)}".encode(), mode=0o600)
+
+
+def forget_executor(state: NodeState, task_id: str) -> None:
+    executor_path(state, task_id).unlink(missing_ok=True)
+
+
+def recorded_executor(state: NodeState, task_id: str) -> tuple[int, str] | None:
+    try:
+        pid, start = executor_path(state, task_id).read_text().split()
+    except (OSError, ValueError):
+        return None
+    return (int(pid), start) if pid.isdigit() and start.isdigit() else None
+
+
 def mark_agent_ended(state: NodeState, task_id: str) -> None:
     """The agent has ended: from now on nothing of its execution is signed, although its
     result is not published yet (a process it left behind may still ask)."""
@@ -105,18 +133,22 @@ def process_execution(state: NodeState, pid: int) -> str:
 def identify(conn: socket.socket, state: NodeState) -> Caller:
     pid, uid, gid = peer_credentials(conn)
     execution = cgroup_execution(pid) or process_execution(state, pid)
-    return Caller(pid, uid, gid, groups_of(pid), execution)
+    return Caller(pid, uid, gid, groups_of(pid), execution, process_start_time(pid) or "")
 
 
 def execution_info(state: NodeState, task_id: str) -> Execution | None:
-    """Running means: its started marker is there and the ledger does not say done."""
+    """Running means: its started marker is there, its agent has not ended and the ledger
+    does not say done."""
     if not task_id:
         return None
+    entry = state.entry(task_id)
+    lane = entry.lane if entry is not None else ""
+    ended = entry is not None and entry.stage in (Stage.DONE, Stage.REJECTED)
+    executor = recorded_executor(state, task_id)
     marker = state.started(task_id)
     if marker is None:
-        return Execution(task_id, None, False)
-    entry = state.entry(task_id)
-    running = entry is not None and entry.stage is not Stage.DONE and not marker.get(AGENT_ENDED)
+        return Execution(task_id, None, False, executor, lane, ended)
+    running = entry is not None and not ended and not marker.get(AGENT_ENDED)
     hops = marker.get("hops")
     valid_hops = isinstance(hops, int) and not isinstance(hops, bool) and hops >= 0
-    return Execution(task_id, hops if valid_hops else None, running)
+    return Execution(task_id, hops if valid_hops else None, running, executor, lane, ended)

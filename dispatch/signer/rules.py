@@ -1,12 +1,18 @@
 """What the signer signs for whom: a pure function over who asks, the execution it belongs
 to (if any) and what it asks to sign, so every rule is tested without a socket.
 
-- root: anything this node may sign (`check_may_sign`); root can read the key anyway;
-- a process inside a running execution: only a child task of that execution, with the chain
-  fields the signer sets itself (parent = the execution's task, hops = its hops + 1, read
-  from node-local state), up to DISPATCH_MAX_HOPS, to DISPATCH_CHAIN_PEERS. Checked before
-  the group: an agent's user being in group `dispatch` does not widen what its execution
-  may say;
+- a process inside an execution (its cgroup `dispatch-exec@<id>.service`, or its agent's
+  session under `dispatch watch`), root or not, checked first: an agent may run as root
+  (no DISPATCH_RUN_AS), or as a user in group `dispatch`, and neither widens what its
+  execution may say:
+  - the execution's executor (the pid, with its kernel start time, that `dispatch exec`
+    recorded in node-local state before anything of the task ran; root): a `result` for
+    its own task on the lane the ledger admitted it in, until the ledger says it ended;
+  - any other process of it: only a child task, while its agent runs, with the chain
+    fields the signer sets itself (parent = the execution's task, hops = its hops + 1,
+    read from node-local state), up to DISPATCH_MAX_HOPS, to DISPATCH_CHAIN_PEERS;
+- root, and the signer's own user (`dispatch watch` run by the key's owner): anything this
+  node may sign (`check_may_sign`): both can read the key anyway;
 - a member of group `dispatch`: tasks and cancels from this node;
 - anyone else: nothing."""
 
@@ -31,6 +37,8 @@ class Caller:
     # The task id of the execution this process belongs to (its cgroup, or the agent's
     # process group under `dispatch watch`); "" outside any.
     execution: str = ""
+    # The kernel's start time of `pid` (tells a process from a later one with its pid).
+    start: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,11 @@ class Execution:
 
     task_id: str
     hops: int | None  # None: its started record does not say
-    running: bool  # started and no result yet
+    running: bool  # its agent runs: started, not ended, and no result yet
+    # (pid, kernel start time) of its `dispatch exec`, as that recorded itself; None: none
+    executor: tuple[int, str] | None = None
+    lane: str = ""  # the lane the ledger admitted it in ("": never admitted here)
+    ended: bool = False  # the ledger says it ended (done or rejected)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class Policy:
     peers: tuple[str, ...]
     chain_peers: tuple[str, ...]  # empty: every peer
     max_hops: int
+    owner_uid: int = 0  # the signer's own user: it reads the key, so may its other processes
 
 
 @dataclass(frozen=True)
@@ -69,11 +82,15 @@ def decide(
         check_may_sign(policy.node, body)
     except UsageError as exc:
         return _refuse(str(exc))
-    if caller.uid == 0:
-        return Decision(True, "root", body)
     kind = body.get("kind")
     if caller.execution:
+        if _is_executor(caller, execution):
+            return _own_result(caller, body, execution)
         return _child(caller, policy, body, execution)
+    if caller.uid == 0:
+        return Decision(True, "root", body)
+    if caller.uid == policy.owner_uid:
+        return Decision(True, "the signer's own user", body)
     member = policy.group_gid is not None and (
         caller.gid == policy.group_gid or policy.group_gid in caller.groups
     )
@@ -86,6 +103,29 @@ def decide(
     if kind not in (Kind.TASK, Kind.CANCEL):
         return _refuse(f"group {GROUP!r} signs tasks and cancels only, not a {kind}")
     return Decision(True, f"group {GROUP}", body)
+
+
+def _is_executor(caller: Caller, execution: Execution | None) -> bool:
+    return (
+        caller.uid == 0
+        and bool(caller.start)
+        and execution is not None
+        and execution.task_id == caller.execution
+        and execution.executor == (caller.pid, caller.start)
+    )
+
+
+def _own_result(caller: Caller, body: dict[str, Any], execution: Execution | None) -> Decision:
+    task_id = caller.execution
+    what = f"the executor of {task_id}"
+    if execution is None or not execution.lane or execution.ended:
+        return _refuse(f"{what}: the task is not admitted here, or has ended: nothing to sign")
+    lane = f"{body.get('from')}-to-{body.get('to')}"
+    if body.get("kind") != Kind.RESULT or body.get("id") != task_id:
+        return _refuse(f"{what} may sign only that task's result, not a {body.get('kind')}")
+    if lane != execution.lane:
+        return _refuse(f"{what} signs its result for lane {execution.lane}, not {lane[:140]}")
+    return Decision(True, f"result of {task_id}, by its executor", body)
 
 
 def _child(

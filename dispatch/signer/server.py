@@ -48,7 +48,14 @@ class SignerServer:
 
     def policy(self) -> Policy:
         cfg = self.node.cfg
-        return Policy(cfg.node, group_gid(self.group), cfg.peers, cfg.chain_peers, cfg.max_hops)
+        return Policy(
+            cfg.node,
+            group_gid(self.group),
+            cfg.peers,
+            cfg.chain_peers,
+            cfg.max_hops,
+            owner_uid=os.geteuid(),
+        )
 
     # Events go to the journal only: the signer never touches the share (a hung mount must
     # not hold up a signature), and its sandbox cannot write there.

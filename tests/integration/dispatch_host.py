@@ -25,6 +25,7 @@ MNT = "/mnt/dispatch"
 ROOT = f"{MNT}/share"
 AGENT_LOG = f"{MNT}/agent-runs.jsonl"
 SENDER_CONF = "/etc/dispatch/devbox/dispatch.conf"
+SENDER_SIGNER_SOCKET = "/run/dispatch/devbox-signer.sock"
 AGENT_USER = "nobody"
 
 
@@ -209,6 +210,10 @@ class DispatchHost:
                 # This test machine has no dispatch-agent user (the packages make one).
                 "--run-as",
                 AGENT_USER,
+                # devbox's own signer socket (tests/integration/test_signer.py starts one):
+                # gpubox's, at the default path, signs only as gpubox.
+                "--set",
+                f"DISPATCH_SIGNER_SOCKET={SENDER_SIGNER_SOCKET}",
             ]
         )
         pin_each_other(h, {"gpubox": None, "devbox": SENDER_CONF})

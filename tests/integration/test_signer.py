@@ -17,6 +17,7 @@ from tests.integration.dispatch_host import (
     DISPATCH,
     ROOT,
     SENDER_CONF,
+    SENDER_SIGNER_SOCKET,
     TOP,
     VENV_BIN,
     DispatchHost,
@@ -26,7 +27,7 @@ from tests.integration.sdhost import SystemdHost
 
 MEMBER = "daemon"  # an existing unprivileged user, put in group dispatch in the host only
 STRANGER = "nobody"
-SOCKET = "/run/dispatch/devbox-signer.sock"
+SOCKET = SENDER_SIGNER_SOCKET
 KEY = "/etc/dispatch/devbox/keys/devbox.ed25519"
 
 
@@ -72,7 +73,6 @@ def sender_signer(h: SystemdHost) -> None:
     binds = sandbox_dropin()
     if binds:
         h.write_file("/run/systemd/system/devbox-signer.service.d/80-checkout.conf", binds)
-    h.run(["sh", "-c", f"echo DISPATCH_SIGNER_SOCKET={SOCKET} >> {SENDER_CONF}"])
     h.daemon_reload()
     h.systemctl("start", "devbox-signer.socket")
 
@@ -86,20 +86,19 @@ def as_user(h: SystemdHost, user: str, *args: str, check: bool = True) -> Any:
     return h.run(argv, env=env, check=check)
 
 
-AUDIT_OUT = "/run/key-opens.txt"  # the host's own /run: nothing of an earlier host in it
-
-
-def start_key_audit(h: SystemdHost, key: str) -> None:
-    """fanotify on the key file (tests/integration/open_audit.py) as a transient unit."""
+def start_key_audit(h: SystemdHost, key: str, name: str = "key-audit") -> None:
+    """fanotify on the key file (tests/integration/open_audit.py) as a transient unit, which
+    writes to the host's own /run: nothing of an earlier host is in it."""
     script = str(TOP / "tests/integration/open_audit.py")
-    h.run(["systemd-run", "--unit", "key-audit", str(VENV_BIN / "python"), script, key, AUDIT_OUT])
-    h.wait_for(lambda: "ready" in h.run(["cat", AUDIT_OUT], check=False).stdout, 30)
+    out = f"/run/{name}.txt"
+    h.run(["systemd-run", "--unit", name, str(VENV_BIN / "python"), script, key, out])
+    h.wait_for(lambda: "ready" in h.run(["cat", out], check=False).stdout, 30)
 
 
-def key_openers(h: SystemdHost) -> list[str]:
+def key_openers(h: SystemdHost, name: str = "key-audit") -> list[str]:
     """The command line of every process that opened the key since the audit started."""
-    h.systemctl("stop", "key-audit.service")
-    lines = h.run(["cat", AUDIT_OUT]).stdout.splitlines()
+    h.systemctl("stop", f"{name}.service")
+    lines = h.run(["cat", f"/run/{name}.txt"]).stdout.splitlines()
     return [line.split(" ", 1)[1].rsplit(" [", 1)[0] for line in lines if line != "ready"]
 
 
@@ -235,16 +234,18 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
         assert (child["from"], child["parent"], child["hops"]) == ("gpubox", task_id, 1)
         assert f"# child task {child_id} delivered to devbox" in log
         children[task_id] = child_id
-    # The key was opened by root's processes only (the signer; the executor signing its
-    # result): never by the agent, its `dispatch send` or its MCP server.
+    # The key was opened by the signer alone: never by the agent, its `dispatch send` or
+    # its MCP server, nor by the executor, which had its result signed too.
     openers = key_openers(host)
-    assert any("dispatch signer" in line for line in openers), openers
-    agents = [o for o in openers if "fake_agent" in o or " send " in o or o.endswith(" mcp")]
-    assert agents == [], openers
+    assert openers and all("dispatch signer" in line for line in openers), openers
     signer_events = events_of(host, "dispatch-signer.service")
     signed = [e for e in signer_events if e.get("DISPATCH_EVENT") == "signer_signed"]
-    assert sorted(str(e.get("DISPATCH_EXECUTION")) for e in signed) == sorted(children)
-    assert {e.get("DISPATCH_UID") for e in signed} == {uid_of(host, "nobody")}
+    by_agents = [e for e in signed if e.get("DISPATCH_UID") != "0"]
+    assert sorted(str(e.get("DISPATCH_EXECUTION")) for e in by_agents) == sorted(children)
+    assert {e.get("DISPATCH_UID") for e in by_agents} == {uid_of(host, "nobody")}
+    by_executors = [e for e in signed if e.get("DISPATCH_UID") == "0"]
+    assert sorted(str(e.get("DISPATCH_EXECUTION")) for e in by_executors) == sorted(children)
+    assert all("by its executor" in str(e.get("MESSAGE")) for e in by_executors)
     # The node recorded what it sent for its agent (its own sent log, root's).
     for child_id in children.values():
         host.run(["test", "-f", f"/var/lib/dispatch/sent/{child_id}"])

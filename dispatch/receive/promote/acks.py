@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core import ids
-from dispatch.core.errors import NotFound, Rejection
+from dispatch.core.errors import NotFound, Rejection, SigningFailed
 from dispatch.core.fsio import atomic_write, dump_json, read_regular, rename_new
 from dispatch.core.model import SCHEMA, Kind, Stage, Status
 from dispatch.core.node import Node
@@ -104,6 +104,8 @@ def check_pending(run: Pass, lane: Lane) -> None:
         except OSError as exc:
             # One entry that cannot be moved must not stop the others (or the pass).
             run.fault(lane, lane.pending_ack, name, exc)
+        except SigningFailed as exc:
+            run.unsigned(lane, lane.task_id_of(name), exc)
     for name in names:
         if name.endswith(ACK_SUFFIX):
             try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from dispatch.core import events
-from dispatch.core.errors import Rejection
+from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.fsio import read_regular
 from dispatch.core.model import HMAC_SCHEMA, SCHEMA, Status
 from dispatch.core.node import Node
@@ -75,6 +75,8 @@ def honour_cancels(run: Pass, lane: Lane, running: set[str]) -> None:
             run.refuse(lane, name, exc, source=lane.cancel)
         except OSError as exc:
             run.fault(lane, lane.cancel, name, exc)
+        except SigningFailed as exc:
+            run.unsigned(lane, lane.task_id_of(name), exc)
 
 
 def _cancel_one(

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 from dispatch.core import events, fsio
-from dispatch.core.errors import Rejection
+from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.fsio import read_regular
 from dispatch.core.model import Stage, Status, parse_envelope
+from dispatch.core.signing import sign_object
 from dispatch.core.spool import Lane
 from dispatch.core.state import parse_index
 from dispatch.core.wire import loads_strict
@@ -23,7 +24,8 @@ from dispatch.receive.promote.report import Pass
 
 
 def publish_deferred(run: Pass, lanes: list[Lane], running: set[str]) -> None:
-    """Results an execution could not write (the share was down when it ended)."""
+    """Results an execution could not write (the share was down when it ended) or could
+    not have signed (the local signer did not answer): signed here, then published."""
     state = run.node.state
     by_name = {lane.name: lane for lane in lanes}
     for task_id, lane_name, signed, log_rest in state.deferred_results():
@@ -31,6 +33,12 @@ def publish_deferred(run: Pass, lanes: list[Lane], running: set[str]) -> None:
         run.deferred.add(task_id)
         if lane is None or task_id in running or not lane.valid_task_id(task_id):
             continue
+        if "sig" not in signed:
+            try:
+                signed = sign_object(run.node.keys, signed)
+            except SigningFailed as exc:
+                run.unsigned(lane, task_id, exc)
+                continue
         try:
             rest = fsio.append(lane.log_path(task_id), log_rest)
             if rest != log_rest:
@@ -89,6 +97,8 @@ def classify_processing(run: Pass, lanes: list[Lane], running: set[str]) -> list
             except OSError as exc:
                 # One entry that cannot be moved must not stop the others (or the pass).
                 run.fault(lane, lane.processing, name, exc)
+            except SigningFailed as exc:
+                run.unsigned(lane, lane.task_id_of(name), exc)
     return queued
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatch.core import events
-from dispatch.core.errors import Rejection
+from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.model import Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.spool import Lane
@@ -71,6 +72,30 @@ class Pass:
                 level=events.ERR,
             )
 
+    def unsigned(self, lane: Lane, task_id: str | None, exc: SigningFailed) -> None:
+        """A result or verdict the local signer did not sign: the task stays where it is,
+        `dispatch status` shows why (a fault, cleared by the first pass that signs it), and
+        the next pass tries again (the sensor is asked for one: no timer may come soon)."""
+        key = f"{lane.name}/signer/{task_id or '-'}"
+        fault = self.node.state.faults.record(key, "signer_unavailable", f"not signed: {exc}")
+        self.failing.add(key)
+        self.report.errors += 1
+        if fault.count == 1:
+            self.node.emit(
+                "verdict_unsigned",
+                f"{exc}; the task is left where it is for the next pass",
+                task_id=task_id,
+                from_=lane.from_,
+                to=lane.to,
+                level=events.ERR,
+            )
+        if os.environ.get("DISPATCH_SENSOR_LOOKED"):
+            # A sensor node (dispatch-generator sets it): no timer comes soon, so ask the
+            # sensor for another pass, as promote/settle.py does for a deferred result.
+            from dispatch.receive import sensor
+
+            sensor.want_again()
+
     def settle_faults(self, lanes: list[Lane]) -> None:
         """Entries that failed before and did not this time (handled, or gone) are cleared."""
         names = {lane.name for lane in lanes}
@@ -93,12 +118,22 @@ class Pass:
         # Only an id this node never saw gets a `rejected` result: a replayed id belongs to an
         # earlier task, whose one result must stand alone. The result is written before the
         # file moves: a sender's `wait` that sees it in rejected/ must find the result too.
-        answered = bool(answer and exc.task_id and state.claim(exc.task_id, "", lane.name) is None)
-        if answered and exc.task_id:
+        # Signed before the id is claimed: when the signer does not sign, the entry stays
+        # where it is, unclaimed, and the next pass answers it.
+        signed = None
+        if answer and exc.task_id and state.entry(exc.task_id) is None:
+            why = f"{exc.reason}: {exc}"
+            try:
+                signed = publish.signed_verdict(
+                    self.node, lane, exc.task_id, "", Status.REJECTED, why
+                )
+            except SigningFailed as failed:
+                self.unsigned(lane, exc.task_id, failed)
+                return
+        answered = bool(signed and exc.task_id and state.claim(exc.task_id, "", lane.name) is None)
+        if signed and answered and exc.task_id:
             state.mark(exc.task_id, Stage.REJECTED)
-            publish.verdict(
-                self.node, lane, exc.task_id, "", Status.REJECTED, f"{exc.reason}: {exc}"
-            )
+            publish.write_signed(self.node, lane, exc.task_id, signed)
         try:
             kept = lane.reject(name, exc, node=self.node.name, source=source)
         except FileNotFoundError:

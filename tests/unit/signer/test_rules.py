@@ -111,3 +111,63 @@ def test_group_membership_does_not_widen_an_execution() -> None:
     member_agent = Caller(15, 1000, 1000, frozenset({990}), execution=PARENT)
     assert not decide(member_agent, POLICY, cancel(), RUNNING).allowed
     assert not decide(member_agent, POLICY, task(), None).allowed
+
+
+# The executor of PARENT: root, in the execution's cgroup, the pid (and kernel start time)
+# it recorded before anything of the task ran.
+EXECUTOR = Caller(20, 0, 0, frozenset(), execution=PARENT, start="4242")
+ROOT_AGENT = Caller(21, 0, 0, frozenset(), execution=PARENT, start="4300")
+LANE = f"gpubox-to-{NODE}"
+AT_WORK = Execution(PARENT, 1, True, executor=(20, "4242"), lane=LANE)
+
+
+def own_result(**kw: Any) -> dict[str, Any]:
+    return {**result(), "id": PARENT, "from": "gpubox", **kw}
+
+
+def test_the_executor_signs_its_own_tasks_result_on_its_lane_and_nothing_else() -> None:
+    assert decide(EXECUTOR, POLICY, own_result(), AT_WORK).allowed
+    # Also once its agent has ended: that is when the result is signed.
+    agent_ended = Execution(PARENT, 1, False, executor=(20, "4242"), lane=LANE)
+    assert decide(EXECUTOR, POLICY, own_result(), agent_ended).allowed
+    refusals = {
+        "another task's result": own_result(id=str(uuid.uuid4())),
+        "its result for another lane": own_result(**{"from": "c"}),
+        "a task": task(),
+        "a cancel": cancel(),
+    }
+    for what, body in refusals.items():
+        decision = decide(EXECUTOR, POLICY, body, AT_WORK)
+        assert not decision.allowed, what
+        assert decision.why.startswith(f"the executor of {PARENT}"), (what, decision.why)
+    # Once the ledger says the task ended, its executor signs nothing more.
+    ended = Execution(PARENT, 1, False, executor=(20, "4242"), lane=LANE, ended=True)
+    assert not decide(EXECUTOR, POLICY, own_result(), ended).allowed
+
+
+def test_root_in_an_execution_but_not_its_executor_signs_only_child_tasks() -> None:
+    """An agent may run as root (no DISPATCH_RUN_AS): it is not its execution's executor
+    (another pid; or the executor's pid recycled, with another start time)."""
+    recycled = Caller(20, 0, 0, frozenset(), execution=PARENT, start="9999")
+    for caller in (ROOT_AGENT, recycled):
+        refused = decide(caller, POLICY, own_result(), AT_WORK)
+        assert not refused.allowed and "only its child tasks" in refused.why
+        assert not decide(caller, POLICY, task(**{"from": NODE}), AT_WORK).allowed
+        child = decide(caller, POLICY, task(parent=PARENT, hops=2), AT_WORK)
+        assert child.allowed and child.body["parent"] == PARENT
+    # No executor recorded: nobody of the execution signs its result.
+    unrecorded = Execution(PARENT, 1, True, executor=None, lane=LANE)
+    assert not decide(EXECUTOR, POLICY, own_result(), unrecorded).allowed
+    # A non-root process with the executor's pid and start time is not it either.
+    impostor = Caller(20, 65534, 65534, frozenset(), execution=PARENT, start="4242")
+    assert not decide(impostor, POLICY, own_result(), AT_WORK).allowed
+
+
+def test_root_outside_executions_and_the_signers_own_user_sign_as_the_node() -> None:
+    assert decide(ROOT, POLICY, own_result(), None).allowed
+    owner = Policy(NODE, 990, POLICY.peers, (), 3, owner_uid=1002)
+    assert decide(STRANGER, owner, own_result(), None).allowed
+    assert not decide(STRANGER, POLICY, own_result(), None).allowed
+    # Inside an execution the owner's uid widens nothing either.
+    owners_agent = Caller(16, 1002, 1002, frozenset(), execution=PARENT, start="1")
+    assert not decide(owners_agent, owner, own_result(), AT_WORK).allowed

@@ -22,7 +22,8 @@ from dispatch.core.keys import Pins, load_private, write_private
 from dispatch.core.model import SCHEMA, Kind, Stage
 from dispatch.core.node import Node
 from dispatch.core.signing import NodeKeys, verify_signed
-from dispatch.signer.caller import forget_agent, mark_agent_ended, record_agent
+from dispatch.receive.launch.process import process_start_time
+from dispatch.signer.caller import executor_path, forget_agent, mark_agent_ended, record_agent
 from dispatch.signer.server import SignerServer, bind_socket
 
 pytestmark = pytest.mark.skipif(
@@ -79,6 +80,7 @@ class Running:
         gid: int,
         groups: tuple[int, ...] = (),
         agent_of: str = "",
+        executor_of: str = "",
     ) -> dict[str, Any]:
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(self.socket), json.dumps(body)],
@@ -93,6 +95,11 @@ class Running:
         )
         if agent_of:
             record_agent(self.node.state, proc.pid, agent_of)
+        if executor_of:
+            # What `dispatch exec` records of itself (record_executor), for this process.
+            start = process_start_time(proc.pid)
+            executor_path(self.node.state, executor_of).parent.mkdir(exist_ok=True)
+            executor_path(self.node.state, executor_of).write_text(f"{proc.pid} {start}")
         try:
             out, _ = proc.communicate("go\n", timeout=30)
         finally:
@@ -209,3 +216,37 @@ def test_watch_serves_its_executions_on_a_socket_of_its_own(tmp_path: Path) -> N
         assert SocketSigner(path, "devbox").kid == running.keys.own_kid()
     assert not path.exists()
     assert os.environ.get("DISPATCH_SIGNER_SOCKET") == before
+
+
+def test_an_executions_executor_gets_its_result_signed_and_its_root_agent_does_not(
+    signer: Running,
+) -> None:
+    """Both root, both of the execution (here: the agent's session the executor recorded):
+    only the pid `dispatch exec` recorded of itself gets the task's result signed, for the
+    lane the ledger admitted it in; any other gets child tasks only."""
+    task_id = str(uuid.uuid4())
+    state = signer.node.state
+    state.claim(task_id, "0" * 64, "c-to-devbox")
+    state.mark_started(task_id, {"hops": 0})
+    state.mark(task_id, Stage.RUNNING)
+    result = {
+        "schema": SCHEMA,
+        "kind": "result",
+        "id": task_id,
+        "from": "c",
+        "to": "devbox",
+        "answered_by": "devbox",
+        "status": "ok",
+    }
+    signed = signer.ask(result, uid=0, gid=0, agent_of=task_id, executor_of=task_id)
+    assert "signed" in signed, signed
+    verify_signed(signer.keys, signed["signed"], Kind.RESULT, "result")
+    other_lane = signer.ask(
+        {**result, "from": "gpubox"}, uid=0, gid=0, agent_of=task_id, executor_of=task_id
+    )
+    assert "signs its result for lane c-to-devbox" in other_lane["error"], other_lane
+    # The root agent: the same uid and execution, not the recorded pid.
+    agent = signer.ask(result, uid=0, gid=0, agent_of=task_id)
+    assert agent["error"].startswith(f"the signer refused: execution {task_id} may sign only")
+    child = signer.ask(task(parent=task_id, hops=1), uid=0, gid=0, agent_of=task_id)
+    assert child["signed"]["parent"] == task_id
