@@ -26,14 +26,13 @@ from tests.integration.sdhost import SystemdHost, missing_prerequisites
 
 
 def settings(poll_sec: int) -> dict[str, str]:
-    # BENCH_WATCH_MODE=timer measures the polling fallback on sshfs (the default, auto, runs
-    # the sensor there).
-    mode = os.environ.get("BENCH_WATCH_MODE", "")
+    # BENCH_WATCH_MODE=timer measures the polling fallback, on sshfs and locally (the
+    # default, auto, runs the sensor on sshfs and inotify alone on the local site's disk).
     return {
         "DISPATCH_POLL_SEC": str(poll_sec),
         "DISPATCH_MAX_PARALLEL": "2",
         "DISPATCH_AGENT_BIN": agent_in("fake-agent"),
-        **({"DISPATCH_WATCH_MODE": mode} if mode else {}),
+        "DISPATCH_WATCH_MODE": os.environ.get("BENCH_WATCH_MODE", "") or "auto",
     }
 
 

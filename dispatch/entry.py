@@ -60,12 +60,21 @@ def _promote() -> int:
     from dispatch.receive.promote import run_unit_pass
 
     try:
-        cfg = config.load()
-    except ConfigError as exc:
-        broken_config.record(str(exc))  # for the heartbeats: peers see why nothing moves
+        try:
+            cfg = config.load()
+        except ConfigError as exc:
+            broken_config.record(str(exc))  # for the heartbeats: peers see why nothing moves
+            raise
+        broken_config.clear(cfg.state_dir)
+        run_unit_pass(Node(cfg))
+    except BaseException:
+        # dispatch-watch.path starts the service again at once while /run/dispatch/kick
+        # exists (PathExists=): a pass that fails before taking the kick must not leave it,
+        # or it would start again without end. The timer tries again later.
+        from dispatch.receive.sensor import consume_kick
+
+        consume_kick()
         raise
-    broken_config.clear(cfg.state_dir)
-    run_unit_pass(Node(cfg))
     return 0
 
 

@@ -217,6 +217,7 @@ def test_generator_rejects_root_with_spaces() -> None:
 MOUNTINFO = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
     "37 22 0:45 / /mnt/ssh rw,relatime shared:30 - fuse.sshfs alice@files:/srv rw\n"
+    "38 22 0:46 / /mnt/virt rw,relatime shared:31 - virtiofs share rw\n"
 )
 FSTAB = "# <file system> <mount point> <type> <options>\nfiles:/export /mnt/nfs nfs4 rw 0 0\n"
 
@@ -226,7 +227,9 @@ FSTAB = "# <file system> <mount point> <type> <options>\nfiles:/export /mnt/nfs 
     [
         ("/mnt/ssh/dispatch", WatchMode.AUTO, WatchMode.SENSOR),  # mounted sshfs
         ("/mnt/nfs/dispatch", WatchMode.AUTO, WatchMode.SENSOR),  # at boot, before the mount
-        ("/srv/dispatch", WatchMode.AUTO, WatchMode.TIMER),  # local: inotify sees all
+        ("/srv/dispatch", WatchMode.AUTO, WatchMode.INOTIFY),  # local ext4: inotify sees all
+        ("/mnt/virt/dispatch", WatchMode.AUTO, WatchMode.TIMER),  # a type not known local
+        ("/srv/dispatch", WatchMode.TIMER, WatchMode.TIMER),
         ("/srv/dispatch", WatchMode.SENSOR, WatchMode.SENSOR),  # forced either way
         ("/mnt/ssh/dispatch", WatchMode.TIMER, WatchMode.TIMER),
     ],
@@ -290,3 +293,22 @@ def test_a_broken_config_still_lets_the_heartbeat_say_so(
         assert "ReadWritePaths=-/srv/share/heartbeats\n" in dropin
         # Nothing else of the share: the lanes stay read-only to it.
         assert "ReadWritePaths=/srv/share\n" not in dropin
+
+
+def test_generator_in_inotify_mode() -> None:
+    """A local disk root: the path unit sees every write, so the timer only sweeps, and no
+    sensor runs."""
+    cfg = Config(root=Path("/srv/share"), node="gpubox", peers=("devbox",), poll_sec=2)
+    files = generator.render(cfg, WatchMode.INOTIFY)
+    assert (
+        f"OnUnitActiveSec={generator.INOTIFY_SWEEP_S}s\n"
+        in files["dispatch-watch.timer.d/50-poll.conf"]
+    )
+    assert "dispatch-sensor.service.d/50-sensor.conf" not in files
+    assert "dispatch-watch.service.d/50-sensor.conf" not in files
+    assert (
+        "PathChanged=/srv/share/devbox-to-gpubox/inbox"
+        in files["dispatch-watch.path.d/50-lanes.conf"]
+    )
+    timer = generator.render(cfg, WatchMode.TIMER)
+    assert "OnUnitActiveSec=2s\n" in timer["dispatch-watch.timer.d/50-poll.conf"]

@@ -42,11 +42,15 @@ class LauncherKind(StrEnum):
 
 class WatchMode(StrEnum):
     """How a node notices other hosts' writes, which inotify cannot see (README: "What a
-    node runs while idle"). auto: the sensor when the root is on a network filesystem."""
+    node runs while idle"). auto: the sensor when the root is on a network filesystem,
+    inotify alone when it is on a local disk filesystem, else the timer."""
 
     AUTO = "auto"
     SENSOR = "sensor"
     TIMER = "timer"
+    # Every write reaches the root through this host's kernel (a local disk, which a file
+    # server may export): the path unit sees each one, and the timer only sweeps.
+    INOTIFY = "inotify"
 
 
 class AgentProfile(StrEnum):

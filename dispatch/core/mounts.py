@@ -23,6 +23,24 @@ REMOTE_TYPES = (
 )
 
 
+# Filesystems on this host's own block devices or memory: every write to them, an NFS or
+# SMB server's on behalf of its clients included, goes through this kernel's VFS, where
+# inotify sees it. Anything not listed (overlay, virtiofs, vboxsf, an unknown type) is not
+# assumed to be seen.
+LOCAL_DISK_TYPES = (
+    "ext2",
+    "ext3",
+    "ext4",
+    "xfs",
+    "btrfs",
+    "zfs",
+    "f2fs",
+    "jfs",
+    "bcachefs",
+    "tmpfs",
+)
+
+
 @dataclass(frozen=True)
 class Mount:
     mount_point: str
@@ -37,6 +55,10 @@ class Mount:
         return self.fstype in REMOTE_TYPES or (
             self.fstype.startswith("fuse") and self.fstype != "fuseblk"
         )
+
+    @property
+    def local_disk(self) -> bool:
+        return self.fstype in LOCAL_DISK_TYPES
 
     def option(self, name: str) -> str | None:
         for opt in self.options:

@@ -253,7 +253,7 @@ def _watch_mode(node: Node) -> Check:
     matches it (the generator decides at daemon-reload, from the mount or /etc/fstab)."""
     from dispatch.core.config import WatchMode
     from dispatch.core.runner import systemctl
-    from dispatch.receive.generator import SENSOR_SWEEP_S, watch_mode
+    from dispatch.receive.generator import INOTIFY_SWEEP_S, SENSOR_SWEEP_S, watch_mode
 
     cfg = node.cfg
     mode = watch_mode(cfg)
@@ -265,13 +265,18 @@ def _watch_mode(node: Node) -> Check:
         return Check("watch-mode", False, f"{mode} ({why}): {exc}", "is systemd running here?")
     active = "ActiveState=active" in shown.splitlines()
     rendered = "DISPATCH_SENSOR_ROOT=" in shown
-    if mode is WatchMode.TIMER:
+    if mode in (WatchMode.TIMER, WatchMode.INOTIFY):
         ok = not rendered
+        what = (
+            f"dispatch-watch.timer starts a pass every {cfg.poll_sec:g}s"
+            if mode is WatchMode.TIMER
+            else "dispatch-watch.path sees every write to this local root; "
+            f"dispatch-watch.timer sweeps every {INOTIFY_SWEEP_S}s"
+        )
         return Check(
             "watch-mode",
             ok,
-            f"timer ({why}): dispatch-watch.timer starts a pass every {cfg.poll_sec:g}s"
-            + ("" if ok else f"; but {unit} still has sensor settings"),
+            f"{mode} ({why}): {what}" + ("" if ok else f"; but {unit} still has sensor settings"),
             "" if ok else "systemctl daemon-reload && systemctl restart dispatch-sensor.service",
         )
     if not rendered:

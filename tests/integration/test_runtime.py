@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from tests.integration.dispatch_host import AGENT_USER, ROOT, DispatchHost
+from tests.integration.dispatch_host import AGENT_USER, DISPATCH, ROOT, DispatchHost
 from tests.integration.sdhost import SystemdHost
 
 LANE = f"{ROOT}/devbox-to-gpubox"
@@ -221,3 +221,49 @@ def test_exec_killed_outright_is_answered_interrupted(node_host: SystemdHost) ->
     result = d.wait(task_id, timeout=60)
     assert result["status"] == "interrupted"
     assert [r["task_id"] for r in d.agent_runs()].count(task_id) == 1
+
+
+def test_a_local_disk_root_runs_on_inotify_alone(node_host: SystemdHost) -> None:
+    """auto on a local disk: no sensor, the timer only sweeps (1 min), and still nothing
+    waits for it: tasks start from the path unit, and an execution killed outright is
+    answered at once (its unit's ExecStopPost= kick), with the timer not even running."""
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    doctor = json.loads(d.dispatch("doctor", "--json", sender=False, check=False).stdout)
+    [mode] = [c for c in doctor if c["check"] == "watch-mode"]
+    assert mode["ok"] and mode["detail"].startswith("inotify (DISPATCH_WATCH_MODE=auto)"), mode
+    sweep = node_host.unit_property("dispatch-watch.timer", "TimersMonotonic")
+    assert "OnUnitActiveUSec=1min" in sweep, sweep
+    assert d.wait(d.send("on inotify alone"), timeout=60)["status"] == "ok"
+    task_id = d.send("long job sleep=300", "--timeout", "600")
+    d.wait_until("running", lambda: any(r["task_id"] == task_id for r in d.agent_runs()))
+    node_host.systemctl("kill", "--signal=SIGKILL", f"dispatch-exec@{task_id}.service")
+    assert d.wait(task_id, timeout=30)["status"] == "interrupted"
+    assert node_host.unit_property("dispatch-watch.timer", "ActiveState") == "inactive"
+
+
+def test_the_lingering_promoter_takes_pin_and_config_changes_at_once(
+    node_host: SystemdHost,
+) -> None:
+    """The promoter stays after a busy pass; what the operator changes meanwhile counts at
+    its next pass, as it would for a new process: a peer whose pin was removed is refused
+    while the same promoter still runs."""
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    assert d.wait(d.send("first"), timeout=60)["status"] == "ok"
+    promoter = node_host.unit_property("dispatch-watch.service", "InvocationID")
+    assert node_host.unit_property("dispatch-watch.service", "ActiveState") == "activating"
+    d.dispatch("peers", "remove", "devbox", sender=False)
+    refused = d.send("after the pin went")
+    # Unauthenticated now, so answered with no signed result: quarantined with its reason.
+    d.wait_until("refused", lambda: f"{refused}.json.reason.json" in d.lane_files("rejected"))
+    reason = d.shell(f"cat {LANE}/rejected/{refused}.json.reason.json")
+    assert "unknown_key" in reason, reason
+    # A config change counts at its next pass too: dangerous tasks refused from now on.
+    node_host.run(["sh", "-c", "echo DISPATCH_DANGEROUS=deny >> /etc/dispatch/dispatch.conf"])
+    line = d.dispatch("keys", "show").stdout.splitlines()[0]  # devbox's, as the README pins it
+    node_host.run([DISPATCH, "peers", "add", "devbox", "-"], input=line + "\n")
+    denied = d.wait(d.send("now dangerous", "--dangerous"), timeout=60)
+    assert denied["status"] == "rejected" and "dangerous_denied" in denied["reason"], denied
+    # The same process refused both: no new pass was started for them.
+    assert node_host.unit_property("dispatch-watch.service", "InvocationID") == promoter

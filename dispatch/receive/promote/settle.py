@@ -45,9 +45,23 @@ def run_unit_pass(node: Node) -> PassReport:
     # On a sensor node the sensor kicks for other hosts' writes; on a timer node the timer
     # would, and its starts are absorbed while this process runs: rounds every period.
     periodic = None if os.environ.get("DISPATCH_SENSOR_LOOKED", "") else node.cfg.poll_sec
+
+    def fresh_round() -> PassReport:
+        # Each round reads the config, the pins and the key ids again, as a new process
+        # would: a peer removed or a key rotated while this one stays counts at once.
+        from dispatch.core import broken_config, config
+        from dispatch.core.errors import ConfigError
+
+        try:
+            current = Node(config.load())
+        except ConfigError as exc:
+            broken_config.record(str(exc))
+            raise
+        return _unit_round(current, make_launcher(current))
+
     return linger.linger(
         node,
-        lambda: _unit_round(node, launcher),
+        fresh_round,
         before,
         report,
         linger_s=node.cfg.promote_linger_s,

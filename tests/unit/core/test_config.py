@@ -118,8 +118,10 @@ def test_watch_mode_and_sensor_period(tmp_path: Path) -> None:
     assert (cfg.watch_mode, cfg.sensor_ms) == (WatchMode.TIMER, 50)
     defaults = load(conf(tmp_path), DISPATCH_ROOT="/r")
     assert (defaults.watch_mode, defaults.sensor_ms) == (WatchMode.AUTO, 250)
-    text = problems(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_WATCH_MODE="inotify")
-    assert "DISPATCH_WATCH_MODE: must be one of auto, sensor, timer" in text
+    local = load(conf(tmp_path, "DISPATCH_WATCH_MODE=inotify\n"), DISPATCH_ROOT="/r")
+    assert local.watch_mode is WatchMode.INOTIFY
+    text = problems(conf(tmp_path), DISPATCH_ROOT="/r", DISPATCH_WATCH_MODE="fanotify")
+    assert "DISPATCH_WATCH_MODE: must be one of auto, sensor, timer, inotify" in text
 
 
 def test_bad_lines_and_missing_config(tmp_path: Path) -> None:
