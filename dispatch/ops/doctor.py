@@ -53,6 +53,8 @@ def run_checks(environ: dict[str, str] | None = None) -> list[Check]:
     checks += [key_checks.peer_key(node, peer) for peer in cfg.peers]
     if cfg.launcher is LauncherKind.SYSTEMD:  # not when `dispatch watch` runs this node
         checks.append(_unit("dispatch-watch.path", "the path unit"))
+        # Every signature goes through it: without it no result or verdict is published.
+        checks.append(_unit("dispatch-signer.socket", "the local signer's socket"))
         checks.append(_watch_mode(node))
     if cfg.launcher is LauncherKind.SLURM:
         from dispatch.receive.launch.slurm import doctor_checks

@@ -147,6 +147,10 @@ class HostileNode:
                     f"/etc/dispatch/{sender}/keys",
                     "--state-dir",
                     f"{STATE}/{sender}",
+                    # No signer of their own: they sign in-process. Not the default socket,
+                    # which is this host's, whose signer signs only as gpubox.
+                    "--set",
+                    f"DISPATCH_SIGNER_SOCKET=/run/dispatch/{sender}-signer.sock",
                 ]
             )
         pin_each_other(h, {RECEIVER: None, **{s: sender_conf(s) for s in SENDERS}})

@@ -162,6 +162,11 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
     node_host.systemctl("start", "dispatch-heartbeat.timer")
     d.dispatch("heartbeat")
     d.wait_until("gpubox's heartbeat", lambda: "gpubox.json" in d.shell(f"ls {ROOT}/heartbeats"))
+    # The passes the timer started want the signer's socket: it listens from the first.
+    d.wait_until(
+        "the signer's socket",
+        lambda: d.shell("systemctl is-active dispatch-signer.socket || true").strip() == "active",
+    )
     proc = d.dispatch("doctor", sender=False, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"$ dispatch doctor\n{proc.stdout}")
@@ -175,6 +180,7 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
         "peer devbox",
         "peer-key devbox",
         "dispatch-watch.path",
+        "dispatch-signer.socket",
         "watch-mode",
         "killswitch",
     ]
@@ -184,6 +190,10 @@ def test_doctor_through_the_units(node_host: SystemdHost) -> None:
     # pinned with `dispatch peers add devbox -`
     assert "from stdin" in by_name["peer-key devbox"]["detail"]
     assert by_name["dispatch-watch.path"]["detail"] == "the path unit: active (waiting)"
+    assert (
+        by_name["dispatch-signer.socket"]["detail"]
+        == "the local signer's socket: active (listening)"
+    )
     # The sender's side of the same share: its peer gpubox beats too.
     sender_side = d.dispatch("doctor", check=False)
     assert sender_side.returncode == 0, sender_side.stdout + sender_side.stderr

@@ -216,6 +216,9 @@ def test_deb_install_run_and_purge(debian_host: DebianRootHost, deb: Path) -> No
             f"{SENDER}/keys",
             "--state-dir",
             "/var/lib/dispatch/devbox",
+            # In-process: the default socket is gpubox's signer, which signs only as gpubox.
+            "--set",
+            "DISPATCH_SIGNER_SOCKET=/run/dispatch/devbox-signer.sock",
         ]
     )
     # Each identity pins the other's public key (what `dispatch keys show` prints there).

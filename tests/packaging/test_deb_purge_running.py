@@ -63,6 +63,8 @@ def test_purge_while_a_task_runs_leaves_the_host_clean(
     )
     sender = ["--root", SHARE, "--node", "devbox", "--peers", "gpubox", "--config", SENDER_CONF]
     sender += ["--key-dir", f"{SENDER}/keys", "--state-dir", "/var/lib/dispatch/devbox"]
+    # In-process: the default socket is gpubox's signer, which signs only as gpubox.
+    sender += ["--set", "DISPATCH_SIGNER_SOCKET=/run/dispatch/devbox-signer.sock"]
     h.run(["dispatch", "init", "--local", *sender])
     tx_env = {"DISPATCH_CONFIG": SENDER_CONF}
     rx_line = h.run(["dispatch", "keys", "show"]).stdout.splitlines()[0]

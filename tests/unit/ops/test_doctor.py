@@ -276,6 +276,7 @@ def test_remote_root_under_systemd_needs_the_timer(
     assert not found["filesystem"].ok and "the timer is NOT active" in found["filesystem"].detail
     assert found["filesystem"].hint == "systemctl enable --now dispatch-watch.timer"
     assert "dispatch-watch.path" in found  # under systemd the path unit is checked too
+    assert "dispatch-signer.socket" in found  # and the signer's, which every signature needs
     monkeypatch.setattr(doctor, "_unit_active", lambda unit: True)
     assert checks(pair, DISPATCH_LAUNCHER="systemd")["filesystem"].ok
 
