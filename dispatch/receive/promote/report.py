@@ -60,35 +60,48 @@ class Pass:
         refuses writes): recorded, counted and shown, and the pass goes on with the rest.
         Every pass tries it again."""
         key = f"{lane.name}/{lane.dir_name(directory)}/{name[:80]}"
-        fault = self.node.state.faults.record(key, "entry_error", f"{exc.strerror or exc}")
+        self._fault_once(
+            lane,
+            key,
+            "entry_error",
+            f"{exc.strerror or exc}",
+            "entry_fault",
+            f"{key}: {exc.strerror or exc}; the pass goes on, and tries it again",
+        )
+
+    def _fault_once(
+        self,
+        lane: Lane,
+        key: str,
+        kind: str,
+        detail: str,
+        event: str,
+        message: str,
+        task_id: str | None = None,
+    ) -> None:
+        """Record a fault this pass keeps (shown by `status`, cleared by the first pass
+        without it) and tell the journal the first time only: every pass tries again."""
+        fault = self.node.state.faults.record(key, kind, detail)
         self.failing.add(key)
         self.report.errors += 1
         if fault.count == 1:
             self.node.emit(
-                "entry_fault",
-                f"{key}: {exc.strerror or exc}; the pass goes on, and tries it again",
-                from_=lane.from_,
-                to=lane.to,
-                level=events.ERR,
+                event, message, task_id=task_id, from_=lane.from_, to=lane.to, level=events.ERR
             )
 
     def unsigned(self, lane: Lane, task_id: str | None, exc: SigningFailed) -> None:
         """A result or verdict the local signer did not sign: the task stays where it is,
         `dispatch status` shows why (a fault, cleared by the first pass that signs it), and
         the next pass tries again (the sensor is asked for one: no timer may come soon)."""
-        key = f"{lane.name}/signer/{task_id or '-'}"
-        fault = self.node.state.faults.record(key, "signer_unavailable", f"not signed: {exc}")
-        self.failing.add(key)
-        self.report.errors += 1
-        if fault.count == 1:
-            self.node.emit(
-                "verdict_unsigned",
-                f"{exc}; the task is left where it is for the next pass",
-                task_id=task_id,
-                from_=lane.from_,
-                to=lane.to,
-                level=events.ERR,
-            )
+        self._fault_once(
+            lane,
+            f"{lane.name}/signer/{task_id or '-'}",
+            "signer_unavailable",
+            f"not signed: {exc}",
+            "verdict_unsigned",
+            f"{exc}; the task is left where it is for the next pass",
+            task_id,
+        )
         if os.environ.get("DISPATCH_SENSOR_LOOKED"):
             # A sensor node (dispatch-generator sets it): no timer comes soon, so ask the
             # sensor for another pass, as promote/settle.py does for a deferred result.
