@@ -98,12 +98,27 @@ def hop(args: list[str]) -> Callable[[], int] | None:
     return None
 
 
+def _exit_at_once(rc: int) -> None:
+    """End a hop without the interpreter's teardown (15 ms with what a hop imports, against
+    2 ms). dispatch-watch.path watches nothing while its service runs and only
+    watches again once the promoter is gone: a task that lands after the pass's last look
+    and before then waits for the next sweep. An execution's slot is free only once its
+    executor is gone. Both write through raw descriptors (core/fsio.py) and close what they
+    wrote before they return; only stdio is buffered."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("DISPATCH_DEBUG", "") not in ("", "0")
     fast = hop(args)
     if fast is not None:
-        return guarded(fast, debug)
+        rc = guarded(fast, debug)
+        if argv is None:  # the process's own command line, not a caller's
+            _exit_at_once(rc)
+        return rc
     from dispatch.cli import main as cli_main
 
     return cli_main(args)

@@ -610,6 +610,9 @@ class Cluster:
                 "DISPATCH_RUN_AS": AGENT_USER,
                 "DISPATCH_POLL_SEC": "1",
                 "DISPATCH_MAX_PARALLEL": "2",
+                # The promoter's stay (20 s by default) after a busy pass would make every wait
+                # for a quiet node wait it out; the stay's own tests ask for a longer one.
+                "DISPATCH_PROMOTE_LINGER_S": "3",
                 "DISPATCH_MEMORY_MAX": "300M",
                 **self.settings.get(name, {}),
             }

@@ -113,9 +113,14 @@ class Killers:
                 self.kills["exec"] += 1
 
     def promotes(self, rng: random.Random) -> None:
-        while not self.stop.wait(rng.uniform(0.05, 0.8)):
-            if self.node.unit_state(WATCH)[0] == "activating" and self.sh(
-                "systemctl", "kill", "--signal=KILL", WATCH
+        # Now and then, whatever the promoter is doing (a pass, or its stay between passes).
+        # Not every time it is seen running, as before the promoter stayed: that would kill
+        # every promoter before some pass could end, and measure the killer, not recovery.
+        while not self.stop.wait(rng.uniform(0.3, 2.0)):
+            if (
+                rng.random() < 0.5
+                and self.node.unit_state(WATCH)[0] == "activating"
+                and self.sh("systemctl", "kill", "--signal=KILL", WATCH)
             ):
                 self.kills["promote"] += 1
 

@@ -171,9 +171,12 @@ class DispatchHost:
             "DISPATCH_RUN_AS": AGENT_USER,
             "DISPATCH_POLL_SEC": "1",
             "DISPATCH_MAX_PARALLEL": "2",
+            # The promoter's stay (20 s by default) after a busy pass would make every wait
+            # for a quiet node wait it out; the stay's own tests ask for a longer one.
+            "DISPATCH_PROMOTE_LINGER_S": "3",
             "DISPATCH_MEMORY_MAX": "300M",
             # These hosts' roots are on a local disk (auto: inotify alone, the timer every
-            # 10 min); a test that starts the timer wants its passes every poll period.
+            # minute); a test that starts the timer wants its passes every poll period.
             **({"DISPATCH_WATCH_MODE": "timer"} if timer else {}),
         }
         values.update(settings or {})

@@ -242,6 +242,28 @@ def test_a_local_disk_root_runs_on_inotify_alone(node_host: SystemdHost) -> None
     assert node_host.unit_property("dispatch-watch.timer", "ActiveState") == "inactive"
 
 
+def test_a_promoter_killed_outright_is_started_again(node_host: SystemdHost) -> None:
+    """A pass SIGKILLed (the OOM killer, say) may have taken its kick and left work half
+    seen; with the timer a minute away (or not running, as here) systemd starts it again."""
+    d = DispatchHost(node_host)
+    d.setup(timer=False, settings={"DISPATCH_PROMOTE_LINGER_S": "60"})
+    assert d.wait(d.send("before the kill"), timeout=60)["status"] == "ok"
+    unit = "dispatch-watch.service"
+    killed = node_host.unit_property(unit, "InvocationID")
+    assert node_host.unit_property(unit, "ActiveState") == "activating"  # staying a while
+    node_host.systemctl("kill", "--signal=SIGKILL", unit)
+    d.wait_until(
+        "started again",
+        lambda: node_host.unit_property(unit, "InvocationID") not in ("", killed),
+    )
+    assert node_host.unit_property(unit, "NRestarts") == "1"
+    # That pass finds nothing to do, and ends; the path unit watches again.
+    d.wait_until("the new pass done", lambda: d.unit_state(unit) == ("inactive", "dead"))
+    assert node_host.unit_property(unit, "Result") == "success"
+    assert d.wait(d.send("after the kill"), timeout=60)["status"] == "ok"
+    assert node_host.unit_property("dispatch-watch.timer", "ActiveState") == "inactive"
+
+
 def test_the_lingering_promoter_takes_pin_and_config_changes_at_once(
     node_host: SystemdHost,
 ) -> None:
@@ -249,7 +271,7 @@ def test_the_lingering_promoter_takes_pin_and_config_changes_at_once(
     its next pass, as it would for a new process: a peer whose pin was removed is refused
     while the same promoter still runs."""
     d = DispatchHost(node_host)
-    d.setup(timer=False)
+    d.setup(timer=False, settings={"DISPATCH_PROMOTE_LINGER_S": "60"})
     assert d.wait(d.send("first"), timeout=60)["status"] == "ok"
     promoter = node_host.unit_property("dispatch-watch.service", "InvocationID")
     assert node_host.unit_property("dispatch-watch.service", "ActiveState") == "activating"
