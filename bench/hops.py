@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from bench.common import compile_checkout, log
 from bench.figures import agent_start
 from bench.sites import local_site, sshfs_site
+from bench.systems import wait_results
 
 # (label, predicate on a journal entry) in the order they happen
 MARKS: tuple[tuple[str, str, str], ...] = (
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=10, help="tasks to send (one at a time)")
     parser.add_argument("--poll-sec", type=int, default=3)
     parser.add_argument(
+        "--pause",
+        action="store_true",
+        help="pause as bench.run's latency figure does: after each result, a random time in "
+        "[0, poll-sec) (seeded), instead of 0.7 s after the agent started",
+    )
+    parser.add_argument(
         "--site",
         choices=("local", "sshfs"),
         default="local",
@@ -107,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
             host = dispatch.site.receiver
             dispatch.start(cap=2, agent="fake-agent", poll_sec=args.poll_sec)
             time.sleep(args.poll_sec + 2)  # past the start-up passes
+            rng = random.Random(20261124)
             for i in range(args.n):
-                time.sleep(0.7)  # between timer ticks is not needed locally: inotify
+                # Between timer ticks is not needed locally: inotify.
+                time.sleep(rng.uniform(0, args.poll_sec) if args.pause else 0.7)
                 request = f"bench hops {i} {time.time_ns()}"
                 sent = dispatch.send(request)
                 agent = agent_start(dispatch, request)
-                time.sleep(0.3)
+                if args.pause:
+                    wait_results(dispatch.lane, {sent.task_id}, 60, interval=0.005)
+                else:
+                    time.sleep(0.3)
                 entries = _entries(
                     host.run(
                         [
@@ -136,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     labels = [label for label, _k, _v in MARKS] + ["the agent process itself starts"]
-    print(f"dispatch, {args.site} share, {args.n} tasks sent one at a time: median of each hop")
+    how = "each after its result and a pause" if args.pause else "one at a time"
+    print(f"dispatch, {args.site} share, {args.n} tasks sent {how}: median of each hop")
     print()
     print("| from the previous step to | median | max |")
     print("|---|---|---|")
