@@ -22,13 +22,13 @@ A promote pass on a sensor node ends with a settled look followed by its last li
 leaves that look in /run/dispatch/looked. The sensor takes what it shows as seen: the pass's
 own moves out of inbox/ then kick no second pass, and no settle kick follows.
 
-Standard library only, and only `os` and `time` (the sensor's resident memory, see
-sensor.py).
+Standard library only, and only `posix` and `time`, not even `os` (the sensor's resident
+memory, see sensor.py).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
 TYPE_CHECKING = False  # typing's TYPE_CHECKING without importing typing (see sensor.py)
@@ -47,10 +47,12 @@ REKICK_MAX_S = 8.0
 # More than a second: by then a whole-second timestamp's second is over wherever it was
 # stamped (clock skew shifts which second it is, not how long one lasts).
 SETTLED_AFTER_S = 1.05
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS = (
+    posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC | posix.O_NONBLOCK
+)
 
 
-def _of(st: os.stat_result) -> Signature:
+def _of(st: posix.stat_result) -> Signature:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink, st.st_ino)
 
 
@@ -58,11 +60,20 @@ def signature(path: str) -> Signature:
     """What a stat can tell of a directory or file changing. Missing: ABSENT; any other
     failure its errno, so an unmount or a hung share that recovers reads as a change."""
     try:
-        return _of(os.stat(path))
+        return _of(posix.stat(path))
     except FileNotFoundError:
         return ABSENT
     except OSError as exc:
         return (-2, exc.errno or 0)
+
+
+def present(path: str) -> bool:
+    """os.path.lexists without `os`."""
+    try:
+        posix.lstat(path)
+    except OSError:
+        return False
+    return True
 
 
 def coarse(sig: Signature) -> bool:
@@ -85,7 +96,7 @@ class Held:
     def signature(self) -> Signature:
         if self.fd < 0:
             try:
-                self.fd = os.open(self.path, _DIR_FLAGS)
+                self.fd = posix.open(self.path, _DIR_FLAGS)
             except FileNotFoundError:
                 return ABSENT
             except OSError as exc:
@@ -93,7 +104,7 @@ class Held:
                 # like any other, looked at again by path next time.
                 return (-2, exc.errno or 0)
         try:
-            return _of(os.fstat(self.fd))
+            return _of(posix.fstat(self.fd))
         except OSError as exc:
             self.close()
             return (-2, exc.errno or 0)
@@ -102,7 +113,7 @@ class Held:
         if self.fd < 0:
             return
         try:
-            now, held = os.stat(self.path, follow_symlinks=False), os.fstat(self.fd)
+            now, held = posix.stat(self.path, follow_symlinks=False), posix.fstat(self.fd)
         except OSError:
             self.close()
             return
@@ -112,7 +123,7 @@ class Held:
     def close(self) -> None:
         if self.fd >= 0:
             try:  # noqa: SIM105 (contextlib is 0.5 MiB resident)
-                os.close(self.fd)
+                posix.close(self.fd)
             except OSError:
                 pass
             self.fd = -1
@@ -131,7 +142,7 @@ def watched_paths(root: str, node: str, peers: Iterable[str]) -> tuple[list[str]
 
 def _names(directory: str) -> tuple[str, ...]:
     try:
-        return tuple(sorted(os.listdir(directory)))
+        return tuple(sorted(posix.listdir(directory)))
     except OSError:
         return ()
 
@@ -188,14 +199,16 @@ def write_looked(look: dict[str, Signature], path: str = LOOKED_FILE) -> None:
     """Leave the pass's settled look for the sensor: `path sig...` lines, written then
     renamed so the sensor reads a whole file. Nothing is written without /run/dispatch."""
     text = "".join(f"{p}\t{' '.join(map(str, sig))}\n" for p, sig in look.items())
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{posix.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(
+            tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
         try:
-            os.write(fd, text.encode("utf-8", "surrogateescape"))
+            posix.write(fd, text.encode("utf-8", "surrogateescape"))
         finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            posix.close(fd)
+        posix.rename(tmp, path)
     except OSError:
         pass  # no sensor on this node: nobody reads it
 
@@ -211,7 +224,7 @@ class LookedFile:
     def fresh(self) -> dict[str, Signature] | None:
         """The look a pass left since the last call, or None."""
         try:
-            st = os.stat(self.path)
+            st = posix.stat(self.path)
             if (st.st_ino, st.st_mtime_ns) == self.last:  # a stat in /run: next to nothing
                 return None
             with open(self.path, encoding="utf-8", errors="surrogateescape") as handle:

@@ -1,14 +1,14 @@
 """The heartbeat dispatch-sensor writes: the bytes `dispatch heartbeat` writes
 (ops/overview.heartbeat, fsio.dump_json), from the same sources, with nothing imported
-beyond `os` and `time` (the sensor's resident memory, see sensor.py): hence the
+beyond `posix` and `time` (the sensor's resident memory, see sensor.py): hence the
 hand-written JSON."""
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
-from dispatch.receive.looks import ABSENT, signature
+from dispatch.receive.looks import ABSENT, present, signature
 
 TYPE_CHECKING = False  # typing's TYPE_CHECKING without importing typing (see sensor.py)
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def _names(directory: str) -> list[str]:
     try:
-        return os.listdir(directory)
+        return posix.listdir(directory)
     except OSError:
         return []
 
@@ -77,7 +77,7 @@ def heartbeat(settings: Settings, identity: dict[str, str], unix: float) -> byte
     for lane in settings.lanes_in():
         for name in _names(f"{lane}/processing"):
             if name.endswith(".json"):
-                if os.path.exists(f"{settings.state_dir}/started/{name[:-5]}"):
+                if present(f"{settings.state_dir}/started/{name[:-5]}"):
                     running += 1
                 else:
                     queued += 1
@@ -105,10 +105,14 @@ def write_heartbeat(settings: Settings, data: bytes) -> None:
     """Write then rename (the same as fsio.atomic_write), so a reader sees a whole file."""
     final = f"{settings.root}/heartbeats/{settings.node}.json"
     tmp = f"{settings.root}/heartbeats/.{settings.node}.json.sensor.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = posix.open(
+        tmp,
+        posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC,
+        0o644,
+    )
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        posix.write(fd, data)
+        posix.fsync(fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, final)
+        posix.close(fd)
+    posix.rename(tmp, final)

@@ -259,3 +259,24 @@ def test_it_slows_down_once_idle_and_speeds_up_at_the_first_change(
     # The arrival is seen within one idle period, and the fast rate is back at once.
     assert slept[200][1] == 0.25
     assert [s for _t, s in slept[200:230]] == [0.25] * 30
+
+
+def test_the_lean_sensor_loads_nothing_but_its_own_modules() -> None:
+    # Every module it imports stays resident for months on every network-root node; `os`
+    # alone is 260 KiB there (sensor.py's docstring). Run as its unit runs it: -I -S.
+    top = str(Path(sensor.__file__).resolve().parents[2])
+    code = (
+        "import sys; before = set(sys.modules); sys.path.insert(0, sys.argv[1]); "
+        "from dispatch.receive import sensor; print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, top], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(out) == {
+        "__future__",
+        "dispatch",
+        "dispatch.receive",
+        "dispatch.receive.looks",
+        "dispatch.receive.sensor",
+        "dispatch.receive.sensor_heartbeat",
+    }
