@@ -12,7 +12,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,60 @@ def group_gid(name: str = GROUP) -> int | None:
         return None
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
 @dataclass
 class SignerServer:
     node: Node
     signer: LocalSigner
     group: str = GROUP  # whose members send (tests name another)
+    loaded: tuple[int, int, int] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, node: Node) -> SignerServer:
-        return cls(node, LocalSigner(load_private(node.cfg.key_dir, node.cfg.node)))
+        key = load_private(node.cfg.key_dir, node.cfg.node)
+        return cls(node, LocalSigner(key), loaded=_identity(key.path))
+
+    def current(self) -> LocalSigner:
+        """The key as it is now on disk. `dispatch keys rotate` replaces the file in one
+        rename while a signer may be running (a busy dispatch-signer.service never idles
+        out, `dispatch watch`'s never does): signing on with the key it loaded would sign
+        with a key peers are told to retire. A stat per request, in the signer's own key
+        directory; a key that cannot be read now leaves the loaded one in use, said once."""
+        path = self.signer.key.path
+        now = _identity(path)
+        if now is None or now == self.loaded:
+            return self.signer
+        with self.lock:
+            if now == self.loaded:
+                return self.signer
+            try:
+                self.signer = LocalSigner(load_private(path.parent, self.node.cfg.node))
+            except ConfigError as exc:
+                events.emit(
+                    self.node.cfg.node,
+                    None,
+                    "signer_key_unreadable",
+                    f"the key changed on disk and cannot be read ({exc}); signing on with "
+                    f"the loaded key {self.signer.kid}",
+                    level=events.WARNING,
+                )
+            else:
+                events.emit(
+                    self.node.cfg.node,
+                    None,
+                    "signer_key_reloaded",
+                    f"the key changed on disk: signing with {self.signer.kid} from now on",
+                )
+            self.loaded = now
+            return self.signer
 
     def policy(self) -> Policy:
         cfg = self.node.cfg
@@ -61,8 +106,9 @@ class SignerServer:
     # not hold up a signature), and its sandbox cannot write there.
     def answer(self, caller: Caller, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
+        signer = self.current()
         if op == "kid":
-            return {"ok": True, "node": self.signer.node, "kid": self.signer.kid}
+            return {"ok": True, "node": signer.node, "kid": signer.kid}
         body = request.get("body")
         if op != "sign" or not isinstance(body, dict):
             return {"ok": False, "error": "the signer answers {op: sign, body} or {op: kid}"}
@@ -82,7 +128,7 @@ class SignerServer:
                 execution=caller.execution,
             )
             return {"ok": False, "error": f"the signer refused: {decision.why}"}
-        signed = self.signer.sign(decision.body)
+        signed = signer.sign(decision.body)
         events.emit(
             self.node.cfg.node,
             None,

@@ -250,3 +250,19 @@ def test_an_executions_executor_gets_its_result_signed_and_its_root_agent_does_n
     assert agent["error"].startswith(f"the signer refused: execution {task_id} may sign only")
     child = signer.ask(task(parent=task_id, hops=1), uid=0, gid=0, agent_of=task_id)
     assert child["signed"]["parent"] == task_id
+
+
+def test_a_running_signer_signs_with_the_rotated_key_from_the_next_request(
+    signer: Running,
+) -> None:
+    # A busy dispatch-signer.service never idles out, and `dispatch watch`'s never does:
+    # `dispatch keys rotate` must not leave it signing with the key peers are told to retire.
+    from dispatch.ops.rotation import rotate
+
+    before = signer.ask(task(), uid=NOBODY, gid=NOBODY, groups=(100,))["signed"]
+    signer.cfg.root.mkdir()  # where the rotation statement is published
+    rotated = rotate(Node(signer.cfg))
+    assert before["kid"] == rotated.old.kid
+    after = signer.ask(task(), uid=NOBODY, gid=NOBODY, groups=(100,))["signed"]
+    assert after["kid"] == rotated.new.kid
+    verify_signed(NodeKeys(signer.cfg), after, Kind.TASK, "task")
