@@ -1,8 +1,8 @@
 """Schemas 2 and 3, what peers of the HMAC era send: the original project's schema-2
-envelope (six signed fields) and the HMAC key ring (`DISPATCH_KEY_DIR/<kid>.key`, or the
-original's `<root>/keys/hmac.key`) that verifies both. Read only during a migration
-(DISPATCH_ACCEPT_V2, DISPATCH_ACCEPT_V3); nothing signs with it. `dispatch keys import`
-adds an original peer's key to the ring."""
+envelope (six signed fields) and the HMAC key ring (`DISPATCH_KEY_DIR/<kid>.key`, on this
+host only: never the original's `<root>/keys/hmac.key`) that verifies both. Read only during a
+migration (DISPATCH_ACCEPT_V2, DISPATCH_ACCEPT_V3); nothing signs with it. `dispatch keys
+import` adds an original peer's key to the ring."""
 
 from __future__ import annotations
 
@@ -123,7 +123,10 @@ def read_key(path: Path) -> bytes:
 @dataclass(frozen=True)
 class Keyring:
     keys: tuple[Key, ...]
-    fallback: bool = False
+    # The original's fleet key, <root>/keys/hmac.key, lies on the share while this ring is
+    # empty. Never read: a key anyone who reads the share can read authenticates nothing
+    # (docs/design.md). Only so that the node can say how to import it.
+    share_key: Path | None = None
 
     @classmethod
     def load(cls, cfg: Config, *, required: bool = False) -> Keyring:
@@ -142,16 +145,14 @@ class Keyring:
                 except PermissionError as exc:
                     raise ConfigError(f"cannot read key {path}: {exc.strerror}") from None
                 keys.append(Key(kid, secret, path, path.stat().st_mtime))
-        fallback = False
-        if not keys:
-            legacy = cfg.root / "keys" / "hmac.key"
-            if legacy.is_file():
-                secret = read_key(legacy)
-                keys.append(Key(fingerprint(secret), secret, legacy, legacy.stat().st_mtime))
-                fallback = True
         if required and not keys:
             raise ConfigError(f"no HMAC key in {cfg.key_dir} (`dispatch keys import`)")
-        return cls(tuple(keys), fallback)
+        share_key = None
+        if not keys:
+            legacy = cfg.root / "keys" / "hmac.key"
+            if os.path.lexists(legacy):
+                share_key = legacy
+        return cls(tuple(keys), share_key)
 
     def get(self, kid: str) -> Key:
         for key in self.keys:

@@ -44,11 +44,13 @@ class Node:
     def keys(self) -> NodeKeys:
         """This node's signer and the pinned keys of every node; each loaded on first use."""
         keys = NodeKeys(self.cfg)
-        if (self.cfg.accept_v2 or self.cfg.accept_v3) and keys.legacy.fallback:
+        share_key = keys.legacy.share_key if self.cfg.accept_v2 or self.cfg.accept_v3 else None
+        if share_key is not None:
             self.emit(
-                "key_fallback",
-                f"no HMAC key in {self.cfg.key_dir}; schema-2/3 tasks are checked with the "
-                "share's keys/hmac.key, which anyone who reads the share can read",
+                "share_key_ignored",
+                f"no HMAC key in {self.cfg.key_dir}, so every schema-2/3 task is refused; "
+                f"{share_key} is not used (anyone who reads the share can read it): put the "
+                "fleet's HMAC key in this host's ring with `dispatch keys import FILE`",
                 level=events.WARNING,
             )
         return keys

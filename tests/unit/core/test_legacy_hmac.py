@@ -74,33 +74,34 @@ def test_hmac_key_readable_by_others_short_or_symlinked_is_refused(tmp_path: Pat
         Keyring.load(cfg)
 
 
-def test_share_hmac_key_is_a_fallback_with_a_warning(
+def test_the_share_hmac_key_is_never_read_and_the_node_says_how_to_import_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The share carries bytes, never authority: the original's fleet key on it is readable
+    # by anyone who reads the share, so it verifies nothing here.
     cfg = make_cfg(tmp_path, accept_v2=True)
     cfg.key_dir.mkdir(parents=True)  # empty ring
     (cfg.root / "logs").mkdir(parents=True)
     legacy = cfg.root / "keys" / "hmac.key"
     legacy.parent.mkdir()
-    secret = new_secret()
     fd = os.open(legacy, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, secret + b"\n")
+    os.write(fd, new_secret() + b"\n")
     os.close(fd)
     ring = Node(cfg).keys.legacy
-    assert ring.fallback is True and [k.secret for k in ring] == [secret]
-    assert "key_fallback" in capsys.readouterr().err
+    assert list(ring) == [] and ring.share_key == legacy
+    err = capsys.readouterr().err
+    assert "share_key_ignored" in err and "dispatch keys import" in err
     audit = (cfg.root / "logs" / "gpubox.jsonl").read_text()
-    assert '"event": "key_fallback"' in audit
-    # Without a migration knob the share's key is not even read.
-    _ = Node(replace(cfg, accept_v2=False)).keys
-    assert "key_fallback" not in capsys.readouterr().err
+    assert '"event": "share_key_ignored"' in audit
+    # Not even its mode is checked: it is not opened (a world-readable one is no error).
     os.chmod(legacy, 0o644)
-    with pytest.raises(ConfigError, match="chmod 600"):
-        Keyring.load(cfg)
-    os.chmod(legacy, 0o600)
+    assert list(Keyring.load(cfg)) == []
+    # Without a migration knob nothing is said.
+    _ = Node(replace(cfg, accept_v2=False)).keys
+    assert "share_key_ignored" not in capsys.readouterr().err
     write_key(cfg.key_dir, new_secret(), "own")
     ring = Keyring.load(cfg)
-    assert ring.fallback is False and [k.kid for k in ring] == ["own"]
+    assert ring.share_key is None and [k.kid for k in ring] == ["own"]
 
 
 def test_parse_v2_types_its_unsigned_fields_then_drops_them() -> None:
