@@ -4,6 +4,7 @@ outside it is refused with one line; the key stays root's, 0600, unreadable to t
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -293,14 +294,16 @@ def test_an_agent_running_as_nobody_chains_through_the_signer_and_the_courier(
         "relay send=devbox hops=5": "children are at hops 1, not 6",
         "relay send=c": "may send children to devbox (DISPATCH_CHAIN_PEERS), not 'c'",
     }
-    for request, why in cases.items():
-        task_id = d.send(request)
+    # Each through `dispatch send` and through the MCP server's dispatch_send tool.
+    for (request, why), via in itertools.product(cases.items(), ("", " via=mcp")):
+        task_id = d.send(request + via)
         result = d.wait(task_id)
         assert result["status"] == "ok", result
         failure = failure_of(d, task_id)
-        assert failure.startswith("dispatch: the signer refused: execution "), failure
-        assert why in failure, failure
-        assert [why in line for line in refusals_for(host, task_id)] == [True], request
+        if not via:
+            assert failure.startswith("dispatch: the signer refused: execution "), failure
+        assert why in failure, (via, failure)
+        assert [why in line for line in refusals_for(host, task_id)] == [True], request + via
     # Nothing of theirs reached the lane (devbox's pass took the two children in).
     assert host.run(["ls", "-A", f"{lane}/inbox"]).stdout.split() == []
 
