@@ -101,6 +101,26 @@ os.rename(staged, lane / "inbox" / (body["id"] + ".json"))
 print(body["id"])
 """
 
+# b, with its own key (all b holds), answers for c: a result for a task a sent to c, in lane
+# a-to-c, signed by b. What a receiver of some lane may sign is results of its own lanes.
+FORGE_RESULT = """
+import json, os, sys
+from pathlib import Path
+from dispatch.core.keys import load_private
+from dispatch.core.wire import canonical, now_utc, rfc3339
+key = load_private(Path("/etc/dispatch/keys"), "b")
+body = {"schema": 4, "kind": "result", "from": "a", "to": "c", "id": sys.argv[2],
+        "answered_by": "c", "answered_at": rfc3339(now_utc()), "request": "held for an ack",
+        "status": "ok", "exit_code": 0, "elapsed_s": 1.0, "log_path": "", "final_text": "b says",
+        "output_tail": "", "output_bytes": 0, "perm_mode": "acceptEdits", "started_at": None,
+        "truncated": False, "unit": "", "reason": "", "kid": key.public.kid}
+body["sig"] = key.sign(canonical(body)).hex()
+done = Path(sys.argv[1]) / "a-to-c" / "done"
+staged = Path(sys.argv[1]) / "a-to-c" / "tmp" / (sys.argv[2] + ".result.json")
+staged.write_bytes(canonical(body) + b"\\n")
+os.rename(staged, done / (sys.argv[2] + ".result.json"))
+"""
+
 
 def test_no_host_speaks_for_another(make_cluster: ClusterFactory) -> None:
     """Host a holds only its own key: its signer will not sign as c, and a task a signs as
@@ -120,3 +140,29 @@ def test_no_host_speaks_for_another(make_cluster: ClusterFactory) -> None:
     # b still takes c's own tasks.
     genuine = cluster["c"].send("b", "from c itself")
     assert cluster["c"].wait(genuine)["status"] == "ok"
+
+    # Nor does a receiver answer for another lane: b's key signs a result for a task a sent
+    # to c (held there for an ack, so c has not answered it); a takes it for no outcome.
+    held = a.send("c", "held for an ack", "--require-ack")
+    cluster["c"].wait_until(
+        f"{held} held on c",
+        lambda: f"{held}.json" in cluster["c"].lane_files("a-to-c", "pending-ack"),
+    )
+    b.run([python, "-c", FORGE_RESULT, SHARE, held])
+    assert f"{held}.result.json" in a.lane_files("a-to-c", "done")
+    proc = a.dispatch("result", held, check=False)
+    assert proc.returncode == 3 and "not one pinned for c" in proc.stderr, proc.stderr
+    proc = a.dispatch("wait", held, "--timeout", "2", check=False)
+    assert proc.returncode == 4 and "ignored" in proc.stderr, proc.stderr
+
+    # A key published on the share that differs from the pin: reported, never adopted.
+    pinned = a.run(["cat", "/etc/dispatch/peers/c.pub"]).stdout
+    kind, material = b.run(["cat", f"{SHARE}/nodes/b.pub"]).stdout.split()[:2]
+    a.write(f"{SHARE}/nodes/c.pub", f"{kind} {material} c\n")  # b's key, named as c's
+    peers = {p["node"]: p for p in a.status()["peers"]}
+    assert str(peers["c"].get("key_problem")).endswith("refused"), peers["c"]
+    doctor = a.dispatch("doctor", check=False)
+    assert doctor.returncode != 0, doctor.stdout
+    assert "the key c publishes on the share" in doctor.stdout, doctor.stdout
+    assert a.run(["cat", "/etc/dispatch/peers/c.pub"]).stdout == pinned
+    assert a.wait(a.send("c", "c's pin stands"))["status"] == "ok"
