@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dispatch.core.config import Config
 from dispatch.core.errors import ConfigError, Rejection, SigningFailed, UsageError
 from dispatch.core.keys import NodeKey, Pins, PublicKey, load_private
-from dispatch.core.legacy_hmac import Keyring, verify_object
 from dispatch.core.model import (
     HMAC_SCHEMA,
     SCHEMA,
@@ -32,6 +31,10 @@ from dispatch.core.model import (
     signature_field,
 )
 from dispatch.core.wire import canonical
+
+if TYPE_CHECKING:
+    # Schemas 2 and 3 only, under their migration knobs: not imported on a node's hops.
+    from dispatch.core.legacy_hmac import Keyring
 
 
 class LaneEnds(Protocol):
@@ -141,6 +144,8 @@ class NodeKeys:
     @cached_property
     def legacy(self) -> Keyring:
         """The HMAC key ring, for schema 2 and 3 only."""
+        from dispatch.core.legacy_hmac import Keyring
+
         return Keyring.load(self.cfg, required=False)
 
     def own_kid(self) -> str:
@@ -184,6 +189,8 @@ def _legacy_gate(keys: NodeKeys, obj: dict[str, Any], what: str) -> None:
                 f"schema-3 {what} (a shared HMAC key), and this node does not accept them "
                 "(DISPATCH_ACCEPT_V3=0)",
             )
+        from dispatch.core.legacy_hmac import verify_object
+
         verify_object(keys.legacy, obj, what)
 
 

@@ -24,7 +24,7 @@ from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.launch.process import execution_alive, process_start_time
 from dispatch.receive.output import Outcome
 from dispatch.receive.supervise import run_agent
-from dispatch.signer.caller import forget_executor, record_executor
+from dispatch.signer.records import forget_executor, record_executor
 
 
 def locate(node: Node, task_id: str) -> HeldLane | None:

@@ -11,7 +11,6 @@ from typing import Any
 
 from dispatch.core.config import Config, DangerousPolicy
 from dispatch.core.errors import Rejection
-from dispatch.core.legacy_hmac import parse_v2, verify_v2
 from dispatch.core.model import Envelope
 from dispatch.core.signing import NodeKeys, verify_envelope
 from dispatch.core.spool import Lane
@@ -58,6 +57,8 @@ def _authenticated(cfg: Config, ring: NodeKeys, obj: dict[str, Any]) -> tuple[En
     v2 = schema == 2 and not isinstance(schema, bool)
     if not v2:
         return verify_envelope(ring, obj), False
+    from dispatch.core.legacy_hmac import parse_v2, verify_v2  # the original's peers only
+
     old = parse_v2(obj)
     verify_v2(ring.legacy, old)
     # Only six fields are signed; the rest is the receiving node's policy, never the file's.

@@ -29,7 +29,7 @@ from dispatch.receive.follow import (
     stopped_outcome,
 )
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
-from dispatch.signer.caller import forget_agent, mark_agent_ended, record_agent
+from dispatch.signer.records import forget_agent, mark_agent_ended, record_agent
 
 GRACE_S = 5.0
 

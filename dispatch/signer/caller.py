@@ -4,21 +4,18 @@ caller says about itself is used."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import socket
 import struct
 from pathlib import Path
 
-from dispatch.core.fsio import atomic_write
 from dispatch.core.model import Stage
 from dispatch.core.state import NodeState
 from dispatch.core.wire import valid_id
 from dispatch.receive.launch.process import process_start_time
+from dispatch.signer.records import AGENT_ENDED, agent_path, recorded_executor
 from dispatch.signer.rules import Caller, Execution
 
-AGENT_ENDED = "agent_ended"
 _EXEC_UNIT = re.compile(r"/dispatch-exec@([0-9a-f-]{36})\.service(?:/|$)")
 
 
@@ -61,60 +58,6 @@ def session_of(pid: int) -> tuple[int, int]:
         return 0, 0
     fields = stat[stat.rfind(")") + 2 :].split()
     return int(fields[2]), int(fields[3])
-
-
-def agent_path(state: NodeState, pgid: int) -> Path:
-    return state.path / "agents" / str(pgid)
-
-
-def record_agent(state: NodeState, pgid: int, task_id: str) -> None:
-    """Under the process launcher the executor starts each agent as the leader of a new
-    session; this says which task that session runs (removed when the agent ends)."""
-    path = agent_path(state, pgid)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = path.with_name(f".{pgid}.tmp")
-    tmp.write_text(task_id)
-    os.replace(tmp, path)
-
-
-def forget_agent(state: NodeState, pgid: int) -> None:
-    agent_path(state, pgid).unlink(missing_ok=True)
-
-
-def executor_path(state: NodeState, task_id: str) -> Path:
-    return state.path / "executors" / task_id
-
-
-def record_executor(state: NodeState, task_id: str) -> None:
-    """`dispatch exec` says it is this task's executor (its pid and kernel start time),
-    before anything of the task runs: the signer signs that process, and no other of its
-    execution, the task's result (rules._own_result). Removed when it ends."""
-    pid = os.getpid()
-    path = executor_path(state, task_id)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    atomic_write(path, f"{pid} {process_start_time(pid)}".encode(), mode=0o600)
-
-
-def forget_executor(state: NodeState, task_id: str) -> None:
-    executor_path(state, task_id).unlink(missing_ok=True)
-
-
-def recorded_executor(state: NodeState, task_id: str) -> tuple[int, str] | None:
-    try:
-        pid, start = executor_path(state, task_id).read_text().split()
-    except (OSError, ValueError):
-        return None
-    return (int(pid), start) if pid.isdigit() and start.isdigit() else None
-
-
-def mark_agent_ended(state: NodeState, task_id: str) -> None:
-    """The agent has ended: from now on nothing of its execution is signed, although its
-    result is not published yet (a process it left behind may still ask)."""
-    marker = state.started(task_id)
-    if marker is None:
-        return
-    with contextlib.suppress(OSError):
-        state.update_started(task_id, {**marker, AGENT_ENDED: True})
 
 
 def process_execution(state: NodeState, pid: int) -> str:

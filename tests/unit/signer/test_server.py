@@ -23,7 +23,7 @@ from dispatch.core.model import SCHEMA, Kind, Stage
 from dispatch.core.node import Node
 from dispatch.core.signing import NodeKeys, verify_signed
 from dispatch.receive.launch.process import process_start_time
-from dispatch.signer.caller import executor_path, forget_agent, mark_agent_ended, record_agent
+from dispatch.signer.records import executor_path, forget_agent, mark_agent_ended, record_agent
 from dispatch.signer.server import SignerServer, bind_socket
 
 pytestmark = pytest.mark.skipif(
