@@ -3,6 +3,7 @@ the system stopped and its lane empty."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -108,10 +109,16 @@ class Throughput:
         }
 
 
+# A burst whose results pause this long while tasks wait is stuck, not slow: the receiver's
+# promoter journal of the figure goes into the bench's log, so that a run explains itself.
+STALL_S = 10.0
+
+
 def throughput(system: System, n: int, cap: int, poll_sec: int, timeout: float = 600) -> Throughput:
     """A burst of n tasks from one sending process (no-op agent): tasks per second from the
     first task's `created` to the last result seen in done/."""
     system.start(cap=cap, agent="noop-agent", poll_sec=poll_sec)
+    began = time.time()
     try:
         sent = system.send_batch(n, f"bench burst {uuid.uuid4().hex[:12]}")
         ids = {s.task_id for s in sent}
@@ -120,6 +127,12 @@ def throughput(system: System, n: int, cap: int, poll_sec: int, timeout: float =
             raise BenchError(f"{system.name}: {len(found)}/{n} results within {timeout}s")
         first = min(s.sent_at for s in sent)
         result = Throughput(n, cap, len(found), max(found.values()) - first)
+        times = sorted([first, *found.values()])
+        gap = max(b - a for a, b in itertools.pairwise(times))
+        if gap > STALL_S:
+            log(f"  {system.name}: no result for {gap:.1f} s in the burst; its receiver's journal:")
+            for line in system.journal_since(began):
+                log(f"    {line}")
     finally:
         system.stop()
         system.reset()

@@ -180,6 +180,9 @@ class System(Protocol):
     def reset(self) -> None:
         """Empty the lane and the agent's log (the system is stopped)."""
 
+    def journal_since(self, unix: float) -> list[str]:
+        """What the receiver logged of its passes since then (a stalled figure's why)."""
+
 
 def _created_of(lane: Path, task_id: str, audit: Path, event: str) -> tuple[float, str]:
     """The envelope's `created`, read from wherever the task file is now; if it has already
@@ -333,6 +336,29 @@ class DispatchSystem:
         reset_lane(self.lane)
         self.agent_log.write_text("")
 
+    def journal_since(self, unix: float) -> list[str]:
+        out = self.site.receiver.run(
+            [
+                "journalctl",
+                "-o",
+                "short-precise",
+                "--no-pager",
+                "--since",
+                f"@{int(unix) - 1}",
+                "-u",
+                "dispatch-watch.service",
+                "-u",
+                "dispatch-watch.path",
+                "-u",
+                "dispatch-watch.timer",
+                "-u",
+                "dispatch-signer.service",
+            ],
+            check=False,
+        ).stdout
+        lines = out.splitlines()
+        return lines if len(lines) <= 300 else [*lines[:150], "...", *lines[-150:]]
+
 
 def _parse_batch(out: str, prefix: str) -> list[Sent]:
     sent = []
@@ -463,6 +489,22 @@ class OriginalSystem:
     def reset(self) -> None:
         reset_lane(self.lane)
         self.agent_log.write_text("")
+
+    def journal_since(self, unix: float) -> list[str]:
+        out = self.site.receiver.run(
+            [
+                "journalctl",
+                "-o",
+                "short-precise",
+                "--no-pager",
+                "--since",
+                f"@{int(unix) - 1}",
+                "-u",
+                WATCH_UNIT,
+            ],
+            check=False,
+        ).stdout
+        return out.splitlines()[-300:]
 
 
 def wait_results(
