@@ -199,6 +199,16 @@ def _created_of(lane: Path, task_id: str, audit: Path, event: str) -> tuple[floa
     raise BenchError(f"no send time for {task_id}")
 
 
+def receiver_journal(site: Site, unix: float, units: tuple[str, ...]) -> list[str]:
+    """The receiver's journal of these units since `unix`: at most its first and last 150
+    lines (a stalled figure's why, for the bench's log)."""
+    argv = ["journalctl", "-o", "short-precise", "--no-pager", "--since", f"@{int(unix) - 1}"]
+    for unit in units:
+        argv += ["-u", unit]
+    lines = site.receiver.run(argv, check=False).stdout.splitlines()
+    return lines if len(lines) <= 300 else [*lines[:150], "...", *lines[-150:]]
+
+
 def reset_lane(lane: Path) -> None:
     for stage in STAGES:
         empty_dir(lane / stage)
@@ -337,27 +347,16 @@ class DispatchSystem:
         self.agent_log.write_text("")
 
     def journal_since(self, unix: float) -> list[str]:
-        out = self.site.receiver.run(
-            [
-                "journalctl",
-                "-o",
-                "short-precise",
-                "--no-pager",
-                "--since",
-                f"@{int(unix) - 1}",
-                "-u",
+        return receiver_journal(
+            self.site,
+            unix,
+            (
                 "dispatch-watch.service",
-                "-u",
                 "dispatch-watch.path",
-                "-u",
                 "dispatch-watch.timer",
-                "-u",
                 "dispatch-signer.service",
-            ],
-            check=False,
-        ).stdout
-        lines = out.splitlines()
-        return lines if len(lines) <= 300 else [*lines[:150], "...", *lines[-150:]]
+            ),
+        )
 
 
 def _parse_batch(out: str, prefix: str) -> list[Sent]:
@@ -491,20 +490,7 @@ class OriginalSystem:
         self.agent_log.write_text("")
 
     def journal_since(self, unix: float) -> list[str]:
-        out = self.site.receiver.run(
-            [
-                "journalctl",
-                "-o",
-                "short-precise",
-                "--no-pager",
-                "--since",
-                f"@{int(unix) - 1}",
-                "-u",
-                WATCH_UNIT,
-            ],
-            check=False,
-        ).stdout
-        return out.splitlines()[-300:]
+        return receiver_journal(self.site, unix, (WATCH_UNIT,))
 
 
 def wait_results(
