@@ -62,7 +62,10 @@ def _mark_time(
             continue
         if kind == "DISPATCH_EVENT":
             if entry.get("DISPATCH_EVENT") == value and entry.get("DISPATCH_TASK_ID") == task_id:
-                return at
+                # After a quick start, exec_start is logged once the executor has loaded the
+                # rest, after the agent started; it says when that was.
+                spawned = entry.get("DISPATCH_SPAWNED_AT")
+                return float(str(spawned)) if spawned else at
         else:
             message = entry.get("MESSAGE")
             if (

@@ -79,11 +79,21 @@ def _promote() -> int:
 
 
 def _exec(task_id: str) -> int:
+    # First, before the imports below (~50 ms): the agent of a task the promoter planned.
+    from dispatch.receive import quickstart
+
+    quick = quickstart.start(task_id)
     from dispatch.core import config
     from dispatch.core.node import Node
     from dispatch.receive.executor import execute
 
-    execute(Node(config.load()), task_id, os.environ.get("DISPATCH_UNIT", ""))
+    try:
+        node = Node(config.load())
+    except BaseException:
+        if quick is not None:
+            quickstart.abandon(quick)
+        raise
+    execute(node, task_id, os.environ.get("DISPATCH_UNIT", ""), quick)
     # The task's outcome is in its result; a non-zero exit here would only mark the unit failed.
     return 0
 

@@ -45,6 +45,11 @@ class NodeState:
     def _seen(self, task_id: str) -> Path:
         return self.path / "seen" / task_id
 
+    def ledger_path(self, task_id: str) -> Path:
+        """Where the task's ledger entry is (for the executor's quick start, which reads it
+        without this module)."""
+        return self._seen(task_id)
+
     def claim(self, task_id: str, sha256: str, lane: str) -> LedgerEntry | None:
         """Record a first sighting; return None when this call made the claim, else the
         entry that was already there (a replay, or an intake a crash interrupted)."""
@@ -112,6 +117,10 @@ class NodeState:
     def _started(self, task_id: str) -> Path:
         return self.path / "started" / task_id
 
+    def started_path(self, task_id: str) -> Path:
+        """Where the task's started marker is claimed (see ledger_path)."""
+        return self._started(task_id)
+
     def mark_started(self, task_id: str, info: dict[str, Any]) -> bool:
         """Claim the single execution of a task. False when it was started before: whatever
         happened since, it must not run again (invariant 1)."""
@@ -139,8 +148,11 @@ class NodeState:
         atomic_write(self._started(task_id), json.dumps(info).encode(), mode=0o600)
 
     # -- cancel requests, recorded before acting so no crash or race can lose one ------
+    def cancel_path(self, task_id: str) -> Path:
+        return self.path / "cancel" / task_id
+
     def request_cancel(self, task_id: str, reason: str) -> None:
-        atomic_write(self.path / "cancel" / task_id, reason.encode("utf-8"), mode=0o600)
+        atomic_write(self.cancel_path(task_id), reason.encode("utf-8"), mode=0o600)
 
     def cancel_ids(self) -> set[str]:
         try:
@@ -150,7 +162,7 @@ class NodeState:
 
     def cancel_reason(self, task_id: str) -> str | None:
         try:
-            return (self.path / "cancel" / task_id).read_text("utf-8", "replace").strip()
+            return self.cancel_path(task_id).read_text("utf-8", "replace").strip()
         except FileNotFoundError:
             return None
 

@@ -36,6 +36,7 @@ from dispatch.core.model import SCHEMA, Envelope
 from dispatch.core.node import Node
 from dispatch.core.signing import verify_envelope
 from dispatch.core.wire import MAX_FILE_BYTES, valid_id
+from dispatch.receive.quickstart import make_box
 from dispatch.send.outbox import OUTBOX_ENV
 
 EXEC_RUN_DIR = Path("/run/dispatch/exec")
@@ -101,15 +102,10 @@ def settings_for(node: Node, box: ChainBox) -> dict[str, str]:
 def open_box(task_id: str, user: str, base: Path = EXEC_RUN_DIR) -> ChainBox:
     """A fresh box for this execution; one left by an executor that died is replaced."""
     account = pwd.getpwnam(user)
-    base.mkdir(parents=True, exist_ok=True, mode=0o755)
     box = ChainBox(base / task_id)
     if os.path.lexists(box.base):
         shutil.rmtree(box.base)  # fd-based: links the agent left in it are not followed
-    box.base.mkdir(mode=0o755)
-    box.verdicts.mkdir(mode=0o755)
-    for mine in (box.outbox, box.state):
-        mine.mkdir(mode=0o700)
-        os.chown(mine, account.pw_uid, account.pw_gid)
+    make_box(box.base, [box.verdicts], [box.outbox, box.state], account.pw_uid, account.pw_gid)
     return box
 
 

@@ -16,13 +16,14 @@ from dispatch.core.fsio import read_regular
 from dispatch.core.lanedirs import HeldLane, hold
 from dispatch.core.model import Callback, Envelope, Result, Stage, Status
 from dispatch.core.node import Node
+from dispatch.core.pids import execution_alive, process_start_time
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
 from dispatch.core.wire import now_utc, rfc3339, valid_id
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
-from dispatch.receive.launch.process import execution_alive, process_start_time
 from dispatch.receive.output import Outcome
+from dispatch.receive.quickstart import QuickStart, abandon
 from dispatch.receive.supervise import run_agent
 from dispatch.signer.records import forget_executor, record_executor
 
@@ -50,9 +51,18 @@ def locate(node: Node, task_id: str) -> HeldLane | None:
     return None
 
 
-def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
+def execute(
+    node: Node, task_id: str, unit: str = "", quick: QuickStart | None = None
+) -> Result | None:
     """Run the task; return its result, or None when nothing ran (killswitch, or it had
-    already been started and is now answered as interrupted)."""
+    already been started and is now answered as interrupted). With `quick`, the quick start
+    (receive/quickstart.py) has claimed the execution and started its agent already."""
+    if quick is not None:
+        try:
+            return _take_over(node, task_id, unit, quick)
+        except BaseException:
+            abandon(quick)  # nothing may run unwatched
+            raise
     if not valid_id(task_id):
         raise UsageError(f"not a task id: {task_id[:60]!r}")
     lane = locate(node, task_id)
@@ -71,6 +81,45 @@ def execute(node: Node, task_id: str, unit: str = "") -> Result | None:
     finally:
         forget_executor(node.state, task_id)
         lane.close()
+
+
+def _take_over(node: Node, task_id: str, unit: str, quick: QuickStart) -> Result | None:
+    """The rest of an execution the quick start began: its task verified again (after the
+    agent started, so that its start does not wait for OpenSSL and the keys), then followed,
+    signed and published as any other."""
+    lane = locate(node, task_id)
+    if lane is None:
+        raise NotFound(f"task {task_id} is not queued on this node")
+    try:
+        admitted = admit(node, lane, task_id, quick.data)
+        if admitted is None:
+            # Changed policy or keys since admission (its bytes are the admitted ones): the
+            # agent is ended within milliseconds of its start, and the task is rejected.
+            abandon(quick)
+            return None
+        envelope = admitted.envelope
+        _announce(node, envelope, unit, quick)
+        return _run(node, lane, envelope, quick.started_at, unit, quick)
+    finally:
+        forget_executor(node.state, task_id)
+        lane.close()
+
+
+def _announce(node: Node, envelope: Envelope, unit: str, quick: QuickStart | None) -> None:
+    extra: dict[str, object] = {}
+    if quick is not None:
+        # When the agent really started: this event comes after it, once the rest is loaded.
+        extra = {"quick_start": "yes", "spawned_at": f"{quick.spawned_at:.6f}"}
+    node.emit(
+        "exec_start",
+        f"agent starting: {envelope.request[:80]}",
+        task_id=envelope.id,
+        from_=envelope.from_,
+        to=envelope.to,
+        timeout_s=envelope.timeout_s,
+        unit=unit,
+        **extra,
+    )
 
 
 def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | None:
@@ -159,16 +208,22 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
         )
         _finish(node, lane, task_id)
         return None
-    node.emit(
-        "exec_start",
-        f"agent starting: {envelope.request[:80]}",
-        task_id=task_id,
-        from_=envelope.from_,
-        to=envelope.to,
-        timeout_s=envelope.timeout_s,
-        unit=unit,
-    )
-    began = time.monotonic()
+    _announce(node, envelope, unit, None)
+    return _run(node, lane, envelope, started_at, unit, None)
+
+
+def _run(
+    node: Node,
+    lane: HeldLane,
+    envelope: Envelope,
+    started_at: str,
+    unit: str,
+    quick: QuickStart | None,
+) -> Result | None:
+    task_id = envelope.id
+    slurm = node.cfg.launcher is LauncherKind.SLURM
+    # Elapsed from the agent's start, which the quick start made before this process loaded.
+    began = time.monotonic() - (max(0.0, time.time() - quick.spawned_at) if quick else 0.0)
     inv = invocation(node.cfg, envelope)
     log_path = lane.log_path(task_id)
     if os.path.lexists(log_path):
@@ -181,7 +236,7 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
             source=lane.done,
             task_id=task_id,
         )
-    if slurm:
+    if slurm and quick is None:
         from dispatch.receive.slurm_job import run_job
 
         slurm_outcome = run_job(node, envelope, inv.argv, inv.stdin, log_path, started_at)
@@ -189,7 +244,7 @@ def _execute(node: Node, lane: HeldLane, task_id: str, unit: str) -> Result | No
             return None  # left to a later executor (see slurm_job.run_job)
         outcome = slurm_outcome
     else:
-        outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path)
+        outcome = run_agent(node, envelope, inv.argv, inv.stdin, log_path, quick)
     return conclude(
         node,
         lane,
@@ -251,13 +306,15 @@ def conclude(
     return result
 
 
-def admit(node: Node, lane: Lane, task_id: str) -> Admitted | None:
+def admit(node: Node, lane: Lane, task_id: str, data: bytes | None = None) -> Admitted | None:
     """Verify again what promote admitted: processing/ is on the share, and its file could
-    have been swapped since. It must be the very bytes the ledger recorded."""
+    have been swapped since. It must be the very bytes the ledger recorded. `data`: the
+    bytes the quick start read from that file (and checked against the ledger's sha256)."""
     path = lane.processing / lane.task_name(task_id)
     entry = node.state.entry(task_id)
     try:
-        data = read_regular(path)
+        if data is None:
+            data = read_regular(path)
         admitted = examine(node.cfg, node.keys, lane, path.name, data, check_fresh=False)
         if entry is None or entry.sha256 != admitted.sha256 or entry.lane != lane.name:
             raise Rejection("tampered", "task file differs from the one this node admitted")

@@ -29,6 +29,7 @@ from dispatch.core import events
 from dispatch.core.errors import DispatchError
 from dispatch.core.model import Envelope, Result, Status
 from dispatch.core.node import Node
+from dispatch.core.pids import process_start_time
 from dispatch.core.runner import slurm
 from dispatch.core.spool import Lane
 from dispatch.core.wire import now_utc, rfc3339
@@ -36,7 +37,6 @@ from dispatch.receive import publish
 from dispatch.receive.agent import invocation
 from dispatch.receive.executor import _finish, conclude
 from dispatch.receive.launch import slurm as backend
-from dispatch.receive.launch.process import process_start_time
 from dispatch.receive.output import HEADER_END, Outcome, Output, ShareLog, log_header
 from dispatch.receive.slurm_follow import follow_job
 from dispatch.receive.supervise import agent_env

@@ -19,7 +19,7 @@ from dispatch.core.errors import UsageError
 from dispatch.core.model import TIMEOUT_EXIT, Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
-from dispatch.receive.courier import Courier, start_courier
+from dispatch.receive.courier import ChainBox, Courier, start_courier
 from dispatch.receive.follow import (
     Phase,
     StopSignals,
@@ -29,12 +29,10 @@ from dispatch.receive.follow import (
     stopped_outcome,
 )
 from dispatch.receive.output import Outcome, Output, ShareLog, log_header
+from dispatch.receive.quickstart import QuickStart, inherited_env
 from dispatch.signer.records import forget_agent, mark_agent_ended, record_agent
 
 GRACE_S = 5.0
-
-
-AGENT_KEEPS = ("DISPATCH_CONFIG", "DISPATCH_FAKE_AGENT_LOG")
 
 
 def agent_user(node: Node) -> str | None:
@@ -58,22 +56,24 @@ def agent_user(node: Node) -> str | None:
     return node.cfg.run_as
 
 
-def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
+def agent_settings(node: Node, envelope: Envelope) -> dict[str, str]:
+    """What the executor adds to the environment the agent inherits (quickstart.inherited_env);
+    the promoter puts the same in its plan for the quick start (receive/exec_plan.py)."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")
-        and (not k.startswith("DISPATCH_") or k in AGENT_KEEPS)
+        "DISPATCH_TASK_ID": envelope.id,
+        "DISPATCH_HOPS": str(envelope.hops),
+        "DISPATCH_NODE": node.name,
+        # Where to ask for a child task's signature (the agent holds no key): not a secret.
+        "DISPATCH_SIGNER_SOCKET": str(node.cfg.signer_socket),
     }
-    env["DISPATCH_TASK_ID"] = envelope.id
-    env["DISPATCH_HOPS"] = str(envelope.hops)
-    env["DISPATCH_NODE"] = node.name
-    # Where to ask for a child task's signature (the agent holds no key): not a secret.
-    env["DISPATCH_SIGNER_SOCKET"] = str(node.cfg.signer_socket)
     if node.cfg.run_as and os.geteuid() == 0:
         user = pwd.getpwnam(node.cfg.run_as)
         env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
     return env
+
+
+def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:
+    return {**inherited_env(os.environ), **agent_settings(node, envelope)}
 
 
 def _killpg(pid: int, signum: int) -> None:
@@ -163,8 +163,15 @@ class _Child:
 
 
 def run_agent(
-    node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log_path: Path
+    node: Node,
+    envelope: Envelope,
+    argv: list[str],
+    stdin: bytes | None,
+    log_path: Path,
+    quick: QuickStart | None = None,
 ) -> Outcome:
+    """Start the agent (or take over the one the quick start started) and follow it to its
+    end."""
     stop = StopSignals()
     agent_pgid = 0
     courier: Courier | None = None
@@ -173,37 +180,14 @@ def run_agent(
     output = Output(node, envelope, log)
     try:
         log.write(log_header(envelope))
-        try:
-            user = agent_user(node)
-        except UsageError as exc:
-            log.write(f"# not started: {exc}\n".encode())
-            return Outcome(
-                Status.ERROR, 126, f"agent not started: {exc}", 0, False, "", "", log.close()
-            )
-        env = agent_env(node, envelope)
-        courier = start_courier(node, envelope, user, _note(log))
-        if courier is not None:
-            env.update(courier.agent_settings())
-        try:
-            proc = spawn_agent(
-                argv,
-                env=env,
-                cwd=None,
-                user=user,
-                with_stdin=stdin is not None,
-            )
-        except OSError as exc:
-            log.write(f"# cannot start agent {argv[0]}: {exc.strerror}\n".encode())
-            return Outcome(
-                Status.ERROR,
-                127,
-                f"cannot start agent {argv[0]}: {exc.strerror}",
-                0,
-                False,
-                "",
-                "",
-                log.close(),
-            )
+        started = (
+            _spawn(node, envelope, argv, stdin, log)
+            if quick is None
+            else _adopt(node, envelope, argv, quick, log)
+        )
+        if isinstance(started, Outcome):
+            return started
+        proc, courier = started
         # The agent leads a new session: the local signer knows its processes by it.
         record_agent(node.state, proc.pid, envelope.id)
         agent_pgid = proc.pid
@@ -237,6 +221,45 @@ def run_agent(
         stop.close()
         log_rest = log.close()
     return output.outcome(status, exit_code, reason, log_rest)
+
+
+def _not_started(log: ShareLog, exit_code: int, why: str) -> Outcome:
+    log.write(f"# {why}\n".encode())
+    return Outcome(Status.ERROR, exit_code, why, 0, False, "", "", log.close())
+
+
+def _spawn(
+    node: Node, envelope: Envelope, argv: list[str], stdin: bytes | None, log: ShareLog
+) -> tuple[subprocess.Popen[bytes], Courier | None] | Outcome:
+    try:
+        user = agent_user(node)
+    except UsageError as exc:
+        return _not_started(log, 126, f"agent not started: {exc}")
+    env = agent_env(node, envelope)
+    courier = start_courier(node, envelope, user, _note(log))
+    if courier is not None:
+        env.update(courier.agent_settings())
+    try:
+        proc = spawn_agent(argv, env=env, cwd=None, user=user, with_stdin=stdin is not None)
+    except OSError as exc:
+        if courier is not None:
+            courier.close()
+        return _not_started(log, 127, f"cannot start agent {argv[0]}: {exc.strerror}")
+    return proc, courier
+
+
+def _adopt(
+    node: Node, envelope: Envelope, argv: list[str], quick: QuickStart, log: ShareLog
+) -> tuple[subprocess.Popen[bytes], Courier | None] | Outcome:
+    """The agent the quick start started, with the courier for the box it made."""
+    courier = (
+        None if quick.box is None else Courier(node, envelope, ChainBox(quick.box), _note(log))
+    )
+    if quick.proc is None:
+        if courier is not None:
+            courier.close()
+        return _not_started(log, 127, f"cannot start agent {argv[0]}: {quick.error}")
+    return quick.proc, courier
 
 
 def _note(log: ShareLog) -> Callable[[str], None]:

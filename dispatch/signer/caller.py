@@ -10,9 +10,9 @@ import struct
 from pathlib import Path
 
 from dispatch.core.model import Stage
+from dispatch.core.pids import process_start_time
 from dispatch.core.state import NodeState
 from dispatch.core.wire import valid_id
-from dispatch.receive.launch.process import process_start_time
 from dispatch.signer.records import AGENT_ENDED, agent_path, recorded_executor
 from dispatch.signer.rules import Caller, Execution
 

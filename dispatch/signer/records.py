@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dispatch.core.fsio import atomic_write
-from dispatch.core.state import NodeState
-from dispatch.receive.launch.process import process_start_time
+from dispatch.core.pids import process_start_time
+
+if TYPE_CHECKING:  # the quick start imports this module, and no state module, before its agent
+    from dispatch.core.state import NodeState
 
 AGENT_ENDED = "agent_ended"
 
@@ -44,9 +47,14 @@ def record_executor(state: NodeState, task_id: str) -> None:
     """`dispatch exec` says it is this task's executor (its pid and kernel start time),
     before anything of the task runs: the signer signs that process, and no other of its
     execution, the task's result (rules._own_result). Removed when it ends."""
-    pid = os.getpid()
     path = executor_path(state, task_id)
     path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_executor_record(path)
+
+
+def write_executor_record(path: Path) -> None:
+    """The record itself, at a path a plan names (receive/quickstart.py) or ours above."""
+    pid = os.getpid()
     atomic_write(path, f"{pid} {process_start_time(pid)}".encode(), mode=0o600)
 
 

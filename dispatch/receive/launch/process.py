@@ -1,5 +1,4 @@
-"""Executions as child processes, and the liveness check every backend's recovery uses: a
-recorded pid with its kernel start time."""
+"""Executions as child processes (the liveness check all backends share is core/pids.py)."""
 
 from __future__ import annotations
 
@@ -11,33 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dispatch.core.node import Node
+from dispatch.core.pids import process_start_time
 from dispatch.core.runner import dispatch_argv, spawn_detached
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a pid (field 22 of /proc/<pid>/stat), which tells a live
-    process from a recycled pid. None when the process is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def execution_alive(marker: Mapping[str, object]) -> bool:
-    """Whether the `dispatch exec` that wrote a started marker still runs: its pid, with the
-    kernel start time it recorded (a recycled pid has another). A specific pid is checked;
-    /proc is never scanned."""
-    pid, started = marker.get("pid"), marker.get("pid_start")
-    return (
-        isinstance(pid, int)
-        and pid > 0
-        and isinstance(started, str)
-        and process_start_time(pid) == started
-    )
 
 
 class ProcessLauncher:

@@ -183,8 +183,9 @@ class SlurmLauncher:
 
     def __init__(self, node: Node) -> None:
         from dispatch.core.config import systemd_is_pid1
+        from dispatch.core.pids import execution_alive
         from dispatch.receive.launch import Launcher
-        from dispatch.receive.launch.process import ProcessLauncher, execution_alive
+        from dispatch.receive.launch.process import ProcessLauncher
 
         self.node = node
         self._alive = execution_alive

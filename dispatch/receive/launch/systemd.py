@@ -9,6 +9,7 @@ from dispatch.core.dbus import DBusError
 from dispatch.core.errors import DispatchError
 from dispatch.core.node import Node
 from dispatch.core.runner import systemctl
+from dispatch.receive import exec_plan
 from dispatch.receive.launch.systemd_bus import Manager
 
 TEMPLATE = "dispatch-exec@{}.service"
@@ -173,6 +174,16 @@ class SystemdLauncher:
         systemctl("start", "--no-block", PATH_UNIT, check=False)
 
     def start(self, task_id: str) -> None:
+        # Its agent starts before `dispatch exec` loads the rest (receive/quickstart.py).
+        planned = exec_plan.write(self.node, task_id)
+        try:
+            self._start_unit(task_id)
+        except BaseException:
+            if planned:
+                exec_plan.drop(task_id)
+            raise
+
+    def _start_unit(self, task_id: str) -> None:
         # --no-block: promote is a oneshot that must return; the unit runs on its own.
         bus = self._manager()
         if bus is not None:

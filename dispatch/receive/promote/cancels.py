@@ -13,11 +13,11 @@ from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.fsio import read_regular
 from dispatch.core.model import HMAC_SCHEMA, SCHEMA, Status
 from dispatch.core.node import Node
+from dispatch.core.pids import execution_alive
 from dispatch.core.signing import verify_cancel
 from dispatch.core.spool import Lane
 from dispatch.core.wire import loads_strict, now_utc, parse_time, valid_id
 from dispatch.receive import publish
-from dispatch.receive.launch.process import execution_alive
 from dispatch.receive.promote import recovery
 from dispatch.receive.promote.report import Pass
 

@@ -12,12 +12,12 @@ from dispatch.core import events, fsio
 from dispatch.core.errors import Rejection, SigningFailed
 from dispatch.core.fsio import read_regular
 from dispatch.core.model import Stage, Status, parse_envelope
+from dispatch.core.pids import execution_alive
 from dispatch.core.signing import sign_object
 from dispatch.core.spool import Lane
 from dispatch.core.state import parse_index
 from dispatch.core.wire import loads_strict
 from dispatch.receive import publish
-from dispatch.receive.launch.process import execution_alive
 from dispatch.receive.promote import placement
 from dispatch.receive.promote.placement import Placement
 from dispatch.receive.promote.report import Pass

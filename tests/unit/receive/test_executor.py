@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from dispatch.core.model import TIMEOUT_EXIT, Stage, Status
+from dispatch.core.pids import process_start_time
 from dispatch.core.spool import Lane, set_killswitch
 from dispatch.core.wire import new_id
 from dispatch.receive.executor import execute
-from dispatch.receive.launch.process import process_start_time
 from dispatch.receive.supervise import GRACE_S
 from dispatch.send import results
 from tests.conftest import Pair

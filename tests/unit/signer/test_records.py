@@ -7,8 +7,8 @@ import uuid
 from pathlib import Path
 
 from dispatch.core.model import Stage
+from dispatch.core.pids import process_start_time
 from dispatch.core.state import NodeState
-from dispatch.receive.launch.process import process_start_time
 from dispatch.signer.caller import execution_info, process_execution
 from dispatch.signer.records import (
     AGENT_ENDED,

@@ -21,8 +21,8 @@ from dispatch.core.config import Config
 from dispatch.core.keys import Pins, load_private, write_private
 from dispatch.core.model import SCHEMA, Kind, Stage
 from dispatch.core.node import Node
+from dispatch.core.pids import process_start_time
 from dispatch.core.signing import NodeKeys, verify_signed
-from dispatch.receive.launch.process import process_start_time
 from dispatch.signer.records import executor_path, forget_agent, mark_agent_ended, record_agent
 from dispatch.signer.server import SignerServer, bind_socket
 
