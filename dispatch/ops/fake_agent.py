@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from dispatch.core.runner import dispatch_argv
+# Only what sending a child needs loads anything more: the agent's start record comes first
+# (bench/hops.py measures it), as a real agent CLI would be at work by then.
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _emit(obj: dict[str, object]) -> None:
@@ -88,6 +90,10 @@ def send_child(request: str, peer: str, d: dict[str, str] | None = None) -> tupl
     ]
     if d.get("via") == "mcp":
         return _send_by_mcp(" ".join(words), peer, _child_env(d))
+    import subprocess
+
+    from dispatch.core.runner import dispatch_argv
+
     argv = dispatch_argv(
         "send",
         "--to",
@@ -140,6 +146,8 @@ def mcp_session(
     rest: list[dict[str, Any]] = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
     rest += [{"jsonrpc": "2.0", "id": i, **call} for i, call in enumerate(calls, start=2)]
     answers: dict[int, dict[str, Any]] = {}
+    import subprocess
+
     with subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -173,6 +181,8 @@ def _send_by_mcp(request: str, peer: str, env: dict[str, str]) -> tuple[str, str
         "method": "tools/call",
         "params": {"name": "dispatch_send", "arguments": {"to": peer, "request": request}},
     }
+    from dispatch.core.runner import dispatch_argv
+
     answer = mcp_session(dispatch_argv("mcp"), [call], env).get(2)
     if answer is None:
         return "", "the MCP server ended without an answer"
