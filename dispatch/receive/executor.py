@@ -25,7 +25,7 @@ from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.output import Outcome
 from dispatch.receive.quickstart import QuickStart, abandon
 from dispatch.receive.supervise import run_agent
-from dispatch.signer.records import forget_executor, record_executor
+from dispatch.signer.records import forget_executor, mark_agent_ended, record_executor
 
 
 def locate(node: Node, task_id: str) -> HeldLane | None:
@@ -94,8 +94,10 @@ def _take_over(node: Node, task_id: str, unit: str, quick: QuickStart) -> Result
         admitted = admit(node, lane, task_id, quick.data)
         if admitted is None:
             # Changed policy or keys since admission (its bytes are the admitted ones): the
-            # agent is ended within milliseconds of its start, and the task is rejected.
+            # agent is ended within milliseconds of its start, and the task is rejected;
+            # nothing a process it left behind asks is signed.
             abandon(quick)
+            mark_agent_ended(node.state, task_id)
             return None
         envelope = admitted.envelope
         _announce(node, envelope, unit, quick)

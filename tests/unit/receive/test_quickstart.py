@@ -193,8 +193,9 @@ def test_a_task_refused_after_its_quick_start_has_its_agent_ended(pair: Pair) ->
     assert execute(pair.receiver.node(), obj["id"], "", quick) is None
     assert quick.proc.returncode == -signal.SIGKILL
     assert result_json(lane, obj["id"])["status"] == "rejected"
-    # Never started again: the marker stays.
-    assert pair.receiver.node().state.started(obj["id"]) is not None
+    # Never started again: the marker stays, and says the agent ended (nothing of it signed).
+    marker = pair.receiver.node().state.started(obj["id"])
+    assert marker is not None and marker.get("agent_ended") is True
 
 
 def test_the_plan_names_the_chain_box_of_an_agent_run_as_another_user(pair: Pair) -> None:
