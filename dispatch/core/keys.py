@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dispatch.core.digests import sha256_digest, sha256_hex
 from dispatch.core.errors import ConfigError, Rejection, UsageError
 from dispatch.core.fsio import atomic_write, read_regular, write_new
 from dispatch.core.knobs import valid_node
@@ -41,12 +41,12 @@ class PublicKey:
     @property
     def kid(self) -> str:
         """The key id envelopes carry: short, and the same wherever the key is pinned."""
-        return "ed" + hashlib.sha256(self.raw).hexdigest()[:16]
+        return "ed" + sha256_hex(self.raw)[:16]
 
     @property
     def fingerprint(self) -> str:
         """What a person compares between hosts (OpenSSH's style)."""
-        digest = base64.b64encode(hashlib.sha256(self.raw).digest()).decode("ascii")
+        digest = base64.b64encode(sha256_digest(self.raw)).decode("ascii")
         return "SHA256:" + digest.rstrip("=")
 
     def line(self) -> str:

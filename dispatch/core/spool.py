@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core.config import Config
+from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import atomic_write, dump_json, rename_new, write_new
 from dispatch.core.model import Stage
@@ -253,9 +254,7 @@ def _safe_name(name: str) -> str:
     encoded = os.fsencode(name)
     if len(encoded) + len(".reason.json") <= NAME_MAX and not name.startswith("."):
         return name
-    import hashlib
-
-    return "renamed-" + hashlib.sha256(encoded).hexdigest()[:32]
+    return "renamed-" + sha256_hex(encoded)[:32]
 
 
 @dataclass(frozen=True)

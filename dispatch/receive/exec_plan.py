@@ -10,11 +10,11 @@ a plan (no root, another launcher, a plan that could not be written) starts the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pwd
 
+from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, read_regular
 from dispatch.core.model import Stage
@@ -40,7 +40,7 @@ def build(node: Node, task_id: str) -> dict[str, object] | None:
     name = lane.task_name(task_id)
     try:
         data = read_regular(lane.processing / name)
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
+        if sha256_hex(data) != entry.sha256:
             return None
         envelope = examine(node.cfg, node.keys, lane, name, data, check_fresh=False).envelope
         user = agent_user(node)

@@ -4,12 +4,12 @@ Nothing here moves files or touches state; `promote` does that with what this re
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from dispatch.core.config import Config, DangerousPolicy
+from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import Rejection
 from dispatch.core.model import Envelope
 from dispatch.core.signing import NodeKeys, verify_envelope
@@ -47,7 +47,7 @@ def examine(
         ):
             exc.task_id = envelope.id
         raise
-    return Admitted(envelope, hashlib.sha256(data).hexdigest(), needs_ack, v2)
+    return Admitted(envelope, sha256_hex(data), needs_ack, v2)
 
 
 def _authenticated(cfg: Config, ring: NodeKeys, obj: dict[str, Any]) -> tuple[Envelope, bool]:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import held, open_dir, read_regular, write_new
 from dispatch.core.pids import process_start_time
@@ -131,21 +132,9 @@ def _still_queued(plan: dict[str, Any]) -> bytes | None:
     if entry.get("stage") not in plan["stages"] or entry.get("sha256") != plan["sha256"]:
         return None
     data = _share_bytes(plan)
-    if _sha256_hex(data) != plan["sha256"]:
+    if sha256_hex(data) != plan["sha256"]:
         return None  # swapped on the share: the full executor rejects it
     return data
-
-
-def _sha256_hex(data: bytes) -> str:
-    try:
-        # CPython's own: importing hashlib loads OpenSSL first (8 ms). Fedora's Python
-        # builds without it, and hashlib is what is left there.
-        import _sha256  # type: ignore[import-not-found]
-    except ImportError:
-        import hashlib
-
-        return hashlib.sha256(data).hexdigest()
-    return str(_sha256.sha256(data).hexdigest())
 
 
 def start(task_id: str, environ: Mapping[str, str] = os.environ) -> QuickStart | None:

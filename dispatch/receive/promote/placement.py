@@ -8,11 +8,11 @@ what the ledger says is released (queued) is ever started."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from enum import StrEnum
 from pathlib import Path
 
 from dispatch.core import events
+from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import Rejection
 from dispatch.core.fsio import read_regular, rename_new
 from dispatch.core.model import Stage
@@ -109,6 +109,6 @@ def restore(
 
 def _same_bytes(path: Path, sha256: str) -> bool:
     try:
-        return bool(sha256) and hashlib.sha256(read_regular(path)).hexdigest() == sha256
+        return bool(sha256) and sha256_hex(read_regular(path)) == sha256
     except (Rejection, OSError):
         return False
