@@ -3,7 +3,7 @@ process of a node that has one (root's too: see `NodeKeys.signer`)."""
 
 from __future__ import annotations
 
-import socket
+import _socket
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -44,11 +44,16 @@ class SocketSigner:
         if self.outage.why and time.monotonic() < self.outage.until:
             raise self._unavailable(self.outage.why)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            # The C module under `socket`: what socket.py adds (its enums) costs every
+            # execution 11 M instructions (~4 ms) on the way to its result, for one connect.
+            conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            try:
                 conn.settimeout(TIMEOUT_S)
                 conn.connect(str(self.path))
                 send_frame(conn, request)
                 answer = recv_frame(conn)
+            finally:
+                conn.close()
         except TimeoutError:
             self._remember(f"no answer within {TIMEOUT_S:g} s")
             raise self._unavailable(self.outage.why) from None

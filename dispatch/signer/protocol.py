@@ -5,9 +5,8 @@ length and that many bytes of JSON. Requests: {"op": "sign", "body": {...}} or
 from __future__ import annotations
 
 import json
-import socket
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 # A task is at most 1 MiB as a file; room for the JSON around it.
 MAX_FRAME = 2 * 1024 * 1024
@@ -17,14 +16,23 @@ class ProtocolError(Exception):
     pass
 
 
-def send_frame(conn: socket.socket, obj: dict[str, Any]) -> None:
+class Conn(Protocol):
+    """A connected stream socket: `socket.socket` (the server), or the bare `_socket.socket`
+    the client uses (signer/client.py)."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def recv(self, size: int, /) -> bytes: ...
+
+
+def send_frame(conn: Conn, obj: dict[str, Any]) -> None:
     data = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
     if len(data) > MAX_FRAME:
         raise ProtocolError(f"message of {len(data)} bytes is over {MAX_FRAME}")
     conn.sendall(struct.pack(">I", len(data)) + data)
 
 
-def _exactly(conn: socket.socket, size: int) -> bytes:
+def _exactly(conn: Conn, size: int) -> bytes:
     chunks: list[bytes] = []
     while size:
         chunk = conn.recv(min(size, 65536))
@@ -35,7 +43,7 @@ def _exactly(conn: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(conn: socket.socket) -> dict[str, Any]:
+def recv_frame(conn: Conn) -> dict[str, Any]:
     (size,) = struct.unpack(">I", _exactly(conn, 4))
     if size > MAX_FRAME:
         raise ProtocolError(f"message of {size} bytes is over {MAX_FRAME}")
