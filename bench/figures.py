@@ -49,6 +49,10 @@ def agent_start(system: System, request: str, timeout: float = 10) -> float:
     return wait_for(find, timeout, 0.02, f"the agent's start record for {request!r}")
 
 
+# A latency sample this slow (the original's poll is 3 s) is worth its receiver's journal.
+SLOW_SAMPLE_S = 4.0
+
+
 def latency(
     system: System,
     n: int,
@@ -76,6 +80,11 @@ def latency(
                 raise BenchError(f"{system.name}: no result for {sent.task_id} in {timeout}s")
             out.to_result.append(found[sent.task_id] - sent.sent_at)
             out.to_agent.append(agent_start(system, request) - sent.sent_at)
+            if out.to_agent[-1] > SLOW_SAMPLE_S:
+                # Far beyond the rest: say why (the figure's p99 is this sample).
+                log(f"  {system.name}: task {sent.task_id} took {out.to_agent[-1]:.2f} s; journal:")
+                for line in system.journal_since(sent.sent_at):
+                    log(f"    {line}")
             out.sources[sent.source] = out.sources.get(sent.source, 0) + 1
     finally:
         system.stop()

@@ -16,17 +16,19 @@ from dispatch.core.errors import Rejection
 from dispatch.core.wire import MAX_FILE_BYTES
 
 
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create `path` (it must not exist) with all of `data`, synced. A full share refuses
-    the data after it let the name in: then nothing is left behind (every retry would add
-    another empty file)."""
+def write_new(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Create `path` (it must not exist) with all of `data`, synced unless it need not
+    outlive a crash (`durable=False`: a record of a process, in /run or about a pid). A full
+    share refuses the data after it let the name in: then nothing is left behind (every retry
+    would add another empty file)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
@@ -35,13 +37,15 @@ def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> bool:
+def atomic_write(
+    path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True, durable: bool = True
+) -> bool:
     """Write then rename, so readers see the old file or the whole new one. The temp name ends
     in `.tmp`, which every reader of the share ignores. With `overwrite=False` an existing
     target is left alone and False returned (link(2) is not available on every share, so this
     check-then-rename relies on one writer per target, which the layout guarantees)."""
     tmp = path.with_name(f".{path.name[:200]}.{os.urandom(4).hex()}.tmp")
-    write_new(tmp, data, mode)
+    write_new(tmp, data, mode, durable=durable)
     if not overwrite and os.path.lexists(path):
         os.unlink(tmp)
         return False

@@ -94,7 +94,8 @@ def write(node: Node, task_id: str) -> bool:
         executor_path(node.state, task_id).parent.mkdir(mode=0o700, exist_ok=True)
         path = plan_path(task_id)
         path.parent.mkdir(mode=0o700, exist_ok=True)  # in /run/dispatch: no promoter, no plans
-        atomic_write(path, json.dumps(plan).encode(), mode=0o600)
+        # Not synced: /run does not outlive a crash, nor the plan its unit.
+        atomic_write(path, json.dumps(plan).encode(), mode=0o600, durable=False)
     except (OSError, KeyError, Rejection):
         return False
     return True

@@ -53,9 +53,10 @@ def record_executor(state: NodeState, task_id: str) -> None:
 
 
 def write_executor_record(path: Path) -> None:
-    """The record itself, at a path a plan names (receive/quickstart.py) or ours above."""
+    """The record itself, at a path a plan names (receive/quickstart.py) or ours above. Not
+    synced: after a crash its pid is no one's, and it is removed when the executor ends."""
     pid = os.getpid()
-    atomic_write(path, f"{pid} {process_start_time(pid)}".encode(), mode=0o600)
+    atomic_write(path, f"{pid} {process_start_time(pid)}".encode(), mode=0o600, durable=False)
 
 
 def forget_executor(state: NodeState, task_id: str) -> None:

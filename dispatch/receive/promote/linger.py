@@ -16,6 +16,7 @@ writes from other hosts that inotify never reports, a round also runs every poll
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -99,25 +100,51 @@ def linger(
 
     began = last_round = time.monotonic()
     quiet_until = began + linger_s
-    with DirWatcher(watched_dirs(node, kick_dir)) as watcher:
-        while True:
-            # Also right after a round and after the watch was set up: what arrived after
-            # the round's last look is news the watch may not have seen.
-            current = snapshot(node, kick_dir)
-            if current.news_since(before):
-                before = current
-                report = round_()
-                last_round = time.monotonic()
-                quiet_until = last_round + linger_s
-                continue
-            now = time.monotonic()
-            if now >= quiet_until or now - began >= RUN_MAX_S:
-                return report
-            timeout = quiet_until - now
-            if periodic_s is not None:
-                timeout = min(timeout, max(0.0, last_round + periodic_s - now))
-            woke = watcher.wait(timeout)
-            if not woke and periodic_s is not None and time.monotonic() - last_round >= periodic_s:
-                before = snapshot(node, kick_dir)
-                report = round_()
-                last_round = time.monotonic()
+    while True:
+        with DirWatcher(watched_dirs(node, kick_dir)) as watcher:
+            while True:
+                if time.monotonic() - began >= RUN_MAX_S:
+                    break  # news or not: a node never quiet must not reach the unit's timeout
+                # Also right after a round and after the watch was set up: what arrived
+                # after the round's last look is news the watch may not have seen.
+                current = snapshot(node, kick_dir)
+                if current.news_since(before):
+                    before = current
+                    report = round_()
+                    last_round = time.monotonic()
+                    quiet_until = last_round + linger_s
+                    continue
+                now = time.monotonic()
+                if now >= quiet_until:
+                    break
+                timeout = min(quiet_until, began + RUN_MAX_S) - now
+                if periodic_s is not None:
+                    timeout = min(timeout, max(0.0, last_round + periodic_s - now))
+                woke = watcher.wait(timeout)
+                if (
+                    not woke
+                    and periodic_s is not None
+                    and time.monotonic() - last_round >= periodic_s
+                ):
+                    before = snapshot(node, kick_dir)
+                    report = round_()
+                    last_round = time.monotonic()
+        # systemd watches the lanes again only once this process is gone, and closing the
+        # watch takes pyinotify 10 to 25 ms: a task that landed meanwhile would wait for
+        # the timer's sweep (a minute on a local root). So one more look after the close.
+        busy_too_long = time.monotonic() - began >= RUN_MAX_S
+        if busy_too_long:
+            # A busy node's promoter makes way for a fresh one: the kick (PathExists=) starts
+            # it as soon as this one is gone, so nothing landing until then waits for a sweep.
+            from dispatch.receive import sensor
+
+            with contextlib.suppress(OSError):  # no /run/dispatch: the timer sweeps instead
+                sensor.kick(str(kick_dir / KICK_NAME))
+            return report
+        current = snapshot(node, kick_dir)
+        if not current.news_since(before):
+            return report
+        before = current
+        report = round_()
+        last_round = time.monotonic()
+        quiet_until = last_round + linger_s

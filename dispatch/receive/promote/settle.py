@@ -51,13 +51,19 @@ def run_unit_pass(node: Node) -> PassReport:
         # would: a peer removed or a key rotated while this one stays counts at once.
         from dispatch.core import broken_config, config
         from dispatch.core.errors import ConfigError
+        from dispatch.receive.launch.systemd import SystemdLauncher
 
+        nonlocal launcher
         try:
             current = Node(config.load())
         except ConfigError as exc:
             broken_config.record(str(exc))
             raise
-        return _unit_round(current, make_launcher(current))
+        if isinstance(launcher, SystemdLauncher) and current.cfg.launcher is LauncherKind.SYSTEMD:
+            launcher = launcher.with_node(current)  # its connection to systemd kept
+        else:
+            launcher = make_launcher(current)
+        return _unit_round(current, launcher)
 
     return linger.linger(
         node,

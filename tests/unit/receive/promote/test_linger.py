@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from dispatch.receive.promote.linger import linger, snapshot
 from dispatch.receive.promote.report import PassReport
@@ -109,3 +112,52 @@ def test_a_kick_is_a_reason_to_stay_and_a_waiting_entry_is_not(pair: Pair, tmp_p
     assert not snapshot(node, tmp_path).kicked()
     (tmp_path / "kick").touch()
     assert snapshot(node, tmp_path).kicked()
+
+
+def test_what_lands_while_the_watch_closes_gets_its_round(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd watches again only once the promoter is gone: an arrival while pyinotify
+    closes the watch (10-25 ms) would wait for the timer's sweep otherwise."""
+    from dispatch.core import inotify
+
+    node = pair.receiver.node()
+    lane = lane_in(pair)
+    closing = inotify.DirWatcher.close
+    landed: list[str] = []
+
+    def close_and_land(self: inotify.DirWatcher) -> None:
+        closing(self)
+        if not landed:  # the first close only: the stay's end
+            landed.append("late.json")
+            (lane.inbox / "late.json").write_bytes(b"{}")
+
+    monkeypatch.setattr(inotify.DirWatcher, "close", close_and_land)
+    rounds = Rounds(pair)
+    before = snapshot(node, tmp_path)
+    linger(node, rounds, before, PassReport(), linger_s=0.3, periodic_s=None, kick_dir=tmp_path)
+    assert landed and rounds.count == 1
+
+
+def test_a_promoter_busy_too_long_leaves_the_kick_for_its_successor(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch.receive.promote import linger as linger_mod
+
+    monkeypatch.setattr(linger_mod, "RUN_MAX_S", 0.5)
+    node = pair.receiver.node()
+    lane = lane_in(pair)
+    count = [0]
+
+    def arrivals() -> None:
+        count[0] += 1
+        (lane.inbox / f"busy-{count[0]}.json").write_bytes(b"{}")
+
+    rounds = Rounds(pair, also=arrivals)  # every round finds news: never quiet
+    before = snapshot(node, tmp_path)
+    arrivals()
+    began = time.monotonic()
+    linger(node, rounds, before, PassReport(), linger_s=5, periodic_s=None, kick_dir=tmp_path)
+    assert time.monotonic() - began < 3 and rounds.count > 1
+    # The path unit's PathExists= starts the next promoter as soon as this one is gone.
+    assert (tmp_path / "kick").exists()
