@@ -43,7 +43,7 @@ class Mode:
     name: str
     latency_local: int  # sequential samples per system
     latency_sshfs: int
-    latency_sshfs_quiet: int  # samples of the first task after a quiet spell
+    latency_quiet: int  # samples of the first task after a quiet spell (each site)
     burst: int  # tasks per throughput burst
     drains: tuple[int, int]  # the small and the large backlog
     original_drain_window: tuple[float | None, float | None]  # None: drain fully
@@ -78,6 +78,15 @@ def run(
                     s.name: latency(s, mode.latency_local, poll_sec, seed).summary()
                     for s in systems
                 }
+                for s in systems:
+                    if s.name != "dispatch":
+                        continue
+                    log("figure: the first task after a quiet spell, local share (dispatch)")
+                    figs["latency_local_quiet"] = {
+                        "dispatch": latency(
+                            s, mode.latency_quiet, poll_sec, seed, quiet_s=QUIET_S
+                        ).summary()
+                    }
             if "throughput" in figures:
                 for cap in (2, 8):
                     log(f"figure: throughput, no-op agent, cap {cap}")
@@ -107,7 +116,7 @@ def run(
                     figs["latency_sshfs_quiet"] = {
                         "dispatch": latency(
                             dispatch,
-                            mode.latency_sshfs_quiet,
+                            mode.latency_quiet,
                             poll_sec,
                             seed,
                             quiet_s=QUIET_S,
@@ -189,14 +198,17 @@ def _rows(figs: dict[str, Any], poll_sec: int) -> list[tuple[str, str, str, str]
                     _num(_get(figs, key, "original", f"{what}_{q}")),
                     fmt_seconds,
                 )
-    if "latency_sshfs_quiet" in figs:
-        n = _get(figs, "latency_sshfs_quiet", "dispatch", "n")
+    for site in ("local", "sshfs"):
+        key = f"latency_{site}_quiet"
+        if key not in figs:
+            continue
+        n = _get(figs, key, "dispatch", "n")
         for q in ("p50", "p99"):
             add(
-                f"sshfs: send → agent start {q}, the first task after {QUIET_S:.0f} s of quiet "
+                f"{site}: send → agent start {q}, the first task after {QUIET_S:.0f} s of quiet "
                 f"(n={n}; the original: its figure above)",
-                _num(_get(figs, "latency_sshfs_quiet", "dispatch", f"agent_{q}")),
-                _num(_get(figs, "latency_sshfs", "original", f"agent_{q}")),
+                _num(_get(figs, key, "dispatch", f"agent_{q}")),
+                _num(_get(figs, f"latency_{site}", "original", f"agent_{q}")),
                 fmt_seconds,
             )
     for cap in (2, 8):
