@@ -78,13 +78,11 @@ def run(
                     s.name: latency(s, mode.latency_local, poll_sec, seed).summary()
                     for s in systems
                 }
-                for s in systems:
-                    if s.name != "dispatch":
-                        continue
+                if "dispatch" in which:
                     log("figure: the first task after a quiet spell, local share (dispatch)")
                     figs["latency_local_quiet"] = {
                         "dispatch": latency(
-                            s, mode.latency_quiet, poll_sec, seed, quiet_s=QUIET_S
+                            both[0], mode.latency_quiet, poll_sec, seed, quiet_s=QUIET_S
                         ).summary()
                     }
             if "throughput" in figures:
