@@ -1,11 +1,13 @@
 """Where dispatch's send → agent-start time goes, hop by hop, on a local share (or sshfs).
 
-    .venv/bin/python -m bench.hops [-n 10]      # about 30 s
+    .venv/bin/python -m bench.hops [-n 10]                # about 30 s
+    .venv/bin/python -m bench.hops -n 6 --quiet 35       # the cold case, about 4 min
 
 Boots the same local host as bench.run, sends n tasks one at a time (fake agent, the
-systemd launcher) and reads each task's story back from the host's journal: when systemd
-started the promote pass, when promote admitted and launched it, when systemd started the
-execution unit, when the executor started the agent, when the agent itself started. Prints
+systemd launcher) and reads each task's story back from the host's journal: when the
+sender had written it, when systemd started the promote pass, when promote admitted and
+launched it, when systemd started the execution unit, when the executor started the agent,
+when the agent itself started. Prints
 the median time of each hop, then what the Python start-up of each hop costs (a bare
 interpreter and the imports `dispatch promote`/`dispatch exec` pay before doing anything)."""
 
@@ -29,6 +31,8 @@ from bench.systems import wait_results
 
 # (label, predicate on a journal entry) in the order they happen
 MARKS: tuple[tuple[str, str, str], ...] = (
+    # The sender's own story: signing and writing the file, after it stamped `created`.
+    ("the sender has written it (task_sent)", "DISPATCH_EVENT", "task_sent"),
     # Absent (0 ms) when a promoter that stays after a busy pass took the task.
     ("path unit starts the promote pass", "MESSAGE_PREFIX", "Starting dispatch-watch.service"),
     ("promote admits the task (task_queued)", "DISPATCH_EVENT", "task_queued"),
@@ -101,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         "[0, poll-sec) (seeded), instead of 0.7 s after the agent started",
     )
     parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long before each send instead, so that every task is a first task "
+        "after quiet (35 s: no promoter staying, no signer running), as the local quiet figure",
+    )
+    parser.add_argument(
         "--site",
         choices=("local", "sshfs"),
         default="local",
@@ -131,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.n):
                 # 0.7 s by default: locally inotify sees the send, so no timer phase to
                 # sample; --pause samples it (and the sensor's) as the latency figure does.
-                time.sleep(rng.uniform(0, args.poll_sec) if args.pause else 0.7)
+                if args.quiet:
+                    time.sleep(args.quiet)
+                else:
+                    time.sleep(rng.uniform(0, args.poll_sec) if args.pause else 0.7)
                 request = f"bench hops {i} {time.time_ns()}"
                 sent = dispatch.send(request)
                 agent = agent_start(dispatch, request)
@@ -167,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     labels = [label for label, _k, _v in MARKS] + ["the agent process itself starts"]
     how = "each after its result and a pause" if args.pause else "one at a time"
+    if args.quiet:
+        how = f"each after {args.quiet:g} s of quiet"
     print(f"dispatch, {args.site} share, {args.n} tasks sent {how}: median of each hop")
     print()
     print("| from the previous step to | median | max |")
