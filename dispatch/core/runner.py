@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from dispatch.core.errors import DispatchError
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess (with signal, selectors, threading and locale) is imported where a program is
+# started: `dispatch promote` loads this module for systemctl, a fallback it rarely takes,
+# and every task waits for that process's imports.
 
 # Where this dispatch was imported from. The rpm keeps it in a directory of its own that no
 # interpreter searches by default (/usr/share/dispatch: packaging/rpm/install-wheel), so a
@@ -40,6 +46,8 @@ def run(
     check: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     try:
         proc = subprocess.run(
             list(argv),
@@ -88,14 +96,17 @@ def spawn_detached(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    stdout: int | IO[Any] = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
 ) -> subprocess.Popen[bytes]:
     """A child in its own session, so one signal to its process group reaches all of it.
-    Its stderr (events) stays ours; its stdout (the agent's echo) goes where we say."""
+    Its stderr (events) stays ours; its stdout (the agent's echo) goes where we say
+    (nowhere by default)."""
+    import subprocess
+
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
-        stdout=stdout,
+        stdout=subprocess.DEVNULL if stdout is None else stdout,
         stderr=None,
         start_new_session=True,
         env=None if env is None else dict(env),
@@ -111,6 +122,8 @@ def spawn_agent(
     user: str | None,
     with_stdin: bool,
 ) -> subprocess.Popen[bytes]:
+    import subprocess
+
     kwargs: dict[str, Any] = {}
     if user and os.geteuid() == 0:
         kwargs.update(user=user, group=_primary_group(user), extra_groups=[])

@@ -1,13 +1,19 @@
-"""Agent profiles: how to call the agent, and how to read its answer from its output."""
+"""Agent profiles: who runs the agent and what it is told, how to call it, and how to read
+its answer from its output. The promoter loads this for an execution's plan
+(receive/exec_plan.py); the supervision loop's own imports stay in receive/supervise.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shlex
 from dataclasses import dataclass
 
 from dispatch.core.config import AgentProfile, Config
+from dispatch.core.errors import UsageError
 from dispatch.core.model import Envelope
+from dispatch.core.node import Node
 
 SYSTEM_PROMPT = (
     "You are running as a headless dispatch worker. A peer agent session sent you this task "
@@ -21,6 +27,43 @@ ARGV_REQUEST_MAX = 100 * 1024
 TAIL_BYTES = 8000
 # A stream-json line longer than this is not a result line we can use; skip it unbuffered.
 MAX_LINE = 4 * 1024 * 1024
+
+
+def agent_user(node: Node) -> str | None:
+    """Who the agent runs as: DISPATCH_RUN_AS, and never root unless it says `root`. None:
+    as this (unprivileged) process. Raises when an executor running as root has no user
+    to drop to, rather than run the agent as root by default."""
+    if os.geteuid() != 0:
+        return None
+    if not node.cfg.run_as:
+        raise UsageError(
+            "DISPATCH_RUN_AS is unset and the executor runs as root: the agent never runs "
+            "as root unless DISPATCH_RUN_AS=root; `dispatch init` sets dispatch-agent"
+        )
+    try:
+        pwd.getpwnam(node.cfg.run_as)
+    except KeyError:
+        raise UsageError(
+            f"DISPATCH_RUN_AS={node.cfg.run_as}: no such user (the packages create "
+            "dispatch-agent; or `dispatch init --run-as USER`)"
+        ) from None
+    return node.cfg.run_as
+
+
+def agent_settings(node: Node, envelope: Envelope) -> dict[str, str]:
+    """What the executor adds to the environment the agent inherits (quickstart.inherited_env);
+    the promoter puts the same in its plan for the quick start (receive/exec_plan.py)."""
+    env = {
+        "DISPATCH_TASK_ID": envelope.id,
+        "DISPATCH_HOPS": str(envelope.hops),
+        "DISPATCH_NODE": node.name,
+        # Where to ask for a child task's signature (the agent holds no key): not a secret.
+        "DISPATCH_SIGNER_SOCKET": str(node.cfg.signer_socket),
+    }
+    if node.cfg.run_as and os.geteuid() == 0:
+        user = pwd.getpwnam(node.cfg.run_as)
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return env
 
 
 @dataclass(frozen=True)

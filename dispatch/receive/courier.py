@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import pwd
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,13 @@ class ChainBox:
     @property
     def state(self) -> Path:
         return self.base / "state"
+
+
+def _rmtree(path: Path) -> None:
+    # shutil (with bz2 and lzma) only here: the promoter loads this module for every plan.
+    import shutil
+
+    shutil.rmtree(path)
 
 
 def start_courier(
@@ -104,7 +110,7 @@ def open_box(task_id: str, user: str, base: Path = EXEC_RUN_DIR) -> ChainBox:
     account = pwd.getpwnam(user)
     box = ChainBox(base / task_id)
     if os.path.lexists(box.base):
-        shutil.rmtree(box.base)  # fd-based: links the agent left in it are not followed
+        _rmtree(box.base)  # fd-based: links the agent left in it are not followed
     make_box(box.base, [box.verdicts], [box.outbox, box.state], account.pw_uid, account.pw_gid)
     return box
 
@@ -153,7 +159,7 @@ class Courier:
             self.note(f"# {line}")
             self.node.emit("chain_refused", line, task_id=self.parent.id, level=events.WARNING)
         with contextlib.suppress(OSError):
-            shutil.rmtree(self.box.base)
+            _rmtree(self.box.base)
 
     def _read(self, name: str) -> bytes:
         try:
@@ -248,7 +254,7 @@ class Courier:
         path = self.box.outbox / name
         with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+                _rmtree(path)
             else:
                 os.unlink(path)
 

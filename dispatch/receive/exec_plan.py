@@ -19,11 +19,10 @@ from dispatch.core.errors import DispatchError, Rejection
 from dispatch.core.fsio import atomic_write, read_regular
 from dispatch.core.model import Stage
 from dispatch.core.node import Node
-from dispatch.receive.agent import invocation
+from dispatch.receive.agent import agent_settings, agent_user, invocation
 from dispatch.receive.courier import EXEC_RUN_DIR, ChainBox, settings_for
 from dispatch.receive.intake import examine
 from dispatch.receive.quickstart import PLAN_VERSION, plan_path
-from dispatch.receive.supervise import agent_settings, agent_user
 from dispatch.signer.records import executor_path
 
 RUNNABLE = (Stage.QUEUED, Stage.RUNNING)

@@ -25,11 +25,10 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dispatch.core.digests import sha256_hex
 from dispatch.core.errors import Rejection
@@ -38,6 +37,9 @@ from dispatch.core.pids import process_start_time
 from dispatch.core.runner import spawn_agent
 from dispatch.core.wire import now_utc, rfc3339
 from dispatch.signer.records import write_executor_record
+
+if TYPE_CHECKING:
+    import subprocess  # loaded by spawn_agent: the promoter loads this module too
 
 PLAN_DIR = Path("/run/dispatch/plans")
 PLAN_VERSION = 1

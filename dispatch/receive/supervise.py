@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import selectors
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from dispatch.core.errors import UsageError
 from dispatch.core.model import TIMEOUT_EXIT, Envelope, Status
 from dispatch.core.node import Node
 from dispatch.core.runner import spawn_agent
+from dispatch.receive.agent import agent_settings, agent_user
 from dispatch.receive.courier import ChainBox, Courier, start_courier
 from dispatch.receive.follow import (
     Phase,
@@ -33,43 +33,6 @@ from dispatch.receive.quickstart import QuickStart, inherited_env
 from dispatch.signer.records import forget_agent, mark_agent_ended, record_agent
 
 GRACE_S = 5.0
-
-
-def agent_user(node: Node) -> str | None:
-    """Who the agent runs as: DISPATCH_RUN_AS, and never root unless it says `root`. None:
-    as this (unprivileged) process. Raises when an executor running as root has no user
-    to drop to, rather than run the agent as root by default."""
-    if os.geteuid() != 0:
-        return None
-    if not node.cfg.run_as:
-        raise UsageError(
-            "DISPATCH_RUN_AS is unset and the executor runs as root: the agent never runs "
-            "as root unless DISPATCH_RUN_AS=root; `dispatch init` sets dispatch-agent"
-        )
-    try:
-        pwd.getpwnam(node.cfg.run_as)
-    except KeyError:
-        raise UsageError(
-            f"DISPATCH_RUN_AS={node.cfg.run_as}: no such user (the packages create "
-            "dispatch-agent; or `dispatch init --run-as USER`)"
-        ) from None
-    return node.cfg.run_as
-
-
-def agent_settings(node: Node, envelope: Envelope) -> dict[str, str]:
-    """What the executor adds to the environment the agent inherits (quickstart.inherited_env);
-    the promoter puts the same in its plan for the quick start (receive/exec_plan.py)."""
-    env = {
-        "DISPATCH_TASK_ID": envelope.id,
-        "DISPATCH_HOPS": str(envelope.hops),
-        "DISPATCH_NODE": node.name,
-        # Where to ask for a child task's signature (the agent holds no key): not a secret.
-        "DISPATCH_SIGNER_SOCKET": str(node.cfg.signer_socket),
-    }
-    if node.cfg.run_as and os.geteuid() == 0:
-        user = pwd.getpwnam(node.cfg.run_as)
-        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-    return env
 
 
 def agent_env(node: Node, envelope: Envelope) -> dict[str, str]:

@@ -56,6 +56,33 @@ def test_a_hop_imports_no_click_and_fails_like_the_cli(pair: Pair) -> None:
     assert fast.stderr.startswith("dispatch: DISPATCH_CONFIG names /nonexistent/dispatch.conf")
 
 
+def test_a_promote_pass_loads_nothing_only_an_execution_needs() -> None:
+    # What `dispatch promote` loads under systemd before its pass (a path unit's start pays
+    # for each module before the task reaches its agent): none of the executor's supervision,
+    # nor the stdlib modules that only starting a program or removing a tree needs.
+    code = (
+        "import sys; import dispatch.entry; "
+        "from dispatch.core import broken_config, config; "
+        "from dispatch.receive.promote import run_unit_pass, linger, last_look; "
+        "from dispatch.receive.launch import systemd; "
+        "from dispatch.receive import exec_plan, sensor, intake; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    loaded = set(_python(code, clean_env()).stdout.split())
+    assert "dispatch.receive.exec_plan" in loaded  # the probe ran
+    for heavy in (
+        "click",
+        "subprocess",
+        "shutil",
+        "socket",
+        "selectors",
+        "dispatch.receive.supervise",
+        "dispatch.receive.follow",
+        "dispatch.receive.output",
+    ):
+        assert heavy not in loaded, heavy
+
+
 def test_a_pass_through_the_hop_does_the_work(pair: Pair) -> None:
     from dispatch.send import task as sender
 
