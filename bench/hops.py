@@ -31,8 +31,9 @@ from bench.systems import wait_results
 
 # (label, predicate on a journal entry) in the order they happen
 MARKS: tuple[tuple[str, str, str], ...] = (
-    # The sender's own story: signing and writing the file, after it stamped `created`.
-    ("the sender has written it (task_sent)", "DISPATCH_EVENT", "task_sent"),
+    # The sender's own story: signing and writing the file, after it stamped `created`. In
+    # the receiver's journal only on the local site (0 ms on sshfs: the sender is devbox).
+    ("the sender has written it (task_sent, local site)", "DISPATCH_EVENT", "task_sent"),
     # Absent (0 ms) when a promoter that stays after a busy pass took the task.
     ("path unit starts the promote pass", "MESSAGE_PREFIX", "Starting dispatch-watch.service"),
     ("promote admits the task (task_queued)", "DISPATCH_EVENT", "task_queued"),
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "--site",
         choices=("local", "sshfs"),
         default="local",
-        help="sshfs: two hosts (tests/e2e/cluster.py); the first hop then includes the sensor's "
+        help="sshfs: two hosts (tests/e2e/cluster.py); the path unit's hop then includes the "
+        "sender's and the sensor's "
         "(or, with BENCH_WATCH_MODE=timer, the timer's) delay",
     )
     parser.add_argument(
@@ -167,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 marks = [sent.sent_at]
-                for _label, kind, value in MARKS:
-                    at = _mark_time(entries, sent.task_id, kind, value, marks[-1] - 0.002)
+                for k, (_label, kind, value) in enumerate(MARKS):
+                    # The sender logs task_sent after the rename and its history line, so
+                    # systemd may log the pass's start first: search that from the send.
+                    after = sent.sent_at if k == 1 else marks[-1]
+                    at = _mark_time(entries, sent.task_id, kind, value, after - 0.002)
+                    if k == 1 and at is not None and at < marks[-1]:
+                        marks[-1] = at  # the sender's hop ends where the receiver's began
                     marks.append(at if at is not None else marks[-1])
                 marks.append(agent)
                 totals.append(agent - sent.sent_at)
