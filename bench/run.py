@@ -403,7 +403,8 @@ def report(data: dict[str, Any], argv: list[str], elapsed: float) -> str:
         "## Settings",
         "",
         f"- DISPATCH_POLL_SEC={poll} for both systems, DISPATCH_MAX_PARALLEL=2 unless a row "
-        "says otherwise.",
+        "says otherwise. dispatch: DISPATCH_PROMOTE_LINGER_S at its default "
+        f"({Config.promote_linger_s} s), as shipped.",
         "- dispatch: the shipped units and generator under systemd 252 booted in PID "
         "namespaces (path + timer units, the systemd launcher, agent run as `nobody` in "
         "`dispatch-exec@<id>.service`). The original: `bin/dispatch-watch-b` (its README's "

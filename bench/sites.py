@@ -20,6 +20,7 @@ from bench.systems import (
     agent_in,
     write_agents,
 )
+from dispatch.core.config import Config
 from tests.e2e.cluster import Cluster, SshKeys, missing_e2e_prerequisites
 from tests.integration.dispatch_host import SENDER_CONF, DispatchHost
 from tests.integration.sdhost import SystemdHost, missing_prerequisites
@@ -33,6 +34,11 @@ def settings(poll_sec: int) -> dict[str, str]:
         "DISPATCH_MAX_PARALLEL": "2",
         "DISPATCH_AGENT_BIN": agent_in("fake-agent"),
         "DISPATCH_WATCH_MODE": os.environ.get("BENCH_WATCH_MODE", "") or "auto",
+        # The shipped stay after a busy pass, not the 3 s the test harnesses set so that
+        # their waits for a quiet node are short: with 3 s, a latency sample sent as a stay
+        # ended could land after the leaving promoter's last look and before systemd
+        # watched again, and wait for the sweep (14 s in session 9's first full run).
+        "DISPATCH_PROMOTE_LINGER_S": str(Config.promote_linger_s),
     }
 
 
