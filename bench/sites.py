@@ -37,7 +37,7 @@ def settings(poll_sec: int) -> dict[str, str]:
         # The shipped stay after a busy pass, not the 3 s the test harnesses set so that
         # their waits for a quiet node are short: with 3 s, a latency sample sent as a stay
         # ended could land after the leaving promoter's last look and before systemd
-        # watched again, and wait for the sweep (14 s in session 9's first full run).
+        # watched again, and wait for the sweep (19.7 s in session 9's first full run).
         "DISPATCH_PROMOTE_LINGER_S": str(Config.promote_linger_s),
     }
 
