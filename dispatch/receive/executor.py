@@ -12,20 +12,26 @@ import time
 from dispatch.core import events, fsio
 from dispatch.core.config import LauncherKind
 from dispatch.core.errors import NotFound, Rejection, SigningFailed, UsageError
-from dispatch.core.fsio import read_regular
+from dispatch.core.fsio import DirRefused, read_regular
 from dispatch.core.lanedirs import HeldLane, hold
-from dispatch.core.model import Callback, Envelope, Result, Stage, Status
+from dispatch.core.model import Callback, Envelope, Result, Stage, Status, parse_envelope
 from dispatch.core.node import Node
 from dispatch.core.pids import execution_alive, process_start_time
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
-from dispatch.core.wire import now_utc, rfc3339, valid_id
+from dispatch.core.wire import loads_strict, now_utc, rfc3339, valid_id
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.output import Outcome
 from dispatch.receive.quickstart import QuickStart, abandon
 from dispatch.receive.supervise import run_agent
 from dispatch.signer.records import forget_executor, mark_agent_ended, record_executor
+
+# What a lane's refusal says when the share itself is gone rather than wrong: the server
+# does not answer (dir_unreadable: EIO, ENOTCONN, ETIMEDOUT) or the mount is not there.
+SHARE_GONE = frozenset({"dir_unreadable", "lane_missing"})
+# Between looks at a share that does not answer, while an agent runs (seconds).
+SHARE_LOOKS_S = (0.25, 0.5, 1.0, 2.0)
 
 
 def locate(node: Node, task_id: str) -> HeldLane | None:
@@ -45,10 +51,57 @@ def locate(node: Node, task_id: str) -> HeldLane | None:
             # Held open from the root down: nothing the execution writes (its log, its
             # result) can be sent outside the lane by a directory swapped for a link.
             held_lane = hold(lane)
-            if os.path.lexists(held_lane.processing / lane.task_name(task_id)):
-                return held_lane
-            held_lane.close()
+            try:
+                os.lstat(held_lane.processing / lane.task_name(task_id))
+            except BaseException as exc:
+                held_lane.close()
+                if isinstance(exc, FileNotFoundError):
+                    return None
+                raise  # the share did not answer: not the same as no file
+            return held_lane
     return None
+
+
+def _hold_for_running_agent(node: Node, task_id: str, quick: QuickStart) -> HeldLane | None:
+    """`locate`, for an agent the quick start has started. The quick start last reached the
+    share before the agent started; a share that stops answering since (its server
+    restarting, the network cut, the mount gone) is waited for while the agent goes on, up
+    to the task's deadline, rather than ending an agent that does not need the share for its
+    work. The full executor holds its lane before its agent starts: only this window needs it."""
+    deadline = quick.spawned_at + _timeout_of(quick.data)
+    looks = 0
+    while True:
+        try:
+            lane = locate(node, task_id)
+        except (DirRefused, OSError) as exc:
+            if isinstance(exc, DirRefused) and exc.reason not in SHARE_GONE:
+                raise  # the lane is not what the layout says: refused, not waited for
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise
+            if looks == 0:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                node.emit(
+                    "share_waited",
+                    f"share unreachable ({why}): the agent goes on, followed once it answers",
+                    task_id=task_id,
+                    level=events.WARNING,
+                )
+            time.sleep(min(SHARE_LOOKS_S[min(looks, len(SHARE_LOOKS_S) - 1)], remaining))
+            looks += 1
+            continue
+        if looks:
+            node.emit("share_back", "the share answers again; following the agent", task_id=task_id)
+        return lane
+
+
+def _timeout_of(data: bytes) -> float:
+    """The task's timeout_s, from the bytes the quick start checked against the ledger (so
+    the admitted ones); 0 (no wait) if they do not parse."""
+    try:
+        return float(parse_envelope(loads_strict(data)).timeout_s)
+    except (Rejection, ValueError):
+        return 0.0
 
 
 def execute(
@@ -87,7 +140,7 @@ def _take_over(node: Node, task_id: str, unit: str, quick: QuickStart) -> Result
     """The rest of an execution the quick start began: its task verified again (after the
     agent started, so that its start does not wait for OpenSSL and the keys), then followed,
     signed and published as any other."""
-    lane = locate(node, task_id)
+    lane = _hold_for_running_agent(node, task_id, quick)
     if lane is None:
         raise NotFound(f"task {task_id} is not queued on this node")
     try:

@@ -139,6 +139,10 @@ def run_agent(
     agent_pgid = 0
     courier: Courier | None = None
     began = time.monotonic()
+    if quick is not None:
+        # The agent has been running since the quick start spawned it (the take-over may
+        # have waited for the share meanwhile): its deadline counts from then.
+        began -= max(0.0, time.time() - quick.spawned_at)
     log = ShareLog(node, envelope.id, log_path)
     output = Output(node, envelope, log)
     try:
@@ -157,7 +161,7 @@ def run_agent(
         if stdin is not None and proc.stdin is not None:
             _feed_stdin(proc.stdin, stdin)
         child = _Child(proc, output, stop, courier)
-        deadline = time.monotonic() + envelope.timeout_s
+        deadline = began + envelope.timeout_s
         ending = follow(node, envelope.id, child, stop, deadline, log)
         assert ending is not None  # a child never detaches
         returncode = child.reap()

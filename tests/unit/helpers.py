@@ -228,6 +228,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20, what: str = "")
         time.sleep(0.05)
 
 
+def events_of(pair: Pair, name: str) -> list[str]:
+    """The receiver's events called `name`, as logged on the share."""
+    log = pair.root / "logs" / "gpubox.jsonl"
+    return [line for line in log.read_text().splitlines() if f'"event": "{name}"' in line]
+
+
 def runs_of(pair: Pair, task_id: str) -> list[dict[str, object]]:
     return [r for r in pair.agent_runs() if r["task_id"] == task_id]
 

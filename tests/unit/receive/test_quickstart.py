@@ -8,11 +8,14 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dispatch.core.fsio import DirRefused
 from dispatch.core.model import Stage, Status
 from dispatch.core.pids import process_start_time
 from dispatch.core.spool import Lane
@@ -20,7 +23,14 @@ from dispatch.receive import exec_plan, quickstart
 from dispatch.receive.executor import execute
 from dispatch.signer.records import executor_path
 from tests.conftest import Pair
-from tests.unit.helpers import configure, env_for, result_json, runs_of, wait_for
+from tests.unit.helpers import (
+    configure,
+    env_for,
+    events_of,
+    result_json,
+    runs_of,
+    wait_for,
+)
 from tests.unit.receive.test_executor import queued
 
 pytestmark = pytest.mark.skipif(
@@ -196,6 +206,60 @@ def test_a_task_refused_after_its_quick_start_has_its_agent_ended(pair: Pair) ->
     # Never started again: the marker stays, and says the agent ended (nothing of it signed).
     marker = pair.receiver.node().state.started(obj["id"])
     assert marker is not None and marker.get("agent_ended") is True
+
+
+def test_a_share_gone_after_the_quick_start_is_waited_for_while_the_agent_runs(
+    pair: Pair,
+) -> None:
+    """The quick start reads the share before the agent starts; the take-over holds the lane
+    after. A share that stops answering in between (here its mount gone: the lane is not
+    there) is waited for, and the agent that did not need it is followed to its result."""
+    obj, lane = planned(pair, request="through the gap sleep=0.5", timeout_s=60)
+    quick = quickstart.start(obj["id"], receiver_env(pair))
+    assert quick is not None and quick.proc is not None
+    away = lane.path.with_name(lane.path.name + ".away")
+    lane.path.rename(away)
+    back = threading.Timer(1.5, away.rename, (lane.path,))
+    back.start()
+    try:
+        res = execute(pair.receiver.node(), obj["id"], "", quick)
+    finally:
+        back.join()
+    assert res is not None and res.status is Status.OK, res
+    assert result_json(lane, obj["id"])["status"] == "ok"
+    assert len(runs_of(pair, obj["id"])) == 1
+    [waited] = events_of(pair, "share_waited")
+    assert "does not exist" in waited, waited
+    assert len(events_of(pair, "share_back")) == 1
+
+
+def test_a_share_still_gone_at_the_deadline_ends_the_agent(pair: Pair) -> None:
+    obj, lane = planned(pair, request="long hang=30", timeout_s=2)
+    quick = quickstart.start(obj["id"], receiver_env(pair))
+    assert quick is not None and quick.proc is not None
+    lane.path.rename(lane.path.with_name(lane.path.name + ".away"))
+    with pytest.raises(DirRefused, match="is the share mounted"):
+        execute(pair.receiver.node(), obj["id"], "", quick)
+    # Never left running unwatched past its deadline; the marker stays (never rerun).
+    assert quick.proc.returncode == -signal.SIGKILL
+    assert time.time() - quick.spawned_at >= 2
+    assert pair.receiver.node().state.started(obj["id"]) is not None
+
+
+def test_a_lane_refused_for_what_it_is_is_not_waited_for(pair: Pair) -> None:
+    obj, lane = planned(pair, request="long hang=30", timeout_s=600)
+    quick = quickstart.start(obj["id"], receiver_env(pair))
+    assert quick is not None and quick.proc is not None
+    # A link planted in the lane's place is refused at once: the share answers, wrongly.
+    away = lane.path.with_name(lane.path.name + ".away")
+    lane.path.rename(away)
+    lane.path.symlink_to(away)
+    began = time.monotonic()
+    with pytest.raises(DirRefused, match="symbolic link"):
+        execute(pair.receiver.node(), obj["id"], "", quick)
+    assert time.monotonic() - began < 5
+    assert quick.proc.returncode == -signal.SIGKILL
+    assert not events_of(pair, "share_waited")
 
 
 def test_the_plan_names_the_chain_box_of_an_agent_run_as_another_user(pair: Pair) -> None:

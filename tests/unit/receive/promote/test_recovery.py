@@ -12,7 +12,16 @@ from dispatch.core.node import Node
 from dispatch.receive.executor import execute
 from dispatch.send import results
 from tests.conftest import Pair
-from tests.unit.helpers import cli, drop, envelope, lane_in, promote_once, result_json, runs_of
+from tests.unit.helpers import (
+    cli,
+    drop,
+    envelope,
+    events_of,
+    lane_in,
+    promote_once,
+    result_json,
+    runs_of,
+)
 from tests.unit.receive.test_executor import queued
 
 
@@ -24,11 +33,6 @@ def stopped_signer(pair: Pair) -> Node:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.bind(str(path))
     return pair.receiver.node(DISPATCH_SIGNER_SOCKET=str(path))
-
-
-def events_of(pair: Pair, name: str) -> list[str]:
-    log = pair.root / "logs" / "gpubox.jsonl"
-    return [line for line in log.read_text().splitlines() if f'"event": "{name}"' in line]
 
 
 def test_an_unsigned_result_is_kept_and_the_next_pass_that_can_sign_publishes_it(
