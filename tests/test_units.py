@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.core.config import Config, WatchMode
+from dispatch.core.spool import INBOX_LEVEL_ENV
 from dispatch.receive import generator
 
 TOP = Path(__file__).resolve().parent.parent
@@ -20,17 +21,17 @@ UNITS = sorted((TOP / "units").iterdir())
 DISPATCH_BIN = Path(sys.executable).parent / "dispatch"
 
 
-def _stage(tmp_path: Path) -> Path:
+def _stage(tmp_path: Path, mode: WatchMode = WatchMode.SENSOR) -> Path:
     """The unit files with /usr/bin/dispatch pointing at this checkout's install, plus the
-    generator's drop-ins for a two-peer node."""
+    generator's drop-ins for a two-peer node (by default in sensor mode: its drop-ins are
+    the larger set, the sensor's settings and sandbox paths)."""
     out = tmp_path / "units"
     out.mkdir()
     for unit in UNITS:
         text = unit.read_text().replace("/usr/bin/dispatch", str(DISPATCH_BIN))
         (out / unit.name).write_text(text)
     cfg = Config(root=tmp_path / "share", node="gpubox", peers=("devbox", "laptop"))
-    # Sensor mode: its drop-ins are the larger set (the sensor's settings and sandbox paths).
-    generator.write(out, cfg, WatchMode.SENSOR)
+    generator.write(out, cfg, mode)
     return out
 
 
@@ -75,9 +76,10 @@ def test_one_target_wants_everything_a_node_runs() -> None:
     assert not any(line.startswith("Requires=") for line in text.splitlines())
 
 
-def test_systemd_analyze_verify_every_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [WatchMode.SENSOR, WatchMode.TIMER, WatchMode.INOTIFY])
+def test_systemd_analyze_verify_every_unit(tmp_path: Path, mode: WatchMode) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze is needed (apt install systemd)"
-    staged = _stage(tmp_path)
+    staged = _stage(tmp_path, mode)
     names = [
         u.name.replace("@.service", "@0b7c1f7e-5d1a-4c0e-9a2b-3f4e5d6c7b8a.service") for u in UNITS
     ]
@@ -306,9 +308,17 @@ def test_generator_in_inotify_mode() -> None:
     )
     assert "dispatch-sensor.service.d/50-sensor.conf" not in files
     assert "dispatch-watch.service.d/50-sensor.conf" not in files
-    assert (
-        "PathChanged=/srv/share/devbox-to-gpubox/inbox"
-        in files["dispatch-watch.path.d/50-lanes.conf"]
-    )
+    path_unit = files["dispatch-watch.path.d/50-lanes.conf"]
+    assert "PathChanged=/srv/share/devbox-to-gpubox/inbox\n" in path_unit
+    # Level-triggered on the inboxes as well, and the promoter is told so.
+    assert "DirectoryNotEmpty=/srv/share/devbox-to-gpubox/inbox\n" in path_unit
+    assert path_unit.count("DirectoryNotEmpty=") == 1  # not processing/: it holds what runs
+    level = f"Environment={INBOX_LEVEL_ENV}=yes\n"
+    assert level in files["dispatch-watch.service.d/50-inotify.conf"]
+    for other in (WatchMode.SENSOR, WatchMode.TIMER):
+        # A network filesystem: no readdir by PID 1 on a share that may hang.
+        rendered = generator.render(cfg, other)
+        assert "DirectoryNotEmpty=" not in rendered["dispatch-watch.path.d/50-lanes.conf"]
+        assert not any(level in text for text in rendered.values())
     timer = generator.render(cfg, WatchMode.TIMER)
     assert "OnUnitActiveSec=2s\n" in timer["dispatch-watch.timer.d/50-poll.conf"]

@@ -25,10 +25,14 @@ from dispatch.core.model import Stage
 from dispatch.core.wire import now_utc, rfc3339, valid_id
 
 LANE_DIRS = ("tmp", "inbox", "pending-ack", "processing", "done", "rejected", "cancel")
-# What a receiver watches for news: arrivals, acks, executions ending, cancel requests.
 # What a sender writes in its outgoing lane.
 SENDER_DIRS = ("tmp", "inbox", "cancel")
+# What a receiver watches for news: arrivals, acks, executions ending, cancel requests.
 WATCHED_DIRS = ("inbox", "pending-ack", "processing", "cancel")
+# Set (by dispatch-generator) on dispatch-watch.service when the path unit also watches
+# the inboxes level-triggered (DirectoryNotEmpty=, a local root): an entry a pass leaves in
+# an inbox would start the next pass as soon as this one exits (promote/linger.py).
+INBOX_LEVEL_ENV = "DISPATCH_INBOX_LEVEL"
 TASK_SUFFIX = ".json"
 ACK_SUFFIX = ".ack"
 RESULT_SUFFIX = ".result.json"

@@ -78,11 +78,22 @@ def test_remote_writes_reach_the_receiver_by_the_sensor(make_cluster: ClusterFac
     assert b.failed_units() == []
 
 
-def test_doctor_names_the_timer_mode(make_cluster: ClusterFactory) -> None:
+def test_the_timer_fallback_still_carries_tasks_and_doctor_names_it(
+    make_cluster: ClusterFactory,
+) -> None:
+    """The fallback for a filesystem whose directory stats do not change on remote writes:
+    b polls with the timer, a (the default on sshfs) runs the sensor."""
     cluster = make_cluster("a", "b", settings={"b": {"DISPATCH_WATCH_MODE": "timer"}})
-    b = cluster["b"]
+    a, b = cluster["a"], cluster["b"]
     doctor = b.dispatch("doctor", check=False).stdout
     assert "timer (DISPATCH_WATCH_MODE=timer)" in doctor, doctor
     # The sensor unit ran and exited: nothing resident.
     assert b.host.unit_property("dispatch-sensor.service", "ActiveState") == "inactive"
     assert b.host.unit_property("dispatch-sensor.service", "Result") == "success"
+    # Only a tick tells b of a's write; its result reaches a, whose sensor sees it.
+    there = a.send("b", "found by a tick")
+    assert a.wait(there, timeout=60)["status"] == "ok"
+    back = b.send("a", "and back")
+    assert b.wait(back, timeout=60)["status"] == "ok"
+    assert (b.ran(there), a.ran(back)) == (1, 1)
+    assert b.failed_units() == [] and a.failed_units() == []

@@ -186,29 +186,38 @@ def test_path_unit_survives_junk_and_keeps_flowing(node_host: SystemdHost) -> No
         for name in ("garbage.json", "pipe.json", "dir.json", "shadow.json", "stale.json.tmp"):
             assert name in rejected and f"{name}.reason.json" in rejected, (name, rejected)
         assert d.lane_files("inbox") == ["locked.json"]  # cannot be moved: stays, logged
-        # "running" while a pass it triggered runs; it must come back to waiting, not fail.
-        d.wait_until(
-            "path unit waiting",
-            lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"),
-        )
-        d.wait_until(
-            "service idle", lambda: d.unit_state("dispatch-watch.service")[0] == "inactive"
-        )
-        assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
-        # Not spinning: with the timer off, a few seconds bring no further runs.
-        before = node_host.unit_property("dispatch-watch.service", "InvocationID")
-        time.sleep(3)
-        assert node_host.unit_property("dispatch-watch.service", "InvocationID") == before
+        # A local root: the path unit also watches the inbox level-triggered, so a promoter
+        # leaving now would be started again at once, pass after pass. It stays instead,
+        # one process (its stay past the 3 s linger is the entry's), and does not spin.
+        promoter = node_host.unit_property("dispatch-watch.service", "InvocationID")
+        time.sleep(5)
+        assert node_host.unit_property("dispatch-watch.service", "InvocationID") == promoter
+        assert d.unit_state("dispatch-watch.service")[0] == "activating"
+        assert node_host.unit_property("dispatch-watch.service", "NRestarts") == "0"
         assert d.wait(d.send("and another"), timeout=60)["status"] == "ok"
-        d.wait_until(
-            "path unit waiting again",
-            lambda: d.unit_state("dispatch-watch.path") == ("active", "waiting"),
-        )
+        assert node_host.unit_property("dispatch-watch.service", "InvocationID") == promoter
         assert node_host.unit_property("dispatch-watch.path", "Result") == "success"
         story = node_host.journalctl("-u", "dispatch-watch.service", "-o", "cat")
         assert "locked.json" in story  # the entry it could not move is in the journal
     finally:
         d.shell(f"chattr -i {inbox}/locked.json")
+
+
+def test_a_task_that_lands_while_systemd_is_not_watching_starts_when_it_does(
+    node_host: SystemdHost,
+) -> None:
+    """systemd watches the inboxes only while no pass runs: a task that lands between a
+    pass's last look and its exit (here, with the path unit stopped: the same) is seen as
+    soon as the path unit watches again, not at the sweep (the timer is off here)."""
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    node_host.systemctl("stop", "dispatch-watch.path")
+    task_id = d.send("landed unwatched")
+    time.sleep(1)
+    assert d.lane_files("inbox") == [f"{task_id}.json"]
+    node_host.systemctl("start", "dispatch-watch.path")
+    assert d.wait(task_id, timeout=30)["status"] == "ok"
+    assert node_host.unit_property("dispatch-watch.timer", "ActiveState") == "inactive"
 
 
 def test_exec_killed_outright_is_answered_interrupted(node_host: SystemdHost) -> None:

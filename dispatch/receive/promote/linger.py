@@ -78,6 +78,22 @@ def snapshot(node: Node, kick_dir: Path = KICK_DIR) -> Snapshot:
     return Snapshot(frozenset(entries), kick, node.spool.killswitch().on)
 
 
+def inbox_holds_entries(node: Node) -> bool:
+    """Whether an inbox still holds anything: an entry a sender is still writing, or one no
+    round could move (both recorded where they are met). Where the path unit watches the
+    inboxes level-triggered, a promoter leaving now would be started again at once, and
+    again after each round that cannot take it: it stays instead. Counts a little more than
+    systemd's DirectoryNotEmpty= (which skips hidden names); that only makes it stay."""
+    for lane in node.spool.lanes_in(node.cfg):
+        try:
+            with os.scandir(lane.inbox) as entries:
+                if next(entries, None) is not None:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def watched_dirs(node: Node, kick_dir: Path = KICK_DIR) -> list[Path]:
     dirs = [d for lane in node.spool.lanes_in(node.cfg) for d in lane.watched_dirs()]
     return [*dirs, node.cfg.root, kick_dir]
@@ -92,10 +108,12 @@ def linger(
     linger_s: float,
     periodic_s: float | None,
     kick_dir: Path = KICK_DIR,
+    stay_while: Callable[[], bool] | None = None,
 ) -> PassReport:
     """After a first round (which returned `report`; `before` was taken as it began), run
     `round_` again whenever there is news, until `linger_s` pass without any, or RUN_MAX_S
-    in all. `periodic_s`: also a round that often (timer mode), not counted as activity."""
+    in all. `periodic_s`: also a round that often (timer mode), not counted as activity.
+    `stay_while`: a reason to stay past the quiet time, up to RUN_MAX_S."""
     from dispatch.core.inotify import DirWatcher
 
     began = last_round = time.monotonic()
@@ -116,7 +134,9 @@ def linger(
                     continue
                 now = time.monotonic()
                 if now >= quiet_until:
-                    break
+                    if stay_while is None or not stay_while():
+                        break
+                    quiet_until = began + RUN_MAX_S
                 timeout = min(quiet_until, began + RUN_MAX_S) - now
                 if periodic_s is not None:
                     timeout = min(timeout, max(0.0, last_round + periodic_s - now))

@@ -7,6 +7,7 @@ import time
 
 from dispatch.core import events
 from dispatch.core.node import Node
+from dispatch.core.spool import INBOX_LEVEL_ENV
 from dispatch.receive.launch import Launcher
 from dispatch.receive.promote import queue
 from dispatch.receive.promote.pass_ import promote
@@ -37,10 +38,15 @@ def run_unit_pass(node: Node) -> PassReport:
         return settle(node, launcher)
     from dispatch.receive.promote import linger
 
+    # On a local root the path unit also watches the inboxes level-triggered: an entry
+    # left in one would start a new promoter as soon as this one exits, so it stays.
+    level = os.environ.get(INBOX_LEVEL_ENV, "") == "yes"
+    stay_while = (lambda: linger.inbox_holds_entries(node)) if level else None
     lingering = node.cfg.promote_linger_s > 0
-    before = linger.snapshot(node) if lingering else None
+    before = linger.snapshot(node) if lingering or level else None
     report = _unit_round(node, launcher)
-    if before is None or not (before.kicked() or _did_something(report)):
+    busy = lingering and before is not None and (before.kicked() or _did_something(report))
+    if before is None or not (busy or (stay_while is not None and stay_while())):
         return report
     # On a sensor node the sensor kicks for other hosts' writes; on a timer node the timer
     # would, and its starts are absorbed while this process runs: rounds every period.
@@ -72,6 +78,7 @@ def run_unit_pass(node: Node) -> PassReport:
         report,
         linger_s=node.cfg.promote_linger_s,
         periodic_s=periodic,
+        stay_while=stay_while,
     )
 
 

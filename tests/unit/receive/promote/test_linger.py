@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.receive.promote.linger import linger, snapshot
+from dispatch.receive.promote.linger import inbox_holds_entries, linger, snapshot
 from dispatch.receive.promote.report import PassReport
 from tests.conftest import Pair
 from tests.unit.helpers import lane_in
@@ -160,4 +160,40 @@ def test_a_promoter_busy_too_long_leaves_the_kick_for_its_successor(
     linger(node, rounds, before, PassReport(), linger_s=5, periodic_s=None, kick_dir=tmp_path)
     assert time.monotonic() - began < 3 and rounds.count > 1
     # The path unit's PathExists= starts the next promoter as soon as this one is gone.
+    assert (tmp_path / "kick").exists()
+
+
+def test_an_entry_left_in_a_level_watched_inbox_keeps_the_promoter_to_its_end(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where systemd would start a new promoter at once for an entry left in an inbox
+    (DirectoryNotEmpty=), the promoter stays, without a round for it, to its run's end, and
+    leaves the kick for its successor; with the inbox empty it leaves after its stay."""
+    from dispatch.receive.promote import linger as linger_mod
+
+    monkeypatch.setattr(linger_mod, "RUN_MAX_S", 1.2)
+    node = pair.receiver.node()
+    rounds = Rounds(pair)
+
+    def stay() -> float:
+        began = time.monotonic()
+        linger(
+            node,
+            rounds,
+            snapshot(node, tmp_path),
+            PassReport(),
+            linger_s=0.2,
+            periodic_s=None,
+            kick_dir=tmp_path,
+            stay_while=lambda: inbox_holds_entries(node),
+        )
+        return time.monotonic() - began
+
+    assert not inbox_holds_entries(node)
+    assert stay() < 1.0 and not (tmp_path / "kick").exists()
+    # A sender mid-write (or one that died so): no pass can take it before the stale sweep.
+    (lane_in(pair).inbox / "stuck.json.tmp").write_bytes(b"{")
+    assert inbox_holds_entries(node)
+    assert stay() >= 1.2
+    assert rounds.count == 0  # the entry that waits is no news
     assert (tmp_path / "kick").exists()
