@@ -34,6 +34,9 @@ class SlotsTaken:
     def running(self) -> set[str]:
         return {f"busy-{i}" for i in range(64)}
 
+    def stopping(self) -> set[str]:
+        return set()
+
     def start(self, task_id: str) -> None:
         raise AssertionError("no slot is free")
 

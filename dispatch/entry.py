@@ -70,7 +70,8 @@ def _promote() -> int:
     except BaseException:
         # dispatch-watch.path starts the service again at once while /run/dispatch/kick
         # exists (PathExists=): a pass that fails before taking the kick must not leave it,
-        # or it would start again without end. The timer tries again later.
+        # or it would start again without end. The timer tries again later. (On a local
+        # root, an inbox that holds something does the same: see main.)
         from dispatch.receive.sensor import consume_kick
 
         consume_kick()
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     fast = hop(args)
     if fast is not None:
         rc = guarded(fast, debug)
+        if fast is _promote and rc not in (0, 130):
+            # Its one line is out: the unit's journal says why while it waits.
+            sys.stderr.flush()
+            from dispatch.receive.promote.linger import hold_off_failed_pass
+
+            hold_off_failed_pass()
         if argv is None:  # the process's own command line, not a caller's
             _exit_at_once(rc)
         return rc

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.core.config import Config, WatchMode
-from dispatch.core.spool import INBOX_LEVEL_ENV
+from dispatch.core.spool import INBOX_LEVEL_ENV, level_inboxes
 from dispatch.receive import generator
 
 TOP = Path(__file__).resolve().parent.parent
@@ -313,12 +313,17 @@ def test_generator_in_inotify_mode() -> None:
     # Level-triggered on the inboxes as well, and the promoter is told so.
     assert "DirectoryNotEmpty=/srv/share/devbox-to-gpubox/inbox\n" in path_unit
     assert path_unit.count("DirectoryNotEmpty=") == 1  # not processing/: it holds what runs
-    level = f"Environment={INBOX_LEVEL_ENV}=yes\n"
-    assert level in files["dispatch-watch.service.d/50-inotify.conf"]
+    # The promoter is told which inboxes those are (as of this daemon-reload).
+    [level] = [
+        line.split("=", 2)[2]
+        for line in files["dispatch-watch.service.d/50-inotify.conf"].splitlines()
+        if line.startswith(f"Environment={INBOX_LEVEL_ENV}=")
+    ]
+    assert level_inboxes(level) == [Path("/srv/share/devbox-to-gpubox/inbox")]
     for other in (WatchMode.SENSOR, WatchMode.TIMER):
         # A network filesystem: no readdir by PID 1 on a share that may hang.
         rendered = generator.render(cfg, other)
         assert "DirectoryNotEmpty=" not in rendered["dispatch-watch.path.d/50-lanes.conf"]
-        assert not any(level in text for text in rendered.values())
+        assert not any(INBOX_LEVEL_ENV in text for text in rendered.values())
     timer = generator.render(cfg, WatchMode.TIMER)
     assert "OnUnitActiveSec=2s\n" in timer["dispatch-watch.timer.d/50-poll.conf"]

@@ -86,7 +86,12 @@ def hold(lane: Lane) -> HeldLane:
     """Open a lane's directories from the root down, or raise `DirRefused`. A stage
     directory that is missing is made (mkdirat, inside the lane held open); a missing lane
     is refused, never made: an unmounted share would look like an empty one."""
-    root_fd = open_dir(lane.root, follow=True)
+    try:
+        root_fd = open_dir(lane.root, follow=True)
+    except DirRefused as exc:
+        if exc.reason != "dir_missing":
+            raise
+        raise DirRefused("root_missing", f"{exc}: is the share mounted?") from None
     fds: list[tuple[str, int]] = []
     try:
         owners = expected_owners(root_fd)

@@ -31,7 +31,8 @@ SENDER_DIRS = ("tmp", "inbox", "cancel")
 WATCHED_DIRS = ("inbox", "pending-ack", "processing", "cancel")
 # Set (by dispatch-generator) on dispatch-watch.service when the path unit also watches
 # the inboxes level-triggered (DirectoryNotEmpty=, a local root): an entry a pass leaves in
-# an inbox would start the next pass as soon as this one exits (promote/linger.py).
+# an inbox would start the next pass as soon as this one exits (promote/linger.py). Its
+# value names the very inboxes the path unit watches, as of the last daemon-reload.
 INBOX_LEVEL_ENV = "DISPATCH_INBOX_LEVEL"
 TASK_SUFFIX = ".json"
 ACK_SUFFIX = ".ack"
@@ -49,6 +50,21 @@ class Killswitch:
     on: bool
     hard: bool = False
     reason: str = ""
+
+
+def level_inboxes_value(root: str, node: str, peers: tuple[str, ...]) -> str:
+    """INBOX_LEVEL_ENV's value: `<node>:<peer>,<peer>:<root>` (node names hold no ':' or ',';
+    the root, last, may)."""
+    return f"{node}:{','.join(peers)}:{root}"
+
+
+def level_inboxes(value: str) -> list[Path]:
+    """The inboxes a value of INBOX_LEVEL_ENV names (none for anything else)."""
+    node, _, rest = value.partition(":")
+    peers, _, root = rest.partition(":")
+    if not node or not root.startswith("/"):
+        return []
+    return [Path(root) / f"{peer}-to-{node}" / "inbox" for peer in peers.split(",") if peer]
 
 
 @dataclass(frozen=True)

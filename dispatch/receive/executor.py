@@ -7,6 +7,7 @@ deadline even when it prints nothing. Output is capped in the log as well as in 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from dispatch.core import events, fsio
@@ -28,8 +29,9 @@ from dispatch.receive.supervise import run_agent
 from dispatch.signer.records import forget_executor, mark_agent_ended, record_executor
 
 # What a lane's refusal says when the share itself is gone rather than wrong: the server
-# does not answer (dir_unreadable: EIO, ENOTCONN, ETIMEDOUT) or the mount is not there.
-SHARE_GONE = frozenset({"dir_unreadable", "lane_missing"})
+# does not answer (dir_unreadable: EIO, ENOTCONN, ETIMEDOUT) or the mount is not there
+# (the root or the lane missing: an unmounted share shows its empty mount point).
+SHARE_GONE = frozenset({"dir_unreadable", "root_missing", "lane_missing"})
 # Between looks at a share that does not answer, while an agent runs (seconds).
 SHARE_LOOKS_S = (0.25, 0.5, 1.0, 2.0)
 
@@ -67,8 +69,34 @@ def _hold_for_running_agent(node: Node, task_id: str, quick: QuickStart) -> Held
     share before the agent started; a share that stops answering since (its server
     restarting, the network cut, the mount gone) is waited for while the agent goes on, up
     to the task's deadline, rather than ending an agent that does not need the share for its
-    work. The full executor holds its lane before its agent starts: only this window needs it."""
-    deadline = quick.spawned_at + _timeout_of(quick.data)
+    work. The full executor holds its lane before its agent starts: only this window needs
+    it. Meanwhile nothing reads the agent's output: it goes on until its pipe is full."""
+    deadline = quick.spawned_mono + _timeout_of(quick.data)
+    # A look at a share that hangs (a hard NFS mount) may not return by then: the agent is
+    # ended at its deadline all the same, never left running unwatched past it.
+    ended = threading.Event()
+
+    def end_at_deadline() -> None:
+        ended.set()
+        abandon(quick)
+
+    guard = threading.Timer(max(0.0, deadline - time.monotonic()), end_at_deadline)
+    guard.daemon = True
+    guard.start()
+    try:
+        lane = _locate_patiently(node, task_id, deadline)
+    finally:
+        guard.cancel()
+    if ended.is_set():
+        if lane is not None:
+            lane.close()
+        raise DirRefused(
+            "share_timeout", "the share did not answer before the task's deadline: agent ended"
+        )
+    return lane
+
+
+def _locate_patiently(node: Node, task_id: str, deadline: float) -> HeldLane | None:
     looks = 0
     while True:
         try:
@@ -76,7 +104,7 @@ def _hold_for_running_agent(node: Node, task_id: str, quick: QuickStart) -> Held
         except (DirRefused, OSError) as exc:
             if isinstance(exc, DirRefused) and exc.reason not in SHARE_GONE:
                 raise  # the lane is not what the layout says: refused, not waited for
-            remaining = deadline - time.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise
             if looks == 0:
@@ -278,7 +306,7 @@ def _run(
     task_id = envelope.id
     slurm = node.cfg.launcher is LauncherKind.SLURM
     # Elapsed from the agent's start, which the quick start made before this process loaded.
-    began = time.monotonic() - (max(0.0, time.time() - quick.spawned_at) if quick else 0.0)
+    began = time.monotonic() if quick is None else quick.spawned_mono
     inv = invocation(node.cfg, envelope)
     log_path = lane.log_path(task_id)
     if os.path.lexists(log_path):

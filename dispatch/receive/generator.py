@@ -18,7 +18,7 @@ from dispatch.core.config import Config, WatchMode
 from dispatch.core.errors import ConfigError
 from dispatch.core.keys import PRIVATE_SUFFIX
 from dispatch.core.mounts import fstab_mount_of, mount_of
-from dispatch.core.spool import INBOX_LEVEL_ENV, WATCHED_DIRS
+from dispatch.core.spool import INBOX_LEVEL_ENV, WATCHED_DIRS, level_inboxes_value
 from dispatch.receive.looks import LOOKED_FILE
 
 # Above the largest allowed timeout_s: the executor's own watchdog and its grace period
@@ -150,7 +150,9 @@ def render(cfg: Config, mode: WatchMode | None = None) -> dict[str, str]:
         )
     if mode is WatchMode.INOTIFY:
         dropins["dispatch-watch.service.d/50-inotify.conf"] = (
-            header + f"[Service]\nEnvironment={INBOX_LEVEL_ENV}=yes\n"
+            header
+            + "[Service]\n"
+            + f"Environment={INBOX_LEVEL_ENV}={level_inboxes_value(root, cfg.node, cfg.peers)}\n"
         )
     return dropins | {
         "dispatch-watch.path.d/50-lanes.conf": header + "[Path]\n" + "\n".join(watched) + "\n",

@@ -51,13 +51,15 @@ AGENT_DROPS = ("NOTIFY_SOCKET", "JOURNAL_STREAM")
 
 class QuickStart(NamedTuple):
     """An execution this process claimed and whose agent it started at `spawned_at` (unix
-    time), or failed to start (`error`, and no `proc`). `data` is the task file's bytes as
-    admitted, read before the agent started; `box` its chain box, if it has one."""
+    time, for the record; `spawned_mono`, time.monotonic(), for its deadline), or failed to
+    start (`error`, and no `proc`). `data` is the task file's bytes as admitted, read before
+    the agent started; `box` its chain box, if it has one."""
 
     task_id: str
     data: bytes
     started_at: str
     spawned_at: float
+    spawned_mono: float
     proc: subprocess.Popen[bytes] | None
     error: str | None
     box: Path | None
@@ -175,15 +177,15 @@ def start(task_id: str, environ: Mapping[str, str] = os.environ) -> QuickStart |
     # Claimed: this execution is the task's one and only. Whatever happens, report it.
     env = inherited_env(environ)
     env.update(plan["env"])
-    spawned_at = time.time()
+    spawned_at, spawned_mono = time.time(), time.monotonic()
     try:
         proc = spawn_agent(
             plan["argv"], env=env, cwd=None, user=plan["user"], with_stdin=plan["with_stdin"]
         )
     except (OSError, KeyError, TypeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return QuickStart(task_id, data, started_at, spawned_at, None, why, base)
-    return QuickStart(task_id, data, started_at, spawned_at, proc, None, base)
+        return QuickStart(task_id, data, started_at, spawned_at, spawned_mono, None, why, base)
+    return QuickStart(task_id, data, started_at, spawned_at, spawned_mono, proc, None, base)
 
 
 def abandon(quick: QuickStart) -> None:

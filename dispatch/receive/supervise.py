@@ -138,11 +138,9 @@ def run_agent(
     stop = StopSignals()
     agent_pgid = 0
     courier: Courier | None = None
-    began = time.monotonic()
-    if quick is not None:
-        # The agent has been running since the quick start spawned it (the take-over may
-        # have waited for the share meanwhile): its deadline counts from then.
-        began -= max(0.0, time.time() - quick.spawned_at)
+    # The agent has been running since the quick start spawned it (the take-over may have
+    # waited for the share meanwhile): its deadline counts from then.
+    began = time.monotonic() if quick is None else quick.spawned_mono
     log = ShareLog(node, envelope.id, log_path)
     output = Output(node, envelope, log)
     try:

@@ -147,12 +147,10 @@ def test_network_cut_to_one_host_hangs_nothing(make_cluster: ClusterFactory) -> 
         result = a.wait(task_id, timeout=90)
         assert result["status"] == "ok", json.dumps(result)
         assert b.ran(task_id) == 1
+    # sshfs may hold the executor's writes until the link is back instead of failing them
+    # (seen with the sensor's stats in flight, and with the timer alone): then the cut is
+    # not felt at all. Either way the task ran once and its one result arrived (above); the
+    # server's outage above is where a failed write must be deferred.
     events = _events(b, running)
-    if timer_mode():
-        assert "result_deferred" in events or "log_write_failed" in events, events
-    else:
-        # With the sensor's stats in flight when the link went, sshfs may hold the
-        # executor's writes until it is back instead of failing them: then the cut is not
-        # felt at all. Either way the task ran once and its one result arrived (above).
-        assert events.count("exec_end") == 1, events
+    assert events.count("exec_end") == 1, events
     _settled(cluster)

@@ -220,6 +220,31 @@ def test_a_task_that_lands_while_systemd_is_not_watching_starts_when_it_does(
     assert node_host.unit_property("dispatch-watch.timer", "ActiveState") == "inactive"
 
 
+def test_a_failing_pass_does_not_spin_on_what_waits_in_an_inbox(node_host: SystemdHost) -> None:
+    """On a local root a pass that exits leaves the path unit to look into the inboxes again
+    (DirectoryNotEmpty=). A pass that fails (a config broken without a daemon-reload) while
+    one holds something it cannot take would be started again at once, pass after failing
+    pass: it waits before it exits, so the node tries twice a minute."""
+    d = DispatchHost(node_host)
+    d.setup(timer=False)
+    d.shell(f"printf '{{' > {LANE}/inbox/unfinished.json.tmp")  # a sender mid-write
+    assert d.wait(d.send("before the break"), timeout=60)["status"] == "ok"
+    unit = "dispatch-watch.service"
+    # A key the unit's environment does not hold yet: the file's value is the one read.
+    node_host.run(["sh", "-c", "echo DISPATCH_TASKS_MAX=lots >> /etc/dispatch/dispatch.conf"])
+    d.shell("touch /run/dispatch/kick")  # the staying promoter's next round reads the config
+    d.wait_until(
+        "the pass failed",
+        lambda: "DISPATCH_TASKS_MAX" in node_host.journalctl("-u", unit, "-o", "cat"),
+        timeout=10,
+    )
+    starts = node_host.journalctl("-u", unit, "-o", "cat").count("Starting dispatch-watch")
+    time.sleep(8)
+    again = node_host.journalctl("-u", unit, "-o", "cat").count("Starting dispatch-watch")
+    assert again - starts <= 1, again - starts
+    assert node_host.unit_property(unit, "NRestarts") == "0"
+
+
 def test_exec_killed_outright_is_answered_interrupted(node_host: SystemdHost) -> None:
     d = DispatchHost(node_host)
     d.setup(timer=True)

@@ -33,6 +33,12 @@ class Launcher(Protocol):
         DISPATCH_MAX_PARALLEL, from the backend's own record (never a scan of /proc). Work
         the backend still holds in its own queue counts (a pending Slurm job)."""
 
+    def stopping(self) -> set[str]:
+        """Ids among the last `running()` whose execution has ended while the backend still
+        cleans up after it (a unit stopping: its ExecStopPost= runs). Each frees its slot,
+        or is answered, within moments, and no event of the lanes says when: a staying
+        promoter looks again shortly."""
+
     def start(self, task_id: str) -> None:
         """Start `dispatch exec <id>` for a released task; raise if it could not start (the
         task stays queued for the next pass)."""

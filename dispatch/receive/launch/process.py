@@ -41,6 +41,9 @@ class ProcessLauncher:
                 Path(entry.path).unlink(missing_ok=True)
         return alive
 
+    def stopping(self) -> set[str]:
+        return set()  # a child that ended is reaped by running(): nothing to wait for
+
     def start(self, task_id: str) -> None:
         # The child reads the same config file, whatever this process's environment says.
         env = dict(os.environ, DISPATCH_CONFIG=str(self.node.cfg.config_path))

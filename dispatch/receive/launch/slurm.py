@@ -220,6 +220,9 @@ class SlurmLauncher:
                 ids.add(task_id)
         return ids
 
+    def stopping(self) -> set[str]:
+        return self.local.stopping()
+
     def start(self, task_id: str) -> None:
         if not self.reachable:
             # The pass keeps the task queued: an executor now would only see sbatch fail.

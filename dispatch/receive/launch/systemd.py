@@ -90,6 +90,7 @@ class SystemdLauncher:
         self.started: set[str] = set()
         self._bus: Manager | None = None
         self._connected = False
+        self._stopping: set[str] = set()
 
     def with_node(self, node: Node) -> SystemdLauncher:
         """This launcher for the next round of a promoter that stays (a fresh Node): the
@@ -126,10 +127,18 @@ class SystemdLauncher:
             for unit, state in states.items()
             if (task_id := instance_of(unit)) and state not in IDLE_STATES
         }
+        self._stopping = {
+            task_id
+            for unit, state in states.items()
+            if (task_id := instance_of(unit)) and state == "deactivating"
+        }
         ids.update(task_id for unit in job_units if (task_id := instance_of(unit)))
         if states.get(PATH_UNIT) == "failed":
             self._revive_path_unit()
         return ids
+
+    def stopping(self) -> set[str]:
+        return set(self._stopping)
 
     def _unit_states(self) -> tuple[dict[str, str], set[str]]:
         """(unit -> ActiveState for the exec instances and the path unit, units with a job)."""

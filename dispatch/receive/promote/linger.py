@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.core.node import Node
+from dispatch.core.spool import INBOX_LEVEL_ENV, level_inboxes
 from dispatch.receive.promote.report import PassReport
 
 # Well under dispatch-watch.service's TimeoutStartSec= (5 min): a node that is never quiet
@@ -34,6 +35,11 @@ KICK_DIR = Path("/run/dispatch")
 # "again" file: every round that leaves a deferred result writes it, and it is the
 # sensor's to repeat, backing off; taken as news here it would make rounds back to back.
 KICK_NAME = "kick"
+# The first and the longest wait between looks at an execution whose unit is stopping.
+STOPPING_LOOKS_S = (0.05, 2.0)
+# How long a failed pass waits before it exits while an inbox it would leave holds
+# something (hold_off_failed_pass).
+FAILED_PASS_HOLD_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,20 +84,34 @@ def snapshot(node: Node, kick_dir: Path = KICK_DIR) -> Snapshot:
     return Snapshot(frozenset(entries), kick, node.spool.killswitch().on)
 
 
-def inbox_holds_entries(node: Node) -> bool:
-    """Whether an inbox still holds anything: an entry a sender is still writing, or one no
-    round could move (both recorded where they are met). Where the path unit watches the
-    inboxes level-triggered, a promoter leaving now would be started again at once, and
-    again after each round that cannot take it: it stays instead. Counts a little more than
-    systemd's DirectoryNotEmpty= (which skips hidden names); that only makes it stay."""
-    for lane in node.spool.lanes_in(node.cfg):
+def inbox_holds_entries(inboxes: list[Path]) -> bool:
+    """Whether one of the inboxes the path unit watches level-triggered still holds
+    anything: an entry a sender is still writing, or one no round could move (each
+    recorded where it is met). A promoter leaving now would be started again at once, and
+    again after each round that cannot take it: it stays instead. Read as systemd's
+    DirectoryNotEmpty= reads it: an inbox that cannot be read (an I/O error, a link that
+    loops) counts as not empty, a missing one as empty. Counts hidden names too (systemd
+    skips them), which can only make the promoter stay."""
+    for inbox in inboxes:
         try:
-            with os.scandir(lane.inbox) as entries:
+            with os.scandir(inbox) as entries:
                 if next(entries, None) is not None:
                     return True
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError:
+            return True
     return False
+
+
+def hold_off_failed_pass(environ: Mapping[str, str] = os.environ) -> None:
+    """A pass that failed (a config broken since the last daemon-reload, say) leaves the
+    inboxes as they were. Where the path unit watches them level-triggered, exiting at once
+    would start the next failing pass at once: wait first, so that such a node tries twice a
+    minute, its failure in the unit's journal meanwhile."""
+    inboxes = level_inboxes(environ.get(INBOX_LEVEL_ENV, ""))
+    if inboxes and inbox_holds_entries(inboxes):
+        time.sleep(FAILED_PASS_HOLD_S)
 
 
 def watched_dirs(node: Node, kick_dir: Path = KICK_DIR) -> list[Path]:
@@ -118,6 +138,8 @@ def linger(
 
     began = last_round = time.monotonic()
     quiet_until = began + linger_s
+    stop_wait = STOPPING_LOOKS_S[0]
+    next_stop_look = began + stop_wait
     while True:
         with DirWatcher(watched_dirs(node, kick_dir)) as watcher:
             while True:
@@ -131,13 +153,31 @@ def linger(
                     report = round_()
                     last_round = time.monotonic()
                     quiet_until = last_round + linger_s
+                    stop_wait = STOPPING_LOOKS_S[0]
+                    next_stop_look = last_round + stop_wait
                     continue
                 now = time.monotonic()
-                if now >= quiet_until:
+                if report.stopping and now >= next_stop_look:
+                    # An execution ended and its unit is still stopping (its ExecStopPost=
+                    # kicked before it was done): no event will say when it is, and then
+                    # its answer (interrupted, for one killed outright) or its slot is due.
+                    before = current
+                    report = round_()
+                    stop_wait = min(stop_wait * 2, STOPPING_LOOKS_S[1])
+                    next_stop_look = time.monotonic() + stop_wait
+                    continue
+                if now >= quiet_until and not report.stopping:
                     if stay_while is None or not stay_while():
                         break
-                    quiet_until = began + RUN_MAX_S
-                timeout = min(quiet_until, began + RUN_MAX_S) - now
+                    # Looked at again after a while: the entry may go without news (a
+                    # .tmp removed, a file taken out by hand).
+                    quiet_until = min(now + max(linger_s, 1.0), began + RUN_MAX_S)
+                wake_at = began + RUN_MAX_S
+                if quiet_until > now:  # passed only while a unit is stopping
+                    wake_at = min(wake_at, quiet_until)
+                if report.stopping:
+                    wake_at = min(wake_at, next_stop_look)
+                timeout = max(0.0, wake_at - now)
                 if periodic_s is not None:
                     timeout = min(timeout, max(0.0, last_round + periodic_s - now))
                 woke = watcher.wait(timeout)

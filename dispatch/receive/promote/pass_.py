@@ -42,6 +42,7 @@ def run_pass(run: Pass, lanes: list[Lane]) -> PassReport:
         cancels.honour_cancels(run, lane, running)
     queued = recovery.classify_processing(run, lanes, running)
     report.running = running
+    report.stopping = run.launcher.stopping()
     if killswitch.hard:
         for task_id in sorted(running):
             node.emit(

@@ -30,6 +30,8 @@ class PassReport:
     errors: int = 0
     # lane/name of every inbox entry this pass looked at, moved or not
     seen: set[str] = field(default_factory=set)
+    # executions that had ended, their backend still cleaning up (Launcher.stopping)
+    stopping: set[str] = field(default_factory=set)
 
     def include(self, earlier: PassReport) -> None:
         """Count what an earlier pass of the same round did in this, the last one's."""

@@ -7,7 +7,7 @@ import time
 
 from dispatch.core import events
 from dispatch.core.node import Node
-from dispatch.core.spool import INBOX_LEVEL_ENV
+from dispatch.core.spool import INBOX_LEVEL_ENV, level_inboxes
 from dispatch.receive.launch import Launcher
 from dispatch.receive.promote import queue
 from dispatch.receive.promote.pass_ import promote
@@ -40,17 +40,24 @@ def run_unit_pass(node: Node) -> PassReport:
 
     # On a local root the path unit also watches the inboxes level-triggered: an entry
     # left in one would start a new promoter as soon as this one exits, so it stays.
-    level = os.environ.get(INBOX_LEVEL_ENV, "") == "yes"
-    stay_while = (lambda: linger.inbox_holds_entries(node)) if level else None
+    level = level_inboxes(os.environ.get(INBOX_LEVEL_ENV, ""))
+    stay_while = (lambda: linger.inbox_holds_entries(level)) if level else None
     lingering = node.cfg.promote_linger_s > 0
     before = linger.snapshot(node) if lingering or level else None
     report = _unit_round(node, launcher)
-    busy = lingering and before is not None and (before.kicked() or _did_something(report))
+    busy = (
+        lingering
+        and before is not None
+        and (before.kicked() or _did_something(report) or bool(report.stopping))
+    )
     if before is None or not (busy or (stay_while is not None and stay_while())):
         return report
-    # On a sensor node the sensor kicks for other hosts' writes; on a timer node the timer
-    # would, and its starts are absorbed while this process runs: rounds every period.
-    periodic = None if os.environ.get("DISPATCH_SENSOR_LOOKED", "") else node.cfg.poll_sec
+    # On a timer node the timer would pass every period, and its starts are absorbed while
+    # this process runs: rounds every period. A sensor node has the sensor's kicks, and on a
+    # local root inotify sees every write (a long stay still gets a round from each
+    # successor, every 3 minutes, for the time-based work).
+    sensor = bool(os.environ.get("DISPATCH_SENSOR_LOOKED", ""))
+    periodic = None if sensor or level else node.cfg.poll_sec
 
     def fresh_round() -> PassReport:
         # Each round reads the config, the pins and the key ids again, as a new process

@@ -246,6 +246,33 @@ def test_a_share_still_gone_at_the_deadline_ends_the_agent(pair: Pair) -> None:
     assert pair.receiver.node().state.started(obj["id"]) is not None
 
 
+def test_a_look_at_the_share_that_hangs_past_the_deadline_still_ends_the_agent(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard NFS mount can hold a look for as long as the server is away: the agent is
+    ended at its deadline all the same, and nothing is published for it once the look
+    returns (the marker stays: answered interrupted, never run again)."""
+    from dispatch.receive import executor
+
+    obj, lane = planned(pair, request="long hang=30", timeout_s=1)
+    quick = quickstart.start(obj["id"], receiver_env(pair))
+    assert quick is not None and quick.proc is not None
+    real_locate = executor.locate
+    ended_while_hung: list[int | None] = []
+
+    def hung_locate(node: Any, task_id: str) -> Any:
+        time.sleep(2.5)  # the look is held past the 1 s deadline
+        ended_while_hung.append(quick.proc.poll() if quick.proc else None)
+        return real_locate(node, task_id)
+
+    monkeypatch.setattr(executor, "locate", hung_locate)
+    with pytest.raises(DirRefused, match="did not answer before the task's deadline"):
+        execute(pair.receiver.node(), obj["id"], "", quick)
+    assert ended_while_hung == [-signal.SIGKILL]
+    assert not lane.result_path(obj["id"]).exists()
+    assert pair.receiver.node().state.started(obj["id"]) is not None
+
+
 def test_a_lane_refused_for_what_it_is_is_not_waited_for(pair: Pair) -> None:
     obj, lane = planned(pair, request="long hang=30", timeout_s=600)
     quick = quickstart.start(obj["id"], receiver_env(pair))

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.receive.promote.linger import inbox_holds_entries, linger, snapshot
+from dispatch.core.spool import INBOX_LEVEL_ENV, level_inboxes, level_inboxes_value
+from dispatch.receive.promote.linger import (
+    hold_off_failed_pass,
+    inbox_holds_entries,
+    linger,
+    snapshot,
+)
 from dispatch.receive.promote.report import PassReport
 from tests.conftest import Pair
 from tests.unit.helpers import lane_in
@@ -163,16 +169,18 @@ def test_a_promoter_busy_too_long_leaves_the_kick_for_its_successor(
     assert (tmp_path / "kick").exists()
 
 
-def test_an_entry_left_in_a_level_watched_inbox_keeps_the_promoter_to_its_end(
+def test_an_entry_left_in_a_level_watched_inbox_keeps_the_promoter_while_it_stays(
     pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where systemd would start a new promoter at once for an entry left in an inbox
     (DirectoryNotEmpty=), the promoter stays, without a round for it, to its run's end, and
-    leaves the kick for its successor; with the inbox empty it leaves after its stay."""
+    leaves the kick for its successor; with the inbox empty it leaves after its stay, and
+    once the entry goes it leaves soon after."""
     from dispatch.receive.promote import linger as linger_mod
 
-    monkeypatch.setattr(linger_mod, "RUN_MAX_S", 1.2)
+    monkeypatch.setattr(linger_mod, "RUN_MAX_S", 2.5)
     node = pair.receiver.node()
+    inbox = lane_in(pair).inbox
     rounds = Rounds(pair)
 
     def stay() -> float:
@@ -185,15 +193,92 @@ def test_an_entry_left_in_a_level_watched_inbox_keeps_the_promoter_to_its_end(
             linger_s=0.2,
             periodic_s=None,
             kick_dir=tmp_path,
-            stay_while=lambda: inbox_holds_entries(node),
+            stay_while=lambda: inbox_holds_entries([inbox]),
         )
         return time.monotonic() - began
 
-    assert not inbox_holds_entries(node)
+    assert not inbox_holds_entries([inbox])
     assert stay() < 1.0 and not (tmp_path / "kick").exists()
     # A sender mid-write (or one that died so): no pass can take it before the stale sweep.
-    (lane_in(pair).inbox / "stuck.json.tmp").write_bytes(b"{")
-    assert inbox_holds_entries(node)
-    assert stay() >= 1.2
+    stuck = inbox / "stuck.json.tmp"
+    stuck.write_bytes(b"{")
+    assert inbox_holds_entries([inbox])
+    assert stay() >= 2.5
     assert rounds.count == 0  # the entry that waits is no news
-    assert (tmp_path / "kick").exists()
+    assert (tmp_path / "kick").exists()  # left for the successor
+    (tmp_path / "kick").unlink()
+    # Taken away without news: looked at again within a second or so, and the stay ends.
+    gone = later(0.3, stuck.unlink)
+    assert stay() < 2.2
+    gone.join()
+    assert rounds.count == 0
+
+
+def test_an_inbox_is_read_as_directory_not_empty_reads_it(tmp_path: Path) -> None:
+    missing, empty, full, looping = (tmp_path / n for n in ("missing", "empty", "full", "loop"))
+    empty.mkdir()
+    full.mkdir()
+    (full / "x.json.tmp").write_bytes(b"")
+    looping.symlink_to(looping)
+    assert not inbox_holds_entries([missing, empty])
+    assert inbox_holds_entries([empty, full])
+    # An inbox that cannot be read is not empty to systemd: the promoter stays for it too.
+    assert inbox_holds_entries([looping])
+
+
+def test_a_failed_pass_waits_before_it_exits_only_where_it_would_start_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatch.receive.promote import linger as linger_mod
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    inbox = tmp_path / "devbox-to-gpubox" / "inbox"
+    inbox.mkdir(parents=True)
+    level = {INBOX_LEVEL_ENV: level_inboxes_value(str(tmp_path), "gpubox", ("devbox",))}
+    hold_off_failed_pass(level)
+    hold_off_failed_pass({})
+    (inbox / "task.json").write_bytes(b"{}")
+    hold_off_failed_pass({})  # not level-triggered: nothing would start it again
+    assert slept == []
+    hold_off_failed_pass(level)
+    assert slept == [linger_mod.FAILED_PASS_HOLD_S]
+
+
+def test_the_level_inboxes_value_names_the_path_units_inboxes() -> None:
+    value = level_inboxes_value("/srv/a:b", "gpubox", ("devbox", "ci"))
+    assert level_inboxes(value) == [
+        Path("/srv/a:b/devbox-to-gpubox/inbox"),
+        Path("/srv/a:b/ci-to-gpubox/inbox"),
+    ]
+    for junk in ("", "yes", "gpubox:devbox:relative", ":devbox:/srv"):
+        assert level_inboxes(junk) == []
+
+
+def test_an_execution_whose_unit_is_stopping_is_looked_at_again(pair: Pair, tmp_path: Path) -> None:
+    """Its ExecStopPost= kick came before systemd was done with it, and no event will say
+    when it is: the promoter looks again shortly, backing off, past its quiet time, until no
+    unit is stopping (then it answers one killed outright, or refills its slot)."""
+    node = pair.receiver.node()
+    stopping = PassReport(stopping={"a-task"})
+    reports = [stopping, stopping, PassReport()]
+    calls: list[float] = []
+
+    def round_() -> PassReport:
+        calls.append(time.monotonic())
+        return reports[min(len(calls) - 1, 2)]
+
+    began = time.monotonic()
+    linger(
+        node,
+        round_,
+        snapshot(node, tmp_path),
+        stopping,
+        linger_s=0,
+        periodic_s=None,
+        kick_dir=tmp_path,
+    )
+    assert len(calls) == 3
+    waits = [b - a for a, b in zip([began, *calls], calls, strict=False)]
+    assert waits[2] > waits[0], waits  # backing off (0.05, 0.1, 0.2 s)
+    assert time.monotonic() - began < 2.0

@@ -33,6 +33,9 @@ class StoppingSlowly:
         now = time.monotonic()
         return {task_id for task_id, gone in self.gone_at.items() if gone > now}
 
+    def stopping(self) -> set[str]:
+        return set()
+
     def start(self, task_id: str) -> None:
         file_after, gone_after = TIMELINE[len(self.order)]
         self.files_at_start.append(
