@@ -74,6 +74,7 @@ def build(node: Node, task_id: str) -> dict[str, object] | None:
         "marker": str(node.state.started_path(task_id)),
         "executor_record": str(executor_path(node.state, task_id)),
         "hops": envelope.hops,
+        "timeout_s": envelope.timeout_s,
         "argv": inv.argv,
         "with_stdin": inv.stdin is not None,
         "user": user,

@@ -15,12 +15,12 @@ from dispatch.core.config import LauncherKind
 from dispatch.core.errors import NotFound, Rejection, SigningFailed, UsageError
 from dispatch.core.fsio import DirRefused, read_regular
 from dispatch.core.lanedirs import HeldLane, hold
-from dispatch.core.model import Callback, Envelope, Result, Stage, Status, parse_envelope
+from dispatch.core.model import Callback, Envelope, Result, Stage, Status
 from dispatch.core.node import Node
 from dispatch.core.pids import execution_alive, process_start_time
 from dispatch.core.signing import sign_result
 from dispatch.core.spool import Lane
-from dispatch.core.wire import loads_strict, now_utc, rfc3339, valid_id
+from dispatch.core.wire import now_utc, rfc3339, valid_id
 from dispatch.receive.agent import invocation
 from dispatch.receive.intake import Admitted, examine
 from dispatch.receive.output import Outcome
@@ -71,7 +71,7 @@ def _hold_for_running_agent(node: Node, task_id: str, quick: QuickStart) -> Held
     to the task's deadline, rather than ending an agent that does not need the share for its
     work. The full executor holds its lane before its agent starts: only this window needs
     it. Meanwhile nothing reads the agent's output: it goes on until its pipe is full."""
-    deadline = quick.spawned_mono + _timeout_of(quick.data)
+    deadline = quick.spawned_mono + quick.timeout_s
     # A look at a share that hangs (a hard NFS mount) may not return by then: the agent is
     # ended at its deadline all the same, never left running unwatched past it.
     ended = threading.Event()
@@ -121,15 +121,6 @@ def _locate_patiently(node: Node, task_id: str, deadline: float) -> HeldLane | N
         if looks:
             node.emit("share_back", "the share answers again; following the agent", task_id=task_id)
         return lane
-
-
-def _timeout_of(data: bytes) -> float:
-    """The task's timeout_s, from the bytes the quick start checked against the ledger (so
-    the admitted ones); 0 (no wait) if they do not parse."""
-    try:
-        return float(parse_envelope(loads_strict(data)).timeout_s)
-    except (Rejection, ValueError):
-        return 0.0
 
 
 def execute(

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import subprocess  # loaded by spawn_agent: the promoter loads this module too
 
 PLAN_DIR = Path("/run/dispatch/plans")
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 # The agent inherits the executor's environment but none of dispatch's settings (the config
 # names the key directory and the share) and not systemd's channels to this unit.
 AGENT_KEEPS = ("DISPATCH_CONFIG", "DISPATCH_FAKE_AGENT_LOG")
@@ -51,15 +51,16 @@ AGENT_DROPS = ("NOTIFY_SOCKET", "JOURNAL_STREAM")
 
 class QuickStart(NamedTuple):
     """An execution this process claimed and whose agent it started at `spawned_at` (unix
-    time, for the record; `spawned_mono`, time.monotonic(), for its deadline), or failed to
-    start (`error`, and no `proc`). `data` is the task file's bytes as admitted, read before
-    the agent started; `box` its chain box, if it has one."""
+    time, for the record; `spawned_mono`, time.monotonic(), for its deadline, `timeout_s`
+    after it), or failed to start (`error`, and no `proc`). `data` is the task file's bytes
+    as admitted, read before the agent started; `box` its chain box, if it has one."""
 
     task_id: str
     data: bytes
     started_at: str
     spawned_at: float
     spawned_mono: float
+    timeout_s: float
     proc: subprocess.Popen[bytes] | None
     error: str | None
     box: Path | None
@@ -161,6 +162,7 @@ def start(task_id: str, environ: Mapping[str, str] = os.environ) -> QuickStart |
                 int(box["uid"]),
                 int(box["gid"]),
             )
+        timeout_s = float(plan["timeout_s"])
         write_executor_record(Path(plan["executor_record"]))
         started_at = rfc3339(now_utc())
         # The same marker, with the same fields, as the full executor's NodeState.mark_started.
@@ -184,8 +186,12 @@ def start(task_id: str, environ: Mapping[str, str] = os.environ) -> QuickStart |
         )
     except (OSError, KeyError, TypeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return QuickStart(task_id, data, started_at, spawned_at, spawned_mono, None, why, base)
-    return QuickStart(task_id, data, started_at, spawned_at, spawned_mono, proc, None, base)
+        return QuickStart(
+            task_id, data, started_at, spawned_at, spawned_mono, timeout_s, None, why, base
+        )
+    return QuickStart(
+        task_id, data, started_at, spawned_at, spawned_mono, timeout_s, proc, None, base
+    )
 
 
 def abandon(quick: QuickStart) -> None:

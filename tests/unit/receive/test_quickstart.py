@@ -237,6 +237,7 @@ def test_a_share_still_gone_at_the_deadline_ends_the_agent(pair: Pair) -> None:
     obj, lane = planned(pair, request="long hang=30", timeout_s=2)
     quick = quickstart.start(obj["id"], receiver_env(pair))
     assert quick is not None and quick.proc is not None
+    assert quick.timeout_s == 2  # the admitted envelope's, from the plan
     lane.path.rename(lane.path.with_name(lane.path.name + ".away"))
     with pytest.raises(DirRefused, match="is the share mounted"):
         execute(pair.receiver.node(), obj["id"], "", quick)
