@@ -64,7 +64,7 @@ def level_inboxes(value: str) -> list[Path]:
     peers, _, root = rest.partition(":")
     if not node or not root.startswith("/"):
         return []
-    return [Path(root) / f"{peer}-to-{node}" / "inbox" for peer in peers.split(",") if peer]
+    return [Lane(Path(root), peer, node).inbox for peer in peers.split(",") if peer]
 
 
 @dataclass(frozen=True)

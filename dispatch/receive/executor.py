@@ -55,10 +55,11 @@ def locate(node: Node, task_id: str) -> HeldLane | None:
             held_lane = hold(lane)
             try:
                 os.lstat(held_lane.processing / lane.task_name(task_id))
-            except BaseException as exc:
+            except FileNotFoundError:
                 held_lane.close()
-                if isinstance(exc, FileNotFoundError):
-                    return None
+                return None
+            except BaseException:
+                held_lane.close()
                 raise  # the share did not answer: not the same as no file
             return held_lane
     return None
